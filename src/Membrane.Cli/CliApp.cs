@@ -1,0 +1,60 @@
+using System.CommandLine;
+using Membrane.Cli.Commands;
+
+namespace Membrane.Cli;
+
+/// <summary>The <c>membrane</c> command tree. Exit status: 0 success (ALLOWED), 1 invalid/DENIED, 2 usage or other error.</summary>
+public static class CliApp
+{
+    public const int Success = 0;
+    public const int Failure = 1;
+    public const int Error = 2;
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var output = new CliOutput(stdout, stderr);
+        var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF");
+        root.Subcommands.Add(PolicyCommands.Create(output));
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            foreach (var error in parse.Errors)
+            {
+                stderr.WriteLine($"error: {error.Message}");
+            }
+            stderr.WriteLine("Run 'membrane --help' for usage.");
+            return Error;
+        }
+        try
+        {
+            return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
+        }
+        catch (CliException e)
+        {
+            stderr.WriteLine($"error: {e.Message}");
+            return Error;
+        }
+    }
+}
+
+/// <summary>An error the user can act on: printed as one line, exit status 2.</summary>
+public sealed class CliException(string message) : Exception(message);
+
+/// <summary>Where commands write, and the shared <c>-o</c> option.</summary>
+public sealed class CliOutput(TextWriter stdout, TextWriter stderr)
+{
+    public TextWriter Out { get; } = stdout;
+
+    public TextWriter Err { get; } = stderr;
+
+    public static Option<string> CreateFormatOption()
+    {
+        var option = new Option<string>("--output", "-o")
+        {
+            Description = "Output format: text or json",
+            DefaultValueFactory = _ => "text",
+        };
+        option.AcceptOnlyFromAmong("text", "json");
+        return option;
+    }
+}

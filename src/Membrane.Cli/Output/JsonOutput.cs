@@ -1,0 +1,32 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Membrane.Policy.Api;
+
+namespace Membrane.Cli.Output;
+
+public sealed record ValidateOutput(bool Valid, int Policies, int Namespaces, int Pods, IReadOnlyList<ErrorOutput> Errors);
+
+public sealed record ErrorOutput(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message, int Line, int Column)
+{
+    public static ErrorOutput From(PolicyError e) => new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
+}
+
+public sealed record TraceSideOutput(
+    string Direction, string Endpoint, uint PeerIdentity, bool Enforced, IReadOnlyList<string> SelectedBy,
+    string Verdict, string Reason, string? MatchedEntry, string? MatchKind, IReadOnlyList<string> Rules);
+
+public sealed record TraceOutput(
+    string From, string To, string Protocol, int? Port, int? IcmpType, int? IcmpCode, string Family,
+    uint SourceIdentity, uint DestinationIdentity, TraceSideOutput Egress, TraceSideOutput Ingress, string Verdict);
+
+[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(ValidateOutput))]
+[JsonSerializable(typeof(TraceOutput))]
+public sealed partial class CliJsonContext : JsonSerializerContext;
+
+public static class Json
+{
+    public static string Write<T>(T value, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info) =>
+        JsonSerializer.Serialize(value, info);
+}

@@ -1,0 +1,3 @@
+using Membrane.Cli;
+
+return CliApp.Run(args, Console.Out, Console.Error);

@@ -1,0 +1,374 @@
+using System.Net;
+using Membrane.Policy.Rules;
+using Membrane.Policy.Workloads;
+using YamlDotNet.Core;
+using YamlDotNet.RepresentationModel;
+
+namespace Membrane.Policy.Api;
+
+/// <summary>The outcome of loading: the manifests when every document is valid, else every error found.</summary>
+public sealed record LoadResult(ManifestSet Manifests, IReadOnlyList<PolicyError> Errors)
+{
+    public bool IsValid => Errors.Count == 0;
+
+    /// <summary>The manifests, or a <see cref="PolicyValidationException"/> carrying every error.</summary>
+    public ManifestSet OrThrow() => IsValid ? Manifests : throw new PolicyValidationException(Errors);
+}
+
+/// <summary>
+/// Loads YAML (or JSON) files and directories holding CNP, CCNP, KNP, Namespace and Pod documents, multi-document
+/// files and <c>kind: List</c>. All-or-nothing: any error makes the whole set invalid.
+/// </summary>
+public static class ManifestLoader
+{
+    public const string CiliumApiVersion = "cilium.io/v2";
+    public const string NetworkingApiVersion = "networking.k8s.io/v1";
+
+    public static LoadResult LoadPaths(IEnumerable<string> paths)
+    {
+        var errors = new List<PolicyError>();
+        var builder = new Builder(errors);
+        foreach (var path in paths)
+        {
+            if (Directory.Exists(path))
+            {
+                var files = Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories)
+                    .Where(f => f.EndsWith(".yaml", StringComparison.Ordinal) || f.EndsWith(".yml", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal))
+                    .Order(StringComparer.Ordinal);
+                foreach (var file in files)
+                {
+                    builder.AddText(File.ReadAllText(file), file);
+                }
+            }
+            else if (File.Exists(path))
+            {
+                builder.AddText(File.ReadAllText(path), path);
+            }
+            else
+            {
+                errors.Add(new PolicyError(path, "", "", "no such file or directory", 0, 0));
+            }
+        }
+        return builder.Result();
+    }
+
+    public static LoadResult LoadText(string text, string fileName)
+    {
+        var builder = new Builder([]);
+        builder.AddText(text, fileName);
+        return builder.Result();
+    }
+
+    private sealed class Builder(List<PolicyError> errors)
+    {
+        private readonly List<PolicyDocument> _policies = [];
+        private readonly List<NamespaceManifest> _namespaces = [];
+        private readonly List<PodManifest> _pods = [];
+        private readonly Dictionary<string, string> _seen = new(StringComparer.Ordinal);
+
+        public LoadResult Result() =>
+            errors.Count == 0 ? new LoadResult(new ManifestSet(_policies, _namespaces, _pods), []) : new LoadResult(ManifestSet.Empty, errors);
+
+        public void AddText(string text, string file)
+        {
+            var stream = new YamlStream();
+            try
+            {
+                stream.Load(new StringReader(text));
+            }
+            catch (YamlException e)
+            {
+                errors.Add(new PolicyError(file, "", "", $"malformed YAML at line {e.Start.Line}, column {e.Start.Column}: {e.InnerException?.Message ?? e.Message}", (int)e.Start.Line, (int)e.Start.Column));
+                return;
+            }
+            for (var i = 0; i < stream.Documents.Count; i++)
+            {
+                var root = stream.Documents[i].RootNode;
+                if (MapReader.IsNull(root))
+                {
+                    continue; // an empty document between two '---'
+                }
+                AddObject(root, file, $"document {i + 1}", "");
+            }
+        }
+
+        private void AddObject(YamlNode node, string file, string where, string pathPrefix)
+        {
+            var ctx = new ParseContext(file, errors) { Object = where };
+            var map = MapReader.Of(ctx, node, pathPrefix);
+            if (map is null)
+            {
+                return;
+            }
+            var kind = map.String("kind", required: true);
+            var apiVersion = map.String("apiVersion", required: true);
+            if (kind is null || apiVersion is null)
+            {
+                return;
+            }
+            if (kind == "List")
+            {
+                map.Ignore("metadata");
+                var items = map.Take("items");
+                map.Finish();
+                if (items is YamlSequenceNode seq)
+                {
+                    for (var i = 0; i < seq.Children.Count; i++)
+                    {
+                        AddObject(seq.Children[i], file, $"{where} items[{i}]", "");
+                    }
+                }
+                else if (items is not null)
+                {
+                    ctx.Error("items", items, $"expected a list, found {MapReader.Describe(items)}");
+                }
+                return;
+            }
+            var (expectedApi, namespaced) = kind switch
+            {
+                "CiliumNetworkPolicy" => (CiliumApiVersion, true),
+                "CiliumClusterwideNetworkPolicy" => (CiliumApiVersion, false),
+                "NetworkPolicy" => (NetworkingApiVersion, true),
+                "Namespace" => ("v1", false),
+                "Pod" => ("v1", true),
+                _ => ((string?)null, false),
+            };
+            if (expectedApi is null)
+            {
+                ctx.Error("kind", node, $"unknown kind \"{kind}\" (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace, Pod or List)");
+                return;
+            }
+            if (apiVersion != expectedApi)
+            {
+                ctx.Error("apiVersion", node, $"\"{apiVersion}\" is not the apiVersion of {kind} (expected {expectedApi})");
+            }
+            var meta = Metadata(ctx, map, kind, namespaced, where);
+            if (meta is null)
+            {
+                map.Ignore("spec", "specs", "status");
+                map.Finish();
+                return;
+            }
+            var (name, ns, labels) = meta.Value;
+            var origin = new PolicyOrigin(kind, ns, name);
+            ctx.Object = origin.ToString();
+            if (_seen.TryGetValue(origin.ToString(), out var firstFile))
+            {
+                ctx.Error("metadata.name", node, $"defined twice (first in {firstFile})");
+            }
+            _seen[origin.ToString()] = file;
+
+            switch (kind)
+            {
+                case "CiliumNetworkPolicy" or "CiliumClusterwideNetworkPolicy":
+                    Cilium(ctx, map, origin, file, node);
+                    break;
+                case "NetworkPolicy":
+                    map.Ignore("status");
+                    var knp = new KubernetesPolicyParser(ctx, origin).Spec(map.Take("spec"), "spec");
+                    map.Finish();
+                    if (knp is not null)
+                    {
+                        _policies.Add(new PolicyDocument(origin, file, [knp]));
+                    }
+                    break;
+                case "Namespace":
+                    map.Ignore("spec", "status");
+                    map.Finish();
+                    _namespaces.Add(new NamespaceManifest(name, labels, file));
+                    break;
+                default:
+                    if (Pod(ctx, map, ns!, name, labels, file) is { } pod)
+                    {
+                        _pods.Add(pod);
+                    }
+                    break;
+            }
+        }
+
+        private void Cilium(ParseContext ctx, MapReader map, PolicyOrigin origin, string file, YamlNode node)
+        {
+            map.Ignore("status");
+            var parser = new CiliumPolicyParser(ctx, origin);
+            var specs = new List<PolicySpec>();
+            var errorsBefore = ctx.ErrorCount;
+            if (map.Take("spec") is { } spec)
+            {
+                if (parser.Spec(spec, "spec") is { } s)
+                {
+                    specs.Add(s);
+                }
+            }
+            if (map.List("specs", parser.Spec) is { } list)
+            {
+                specs.AddRange(list);
+            }
+            map.Finish();
+            if (!map.Has("spec") && !map.Has("specs") && ctx.ErrorCount == errorsBefore)
+            {
+                ctx.Error("spec", node, "a policy needs spec or specs");
+            }
+            if (ctx.ErrorCount == errorsBefore)
+            {
+                _policies.Add(new PolicyDocument(origin, file, specs));
+            }
+        }
+
+        private static (string Name, string? Namespace, IReadOnlyDictionary<string, string> Labels)? Metadata(
+            ParseContext ctx, MapReader map, string kind, bool namespaced, string where)
+        {
+            var meta = MapReader.Of(ctx, map.Take("metadata"), "metadata");
+            if (meta is null)
+            {
+                return null;
+            }
+            var name = meta.String("name", required: true);
+            var ns = meta.String("namespace");
+            var labels = meta.StringMap("labels") ?? new Dictionary<string, string>();
+            meta.Ignore("annotations", "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
+                "finalizers", "ownerReferences", "generateName", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds");
+            meta.Finish();
+            if (name is null)
+            {
+                return null;
+            }
+            ctx.Object = namespaced ? $"{kind}/{ns ?? "default"}/{name}" : $"{kind}/{name}";
+            var nameError = kind is "Namespace" or "Pod" ? Names.CheckDnsLabel(name) : Names.CheckObjectName(name);
+            if (nameError is not null)
+            {
+                ctx.Error("metadata.name", meta.Node, nameError);
+            }
+            if (!namespaced && ns is not null)
+            {
+                ctx.Error("metadata.namespace", meta.Node, $"{kind} is cluster-scoped and takes no namespace");
+            }
+            if (ns is not null && Names.CheckDnsLabel(ns) is { } nsError)
+            {
+                ctx.Error("metadata.namespace", meta.Node, nsError);
+            }
+            foreach (var (key, value) in labels)
+            {
+                if ((Names.CheckLabelKey(key) ?? Names.CheckLabelValue(value)) is { } labelError)
+                {
+                    ctx.Error(FieldPath.Child("metadata.labels", key), meta.Node, labelError);
+                }
+            }
+            _ = where;
+            return (name, namespaced ? ns ?? "default" : null, labels);
+        }
+
+        private static PodManifest? Pod(ParseContext ctx, MapReader map, string ns, string name, IReadOnlyDictionary<string, string> labels, string file)
+        {
+            var errorsBefore = ctx.ErrorCount;
+            var spec = MapReader.Of(ctx, map.Take("spec"), "spec");
+            var status = MapReader.Of(ctx, map.Take("status"), "status");
+            map.Finish();
+            if (spec is null)
+            {
+                return null;
+            }
+            var serviceAccount = spec.String("serviceAccountName") ?? spec.String("serviceAccount") ?? "default";
+            if (spec.Bool("hostNetwork") == true)
+            {
+                ctx.Error(spec.PathOf("hostNetwork"), spec.Node, "host-network pods are not supported by the sandbox");
+            }
+            spec.Ignore("initContainers", "nodeName", "restartPolicy", "terminationGracePeriodSeconds", "securityContext",
+                "volumes", "dnsPolicy", "tolerations", "affinity", "nodeSelector", "priorityClassName", "hostname",
+                "subdomain", "automountServiceAccountToken", "enableServiceLinks", "imagePullSecrets", "schedulerName");
+            var ports = new List<ContainerPort>();
+            var containers = spec.List("containers", (item, p) => Container(ctx, item, p)) ?? [];
+            foreach (var list in containers)
+            {
+                ports.AddRange(list);
+            }
+            spec.Finish();
+            var addresses = new List<IPAddress>();
+            if (status is not null)
+            {
+                status.Ignore("phase", "conditions", "hostIP", "hostIPs", "startTime", "containerStatuses", "qosClass");
+                var podIp = status.String("podIP");
+                var podIps = status.List("podIPs", (item, p) =>
+                {
+                    var m = MapReader.Of(ctx, item, p);
+                    var ip = m?.String("ip", required: true);
+                    m?.Finish();
+                    return ip;
+                }) ?? [];
+                status.Finish();
+                foreach (var (text, path) in (podIp is null ? [] : new[] { (podIp, "status.podIP") }).Concat(podIps.Select((t, i) => (t!, $"status.podIPs[{i}].ip"))))
+                {
+                    if (IPAddress.TryParse(text, out var address))
+                    {
+                        if (!addresses.Contains(address))
+                        {
+                            addresses.Add(address);
+                        }
+                    }
+                    else
+                    {
+                        ctx.Error(path, status.Node, $"\"{text}\" is not an IP address");
+                    }
+                }
+            }
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var port in ports.Where(p => p.Name is not null))
+            {
+                if (!names.Add(port.Name!))
+                {
+                    ctx.Error("spec.containers", spec.Node, $"port name \"{port.Name}\" is declared twice");
+                }
+            }
+            return ctx.ErrorCount == errorsBefore
+                ? new PodManifest(ns, name, labels, serviceAccount, ports, addresses, file)
+                : null;
+        }
+
+        private static List<ContainerPort>? Container(ParseContext ctx, YamlNode node, string path)
+        {
+            var map = MapReader.Of(ctx, node, path);
+            if (map is null)
+            {
+                return null;
+            }
+            map.String("name", required: true);
+            map.Ignore("image", "command", "args", "env", "envFrom", "resources", "imagePullPolicy", "securityContext",
+                "volumeMounts", "readinessProbe", "livenessProbe", "startupProbe", "workingDir", "lifecycle", "stdin", "tty",
+                "terminationMessagePath", "terminationMessagePolicy");
+            var ports = map.List("ports", (item, p) =>
+            {
+                var pm = MapReader.Of(ctx, item, p);
+                if (pm is null)
+                {
+                    return null;
+                }
+                var name = pm.String("name");
+                var number = Yaml.IntInRange(ctx, pm.Take("containerPort"), pm.PathOf("containerPort"), 1, 65535, "a container port");
+                if (!pm.Has("containerPort") && number is null)
+                {
+                    ctx.Error(pm.PathOf("containerPort"), item, "is required");
+                }
+                var protocolText = pm.String("protocol") ?? "TCP";
+                pm.Ignore("hostPort", "hostIP");
+                pm.Finish();
+                PortProtocol? protocol = protocolText switch
+                {
+                    "TCP" => PortProtocol.Tcp,
+                    "UDP" => PortProtocol.Udp,
+                    "SCTP" => PortProtocol.Sctp,
+                    _ => null,
+                };
+                if (protocol is null)
+                {
+                    ctx.Error(pm.PathOf("protocol"), item, $"\"{protocolText}\" is not a valid protocol (TCP, UDP or SCTP)");
+                }
+                if (name is not null && !Names.IsPortName(name))
+                {
+                    ctx.Error(pm.PathOf("name"), item, $"\"{name}\" is not a valid port name (at most 15 lowercase letters, digits and '-')");
+                }
+                return number is { } n && protocol is { } proto ? new ContainerPort(name, n, proto) : null;
+            });
+            map.Finish();
+            return ports ?? [];
+        }
+    }
+}

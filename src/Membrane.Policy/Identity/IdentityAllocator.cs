@@ -1,0 +1,79 @@
+using System.Net;
+using Membrane.Policy.Labels;
+
+namespace Membrane.Policy.Identity;
+
+/// <summary>
+/// Label set → numeric identity, reference counted. Equal identity labels always get the same number; a number is
+/// freed when its last user goes. <see cref="Restore"/> lets a restarted agent keep the numbers it had.
+/// </summary>
+public sealed class IdentityAllocator
+{
+    private readonly Dictionary<string, (SecurityIdentity Identity, int Refs)> _byLabels = new(StringComparer.Ordinal);
+    private readonly Dictionary<uint, SecurityIdentity> _byId = [];
+    private uint _nextPod = ReservedIdentities.FirstPodIdentity;
+    private uint _nextCidr = ReservedIdentities.FirstCidrIdentity;
+
+    public IdentityAllocator()
+    {
+        foreach (var reserved in ReservedIdentities.All)
+        {
+            _byId[reserved.Id] = reserved;
+        }
+    }
+
+    public IEnumerable<SecurityIdentity> All => _byId.Values.OrderBy(i => i.Id);
+
+    public int Count => _byId.Count;
+
+    public SecurityIdentity? Get(uint id) => _byId.GetValueOrDefault(id);
+
+    /// <summary>Takes a reference; returns the identity and whether it was newly created.</summary>
+    public (SecurityIdentity Identity, bool Created) Acquire(LabelSet labels, IdentityKind kind, IPNetwork? prefix = null)
+    {
+        if (_byLabels.TryGetValue(labels.Canonical, out var existing))
+        {
+            _byLabels[labels.Canonical] = (existing.Identity, existing.Refs + 1);
+            return (existing.Identity, false);
+        }
+        uint id;
+        do
+        {
+            id = kind == IdentityKind.Cidr ? _nextCidr++ : _nextPod++;
+        }
+        while (_byId.ContainsKey(id));
+        var identity = new SecurityIdentity(id, labels, kind, prefix);
+        _byLabels[labels.Canonical] = (identity, 1);
+        _byId[id] = identity;
+        return (identity, true);
+    }
+
+    /// <summary>Drops a reference; returns true when the identity is gone.</summary>
+    public bool Release(SecurityIdentity identity)
+    {
+        if (!_byLabels.TryGetValue(identity.Labels.Canonical, out var existing))
+        {
+            return false;
+        }
+        if (existing.Refs > 1)
+        {
+            _byLabels[identity.Labels.Canonical] = (existing.Identity, existing.Refs - 1);
+            return false;
+        }
+        _byLabels.Remove(identity.Labels.Canonical);
+        _byId.Remove(identity.Id);
+        return true;
+    }
+
+    /// <summary>Pre-assigns a number to a label set (from persisted state) without taking a reference.</summary>
+    public void Restore(uint id, LabelSet labels, IdentityKind kind, IPNetwork? prefix = null)
+    {
+        if (_byId.ContainsKey(id) || _byLabels.ContainsKey(labels.Canonical))
+        {
+            return;
+        }
+        var identity = new SecurityIdentity(id, labels, kind, prefix);
+        _byLabels[labels.Canonical] = (identity, 0);
+        _byId[id] = identity;
+    }
+}

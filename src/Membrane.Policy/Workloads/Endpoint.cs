@@ -1,0 +1,86 @@
+using System.Net;
+using Membrane.Policy.Identity;
+using Membrane.Policy.Labels;
+
+namespace Membrane.Policy.Workloads;
+
+/// <summary>A pod as the policy engine sees it: its labels (own and derived), identity and addresses.</summary>
+public sealed record Endpoint(PodManifest Pod, LabelSet Labels, SecurityIdentity Identity, IReadOnlyList<IPAddress> Addresses)
+{
+    public string Key => Pod.Key;
+
+    public IPAddress? Address(System.Net.Sockets.AddressFamily family) => Addresses.FirstOrDefault(a => a.AddressFamily == family);
+
+    /// <summary>The labels a pod carries: its own (minus rollout labels) and those derived from its namespace.</summary>
+    public static LabelSet DeriveLabels(PodManifest pod, NamespaceManifest? ns, string cluster = WellKnownLabels.DefaultCluster)
+    {
+        var labels = new List<Label>();
+        foreach (var (key, value) in pod.Labels)
+        {
+            if (!WellKnownLabels.ExcludedFromIdentity.Contains(key))
+            {
+                labels.Add(new Label(LabelSource.Kubernetes, key, value));
+            }
+        }
+        labels.Add(new Label(LabelSource.Kubernetes, WellKnownLabels.PodNamespace, pod.Namespace));
+        labels.Add(new Label(LabelSource.Kubernetes, WellKnownLabels.NamespaceLabelPrefix + WellKnownLabels.NamespaceName, pod.Namespace));
+        foreach (var (key, value) in ns?.Labels ?? new Dictionary<string, string>())
+        {
+            labels.Add(new Label(LabelSource.Kubernetes, WellKnownLabels.NamespaceLabelPrefix + key, value));
+        }
+        labels.Add(new Label(LabelSource.Kubernetes, WellKnownLabels.ServiceAccount, pod.ServiceAccount));
+        labels.Add(new Label(LabelSource.Kubernetes, WellKnownLabels.Cluster, cluster));
+        return new LabelSet(labels);
+    }
+}
+
+/// <summary>Hands out pod addresses from an IPv4 and an IPv6 range, skipping those in use.</summary>
+public sealed class PodAddressAllocator(IPNetwork v4Range, IPNetwork v6Range)
+{
+    public static IPNetwork DefaultIPv4Range { get; } = IPNetwork.Parse("10.200.0.0/16");
+    public static IPNetwork DefaultIPv6Range { get; } = IPNetwork.Parse("fd00:200::/64");
+
+    private readonly HashSet<IPAddress> _used = [];
+
+    public PodAddressAllocator() : this(DefaultIPv4Range, DefaultIPv6Range)
+    {
+    }
+
+    public IPNetwork IPv4Range => v4Range;
+
+    public IPNetwork IPv6Range => v6Range;
+
+    public void Reserve(IPAddress address) => _used.Add(address);
+
+    public void Release(IPAddress address) => _used.Remove(address);
+
+    public IReadOnlyList<IPAddress> Allocate() => [Next(v4Range), Next(v6Range)];
+
+    private IPAddress Next(IPNetwork range)
+    {
+        var bytes = range.BaseAddress.GetAddressBytes();
+        // Host numbers from 2 (1 is the gateway on the host side) to the size of the range or 65,535.
+        var hostBits = bytes.Length * 8 - range.PrefixLength;
+        var limit = hostBits >= 16 ? 65_535 : (1 << hostBits) - 2;
+        for (var n = 2; n <= limit; n++)
+        {
+            var candidate = (byte[])bytes.Clone();
+            candidate[^1] = (byte)(bytes[^1] | (n & 0xff));
+            candidate[^2] = (byte)(bytes[^2] | (n >> 8));
+            var address = new IPAddress(candidate);
+            if (_used.Add(address))
+            {
+                return address;
+            }
+        }
+        throw new InvalidOperationException($"the pod range {range} is exhausted");
+    }
+
+    /// <summary>The host-side gateway address of a range (its first host address).</summary>
+    public static IPAddress Gateway(IPNetwork range)
+    {
+        var bytes = range.BaseAddress.GetAddressBytes();
+        bytes[^1] |= 1;
+        return new IPAddress(bytes);
+    }
+}

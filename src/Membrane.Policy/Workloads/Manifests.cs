@@ -1,0 +1,32 @@
+using System.Net;
+using Membrane.Policy.Rules;
+
+namespace Membrane.Policy.Workloads;
+
+/// <summary>A v1 Namespace: a name and labels.</summary>
+public sealed record NamespaceManifest(string Name, IReadOnlyDictionary<string, string> Labels, string File);
+
+/// <summary>A declared container port; its name is what named ports in policies resolve to.</summary>
+public sealed record ContainerPort(string? Name, int Port, PortProtocol Protocol);
+
+/// <summary>A v1 Pod as the sandbox and the policy engine see it.</summary>
+public sealed record PodManifest(
+    string Namespace,
+    string Name,
+    IReadOnlyDictionary<string, string> Labels,
+    string ServiceAccount,
+    IReadOnlyList<ContainerPort> Ports,
+    IReadOnlyList<IPAddress> Addresses,
+    string File)
+{
+    public string Key => $"{Namespace}/{Name}";
+}
+
+/// <summary>Everything one load produced: policies and workloads, all validated.</summary>
+public sealed record ManifestSet(
+    IReadOnlyList<PolicyDocument> Policies,
+    IReadOnlyList<NamespaceManifest> Namespaces,
+    IReadOnlyList<PodManifest> Pods)
+{
+    public static ManifestSet Empty { get; } = new([], [], []);
+}
