@@ -81,6 +81,12 @@ public static class ManifestLoader
                 errors.Add(new PolicyError(file, "", "", $"malformed YAML at line {e.Start.Line}, column {e.Start.Column}: {e.InnerException?.Message ?? e.Message}", (int)e.Start.Line, (int)e.Start.Column));
                 return;
             }
+            catch (InvalidOperationException e)
+            {
+                // YamlDotNet's scanner throws this (without a position) on some unterminated flow collections.
+                errors.Add(new PolicyError(file, "", "", $"malformed YAML at line ?: {e.Message} (check for an unclosed '{{' or '[')", 0, 0));
+                return;
+            }
             for (var i = 0; i < stream.Documents.Count; i++)
             {
                 var root = stream.Documents[i].RootNode;

@@ -259,9 +259,18 @@ public sealed class PolicyEngine
         var labels = Endpoint.DeriveLabels(pod, _namespaces.GetValueOrDefault(pod.Namespace));
         if (old is not null && old.Labels.Equals(labels))
         {
-            var same = old with { Pod = pod, Addresses = addresses };
+            var same = old with { Pod = pod with { Addresses = addresses }, Addresses = addresses };
             _endpoints[pod.Key] = same;
             _dirty.Add(pod.Key);
+            if (!old.Addresses.SequenceEqual(addresses))
+            {
+                foreach (var address in old.Addresses.Except(addresses))
+                {
+                    _addresses.Release(address);
+                }
+                // ipBlock selectors match pods by address.
+                MarkChanged(_cache.Reevaluate(old.Identity));
+            }
             MarkNamedPortDependents();
             Revision++;
             return same;
@@ -461,6 +470,24 @@ public sealed class PolicyEngine
             peers.IntersectWith(required);
         }
         var reference = rule.Reference;
+        if (rule.Direction == TrafficDirection.Egress && peers.Contains(ReservedIdentities.Any) && rule.Ports?.Any(p => p.Name is not null) == true)
+        {
+            // An egress named port means the port of that name on the destination: to "any peer" it can only
+            // reach the pods that declare it, so the wildcard expands into their identities for named ports.
+            var named = rule with { Icmps = null, Ports = rule.Ports.Where(p => p.Name is not null).ToList() };
+            foreach (var identity in _endpointsByIdentity.Keys)
+            {
+                foreach (var (protocol, port, prefix) in L4Keys(endpoint, named, identity))
+                {
+                    builder.Add(PolicyKey.Create(rule.Direction, identity, protocol, port, prefix), rule.Action, reference);
+                }
+            }
+            rule = rule with { Ports = rule.Ports.Where(p => p.Name is null).ToList() };
+            if (rule.Ports.Count == 0 && rule.Icmps is null)
+            {
+                return;
+            }
+        }
         foreach (var peer in peers)
         {
             foreach (var (protocol, port, prefix) in L4Keys(endpoint, rule, peer))
@@ -519,9 +546,7 @@ public sealed class PolicyEngine
         else
         {
             _namedPortDependents.Add(endpoint.Key);
-            destinations = peer == ReservedIdentities.Any
-                ? _endpoints.Values
-                : (_endpointsByIdentity.GetValueOrDefault(peer) ?? []).Select(k => _endpoints[k]);
+            destinations = (_endpointsByIdentity.GetValueOrDefault(peer) ?? []).Select(k => _endpoints[k]);
         }
         var allowed = port.Protocols.ToHashSet();
         var seen = new HashSet<(byte, ushort)>();

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what Membrane needs to build and test on Debian 12 (run as root). Idempotent.
+set -euo pipefail
+
+packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v dotnet >/dev/null 2>&1; then
+  echo "setup: the .NET 10 SDK is required (dotnet not found on PATH)" >&2
+  exit 1
+fi
+# bpffs is not mounted at boot on this machine kind; pinned maps need it.
+if ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
+  mount -t bpf bpf /sys/fs/bpf 2>/dev/null || echo "setup: warning: could not mount bpffs at /sys/fs/bpf" >&2
+fi

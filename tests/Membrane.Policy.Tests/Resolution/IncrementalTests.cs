@@ -1,0 +1,95 @@
+using Membrane.Policy.Labels;
+using Membrane.Policy.Rules;
+using static Membrane.Policy.Tests.Cluster;
+
+namespace Membrane.Policy.Tests.Resolution;
+
+public sealed class IncrementalTests
+{
+    [Fact]
+    public void AddingAPolicyReResolvesOnlyTheEndpointsItSelects()
+    {
+        var c = With("");
+        c.Engine.ResolveAll();
+        var before = c.Engine.ResolutionCount;
+        c.Engine.UpsertPolicy(Load(Cnp("p", "a", "endpointSelector: {matchLabels: {app: server}}\ningress: [{}]")).Policies[0]);
+        Assert.Equal(["a/server"], c.Engine.Dirty.ToList());
+        c.Engine.ResolveDirty();
+        Assert.Equal(before + 1, c.Engine.ResolutionCount);
+        Assert.False(c.Ping("a/client", "a/server"));
+    }
+
+    [Fact]
+    public void RemovingAPolicyRestoresAccess()
+    {
+        var c = With(Cnp("p", "a", "endpointSelector: {matchLabels: {app: server}}\ningress: [{}]"));
+        Assert.False(c.Ping("a/client", "a/server"));
+        Assert.True(c.Engine.RemovePolicy("CiliumNetworkPolicy/a/p"));
+        Assert.True(c.Ping("a/client", "a/server"));
+    }
+
+    [Fact]
+    public void PodLabelChangeReIdentifiesAndUpdatesPeers()
+    {
+        var c = With(Cnp("p", "a", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromEndpoints: [{matchLabels: {role: trusted}}]}]
+            """));
+        c.Engine.ResolveAll();
+        Assert.False(c.Ping("a/client", "a/server"));
+        var client = c.Engine.FindEndpoint("a/client")!;
+        var oldIdentity = client.Identity.Id;
+        c.Engine.UpsertPod(client.Pod with { Labels = new Dictionary<string, string> { ["app"] = "client", ["role"] = "trusted" } });
+        Assert.Contains("a/server", c.Engine.Dirty);
+        Assert.DoesNotContain("b/other", c.Engine.Dirty);
+        Assert.NotEqual(oldIdentity, c.Engine.FindEndpoint("a/client")!.Identity.Id);
+        Assert.True(c.Ping("a/client", "a/server"));
+    }
+
+    [Fact]
+    public void NamespaceLabelChangeReIdentifiesItsPods()
+    {
+        var c = With(Ccnp("p", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromEndpoints: [{matchLabels: {io.cilium.k8s.namespace.labels.trusted: "yes"}}]}]
+            """));
+        Assert.False(c.Ping("b/client", "a/server"));
+        c.Engine.UpsertNamespace(new("b", new Dictionary<string, string> { ["trusted"] = "yes" }, "x"));
+        Assert.True(c.Ping("b/client", "a/server"));
+        Assert.Equal("yes", c.Engine.FindEndpoint("b/other")!.Labels.ValueOf(WellKnownLabels.NamespaceLabelPrefix + "trusted"));
+    }
+
+    [Fact]
+    public void RemovedPodsFreeTheirIdentity()
+    {
+        var c = With("");
+        var count = c.Engine.Identities.Count();
+        c.Engine.RemovePod("a/server");
+        Assert.Equal(count - 1, c.Engine.Identities.Count());
+    }
+
+    [Fact]
+    public void IncrementalResultEqualsFullRecomputation()
+    {
+        var policies = Cnp("p1", "a", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+            """) + Ccnp("p2", """
+            endpointSelector: {}
+            egressDeny: [{toEndpoints: [{matchLabels: {app: other}}], icmps: [{fields: [{type: 8}]}]}]
+            """);
+        var incremental = With("");
+        incremental.Engine.ResolveAll();
+        foreach (var p in Load(policies).Policies)
+        {
+            incremental.Engine.UpsertPolicy(p);
+            incremental.Engine.ResolveDirty();
+        }
+        var full = With(policies);
+        foreach (var e in full.Engine.ResolveAll())
+        {
+            var other = incremental.Engine.Resolve(e.Endpoint.Key).State.Entries;
+            Assert.Equal(e.State.Entries.Keys.Select(k => k.ToString()).Order().ToList(), other.Keys.Select(k => k.ToString()).Order().ToList());
+        }
+    }
+}
