@@ -1,0 +1,94 @@
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+using Membrane.Datapath.Sync;
+
+namespace Membrane.Datapath;
+
+/// <summary>
+/// The loaded policy datapath: the two tc programs, their shared maps and the synchronisers that fill them.
+/// </summary>
+public sealed class PolicyDatapath : IDisposable
+{
+    public const string ObjectName = "membrane.o";
+    public const string FromPodProgram = "from_pod";
+    public const string ToPodProgram = "to_pod";
+
+    private PolicyDatapath(BpfObject obj)
+    {
+        Bpf = obj;
+        FromPod = obj.Program(FromPodProgram);
+        ToPod = obj.Program(ToPodProgram);
+        PolicyMap = obj.Map("mb_policy");
+        Conntrack = obj.Map("mb_ct");
+        Drops = obj.Map("mb_drops");
+        Events = obj.Map("mb_events");
+        Config = obj.Map("mb_config");
+        Fragments = obj.Map("mb_frag");
+        Rules = new RuleRegistry();
+        Policy = new PolicyMapSynchronizer(PolicyMap, Rules);
+        IpCache = new IpCacheSynchronizer(obj.Map("mb_ipcache4"), obj.Map("mb_ipcache6"));
+    }
+
+    public BpfObject Bpf { get; }
+
+    /// <summary>Runs on the pod's host-side veth tc ingress: what the pod sends (its egress policy).</summary>
+    public BpfProgram FromPod { get; }
+
+    /// <summary>Runs on the pod's host-side veth tc egress: what the pod receives (its ingress policy).</summary>
+    public BpfProgram ToPod { get; }
+
+    public BpfMap PolicyMap { get; }
+
+    public BpfMap Conntrack { get; }
+
+    public BpfMap Drops { get; }
+
+    public BpfMap Events { get; }
+
+    public BpfMap Config { get; }
+
+    public BpfMap Fragments { get; }
+
+    public RuleRegistry Rules { get; }
+
+    public PolicyMapSynchronizer Policy { get; }
+
+    public IpCacheSynchronizer IpCache { get; }
+
+    public static PolicyDatapath Load(LoadOptions? options = null) =>
+        new(BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, ObjectName), options));
+
+    public void SetVerdictEvents(bool enabled) =>
+        Config.Update(0u, new DatapathConfig { Flags = enabled ? DatapathConfig.VerdictEvents : 0 });
+
+    /// <summary>Drop counters by reason, summed over CPUs.</summary>
+    public IReadOnlyDictionary<DropReason, Counter> DropCounters()
+    {
+        var result = new Dictionary<DropReason, Counter>();
+        foreach (var reason in Enum.GetValues<DropReason>().Where(r => r != DropReason.Allowed))
+        {
+            var perCpu = Drops.LookupPerCpu<uint, Counter>((uint)reason);
+            result[reason] = new Counter { Packets = (ulong)perCpu.Sum(c => (decimal)c.Packets), Bytes = (ulong)perCpu.Sum(c => (decimal)c.Bytes) };
+        }
+        return result;
+    }
+
+    public IEnumerable<KeyValuePair<ConntrackKey, ConntrackValue>> ConntrackEntries() => Conntrack.Entries<ConntrackKey, ConntrackValue>();
+
+    /// <summary>Empties conntrack and the fragment table (tests and `membrane bpf ct flush`).</summary>
+    public int FlushConntrack()
+    {
+        var count = 0;
+        foreach (var key in Conntrack.Keys<ConntrackKey>())
+        {
+            count += Conntrack.Delete(key) ? 1 : 0;
+        }
+        foreach (var key in Fragments.Keys<FragmentKey>())
+        {
+            Fragments.Delete(key);
+        }
+        return count;
+    }
+
+    public void Dispose() => Bpf.Dispose();
+}

@@ -1,0 +1,149 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
+using Membrane.Datapath.Interop;
+
+namespace Membrane.Datapath.Ebpf;
+
+/// <summary>How to load an object file.</summary>
+public sealed record LoadOptions
+{
+    /// <summary>bpffs directory for the maps: existing pins are adopted, new maps are pinned there. Null = no pinning.</summary>
+    public string? PinDirectory { get; init; }
+
+    /// <summary>Overrides of map sizes by map name.</summary>
+    public IReadOnlyDictionary<string, uint> MaxEntries { get; init; } = new Dictionary<string, uint>();
+}
+
+/// <summary>
+/// A loaded BPF object file: its programs and maps. Loading records the verifier's statistics for every program;
+/// a rejected program raises a <see cref="BpfException"/> carrying the verifier log.
+/// </summary>
+public sealed unsafe partial class BpfObject : IDisposable
+{
+    private const int LogSize = 16 * 1024 * 1024;
+    private nint _object;
+    private readonly Dictionary<string, BpfProgram> _programs = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, BpfMap> _maps = new(StringComparer.Ordinal);
+
+    private BpfObject(nint obj) => _object = obj;
+
+    public IReadOnlyDictionary<string, BpfProgram> Programs => _programs;
+
+    public IReadOnlyDictionary<string, BpfMap> Maps => _maps;
+
+    public BpfProgram Program(string name) =>
+        _programs.GetValueOrDefault(name) ?? throw new KeyNotFoundException($"no program {name} in the object");
+
+    public BpfMap Map(string name) =>
+        _maps.GetValueOrDefault(name) ?? throw new KeyNotFoundException($"no map {name} in the object");
+
+    /// <summary>The directory holding the compiled objects shipped with this assembly.</summary>
+    public static string ObjectDirectory => Path.Combine(AppContext.BaseDirectory, "bpf");
+
+    public static BpfObject Load(string objectFile, LoadOptions? options = null)
+    {
+        options ??= new LoadOptions();
+        if (!File.Exists(objectFile))
+        {
+            throw new BpfException($"BPF object {objectFile} not found (is the build complete?)");
+        }
+        LibBpfLog.Install();
+        LibBpfLog.Take();
+        var obj = LibBpf.ObjectOpenFile(objectFile, 0);
+        if (obj == 0)
+        {
+            throw new BpfException($"cannot open {objectFile}: {LibBpfLog.Take().Trim()}", Marshal.GetLastPInvokeError());
+        }
+        var collection = new BpfObject(obj);
+        var logs = new List<(nint Program, nint Buffer)>();
+        try
+        {
+            for (var map = LibBpf.NextMap(obj, 0); map != 0; map = LibBpf.NextMap(obj, map))
+            {
+                var name = Marshal.PtrToStringUTF8(LibBpf.MapName(map))!;
+                if (options.MaxEntries.TryGetValue(name, out var max))
+                {
+                    BpfException.Check(LibBpf.MapSetMaxEntries(map, max), $"resize of map {name}");
+                }
+                if (options.PinDirectory is { } dir && File.Exists(Path.Combine(dir, name)))
+                {
+                    var fd = LibBpf.ObjGet(Path.Combine(dir, name));
+                    BpfException.Check(fd, $"open of pinned map {Path.Combine(dir, name)}");
+                    BpfException.Check(LibBpf.MapReuseFd(map, fd), $"adoption of pinned map {name} (was it created by another version?)");
+                }
+            }
+            for (var program = LibBpf.NextProgram(obj, 0); program != 0; program = LibBpf.NextProgram(obj, program))
+            {
+                // Log level 4 = statistics only: cheap, and carries the processed-instruction count.
+                var buffer = (nint)NativeMemory.AllocZeroed(LogSize);
+                logs.Add((program, buffer));
+                BpfException.Check(LibBpf.ProgramSetLogBuffer(program, (byte*)buffer, LogSize), "setting the verifier log buffer");
+                BpfException.Check(LibBpf.ProgramSetLogLevel(program, 4), "setting the verifier log level");
+            }
+            var watch = Stopwatch.StartNew();
+            var result = LibBpf.ObjectLoad(obj);
+            watch.Stop();
+            if (result < 0)
+            {
+                var log = string.Join("\n", logs.Select(l => Marshal.PtrToStringUTF8(l.Buffer)).Where(s => !string.IsNullOrEmpty(s)));
+                throw new BpfException($"loading {Path.GetFileName(objectFile)} failed{Environment.NewLine}{LibBpfLog.Take().Trim()}", -result, log);
+            }
+            foreach (var (program, buffer) in logs)
+            {
+                var name = Marshal.PtrToStringUTF8(LibBpf.ProgramName(program))!;
+                var log = Marshal.PtrToStringUTF8(buffer) ?? "";
+                var stats = ParseStats(name, log, (int)LibBpf.ProgramInstructionCount(program), watch.Elapsed / Math.Max(1, logs.Count));
+                collection._programs[name] = new BpfProgram(name, LibBpf.ProgramFd(program), stats);
+            }
+            for (var map = LibBpf.NextMap(obj, 0); map != 0; map = LibBpf.NextMap(obj, map))
+            {
+                var name = Marshal.PtrToStringUTF8(LibBpf.MapName(map))!;
+                if (name.Contains('.', StringComparison.Ordinal))
+                {
+                    continue; // .rodata, .bss and the like
+                }
+                if (options.PinDirectory is { } dir && !File.Exists(Path.Combine(dir, name)))
+                {
+                    Directory.CreateDirectory(dir);
+                    BpfException.Check(LibBpf.MapPin(map, Path.Combine(dir, name)), $"pinning of map {name} in {dir}");
+                }
+                collection._maps[name] = new BpfMap(name, LibBpf.MapFd(map), LibBpf.MapKeySize(map), LibBpf.MapValueSize(map), LibBpf.MapMaxEntries(map));
+            }
+            LibBpfLog.Take();
+            return collection;
+        }
+        catch
+        {
+            collection.Dispose();
+            throw;
+        }
+        finally
+        {
+            foreach (var (_, buffer) in logs)
+            {
+                NativeMemory.Free((void*)buffer);
+            }
+        }
+    }
+
+    [GeneratedRegex(@"processed (\d+) insns .*?total_states (\d+) peak_states (\d+)")]
+    private static partial Regex StatsLine();
+
+    private static VerifierStats ParseStats(string program, string log, int instructions, TimeSpan loadTime)
+    {
+        var match = StatsLine().Match(log);
+        int Group(int i) => match.Success ? int.Parse(match.Groups[i].Value, CultureInfo.InvariantCulture) : -1;
+        return new VerifierStats(program, Group(1), instructions, Group(2), Group(3), loadTime);
+    }
+
+    public void Dispose()
+    {
+        if (_object != 0)
+        {
+            LibBpf.ObjectClose(_object);
+            _object = 0;
+        }
+    }
+}

@@ -1,0 +1,50 @@
+using Membrane.Datapath.Interop;
+
+namespace Membrane.Datapath.Ebpf;
+
+/// <summary>What the verifier reported for one program.</summary>
+public sealed record VerifierStats(string Program, int ProcessedInstructions, int Instructions, int TotalStates, int PeakStates, TimeSpan LoadTime);
+
+/// <summary>The result of one BPF_PROG_TEST_RUN.</summary>
+public readonly record struct TestRunResult(uint ReturnValue, uint DurationNs);
+
+/// <summary>A loaded program: its fd, verifier statistics, test runs and tc attachment.</summary>
+public sealed unsafe class BpfProgram
+{
+    public const uint TcActOk = 0;
+    public const uint TcActShot = 2;
+
+    internal BpfProgram(string name, int fd, VerifierStats stats)
+    {
+        Name = name;
+        Fd = fd;
+        Stats = stats;
+    }
+
+    public string Name { get; }
+
+    public int Fd { get; }
+
+    public VerifierStats Stats { get; }
+
+    /// <summary>Runs the program on one packet (Ethernet frame) in the kernel, <paramref name="repeat"/> times.</summary>
+    public TestRunResult TestRun(ReadOnlySpan<byte> packet, int repeat = 1)
+    {
+        var output = new byte[Math.Max(packet.Length + 256, 512)];
+        fixed (byte* data = packet)
+        fixed (byte* outData = output)
+        {
+            var options = new TestRunOptions
+            {
+                Size = (nuint)sizeof(TestRunOptions),
+                DataIn = data,
+                DataSizeIn = (uint)packet.Length,
+                DataOut = outData,
+                DataSizeOut = (uint)output.Length,
+                Repeat = repeat,
+            };
+            BpfException.Check(LibBpf.ProgramTestRun(Fd, &options), $"test run of {Name}");
+            return new TestRunResult(options.ReturnValue, options.Duration);
+        }
+    }
+}

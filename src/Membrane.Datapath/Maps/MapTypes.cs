@@ -1,0 +1,222 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+
+namespace Membrane.Datapath.Maps;
+
+// Mirrors of the structs in bpf/maps.h. Field order and sizes must match the C exactly.
+
+[StructLayout(LayoutKind.Sequential)]
+public struct PolicyMapKey : IEquatable<PolicyMapKey>
+{
+    public const uint L3PrefixLength = 72;
+    public const uint FullPrefixLength = 96;
+
+    public uint PrefixLength;
+    public uint IfIndex;
+    public uint Identity;
+    public byte Direction;
+    public byte Protocol;
+    public ushort PortNetworkOrder;
+
+    public readonly ushort Port => BinaryPrimitives.ReverseEndianness(PortNetworkOrder);
+
+    public readonly bool Equals(PolicyMapKey other) =>
+        PrefixLength == other.PrefixLength && IfIndex == other.IfIndex && Identity == other.Identity
+        && Direction == other.Direction && Protocol == other.Protocol && PortNetworkOrder == other.PortNetworkOrder;
+
+    public override readonly bool Equals(object? obj) => obj is PolicyMapKey k && Equals(k);
+
+    public override readonly int GetHashCode() => HashCode.Combine(PrefixLength, IfIndex, Identity, Direction, Protocol, PortNetworkOrder);
+
+    public static bool operator ==(PolicyMapKey left, PolicyMapKey right) => left.Equals(right);
+
+    public static bool operator !=(PolicyMapKey left, PolicyMapKey right) => !left.Equals(right);
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct PolicyMapValue
+{
+    public ulong Packets;
+    public ulong Bytes;
+    public uint RuleId;
+    public byte Deny;
+    public byte Kind;
+    public ushort Pad;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct IpCache4Key
+{
+    public uint PrefixLength;
+    public uint Address; // network byte order, as in the packet
+
+    public static IpCache4Key From(IPNetwork prefix) => new()
+    {
+        PrefixLength = (uint)prefix.PrefixLength,
+        Address = BitConverter.ToUInt32(prefix.BaseAddress.GetAddressBytes()),
+    };
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct IpCache6Key
+{
+    public uint PrefixLength;
+    public fixed byte Address[16];
+
+    public static IpCache6Key From(IPNetwork prefix)
+    {
+        var key = new IpCache6Key { PrefixLength = (uint)prefix.PrefixLength };
+        var bytes = prefix.BaseAddress.GetAddressBytes();
+        for (var i = 0; i < 16; i++)
+        {
+            key.Address[i] = bytes[i];
+        }
+        return key;
+    }
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct IpCacheValue
+{
+    public uint Identity;
+    public uint Flags;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct ConntrackKey
+{
+    public uint IfIndex;
+    public byte Direction;
+    public byte Protocol;
+    public byte Family;
+    public byte Pad;
+    public ushort SourcePort;
+    public ushort DestinationPort;
+    public fixed byte Source[16];
+    public fixed byte Destination[16];
+
+    public readonly IPAddress SourceAddress => Address(0);
+
+    public readonly IPAddress DestinationAddress => Address(16);
+
+    private readonly IPAddress Address(int offset)
+    {
+        fixed (byte* start = Source)
+        {
+            var span = new ReadOnlySpan<byte>(start + offset, Family == 4 ? 4 : 16);
+            return new IPAddress(span);
+        }
+    }
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct ConntrackValue
+{
+    public ulong CreatedNs;
+    public ulong LastSeenNs;
+    public ulong Packets;
+    public ulong Bytes;
+    public uint RuleId;
+    public byte Flags;
+    public byte Pad0;
+    public ushort Pad1;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct Counter
+{
+    public ulong Packets;
+    public ulong Bytes;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct DatapathConfig
+{
+    public const uint VerdictEvents = 1;
+
+    public uint Flags;
+    public uint Pad;
+}
+
+/// <summary>One record of the events ring buffer (struct event).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct DatapathEvent
+{
+    public ulong TimestampNs;
+    public uint IfIndex;
+    public uint PeerIdentity;
+    public uint RuleId;
+    public uint Length;
+    public fixed byte Source[16];
+    public fixed byte Destination[16];
+    public ushort SourcePort;
+    public ushort DestinationPort;
+    public byte Type;
+    public byte Direction;
+    public byte Reason;
+    public byte Family;
+    public byte Protocol;
+    public byte IcmpType;
+    public byte IcmpCode;
+    public byte MatchKind;
+
+    public readonly IPAddress SourceAddress => Address(true);
+
+    public readonly IPAddress DestinationAddress => Address(false);
+
+    private readonly IPAddress Address(bool source)
+    {
+        fixed (byte* s = Source)
+        {
+            var start = source ? s : s + 16;
+            return new IPAddress(new ReadOnlySpan<byte>(start, Family == 4 ? 4 : 16));
+        }
+    }
+
+    public static DatapathEvent Read(ReadOnlySpan<byte> record) => MemoryMarshal.Read<DatapathEvent>(record);
+}
+
+public enum DropReason : byte
+{
+    Allowed = 0,
+    Policy = 1,
+    PolicyDeny = 2,
+    Malformed = 3,
+    Fragment = 4,
+}
+
+public enum EventType : byte
+{
+    Drop = 1,
+    Verdict = 2,
+}
+
+public static class DropReasons
+{
+    public static string Describe(DropReason reason) => reason switch
+    {
+        DropReason.Allowed => "Policy allowed",
+        DropReason.Policy => "Policy denied",
+        DropReason.PolicyDeny => "Policy denied by denylist",
+        DropReason.Malformed => "Malformed packet",
+        DropReason.Fragment => "Fragment of a denied or unseen datagram",
+        _ => $"reason {(int)reason}",
+    };
+
+    public static AddressFamily Family(byte family) => family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct FragmentKey
+{
+    public uint IfIndex;
+    public uint Id;
+    public byte Direction;
+    public byte Family;
+    public byte Protocol;
+    public byte Pad;
+    public fixed byte Source[16];
+    public fixed byte Destination[16];
+}

@@ -1,0 +1,104 @@
+using System.Net;
+using System.Net.Sockets;
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+
+namespace Membrane.Datapath.Sync;
+
+/// <summary>Keeps the ipcache maps (address prefix → identity) equal to the engine's view, by diff.</summary>
+public sealed class IpCacheSynchronizer(BpfMap v4, BpfMap v6)
+{
+    private readonly Dictionary<IPNetwork, uint> _written = [];
+    private readonly Lock _gate = new();
+
+    public SyncResult Sync(IEnumerable<(IPNetwork Prefix, uint Identity)> entries)
+    {
+        var desired = new Dictionary<IPNetwork, uint>();
+        foreach (var (prefix, identity) in entries)
+        {
+            desired[prefix] = identity;
+        }
+        lock (_gate)
+        {
+            int added = 0, updated = 0, removed = 0, unchanged = 0;
+            foreach (var (prefix, identity) in desired)
+            {
+                if (_written.TryGetValue(prefix, out var old))
+                {
+                    if (old == identity)
+                    {
+                        unchanged++;
+                        continue;
+                    }
+                    updated++;
+                }
+                else
+                {
+                    added++;
+                }
+                Write(prefix, identity);
+            }
+            foreach (var prefix in _written.Keys.Where(p => !desired.ContainsKey(p)).ToList())
+            {
+                Delete(prefix);
+                removed++;
+            }
+            _written.Clear();
+            foreach (var (prefix, identity) in desired)
+            {
+                _written[prefix] = identity;
+            }
+            return new SyncResult(added, updated, removed, unchanged);
+        }
+    }
+
+    /// <summary>Reads entries left by a previous agent so stale ones are removed by the next sync.</summary>
+    public void Adopt()
+    {
+        lock (_gate)
+        {
+            _written.Clear();
+            foreach (var (key, value) in v4.Entries<IpCache4Key, IpCacheValue>())
+            {
+                _written[new IPNetwork(new IPAddress(BitConverter.GetBytes(key.Address)), (int)key.PrefixLength)] = value.Identity;
+            }
+            foreach (var (key, value) in v6.Entries<IpCache6Key, IpCacheValue>())
+            {
+                var bytes = new byte[16];
+                unsafe
+                {
+                    for (var i = 0; i < 16; i++)
+                    {
+                        bytes[i] = key.Address[i];
+                    }
+                }
+                _written[new IPNetwork(new IPAddress(bytes), (int)key.PrefixLength)] = value.Identity;
+            }
+        }
+    }
+
+    private void Write(IPNetwork prefix, uint identity)
+    {
+        var value = new IpCacheValue { Identity = identity };
+        if (prefix.BaseAddress.AddressFamily == AddressFamily.InterNetwork)
+        {
+            v4.Update(IpCache4Key.From(prefix), value);
+        }
+        else
+        {
+            v6.Update(IpCache6Key.From(prefix), value);
+        }
+    }
+
+    private void Delete(IPNetwork prefix)
+    {
+        if (prefix.BaseAddress.AddressFamily == AddressFamily.InterNetwork)
+        {
+            v4.Delete(IpCache4Key.From(prefix));
+        }
+        else
+        {
+            v6.Delete(IpCache6Key.From(prefix));
+        }
+    }
+}

@@ -1,0 +1,151 @@
+using System.Buffers.Binary;
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+using Membrane.Policy.Resolution;
+using Membrane.Policy.Rules;
+
+namespace Membrane.Datapath.Sync;
+
+/// <summary>Counts of one synchronisation.</summary>
+public readonly record struct SyncResult(int Added, int Updated, int Removed, int Unchanged)
+{
+    public int Changes => Added + Updated + Removed;
+}
+
+/// <summary>
+/// Writes an endpoint's <see cref="MapState"/> into the policy map as a diff against what is there. The order
+/// guarantees that no packet is ever allowed that both the old and the new policy deny:
+/// (1) new and changed deny entries, (2) removal of allow entries that are gone, (3) new and changed allow
+/// entries, (4) removal of deny entries that are gone. Unchanged entries are not touched, so their counters keep
+/// counting.
+/// </summary>
+public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
+{
+    private readonly Dictionary<uint, Dictionary<PolicyMapKey, PolicyMapValue>> _written = [];
+    private readonly Lock _gate = new();
+
+    public RuleRegistry Rules => rules;
+
+    public static PolicyMapKey ToMapKey(uint ifIndex, PolicyKey key) => new()
+    {
+        IfIndex = ifIndex,
+        Identity = key.Identity,
+        Direction = (byte)key.Direction,
+        Protocol = key.Protocol,
+        PortNetworkOrder = BinaryPrimitives.ReverseEndianness(key.Port),
+        PrefixLength = key.Protocol == IpProtocol.Any ? PolicyMapKey.L3PrefixLength : 80u + key.PortPrefixLength,
+    };
+
+    public static PolicyKey FromMapKey(PolicyMapKey key) => PolicyKey.Create(
+        (TrafficDirection)key.Direction, key.Identity, key.Protocol, key.Port,
+        key.PrefixLength <= PolicyMapKey.L3PrefixLength ? (byte)0 : (byte)(key.PrefixLength - 80));
+
+    public SyncResult Sync(uint ifIndex, MapState state)
+    {
+        var desired = new Dictionary<PolicyMapKey, PolicyMapValue>(state.Count);
+        foreach (var (key, entry) in state.Entries)
+        {
+            desired[ToMapKey(ifIndex, key)] = new PolicyMapValue
+            {
+                Deny = entry.IsDeny ? (byte)1 : (byte)0,
+                Kind = (byte)MatchKindCode(key.Kind),
+                RuleId = rules.Intern(entry.DerivedFrom),
+            };
+        }
+        lock (_gate)
+        {
+            var current = _written.GetValueOrDefault(ifIndex) ?? [];
+            int added = 0, updated = 0, removed = 0, unchanged = 0;
+            void Write(bool deny)
+            {
+                foreach (var (key, value) in desired)
+                {
+                    if (value.Deny == 1 != deny)
+                    {
+                        continue;
+                    }
+                    if (current.TryGetValue(key, out var old))
+                    {
+                        if (old.Deny == value.Deny && old.Kind == value.Kind && old.RuleId == value.RuleId)
+                        {
+                            unchanged++;
+                            continue;
+                        }
+                        updated++;
+                    }
+                    else
+                    {
+                        added++;
+                    }
+                    map.Update(key, value);
+                }
+            }
+            void Remove(bool deny)
+            {
+                foreach (var (key, value) in current)
+                {
+                    if (value.Deny == 1 == deny && !desired.ContainsKey(key))
+                    {
+                        map.Delete(key);
+                        removed++;
+                    }
+                }
+            }
+            Write(deny: true);
+            Remove(deny: false);
+            Write(deny: false);
+            Remove(deny: true);
+            _written[ifIndex] = desired;
+            return new SyncResult(added, updated, removed, unchanged);
+        }
+    }
+
+    /// <summary>Removes every entry of an endpoint (its programs must already be detached).</summary>
+    public int Remove(uint ifIndex)
+    {
+        lock (_gate)
+        {
+            if (!_written.Remove(ifIndex, out var current))
+            {
+                current = map.Keys<PolicyMapKey>().Where(k => k.IfIndex == ifIndex).ToDictionary(k => k, _ => default(PolicyMapValue));
+            }
+            foreach (var key in current.Keys)
+            {
+                map.Delete(key);
+            }
+            return current.Count;
+        }
+    }
+
+    /// <summary>Reads what a previous agent left in a pinned map, so the next sync is a diff, not a rewrite.</summary>
+    public void Adopt()
+    {
+        lock (_gate)
+        {
+            _written.Clear();
+            foreach (var (key, value) in map.Entries<PolicyMapKey, PolicyMapValue>())
+            {
+                if (!_written.TryGetValue(key.IfIndex, out var entries))
+                {
+                    entries = [];
+                    _written[key.IfIndex] = entries;
+                }
+                entries[key] = value with { Packets = 0, Bytes = 0 };
+            }
+        }
+    }
+
+    /// <summary>The entries of one endpoint as the kernel holds them, with counters.</summary>
+    public IReadOnlyList<(PolicyKey Key, PolicyMapValue Value)> Dump(uint ifIndex) =>
+        map.Entries<PolicyMapKey, PolicyMapValue>().Where(e => e.Key.IfIndex == ifIndex)
+            .Select(e => (FromMapKey(e.Key), e.Value)).ToList();
+
+    public static int MatchKindCode(MatchKind kind) => kind switch
+    {
+        MatchKind.Any => 1,
+        MatchKind.L3Only => 2,
+        MatchKind.L4Only => 3,
+        MatchKind.L3L4 => 4,
+        _ => 5,
+    };
+}

@@ -1,0 +1,51 @@
+/* Shared definitions for Membrane's tc programs: constants, verdict codes and the structs the C# side mirrors. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define DIR_INGRESS 0 /* traffic entering the pod: the pod's ingress policy */
+#define DIR_EGRESS 1  /* traffic leaving the pod: the pod's egress policy */
+
+#define IDENTITY_ANY 0
+#define IDENTITY_WORLD 2
+
+#define PROTO_ICMP 1
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+#define PROTO_ICMPV6 58
+#define PROTO_SCTP 132
+
+/* Why a packet was dropped; index into the drop counters. Mirrored by DropReason in C#. */
+enum drop_reason {
+	REASON_ALLOWED = 0,
+	REASON_POLICY = 1,      /* no rule allows it (default deny) */
+	REASON_POLICY_DENY = 2, /* a deny rule matched */
+	REASON_MALFORMED = 3,   /* truncated header or bad length */
+	REASON_FRAGMENT = 4,    /* later fragment whose first fragment was denied or never seen */
+	REASON_MAX = 8,
+};
+
+enum event_type {
+	EVENT_DROP = 1,
+	EVENT_VERDICT = 2, /* a new connection was allowed by policy */
+};
+
+/* What kind of entry matched; set by the control plane in the policy value. */
+enum match_kind {
+	MATCH_NONE = 0,
+	MATCH_ANY = 1,
+	MATCH_L3_ONLY = 2,
+	MATCH_L4_ONLY = 3,
+	MATCH_L3_L4 = 4,
+	MATCH_ICMP = 5,
+};
+
+#define CONFIG_VERDICT_EVENTS 1 /* emit an event for every new allowed connection */
+
+static __always_inline int is_icmp(__u8 proto)
+{
+	return proto == PROTO_ICMP || proto == PROTO_ICMPV6;
+}

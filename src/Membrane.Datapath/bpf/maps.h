@@ -1,0 +1,169 @@
+/* Every map the programs share. The C# side opens, pins and fills them by these names. */
+#pragma once
+
+#include "common.h"
+
+/* Policy: LPM trie. Everything up to and including dir is always matched in full; proto and port may be
+ * wildcarded by the prefix length. For ICMP, port = type << 8 | code (so prefix 88 = one type, any code). */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 ifindex;  /* the pod's host-side veth: identifies the endpoint */
+	__u32 identity; /* peer identity; 0 = any peer */
+	__u8 dir;
+	__u8 proto;     /* 0 = any protocol */
+	__be16 port;
+};
+
+#define POLICY_PREFIX_L3 72 /* ifindex + identity + dir */
+#define POLICY_PREFIX_FULL 96
+
+struct policy_value {
+	__u64 packets;
+	__u64 bytes;
+	__u32 rule_id; /* the control plane's handle of the rules behind the entry, carried in events */
+	__u8 deny;
+	__u8 kind;     /* enum match_kind */
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} mb_policy SEC(".maps");
+
+struct ipcache4_key {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+struct ipcache6_key {
+	__u32 prefixlen;
+	__u32 addr[4];
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache4_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} mb_ipcache4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache6_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} mb_ipcache6 SEC(".maps");
+
+/* Conntrack: per endpoint and direction, keyed by the tuple of the packet that opened the connection. */
+struct ct_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 proto;
+	__u8 family; /* 4 or 6 */
+	__u8 pad;
+	__u16 sport; /* host byte order; ICMP echo: identifier in sport (request) or dport (reply) */
+	__u16 dport;
+	__u32 saddr[4];
+	__u32 daddr[4];
+};
+
+struct ct_value {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__u64 packets;
+	__u64 bytes;
+	__u32 rule_id;
+	__u8 flags; /* CT_* */
+	__u8 pad[3];
+};
+
+#define CT_SEEN_FIN_FWD 0x01
+#define CT_SEEN_FIN_REV 0x02
+#define CT_SEEN_RST 0x04
+#define CT_SEEN_REPLY 0x08
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, 262144);
+} mb_ct SEC(".maps");
+
+/* Verdict of the first fragment of a datagram, so later fragments (without L4 header) get the same one. */
+struct frag_key {
+	__u32 ifindex;
+	__u32 id;
+	__u8 dir;
+	__u8 family;
+	__u8 proto;
+	__u8 pad;
+	__u32 saddr[4];
+	__u32 daddr[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, __u8); /* 1 = allowed, 0 = denied */
+	__uint(max_entries, 16384);
+} mb_frag SEC(".maps");
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, REASON_MAX);
+} mb_drops SEC(".maps");
+
+struct event {
+	__u64 ts_ns;
+	__u32 ifindex;
+	__u32 peer_identity;
+	__u32 rule_id;
+	__u32 len;
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u8 type;   /* enum event_type */
+	__u8 dir;
+	__u8 reason; /* enum drop_reason */
+	__u8 family;
+	__u8 proto;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 match_kind;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} mb_events SEC(".maps");
+
+struct config {
+	__u32 flags; /* CONFIG_* */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(max_entries, 1);
+} mb_config SEC(".maps");

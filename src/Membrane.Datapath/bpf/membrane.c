@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Membrane's policy programs, attached to each pod's host-side veth:
+ *   from_pod on tc ingress (packets the pod sends: its egress policy),
+ *   to_pod   on tc egress  (packets delivered to the pod: its ingress policy).
+ * The endpoint is the veth's ifindex, so no per-endpoint lookup is needed before conntrack. */
+#include "common.h"
+#include "headers.h"
+#include "maps.h"
+#include "parse.h"
+#include "conntrack.h"
+#include "policy.h"
+#include "events.h"
+
+static __always_inline void remember_fragment(__u32 ifindex, __u8 dir, const struct flow *f, __u8 allowed)
+{
+	struct frag_key k = { .ifindex = ifindex, .id = f->frag_id, .dir = dir, .family = f->family, .proto = f->proto };
+	__builtin_memcpy(k.saddr, f->saddr, sizeof(k.saddr));
+	__builtin_memcpy(k.daddr, f->daddr, sizeof(k.daddr));
+	bpf_map_update_elem(&mb_frag, &k, &allowed, BPF_ANY);
+}
+
+static __always_inline int fragment_allowed(__u32 ifindex, __u8 dir, const struct flow *f)
+{
+	struct frag_key k = { .ifindex = ifindex, .id = f->frag_id, .dir = dir, .family = f->family, .proto = f->proto };
+	__builtin_memcpy(k.saddr, f->saddr, sizeof(k.saddr));
+	__builtin_memcpy(k.daddr, f->daddr, sizeof(k.daddr));
+	__u8 *allowed = bpf_map_lookup_elem(&mb_frag, &k);
+	return allowed && *allowed;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 dir, __u8 reason, __u32 peer,
+				const struct policy_value *entry)
+{
+	count_drop(reason, skb->len);
+	emit_event(skb, f, EVENT_DROP, dir, reason, peer, entry);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct flow f = {};
+	int parsed = parse_packet(skb, &f);
+	if (parsed == PARSE_NOT_IP)
+		return TC_ACT_OK; /* ARP and other non-IP frames are not subject to IP policy */
+	if (parsed != PARSE_OK)
+		return drop(skb, &f, dir, REASON_MALFORMED, 0, 0);
+
+	__u32 ifindex = skb->ifindex;
+	if (f.frag == FRAG_LATER) {
+		if (fragment_allowed(ifindex, dir, &f))
+			return TC_ACT_OK;
+		return drop(skb, &f, dir, REASON_FRAGMENT, 0, 0);
+	}
+	/* Neighbour discovery (router solicitation/advertisement, neighbour solicitation/advertisement) is never
+	 * subject to policy: without it IPv6 stops working. */
+	if (f.proto == PROTO_ICMPV6 && f.icmp_type >= 133 && f.icmp_type <= 136)
+		return TC_ACT_OK;
+
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key k = {};
+	ct_key_forward(&k, ifindex, dir, &f);
+	if (ct_touch(&k, now, skb->len, f.tcp_flags, 0))
+		goto pass;
+	ct_key_reverse(&k, ifindex, dir, &f);
+	if (ct_touch(&k, now, skb->len, f.tcp_flags, 1))
+		goto pass;
+	if (is_icmp(f.proto) && is_icmp_error(f.family, f.icmp_type) && ct_related(skb, ifindex, dir, &f, now))
+		goto pass;
+
+	__u32 peer = ipcache_identity(&f, dir);
+	struct policy_value *entry = policy_lookup(ifindex, dir, peer, &f);
+	if (!entry || entry->deny) {
+		if (f.frag == FRAG_FIRST)
+			remember_fragment(ifindex, dir, &f, 0);
+		return drop(skb, &f, dir, entry ? REASON_POLICY_DENY : REASON_POLICY, peer, entry);
+	}
+	__sync_fetch_and_add(&entry->packets, 1);
+	__sync_fetch_and_add(&entry->bytes, skb->len);
+	if (ct_trackable(&f)) {
+		ct_key_forward(&k, ifindex, dir, &f);
+		ct_create(&k, now, skb->len, entry->rule_id);
+	}
+	if (verdict_events_enabled())
+		emit_event(skb, &f, EVENT_VERDICT, dir, REASON_ALLOWED, peer, entry);
+pass:
+	if (f.frag == FRAG_FIRST)
+		remember_fragment(ifindex, dir, &f, 1);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+SEC("tc")
+int to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,223 @@
+/* Packet parsing: Ethernet, IPv4 (with options), IPv6 (walking extension headers), TCP, UDP, SCTP, ICMP(v6). */
+#pragma once
+
+#include "common.h"
+#include "headers.h"
+
+#define IPV6_MAX_EXT_HEADERS 8
+
+#define FRAG_NONE 0
+#define FRAG_FIRST 1
+#define FRAG_LATER 2
+
+struct flow {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport; /* host byte order */
+	__u16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 tcp_flags;
+	__u8 frag;
+	__u16 l4_off;
+	__u32 frag_id;
+};
+
+#define PARSE_OK 0
+#define PARSE_NOT_IP 1
+#define PARSE_MALFORMED -1
+
+static __always_inline int is_echo_request(__u8 family, __u8 type)
+{
+	return family == 4 ? type == 8 : type == 128;
+}
+
+static __always_inline int is_echo_reply(__u8 family, __u8 type)
+{
+	return family == 4 ? type == 0 : type == 129;
+}
+
+/* ICMP errors that carry the packet they refer to. */
+static __always_inline int is_icmp_error(__u8 family, __u8 type)
+{
+	return family == 4 ? (type == 3 || type == 11 || type == 12) : (type >= 1 && type <= 4);
+}
+
+/* Echo is tracked by identifier: a request looks like (id -> 0), its reply like (0 -> id), so reversing the
+ * tuple of a reply gives the request's. */
+static __always_inline void icmp_ports(__u8 family, __u8 type, __u16 id, __u16 *sport, __u16 *dport)
+{
+	if (is_echo_request(family, type)) {
+		*sport = id;
+		*dport = 0;
+	} else if (is_echo_reply(family, type)) {
+		*sport = 0;
+		*dport = id;
+	} else {
+		*sport = 0;
+		*dport = 0;
+	}
+}
+
+/* Reads the L4 header at f->l4_off into ports/type/flags. Malformed when the header is cut short. */
+static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
+{
+	__u32 off = f->l4_off;
+
+	if (f->proto == PROTO_TCP) {
+		__u8 tcp[14];
+		if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)) < 0)
+			return PARSE_MALFORMED;
+		if ((tcp[12] >> 4) < 5 || skb->len < off + ((tcp[12] >> 4) << 2))
+			return PARSE_MALFORMED;
+		f->sport = ((__u16)tcp[0] << 8) | tcp[1];
+		f->dport = ((__u16)tcp[2] << 8) | tcp[3];
+		f->tcp_flags = tcp[13];
+	} else if (f->proto == PROTO_UDP || f->proto == PROTO_SCTP) {
+		struct l4_ports ports;
+		/* UDP header is 8 bytes, SCTP's common header 12; ports come first in both. */
+		if (skb->len < off + (f->proto == PROTO_UDP ? 8 : 12))
+			return PARSE_MALFORMED;
+		if (bpf_skb_load_bytes(skb, off, &ports, sizeof(ports)) < 0)
+			return PARSE_MALFORMED;
+		f->sport = bpf_ntohs(ports.sport);
+		f->dport = bpf_ntohs(ports.dport);
+	} else if (is_icmp(f->proto)) {
+		struct icmp_hdr icmp;
+		if (bpf_skb_load_bytes(skb, off, &icmp, sizeof(icmp)) < 0)
+			return PARSE_MALFORMED;
+		f->icmp_type = icmp.type;
+		f->icmp_code = icmp.code;
+		icmp_ports(f->family, icmp.type, bpf_ntohs(icmp.id), &f->sport, &f->dport);
+	}
+	return PARSE_OK;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct flow *f)
+{
+	struct ipv4_hdr ip;
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		return PARSE_MALFORMED;
+	__u32 hlen = (ip.ver_ihl & 0x0f) << 2;
+	__u32 total = bpf_ntohs(ip.tot_len);
+	if ((ip.ver_ihl >> 4) != 4 || hlen < sizeof(ip) || total < hlen || skb->len < off + total)
+		return PARSE_MALFORMED;
+	f->family = 4;
+	f->proto = ip.protocol;
+	f->saddr[0] = ip.saddr;
+	f->daddr[0] = ip.daddr;
+	f->l4_off = off + hlen;
+	__u16 frag = bpf_ntohs(ip.frag_off);
+	if (frag & IPV4_OFFSET_MASK) {
+		f->frag = FRAG_LATER;
+		f->frag_id = bpf_ntohs(ip.id);
+		return PARSE_OK;
+	}
+	if (frag & IPV4_MF) {
+		f->frag = FRAG_FIRST;
+		f->frag_id = bpf_ntohs(ip.id);
+	}
+	return parse_l4(skb, f);
+}
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct flow *f)
+{
+	struct ipv6_hdr ip;
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		return PARSE_MALFORMED;
+	if ((bpf_ntohl(ip.vtc_flow) >> 28) != 6 || skb->len < off + sizeof(ip) + bpf_ntohs(ip.payload_len))
+		return PARSE_MALFORMED;
+	f->family = 6;
+	__builtin_memcpy(f->saddr, ip.saddr, sizeof(f->saddr));
+	__builtin_memcpy(f->daddr, ip.daddr, sizeof(f->daddr));
+
+	__u8 next = ip.nexthdr;
+	__u32 pos = off + sizeof(ip);
+	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		if (next == IPV6_FRAGMENT) {
+			struct ipv6_frag_hdr fh;
+			if (bpf_skb_load_bytes(skb, pos, &fh, sizeof(fh)) < 0)
+				return PARSE_MALFORMED;
+			__u16 fo = bpf_ntohs(fh.frag_off);
+			f->frag_id = bpf_ntohl(fh.id);
+			if (fo & 0xfff8) {
+				f->frag = FRAG_LATER;
+				f->proto = fh.nexthdr;
+				f->l4_off = pos + sizeof(fh);
+				return PARSE_OK;
+			}
+			if (fo & 1)
+				f->frag = FRAG_FIRST;
+			next = fh.nexthdr;
+			pos += sizeof(fh);
+		} else if (next == IPV6_HOPOPTS || next == IPV6_ROUTING || next == IPV6_DSTOPTS || next == IPV6_AUTH) {
+			struct ipv6_ext_hdr eh;
+			if (bpf_skb_load_bytes(skb, pos, &eh, sizeof(eh)) < 0)
+				return PARSE_MALFORMED;
+			pos += next == IPV6_AUTH ? ((__u32)eh.len + 2) << 2 : ((__u32)eh.len + 1) << 3;
+			next = eh.nexthdr;
+		} else {
+			break;
+		}
+	}
+	if (next == IPV6_HOPOPTS || next == IPV6_ROUTING || next == IPV6_DSTOPTS || next == IPV6_AUTH || next == IPV6_FRAGMENT)
+		return PARSE_MALFORMED; /* more extension headers than we walk: refuse rather than guess */
+	f->proto = next;
+	f->l4_off = pos;
+	return parse_l4(skb, f);
+}
+
+static __always_inline int parse_packet(struct __sk_buff *skb, struct flow *f)
+{
+	struct eth_hdr eth;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return PARSE_MALFORMED;
+	if (eth.proto == bpf_htons(ETH_P_IP_M))
+		return parse_ipv4(skb, ETH_HLEN_M, f);
+	if (eth.proto == bpf_htons(ETH_P_IPV6_M))
+		return parse_ipv6(skb, ETH_HLEN_M, f);
+	return PARSE_NOT_IP;
+}
+
+/* Parses the packet embedded in an ICMP error (IP header + first 8 bytes of its L4 header) into *inner. */
+static __always_inline int parse_embedded(struct __sk_buff *skb, const struct flow *outer, struct flow *inner)
+{
+	__u32 off = outer->l4_off + sizeof(struct icmp_hdr);
+	if (outer->family == 4) {
+		struct ipv4_hdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || (ip.ver_ihl >> 4) != 4)
+			return PARSE_MALFORMED;
+		__u32 hlen = (ip.ver_ihl & 0x0f) << 2;
+		if (hlen < sizeof(ip))
+			return PARSE_MALFORMED;
+		inner->family = 4;
+		inner->proto = ip.protocol;
+		inner->saddr[0] = ip.saddr;
+		inner->daddr[0] = ip.daddr;
+		off += hlen;
+	} else {
+		struct ipv6_hdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || (bpf_ntohl(ip.vtc_flow) >> 28) != 6)
+			return PARSE_MALFORMED;
+		inner->family = 6;
+		inner->proto = ip.nexthdr;
+		__builtin_memcpy(inner->saddr, ip.saddr, sizeof(inner->saddr));
+		__builtin_memcpy(inner->daddr, ip.daddr, sizeof(inner->daddr));
+		off += sizeof(ip);
+	}
+	if (is_icmp(inner->proto)) {
+		struct icmp_hdr icmp;
+		if (bpf_skb_load_bytes(skb, off, &icmp, sizeof(icmp)) < 0)
+			return PARSE_MALFORMED;
+		icmp_ports(inner->family, icmp.type, bpf_ntohs(icmp.id), &inner->sport, &inner->dport);
+	} else {
+		struct l4_ports ports;
+		if (bpf_skb_load_bytes(skb, off, &ports, sizeof(ports)) < 0)
+			return PARSE_MALFORMED;
+		inner->sport = bpf_ntohs(ports.sport);
+		inner->dport = bpf_ntohs(ports.dport);
+	}
+	return PARSE_OK;
+}

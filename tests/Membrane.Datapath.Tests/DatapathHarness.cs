@@ -1,0 +1,53 @@
+using System.Net;
+using System.Net.Sockets;
+using Membrane.Datapath.Ebpf;
+using Membrane.Policy.Resolution;
+using Membrane.Policy.Tests;
+
+namespace Membrane.Datapath.Tests;
+
+/// <summary>
+/// A privately loaded datapath (no pinning, its own maps) and a policy engine. Under BPF_PROG_TEST_RUN the
+/// packet's device is loopback (ifindex 1), so the endpoint under test is written at ifindex 1.
+/// </summary>
+internal sealed class DatapathHarness : IDisposable
+{
+    public const uint TestIfIndex = 1;
+
+    public PolicyDatapath Datapath { get; } = PolicyDatapath.Load();
+
+    public PolicyEngine Engine { get; private set; } = new();
+
+    public void Dispose() => Datapath.Dispose();
+
+    /// <summary>Loads the test cluster with these policies and makes <paramref name="endpoint"/> the one under test.</summary>
+    public void Use(string policies, string endpoint, string workloads = Cluster.Workloads)
+    {
+        Engine = Cluster.With(policies, workloads).Engine;
+        Select(endpoint);
+    }
+
+    public void Select(string endpoint)
+    {
+        Datapath.FlushConntrack();
+        Datapath.IpCache.Sync(Engine.IpCache());
+        Datapath.Policy.Sync(TestIfIndex, Engine.Resolve(endpoint).State);
+    }
+
+    public IPAddress V4(string pod) => Engine.FindEndpoint(pod)!.Address(AddressFamily.InterNetwork)!;
+
+    public IPAddress V6(string pod) => Engine.FindEndpoint(pod)!.Address(AddressFamily.InterNetworkV6)!;
+
+    /// <summary>True when the endpoint may send the frame (from_pod program).</summary>
+    public bool Sends(byte[] frame) => Run(Datapath.FromPod, frame);
+
+    /// <summary>True when the endpoint may receive the frame (to_pod program).</summary>
+    public bool Receives(byte[] frame) => Run(Datapath.ToPod, frame);
+
+    private static bool Run(BpfProgram program, byte[] frame)
+    {
+        var result = program.TestRun(frame).ReturnValue;
+        Assert.True(result is BpfProgram.TcActOk or BpfProgram.TcActShot, $"unexpected tc verdict {result}");
+        return result == BpfProgram.TcActOk;
+    }
+}
