@@ -15,6 +15,7 @@ public static class CliApp
         var output = new CliOutput(stdout, stderr);
         var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF");
         root.Subcommands.Add(PolicyCommands.Create(output));
+        root.Subcommands.Add(BpfCommands.Create(output));
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {

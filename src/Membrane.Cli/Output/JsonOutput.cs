@@ -19,10 +19,15 @@ public sealed record TraceOutput(
     string From, string To, string Protocol, int? Port, int? IcmpType, int? IcmpCode, string Family,
     uint SourceIdentity, uint DestinationIdentity, TraceSideOutput Egress, TraceSideOutput Ingress, string Verdict);
 
+public sealed record VerifyProgramOutput([property: JsonPropertyName("object")] string ObjectFile, string Program, int ProcessedInstructions, int Instructions, int PeakStates, double LoadMilliseconds);
+
+public sealed record VerifyOutput(string Kernel, IReadOnlyList<VerifyProgramOutput> Programs, int TotalProcessedInstructions, int Limit);
+
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
     DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(ValidateOutput))]
 [JsonSerializable(typeof(TraceOutput))]
+[JsonSerializable(typeof(VerifyOutput))]
 public sealed partial class CliJsonContext : JsonSerializerContext;
 
 public static class Json

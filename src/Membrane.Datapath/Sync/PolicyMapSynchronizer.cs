@@ -15,9 +15,7 @@ public readonly record struct SyncResult(int Added, int Updated, int Removed, in
 /// <summary>
 /// Writes an endpoint's <see cref="MapState"/> into the policy map as a diff against what is there. The order
 /// guarantees that no packet is ever allowed that both the old and the new policy deny:
-/// (1) new and changed deny entries, (2) removal of allow entries that are gone, (3) new and changed allow
-/// entries, (4) removal of deny entries that are gone. Unchanged entries are not touched, so their counters keep
-/// counting.
+/// see <see cref="SafeUpdateOrder"/>. Unchanged entries are not touched, so their counters keep counting.
 /// </summary>
 public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
 {
@@ -55,48 +53,29 @@ public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
         lock (_gate)
         {
             var current = _written.GetValueOrDefault(ifIndex) ?? [];
-            int added = 0, updated = 0, removed = 0, unchanged = 0;
-            void Write(bool deny)
+            var steps = SafeUpdateOrder.Plan(current, desired, v => v.Deny == 1,
+                (a, b) => a.Deny == b.Deny && a.Kind == b.Kind && a.RuleId == b.RuleId);
+            int added = 0, updated = 0, removed = 0;
+            foreach (var step in steps)
             {
-                foreach (var (key, value) in desired)
+                if (step.Delete)
                 {
-                    if (value.Deny == 1 != deny)
-                    {
-                        continue;
-                    }
-                    if (current.TryGetValue(key, out var old))
-                    {
-                        if (old.Deny == value.Deny && old.Kind == value.Kind && old.RuleId == value.RuleId)
-                        {
-                            unchanged++;
-                            continue;
-                        }
-                        updated++;
-                    }
-                    else
-                    {
-                        added++;
-                    }
-                    map.Update(key, value);
+                    map.Delete(step.Key);
+                    removed++;
+                    continue;
                 }
-            }
-            void Remove(bool deny)
-            {
-                foreach (var (key, value) in current)
+                if (current.ContainsKey(step.Key))
                 {
-                    if (value.Deny == 1 == deny && !desired.ContainsKey(key))
-                    {
-                        map.Delete(key);
-                        removed++;
-                    }
+                    updated++;
                 }
+                else
+                {
+                    added++;
+                }
+                map.Update(step.Key, step.Value);
             }
-            Write(deny: true);
-            Remove(deny: false);
-            Write(deny: false);
-            Remove(deny: true);
             _written[ifIndex] = desired;
-            return new SyncResult(added, updated, removed, unchanged);
+            return new SyncResult(added, updated, removed, desired.Count - added - updated);
         }
     }
 

@@ -93,9 +93,11 @@ static __always_inline void ct_create(const struct ct_key *k, __u64 now, __u32 l
 /* An ICMP error relates to a tracked connection of this endpoint if the packet it carries was sent on one:
  * either in the direction that opened it, or as a reply to it. Matching the embedded packet (not the outer
  * addresses) lets errors from routers on the path through, such as fragmentation-needed and Packet Too Big. */
-static __always_inline int ct_related(struct __sk_buff *skb, __u32 ifindex, __u8 dir, const struct flow *f, __u64 now)
+__attribute__((noinline)) int ct_related(struct __sk_buff *skb, __u32 ifindex, __u32 dir, const struct flow *f, __u64 now)
 {
 	struct flow inner = {};
+	if (!f)
+		return 0;
 	if (parse_embedded(skb, f, &inner) != PARSE_OK || inner.family != f->family)
 		return 0;
 	struct ct_key k = {};

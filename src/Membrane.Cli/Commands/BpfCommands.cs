@@ -1,0 +1,67 @@
+using System.CommandLine;
+using Membrane.Cli.Output;
+using Membrane.Datapath.Ebpf;
+
+namespace Membrane.Cli.Commands;
+
+/// <summary><c>membrane bpf …</c>: the datapath's programs and maps.</summary>
+public static class BpfCommands
+{
+    public const int VerifierLimit = 1_000_000;
+
+    public static Command Create(CliOutput output)
+    {
+        var bpf = new Command("bpf", "Inspect the eBPF datapath");
+        bpf.Subcommands.Add(Verify(output));
+        return bpf;
+    }
+
+    private static Command Verify(CliOutput output)
+    {
+        var format = CliOutput.CreateFormatOption();
+        var command = new Command("verify", "Load every program on this kernel and report the verifier's figures (needs root, no agent)") { format };
+        command.SetAction(parse =>
+        {
+            var rows = new List<VerifyProgramOutput>();
+            foreach (var file in Directory.GetFiles(BpfObject.ObjectDirectory, "*.o").Order(StringComparer.Ordinal))
+            {
+                BpfObject obj;
+                try
+                {
+                    obj = BpfObject.Load(file);
+                }
+                catch (BpfException e)
+                {
+                    output.Err.WriteLine($"error: {e.Message}");
+                    if (e.VerifierLog is { Length: > 0 } log)
+                    {
+                        output.Err.WriteLine(log);
+                    }
+                    return CliApp.Failure;
+                }
+                using (obj)
+                {
+                    rows.AddRange(obj.Programs.Values.OrderBy(p => p.Name, StringComparer.Ordinal).Select(p => new VerifyProgramOutput(
+                        Path.GetFileName(file), p.Name, p.Stats.ProcessedInstructions, p.Stats.Instructions, p.Stats.PeakStates,
+                        Math.Round(p.Stats.LoadTime.TotalMilliseconds, 2))));
+                }
+            }
+            var kernel = File.Exists("/proc/sys/kernel/osrelease") ? File.ReadAllText("/proc/sys/kernel/osrelease").Trim() : "unknown";
+            var total = rows.Sum(r => r.ProcessedInstructions);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(Json.Write(new VerifyOutput(kernel, rows, total, VerifierLimit), CliJsonContext.Default.VerifyOutput));
+                return CliApp.Success;
+            }
+            output.Out.WriteLine($"kernel {kernel}; verifier limit {VerifierLimit:N0} processed instructions per program");
+            output.Out.WriteLine($"{"OBJECT",-12} {"PROGRAM",-10} {"PROCESSED",10} {"% LIMIT",8} {"INSNS",7} {"PEAK STATES",12} {"LOAD ms",8}");
+            foreach (var r in rows)
+            {
+                output.Out.WriteLine($"{r.ObjectFile,-12} {r.Program,-10} {r.ProcessedInstructions,10:N0} {100.0 * r.ProcessedInstructions / VerifierLimit,7:F2}% {r.Instructions,7:N0} {r.PeakStates,12:N0} {r.LoadMilliseconds,8:F1}");
+            }
+            output.Out.WriteLine($"{"total",-23} {total,10:N0}");
+            return CliApp.Success;
+        });
+        return command;
+    }
+}
