@@ -58,8 +58,9 @@ public sealed class PolicyDatapath : IDisposable
     public static PolicyDatapath Load(LoadOptions? options = null) =>
         new(BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, ObjectName), options));
 
-    public void SetVerdictEvents(bool enabled) =>
-        Config.Update(0u, new DatapathConfig { Flags = enabled ? DatapathConfig.VerdictEvents : 0 });
+    /// <summary>Turns event emission on or off (a monitor turns it on while it listens).</summary>
+    public void SetEvents(bool drops, bool verdicts) =>
+        Config.Update(0u, new DatapathConfig { Flags = (drops ? DatapathConfig.DropEvents : 0) | (verdicts ? DatapathConfig.VerdictEvents : 0) });
 
     /// <summary>Drop counters by reason, summed over CPUs.</summary>
     public IReadOnlyDictionary<DropReason, Counter> DropCounters()

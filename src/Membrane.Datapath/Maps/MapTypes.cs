@@ -84,29 +84,28 @@ public struct IpCacheValue
     public uint Flags;
 }
 
+/// <summary>Normalised conntrack key: the lower address/port pair first, so both directions share it.</summary>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct ConntrackKey
 {
     public uint IfIndex;
-    public byte Direction;
     public byte Protocol;
     public byte Family;
-    public byte Pad;
-    public ushort SourcePort;
-    public ushort DestinationPort;
-    public fixed byte Source[16];
-    public fixed byte Destination[16];
+    public ushort Pad;
+    public ushort LoPort;
+    public ushort HiPort;
+    public fixed byte LoAddress[16];
+    public fixed byte HiAddress[16];
 
-    public readonly IPAddress SourceAddress => Address(0);
+    public readonly IPAddress Lo => Address(0);
 
-    public readonly IPAddress DestinationAddress => Address(16);
+    public readonly IPAddress Hi => Address(16);
 
     private readonly IPAddress Address(int offset)
     {
-        fixed (byte* start = Source)
+        fixed (byte* start = LoAddress)
         {
-            var span = new ReadOnlySpan<byte>(start + offset, Family == 4 ? 4 : 16);
-            return new IPAddress(span);
+            return new IPAddress(new ReadOnlySpan<byte>(start + offset, Family == 4 ? 4 : 16));
         }
     }
 }
@@ -114,14 +113,17 @@ public unsafe struct ConntrackKey
 [StructLayout(LayoutKind.Sequential)]
 public struct ConntrackValue
 {
+    public const byte SeenFinForward = 1, SeenFinReverse = 2, SeenRst = 4, SeenReply = 8;
+
     public ulong CreatedNs;
     public ulong LastSeenNs;
     public ulong Packets;
     public ulong Bytes;
     public uint RuleId;
     public byte Flags;
-    public byte Pad0;
-    public ushort Pad1;
+    public byte Direction;
+    public byte OpenedLo;
+    public byte Pad;
 }
 
 [StructLayout(LayoutKind.Sequential)]
@@ -135,6 +137,7 @@ public struct Counter
 public struct DatapathConfig
 {
     public const uint VerdictEvents = 1;
+    public const uint DropEvents = 2;
 
     public uint Flags;
     public uint Pad;

@@ -44,6 +44,7 @@ enum match_kind {
 };
 
 #define CONFIG_VERDICT_EVENTS 1 /* emit an event for every new allowed connection */
+#define CONFIG_DROP_EVENTS 2    /* emit an event for every drop (set while a monitor listens) */
 
 static __always_inline int is_icmp(__u8 proto)
 {

@@ -10,54 +10,76 @@
 #define CT_TIMEOUT_UDP (60ULL * NS_PER_SEC)
 #define CT_TIMEOUT_ICMP (30ULL * NS_PER_SEC)
 
-static __always_inline void ct_key_forward(struct ct_key *k, __u32 ifindex, __u8 dir, const struct flow *f)
+/* Timeouts are seconds long: the coarse clock is precise enough and much cheaper. */
+static __always_inline __u64 ct_now(void)
 {
-	k->ifindex = ifindex;
-	k->dir = dir;
-	k->proto = f->proto;
-	k->family = f->family;
-	k->sport = f->sport;
-	k->dport = f->dport;
-	__builtin_memcpy(k->saddr, f->saddr, sizeof(k->saddr));
-	__builtin_memcpy(k->daddr, f->daddr, sizeof(k->daddr));
+	return bpf_ktime_get_coarse_ns();
 }
 
-/* The key under which the other side's opening packet was recorded: opposite direction, tuple swapped. */
-static __always_inline void ct_key_reverse(struct ct_key *k, __u32 ifindex, __u8 dir, const struct flow *f)
+/* Builds the normalised key of a tuple; returns 1 when the tuple's source is the key's lo side. */
+static __always_inline int ct_key_of(struct ct_key *k, __u32 ifindex, __u8 proto, __u8 family, const __u32 *saddr,
+				     const __u32 *daddr, __u16 sport, __u16 dport)
 {
+	int src_lo = 1;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (saddr[i] != daddr[i]) {
+			src_lo = bpf_ntohl(saddr[i]) < bpf_ntohl(daddr[i]);
+			goto decided;
+		}
+	}
+	src_lo = sport <= dport;
+decided:
 	k->ifindex = ifindex;
-	k->dir = dir ^ 1;
-	k->proto = f->proto;
-	k->family = f->family;
-	k->sport = f->dport;
-	k->dport = f->sport;
-	__builtin_memcpy(k->saddr, f->daddr, sizeof(k->saddr));
-	__builtin_memcpy(k->daddr, f->saddr, sizeof(k->daddr));
+	k->proto = proto;
+	k->family = family;
+	k->pad = 0;
+	if (src_lo) {
+		k->lo_port = sport;
+		k->hi_port = dport;
+		__builtin_memcpy(k->lo_addr, saddr, sizeof(k->lo_addr));
+		__builtin_memcpy(k->hi_addr, daddr, sizeof(k->hi_addr));
+	} else {
+		k->lo_port = dport;
+		k->hi_port = sport;
+		__builtin_memcpy(k->lo_addr, daddr, sizeof(k->lo_addr));
+		__builtin_memcpy(k->hi_addr, saddr, sizeof(k->hi_addr));
+	}
+	return src_lo;
 }
 
-static __always_inline __u64 ct_timeout(const struct ct_key *k, const struct ct_value *v)
+static __always_inline __u64 ct_timeout(__u8 proto, __u8 flags)
 {
-	if (k->proto == PROTO_TCP)
-		return (v->flags & CT_SEEN_RST) || (v->flags & (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)) == (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)
+	if (proto == PROTO_TCP)
+		return (flags & CT_SEEN_RST) || (flags & (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)) == (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)
 			? CT_TIMEOUT_TCP_CLOSING : CT_TIMEOUT_TCP;
-	if (is_icmp(k->proto))
+	if (is_icmp(proto))
 		return CT_TIMEOUT_ICMP;
 	return CT_TIMEOUT_UDP;
 }
 
-/* Looks a key up; an expired entry counts as absent. Updates last-seen, counters and TCP close flags. */
-static __always_inline struct ct_value *ct_touch(const struct ct_key *k, __u64 now, __u32 len, __u8 tcp_flags, int reply)
+/* Finds the live connection of a key (an expired one counts as absent and is removed). */
+static __always_inline struct ct_value *ct_find(const struct ct_key *k, __u64 now)
 {
 	struct ct_value *v = bpf_map_lookup_elem(&mb_ct, k);
 	if (!v)
 		return 0;
-	if (now - v->last_seen_ns > ct_timeout(k, v)) {
+	if (now - v->last_seen_ns > ct_timeout(k->proto, v->flags)) {
 		bpf_map_delete_elem(&mb_ct, k);
 		return 0;
 	}
-	v->last_seen_ns = now;
-	__sync_fetch_and_add(&v->packets, 1);
-	__sync_fetch_and_add(&v->bytes, len);
+	return v;
+}
+
+/* Accounts a packet of a known connection. Counters are plain increments: approximate under contention on
+ * several CPUs, but free of atomic operations on the hot path. */
+static __always_inline void ct_account(struct ct_value *v, __u8 dir, __u64 now, __u32 len, __u8 tcp_flags)
+{
+	int reply = v->dir != dir;
+	if (v->last_seen_ns != now)
+		v->last_seen_ns = now;
+	v->packets++;
+	v->bytes += len;
 	__u8 flags = v->flags;
 	if (reply)
 		flags |= CT_SEEN_REPLY;
@@ -67,7 +89,6 @@ static __always_inline struct ct_value *ct_touch(const struct ct_key *k, __u64 n
 		flags |= reply ? CT_SEEN_FIN_REV : CT_SEEN_FIN_FWD;
 	if (flags != v->flags)
 		v->flags = flags;
-	return v;
 }
 
 /* Only connection-like flows are tracked: TCP, UDP, SCTP and ICMP echo. Other ICMP is stateless. */
@@ -78,7 +99,7 @@ static __always_inline int ct_trackable(const struct flow *f)
 	return f->proto == PROTO_TCP || f->proto == PROTO_UDP || f->proto == PROTO_SCTP;
 }
 
-static __always_inline void ct_create(const struct ct_key *k, __u64 now, __u32 len, __u32 rule_id)
+static __always_inline void ct_create(const struct ct_key *k, int src_lo, __u8 dir, __u64 now, __u32 len, __u32 rule_id)
 {
 	struct ct_value v = {
 		.created_ns = now,
@@ -86,24 +107,27 @@ static __always_inline void ct_create(const struct ct_key *k, __u64 now, __u32 l
 		.packets = 1,
 		.bytes = len,
 		.rule_id = rule_id,
+		.dir = dir,
+		.opened_lo = src_lo,
 	};
 	bpf_map_update_elem(&mb_ct, k, &v, BPF_ANY);
 }
 
-/* An ICMP error relates to a tracked connection of this endpoint if the packet it carries was sent on one:
- * either in the direction that opened it, or as a reply to it. Matching the embedded packet (not the outer
- * addresses) lets errors from routers on the path through, such as fragmentation-needed and Packet Too Big. */
-__attribute__((noinline)) int ct_related(struct __sk_buff *skb, __u32 ifindex, __u32 dir, const struct flow *f, __u64 now)
+/* An ICMP error relates to a tracked connection of this endpoint if the packet it carries belongs to it, in
+ * either direction. Matching the embedded packet (not the outer addresses) lets errors from routers on the
+ * path through, such as fragmentation-needed and Packet Too Big. A global function: verified once. */
+__attribute__((noinline)) int ct_related(struct __sk_buff *skb, __u32 ifindex, const struct flow *f, __u64 now)
 {
 	struct flow inner = {};
 	if (!f)
 		return 0;
 	if (parse_embedded(skb, f, &inner) != PARSE_OK || inner.family != f->family)
 		return 0;
-	struct ct_key k = {};
-	ct_key_forward(&k, ifindex, dir ^ 1, &inner);
-	if (ct_touch(&k, now, skb->len, 0, 0))
-		return 1;
-	ct_key_reverse(&k, ifindex, dir ^ 1, &inner);
-	return ct_touch(&k, now, skb->len, 0, 1) != 0;
+	struct ct_key k;
+	ct_key_of(&k, ifindex, inner.proto, inner.family, inner.saddr, inner.daddr, inner.sport, inner.dport);
+	struct ct_value *v = ct_find(&k, now);
+	if (!v)
+		return 0;
+	v->last_seen_ns = now;
+	return 1;
 }

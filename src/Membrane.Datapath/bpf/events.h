@@ -39,9 +39,9 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct flow 
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline int verdict_events_enabled(void)
+static __always_inline __u32 config_flags(void)
 {
 	__u32 zero = 0;
 	struct config *c = bpf_map_lookup_elem(&mb_config, &zero);
-	return c && (c->flags & CONFIG_VERDICT_EVENTS);
+	return c ? c->flags : 0;
 }

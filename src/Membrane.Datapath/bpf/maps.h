@@ -65,17 +65,18 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mb_ipcache6 SEC(".maps");
 
-/* Conntrack: per endpoint and direction, keyed by the tuple of the packet that opened the connection. */
+/* Conntrack: per endpoint, one entry per connection under a normalised key (the lower address/port pair
+ * first), so a packet in either direction finds its connection with a single lookup. The value remembers the
+ * direction of the opening packet: a packet in the other direction is a reply. */
 struct ct_key {
 	__u32 ifindex;
-	__u8 dir;
 	__u8 proto;
 	__u8 family; /* 4 or 6 */
-	__u8 pad;
-	__u16 sport; /* host byte order; ICMP echo: identifier in sport (request) or dport (reply) */
-	__u16 dport;
-	__u32 saddr[4];
-	__u32 daddr[4];
+	__u16 pad;
+	__u16 lo_port; /* host byte order; ICMP echo: the identifier stands in for one port, 0 for the other */
+	__u16 hi_port;
+	__u32 lo_addr[4];
+	__u32 hi_addr[4];
 };
 
 struct ct_value {
@@ -84,8 +85,10 @@ struct ct_value {
 	__u64 packets;
 	__u64 bytes;
 	__u32 rule_id;
-	__u8 flags; /* CT_* */
-	__u8 pad[3];
+	__u8 flags;     /* CT_* */
+	__u8 dir;       /* direction of the opening packet */
+	__u8 opened_lo; /* 1 when the opening packet came from the lo side of the key */
+	__u8 pad;
 };
 
 #define CT_SEEN_FIN_FWD 0x01

@@ -32,7 +32,8 @@ static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u
 				const struct policy_value *entry)
 {
 	count_drop(reason, skb->len);
-	emit_event(skb, f, EVENT_DROP, dir, reason, peer, entry);
+	if (config_flags() & CONFIG_DROP_EVENTS)
+		emit_event(skb, f, EVENT_DROP, dir, reason, peer, entry);
 	return TC_ACT_SHOT;
 }
 
@@ -56,15 +57,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (f.proto == PROTO_ICMPV6 && f.icmp_type >= 133 && f.icmp_type <= 136)
 		return TC_ACT_OK;
 
-	__u64 now = bpf_ktime_get_ns();
-	struct ct_key k = {};
-	ct_key_forward(&k, ifindex, dir, &f);
-	if (ct_touch(&k, now, skb->len, f.tcp_flags, 0))
+	__u64 now = ct_now();
+	struct ct_key k;
+	int src_lo = ct_key_of(&k, ifindex, f.proto, f.family, f.saddr, f.daddr, f.sport, f.dport);
+	struct ct_value *conn = ct_find(&k, now);
+	if (conn) {
+		ct_account(conn, dir, now, skb->len, f.tcp_flags);
 		goto pass;
-	ct_key_reverse(&k, ifindex, dir, &f);
-	if (ct_touch(&k, now, skb->len, f.tcp_flags, 1))
-		goto pass;
-	if (is_icmp(f.proto) && is_icmp_error(f.family, f.icmp_type) && ct_related(skb, ifindex, dir, &f, now))
+	}
+	if (is_icmp(f.proto) && is_icmp_error(f.family, f.icmp_type) && ct_related(skb, ifindex, &f, now))
 		goto pass;
 
 	__u32 peer = ipcache_identity(&f, dir);
@@ -76,11 +77,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	__sync_fetch_and_add(&entry->packets, 1);
 	__sync_fetch_and_add(&entry->bytes, skb->len);
-	if (ct_trackable(&f)) {
-		ct_key_forward(&k, ifindex, dir, &f);
-		ct_create(&k, now, skb->len, entry->rule_id);
-	}
-	if (verdict_events_enabled())
+	if (ct_trackable(&f))
+		ct_create(&k, src_lo, dir, now, skb->len, entry->rule_id);
+	if (config_flags() & CONFIG_VERDICT_EVENTS)
 		emit_event(skb, &f, EVENT_VERDICT, dir, REASON_ALLOWED, peer, entry);
 pass:
 	if (f.frag == FRAG_FIRST)

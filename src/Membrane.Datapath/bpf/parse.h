@@ -25,6 +25,23 @@ struct flow {
 	__u32 frag_id;
 };
 
+/* Copies len bytes at off: straight from the linear packet data when the offset is a constant and the bytes
+ * are there (cheap: no helper call), else through the helper (handles non-linear skbs). Variable offsets always
+ * take the helper: direct access there multiplies the verifier's states for little gain. */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (__builtin_constant_p(off)) {
+		void *p = data + off;
+		if (p + len <= end) {
+			__builtin_memcpy(to, p, len);
+			return 0;
+		}
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 #define PARSE_OK 0
 #define PARSE_NOT_IP 1
 #define PARSE_MALFORMED -1
@@ -61,14 +78,13 @@ static __always_inline void icmp_ports(__u8 family, __u8 type, __u16 id, __u16 *
 	}
 }
 
-/* Reads the L4 header at f->l4_off into ports/type/flags. Malformed when the header is cut short. */
-static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
+/* Reads the L4 header at off into ports/type/flags. Malformed when the header is cut short. */
+static __always_inline int parse_l4_at(struct __sk_buff *skb, struct flow *f, __u32 off)
 {
-	__u32 off = f->l4_off;
 
 	if (f->proto == PROTO_TCP) {
 		__u8 tcp[14];
-		if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)) < 0)
+		if (load(skb, off, tcp, sizeof(tcp)) < 0)
 			return PARSE_MALFORMED;
 		if ((tcp[12] >> 4) < 5 || skb->len < off + ((tcp[12] >> 4) << 2))
 			return PARSE_MALFORMED;
@@ -80,13 +96,13 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
 		/* UDP header is 8 bytes, SCTP's common header 12; ports come first in both. */
 		if (skb->len < off + (f->proto == PROTO_UDP ? 8 : 12))
 			return PARSE_MALFORMED;
-		if (bpf_skb_load_bytes(skb, off, &ports, sizeof(ports)) < 0)
+		if (load(skb, off, &ports, sizeof(ports)) < 0)
 			return PARSE_MALFORMED;
 		f->sport = bpf_ntohs(ports.sport);
 		f->dport = bpf_ntohs(ports.dport);
 	} else if (is_icmp(f->proto)) {
 		struct icmp_hdr icmp;
-		if (bpf_skb_load_bytes(skb, off, &icmp, sizeof(icmp)) < 0)
+		if (load(skb, off, &icmp, sizeof(icmp)) < 0)
 			return PARSE_MALFORMED;
 		f->icmp_type = icmp.type;
 		f->icmp_code = icmp.code;
@@ -95,10 +111,21 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
 	return PARSE_OK;
 }
 
+/* The usual offsets (IPv4 without options, IPv6 without extension headers) are passed as constants so their
+ * reads are direct; any other offset goes through the helper. */
+static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
+{
+	if (f->l4_off == ETH_HLEN_M + 20)
+		return parse_l4_at(skb, f, ETH_HLEN_M + 20);
+	if (f->l4_off == ETH_HLEN_M + 40)
+		return parse_l4_at(skb, f, ETH_HLEN_M + 40);
+	return parse_l4_at(skb, f, f->l4_off);
+}
+
 static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct flow *f)
 {
 	struct ipv4_hdr ip;
-	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+	if (load(skb, off, &ip, sizeof(ip)) < 0)
 		return PARSE_MALFORMED;
 	__u32 hlen = (ip.ver_ihl & 0x0f) << 2;
 	__u32 total = bpf_ntohs(ip.tot_len);
@@ -125,7 +152,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct flow *f)
 {
 	struct ipv6_hdr ip;
-	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+	if (load(skb, off, &ip, sizeof(ip)) < 0)
 		return PARSE_MALFORMED;
 	if ((bpf_ntohl(ip.vtc_flow) >> 28) != 6 || skb->len < off + sizeof(ip) + bpf_ntohs(ip.payload_len))
 		return PARSE_MALFORMED;
@@ -138,7 +165,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct f
 	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
 		if (next == IPV6_FRAGMENT) {
 			struct ipv6_frag_hdr fh;
-			if (bpf_skb_load_bytes(skb, pos, &fh, sizeof(fh)) < 0)
+			if (load(skb, pos, &fh, sizeof(fh)) < 0)
 				return PARSE_MALFORMED;
 			__u16 fo = bpf_ntohs(fh.frag_off);
 			f->frag_id = bpf_ntohl(fh.id);
@@ -154,7 +181,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct f
 			pos += sizeof(fh);
 		} else if (next == IPV6_HOPOPTS || next == IPV6_ROUTING || next == IPV6_DSTOPTS || next == IPV6_AUTH) {
 			struct ipv6_ext_hdr eh;
-			if (bpf_skb_load_bytes(skb, pos, &eh, sizeof(eh)) < 0)
+			if (load(skb, pos, &eh, sizeof(eh)) < 0)
 				return PARSE_MALFORMED;
 			pos += next == IPV6_AUTH ? ((__u32)eh.len + 2) << 2 : ((__u32)eh.len + 1) << 3;
 			next = eh.nexthdr;
@@ -176,7 +203,7 @@ __attribute__((noinline)) int parse_packet(struct __sk_buff *skb, struct flow *f
 	struct eth_hdr eth;
 	if (!f)
 		return PARSE_MALFORMED;
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+	if (load(skb, 0, &eth, sizeof(eth)) < 0)
 		return PARSE_MALFORMED;
 	if (eth.proto == bpf_htons(ETH_P_IP_M))
 		return parse_ipv4(skb, ETH_HLEN_M, f);
@@ -191,7 +218,7 @@ static __always_inline int parse_embedded(struct __sk_buff *skb, const struct fl
 	__u32 off = outer->l4_off + sizeof(struct icmp_hdr);
 	if (outer->family == 4) {
 		struct ipv4_hdr ip;
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || (ip.ver_ihl >> 4) != 4)
+		if (load(skb, off, &ip, sizeof(ip)) < 0 || (ip.ver_ihl >> 4) != 4)
 			return PARSE_MALFORMED;
 		__u32 hlen = (ip.ver_ihl & 0x0f) << 2;
 		if (hlen < sizeof(ip))
@@ -203,7 +230,7 @@ static __always_inline int parse_embedded(struct __sk_buff *skb, const struct fl
 		off += hlen;
 	} else {
 		struct ipv6_hdr ip;
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || (bpf_ntohl(ip.vtc_flow) >> 28) != 6)
+		if (load(skb, off, &ip, sizeof(ip)) < 0 || (bpf_ntohl(ip.vtc_flow) >> 28) != 6)
 			return PARSE_MALFORMED;
 		inner->family = 6;
 		inner->proto = ip.nexthdr;
@@ -213,12 +240,12 @@ static __always_inline int parse_embedded(struct __sk_buff *skb, const struct fl
 	}
 	if (is_icmp(inner->proto)) {
 		struct icmp_hdr icmp;
-		if (bpf_skb_load_bytes(skb, off, &icmp, sizeof(icmp)) < 0)
+		if (load(skb, off, &icmp, sizeof(icmp)) < 0)
 			return PARSE_MALFORMED;
 		icmp_ports(inner->family, icmp.type, bpf_ntohs(icmp.id), &inner->sport, &inner->dport);
 	} else {
 		struct l4_ports ports;
-		if (bpf_skb_load_bytes(skb, off, &ports, sizeof(ports)) < 0)
+		if (load(skb, off, &ports, sizeof(ports)) < 0)
 			return PARSE_MALFORMED;
 		inner->sport = bpf_ntohs(ports.sport);
 		inner->dport = bpf_ntohs(ports.dport);

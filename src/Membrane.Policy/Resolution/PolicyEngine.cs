@@ -383,8 +383,18 @@ public sealed class PolicyEngine
         return resolved;
     }
 
-    /// <summary>Resolves every dirty endpoint and returns those that were recomputed.</summary>
-    public IReadOnlyList<EndpointPolicy> ResolveDirty() => _dirty.ToList().Select(Resolve).ToList();
+    /// <summary>
+    /// Which endpoints this node enforces; only they are resolved by <see cref="ResolveDirty"/>. Pods of other
+    /// nodes still have identities and are peers. All pods are local in the single-node sandbox.
+    /// </summary>
+    public Predicate<string> IsLocal { get; init; } = _ => true;
+
+    /// <summary>Resolves every dirty local endpoint and returns those that were recomputed.</summary>
+    public IReadOnlyList<EndpointPolicy> ResolveDirty()
+    {
+        _dirty.RemoveWhere(k => !IsLocal(k));
+        return _dirty.ToList().Select(Resolve).ToList();
+    }
 
     public IReadOnlyList<EndpointPolicy> ResolveAll() => _endpoints.Keys.Order(StringComparer.Ordinal).Select(Resolve).ToList();
 

@@ -1,0 +1,141 @@
+using System.Globalization;
+using System.Net;
+using Membrane.Datapath;
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Tests;
+using Membrane.Policy.Api;
+using Membrane.Policy.Resolution;
+using static Membrane.Datapath.Tests.Packets;
+
+namespace Membrane.Bench;
+
+/// <summary>One measured scenario: nanoseconds per packet in the kernel and the ratio to the floor.</summary>
+public sealed record DatapathResult(string Scenario, double Nanoseconds, double Ratio, string Method);
+
+/// <summary>
+/// Per-packet cost of the tc programs, measured by BPF_PROG_TEST_RUN in the kernel (its own timer), median of
+/// several runs, each reported as a ratio to the empty program measured the same way in the same run.
+/// Scenarios whose every packet must be a new flow (an allowed one creates conntrack state) cannot repeat one
+/// packet; they run many single-shot packets with distinct identifiers and are compared with the floor measured
+/// single-shot too.
+/// </summary>
+public static class DatapathBenchmark
+{
+    private const uint IfIndex = 1;
+
+    public static IReadOnlyList<DatapathResult> Run(int repeat, int runs, int singles)
+    {
+        using var floorObject = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "floor.o"));
+        using var datapath = PolicyDatapath.Load();
+        var floor = floorObject.Program("pass_all");
+
+        var manifests = ManifestLoader.LoadText("""
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: client, namespace: bench, labels: {app: client}}
+            spec: {containers: [{name: c}]}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: server, namespace: bench, labels: {app: server}}
+            spec: {containers: [{name: s}]}
+            ---
+            apiVersion: cilium.io/v2
+            kind: CiliumNetworkPolicy
+            metadata: {name: server, namespace: bench}
+            spec:
+              endpointSelector: {matchLabels: {app: server}}
+              ingress:
+              - fromEndpoints: [{matchLabels: {app: client}}]
+                toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+              - fromEndpoints: [{matchLabels: {app: client}}]
+                icmps: [{fields: [{type: 8}, {type: EchoRequest, family: IPv6}]}]
+              ingressDeny:
+              - icmps: [{fields: [{type: 13}]}]
+            """, "bench.yaml").OrThrow();
+        var engine = new PolicyEngine();
+        engine.Apply(manifests);
+        datapath.IpCache.Sync(engine.IpCache());
+        datapath.Policy.Sync(IfIndex, engine.Resolve("bench/server").State);
+
+        var c = engine.FindEndpoint("bench/client")!.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
+        var s = engine.FindEndpoint("bench/server")!.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
+        var c6 = engine.FindEndpoint("bench/client")!.Address(System.Net.Sockets.AddressFamily.InterNetworkV6)!;
+        var s6 = engine.FindEndpoint("bench/server")!.Address(System.Net.Sockets.AddressFamily.InterNetworkV6)!;
+
+        var tcpSyn = Frame(c, s, Tcp, TcpSegment(40000, 80));
+        var tcpAck = Frame(c, s, Tcp, TcpSegment(40000, 80, TcpAck, payload: 64));
+        var echo = Frame(c, s, Icmp, IcmpMessage(8, 0, id: 1));
+        var echo6ext = V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 2),
+            (0, new byte[] { 1, 4, 0, 0, 0, 0 }), (60, new byte[] { 1, 4, 0, 0, 0, 0 })));
+        var deniedEcho = Frame(IPAddress.Parse("198.51.100.1"), s, Icmp, IcmpMessage(8, 0, id: 3));
+        var denyHit = Frame(c, s, Icmp, IcmpMessage(13, 0, id: 4));
+
+        // Open the connections that the "established" scenarios then hit.
+        Require(datapath.ToPod.TestRun(tcpSyn).ReturnValue == BpfProgram.TcActOk, "SYN allowed");
+        Require(datapath.ToPod.TestRun(echo).ReturnValue == BpfProgram.TcActOk, "echo allowed");
+        Require(datapath.ToPod.TestRun(echo6ext).ReturnValue == BpfProgram.TcActOk, "echo6 allowed");
+        Require(datapath.ToPod.TestRun(deniedEcho).ReturnValue == BpfProgram.TcActShot, "world echo denied");
+        Require(datapath.ToPod.TestRun(denyHit).ReturnValue == BpfProgram.TcActShot, "timestamp denied");
+
+        double Repeated(BpfProgram program, byte[] frame) =>
+            Median(Enumerable.Range(0, runs).Select(_ => (double)program.TestRun(frame, repeat).DurationNs));
+
+        var floorNs = Repeated(floor, tcpAck);
+        var results = new List<DatapathResult> { new("empty program (floor)", floorNs, 1, $"repeat {repeat:N0}") };
+        void Add(string name, double ns) => results.Add(new(name, ns, ns / floorNs, $"repeat {repeat:N0}"));
+        Add("established TCP", Repeated(datapath.ToPod, tcpAck));
+        Add("established ICMP echo", Repeated(datapath.ToPod, echo));
+        Add("established ICMPv6 echo, 2 extension headers", Repeated(datapath.ToPod, echo6ext));
+        Add("new ICMP echo, denied (no rule)", Repeated(datapath.ToPod, deniedEcho));
+        Add("new ICMP timestamp, deny-rule hit", Repeated(datapath.ToPod, denyHit));
+
+        // New allowed flows: every packet a fresh echo identifier, one test run each.
+        var fresh = (byte[])echo.Clone();
+        var newAllowed = new List<double>(singles);
+        var floorSingle = new List<double>(singles);
+        for (var i = 0; i < singles; i++)
+        {
+            fresh[14 + 20 + 4] = (byte)(i >> 8);
+            fresh[14 + 20 + 5] = (byte)i;
+            fresh[14 + 4] = (byte)(i >> 16); // vary the IP id too, so identifiers beyond 65,535 stay distinct flows
+            fresh[14 + 20 + 6] = (byte)(i >> 16);
+            newAllowed.Add(datapath.ToPod.TestRun(fresh).DurationNs);
+            floorSingle.Add(floor.TestRun(fresh).DurationNs);
+            if (i % 50_000 == 49_999)
+            {
+                datapath.FlushConntrack();
+            }
+        }
+        var floorSingleNs = Median(floorSingle);
+        results.Add(new("empty program (floor), single-shot", floorSingleNs, 1, $"{singles:N0} single runs"));
+        var newAllowedNs = Median(newAllowed);
+        results.Add(new("new ICMP echo, allowed (incl. conntrack insert)", newAllowedNs, newAllowedNs / floorSingleNs, $"{singles:N0} single runs"));
+        return results;
+    }
+
+    public static string Format(IReadOnlyList<DatapathResult> results)
+    {
+        var w = new StringWriter(CultureInfo.InvariantCulture);
+        w.WriteLine($"{"scenario",-50} {"ns/packet",10} {"× floor",8}  method");
+        foreach (var r in results)
+        {
+            w.WriteLine($"{r.Scenario,-50} {r.Nanoseconds,10:F1} {r.Ratio,8:F2}  {r.Method}");
+        }
+        return w.ToString();
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+
+    private static void Require(bool condition, string what)
+    {
+        if (!condition)
+        {
+            throw new InvalidOperationException($"benchmark setup failed: expected {what}");
+        }
+    }
+}

@@ -1,0 +1,55 @@
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+using Membrane.Policy.Tests;
+using static Membrane.Datapath.Tests.Packets;
+using static Membrane.Policy.Tests.Cluster;
+
+namespace Membrane.Datapath.Tests;
+
+public sealed class EventTests : IDisposable
+{
+    private readonly DatapathHarness _h = new();
+
+    public void Dispose() => _h.Dispose();
+
+    private List<DatapathEvent> Collect()
+    {
+        var events = new List<DatapathEvent>();
+        using var reader = new RingBufferReader(_h.Datapath.Events, record => events.Add(DatapathEvent.Read(record)));
+        reader.Poll(100);
+        return events;
+    }
+
+    [Fact]
+    public void DropEventNamesPeerIcmpTypeReasonAndRule()
+    {
+        _h.Use(Cnp("deny", "a", "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: 13}]}]}]\ningress: [{fromEntities: [cluster]}]"), "a/server");
+        _h.Datapath.SetEvents(drops: true, verdicts: false);
+        Assert.False(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Icmp, IcmpMessage(13, 0))));
+        var e = Assert.Single(Collect());
+        Assert.Equal((byte)EventType.Drop, e.Type);
+        Assert.Equal((byte)DropReason.PolicyDeny, e.Reason);
+        Assert.Equal(DatapathHarness.TestIfIndex, e.IfIndex);
+        Assert.Equal(0, e.Direction); // ingress
+        Assert.Equal(Icmp, e.Protocol);
+        Assert.Equal(13, e.IcmpType);
+        Assert.Equal(_h.Engine.FindEndpoint("a/client")!.Identity.Id, e.PeerIdentity);
+        Assert.Equal(_h.V4("a/client"), e.SourceAddress);
+        Assert.Contains("CiliumNetworkPolicy/a/deny: spec.ingressDeny[0]", _h.Datapath.Rules.Describe(e.RuleId), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void VerdictEventsOnlyWhenEnabledAndOnlyForNewConnections()
+    {
+        _h.Use("", "a/server");
+        Assert.True(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1000, 80))));
+        Assert.Empty(Collect());
+        _h.Datapath.SetEvents(drops: true, verdicts: true);
+        Assert.True(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1001, 80))));
+        Assert.True(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1001, 80, TcpAck))));
+        var e = Assert.Single(Collect());
+        Assert.Equal((byte)EventType.Verdict, e.Type);
+        Assert.Equal(80, e.DestinationPort);
+        Assert.Equal(1, e.MatchKind); // any: no policy enforces ingress
+    }
+}
