@@ -19,6 +19,18 @@ switch (what)
         var config = DefaultConfig.Instance.AddJob(Job.ShortRun.WithWarmupCount(1).WithIterationCount(5)).WithOptions(ConfigOptions.DisableOptimizationsValidator);
         BenchmarkRunner.Run<ResolutionBenchmarks>(config);
         return 0;
+    case "phases":
+        // A quick look at where control-plane time goes, without BenchmarkDotNet's repetitions.
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var set = ResolutionWorkload.Build();
+        Console.WriteLine($"load YAML        {watch.ElapsedMilliseconds,6} ms");
+        watch.Restart();
+        var engine = ResolutionWorkload.Engine(set);
+        Console.WriteLine($"build engine     {watch.ElapsedMilliseconds,6} ms ({engine.Identities.Count()} identities)");
+        watch.Restart();
+        var entries = ResolutionWorkload.LocalEndpoints().Sum(k => engine.Resolve(k).State.Count);
+        Console.WriteLine($"resolve 100      {watch.ElapsedMilliseconds,6} ms ({entries} entries)");
+        return 0;
     default:
         Console.Error.WriteLine($"unknown benchmark \"{what}\" (datapath or resolution)");
         return 2;

@@ -56,20 +56,26 @@ public sealed class PodAddressAllocator(IPNetwork v4Range, IPNetwork v6Range)
 
     public IReadOnlyList<IPAddress> Allocate() => [Next(v4Range), Next(v6Range)];
 
+    private readonly Dictionary<IPNetwork, int> _cursor = [];
+
+    /// <summary>The next free host number after the last one handed out (wrapping once), so allocation is O(1) amortised.</summary>
     private IPAddress Next(IPNetwork range)
     {
         var bytes = range.BaseAddress.GetAddressBytes();
         // Host numbers from 2 (1 is the gateway on the host side) to the size of the range or 65,535.
         var hostBits = bytes.Length * 8 - range.PrefixLength;
         var limit = hostBits >= 16 ? 65_535 : (1 << hostBits) - 2;
-        for (var n = 2; n <= limit; n++)
+        var start = _cursor.GetValueOrDefault(range, 2);
+        for (var i = 0; i <= limit - 2; i++)
         {
+            var n = 2 + (start - 2 + i) % (limit - 1);
             var candidate = (byte[])bytes.Clone();
             candidate[^1] = (byte)(bytes[^1] | (n & 0xff));
             candidate[^2] = (byte)(bytes[^2] | (n >> 8));
             var address = new IPAddress(candidate);
             if (_used.Add(address))
             {
+                _cursor[range] = n + 1;
                 return address;
             }
         }
