@@ -25,7 +25,17 @@ public class ResolutionBenchmarks
         {
             _engine.Resolve(e);
         }
-        _extra = ManifestLoader.LoadText(ResolutionWorkload.Policy(424_242, new Random(3)).Replace("p424242", "extra", StringComparison.Ordinal), "x.yaml").OrThrow().Policies[0];
+        // Selects app0 in every namespace: 5 of the 100 local endpoints, each with about 600 entries.
+        _extra = ManifestLoader.LoadText("""
+            apiVersion: cilium.io/v2
+            kind: CiliumClusterwideNetworkPolicy
+            metadata: {name: extra}
+            spec:
+              endpointSelector: {matchLabels: {app: app0}}
+              ingress:
+              - fromEndpoints: [{matchLabels: {app: app1}}]
+                icmps: [{fields: [{type: 8}, {type: 128, family: IPv6}]}]
+            """, "extra.yaml").OrThrow().Policies[0];
     }
 
     /// <summary>Baseline for the ratio: loading the policies and workloads into a fresh engine (no resolution).</summary>
@@ -45,7 +55,7 @@ public class ResolutionBenchmarks
         return entries;
     }
 
-    /// <summary>One policy added and the affected local endpoints re-resolved, then removed again.</summary>
+    /// <summary>One policy added and the 5 local endpoints it selects re-resolved (then removed, likewise).</summary>
     [Benchmark]
     public int IncrementalPolicyChange()
     {
@@ -53,6 +63,6 @@ public class ResolutionBenchmarks
         var changed = _engine.ResolveDirty().Count;
         _engine.RemovePolicy(_extra.Origin.ToString());
         changed += _engine.ResolveDirty().Count;
-        return changed;
+        return changed == 10 ? changed : throw new InvalidOperationException($"expected 10 re-resolutions, got {changed}");
     }
 }

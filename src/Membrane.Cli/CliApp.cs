@@ -16,6 +16,13 @@ public static class CliApp
         var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF");
         root.Subcommands.Add(PolicyCommands.Create(output));
         root.Subcommands.Add(BpfCommands.Create(output));
+        foreach (var command in AgentCommands.Create(output))
+        {
+            root.Subcommands.Add(command);
+        }
+        root.Subcommands.Add(ConnectivityCommands.Create(output));
+        root.Subcommands.Add(InternalCommands.Cleanup(output));
+        root.Subcommands.Add(InternalCommands.Create(output));
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
@@ -28,11 +35,30 @@ public static class CliApp
         }
         try
         {
-            return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
+            return parse.InvokeAsync(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false }).GetAwaiter().GetResult();
         }
         catch (CliException e)
         {
             stderr.WriteLine($"error: {e.Message}");
+            return Error;
+        }
+        catch (InvalidInputException e)
+        {
+            stderr.WriteLine(e.Message);
+            return Failure;
+        }
+        catch (AgentRequestException e)
+        {
+            foreach (var detail in e.Response.Errors)
+            {
+                stderr.WriteLine(detail.Path.Length == 0 ? $"{detail.File}: {detail.ObjectName}: {detail.Message}" : $"{detail.File}: {detail.ObjectName}: {detail.Path}: {detail.Message}");
+            }
+            stderr.WriteLine($"error: {e.Message}");
+            return Failure;
+        }
+        catch (HttpRequestException e) when (e.InnerException is CliException inner)
+        {
+            stderr.WriteLine($"error: {inner.Message}");
             return Error;
         }
     }

@@ -13,7 +13,56 @@ public static class BpfCommands
     {
         var bpf = new Command("bpf", "Inspect the eBPF datapath");
         bpf.Subcommands.Add(Verify(output));
+        bpf.Subcommands.Add(PolicyMap(output));
+        bpf.Subcommands.Add(Conntrack(output));
         return bpf;
+    }
+
+    private static Command PolicyMap(CliOutput output)
+    {
+        var policy = new Command("policy", "The policy map");
+        var endpoint = new Argument<string>("endpoint") { Description = "Endpoint id or NAMESPACE/POD" };
+        var format = CliOutput.CreateFormatOption();
+        var get = new Command("get", "One row per map entry of an endpoint, with counters") { endpoint, format };
+        get.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Get($"v1/bpf/policy?endpoint={Uri.EscapeDataString(parse.GetValue(endpoint)!)}", Agent.Api.AgentJsonContext.Default.BpfPolicyOutput).ConfigureAwait(false);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.BpfPolicyOutput));
+                return CliApp.Success;
+            }
+            output.Out.WriteLine($"Endpoint {result.Endpoint} ({result.Pod}): {result.Entries.Count} entries");
+            Table.Write(output.Out, ["DIRECTION", "IDENTITY", "LABELS", "PORT/PROTO", "VERDICT", "MATCH", "PACKETS", "BYTES", "DERIVED FROM"],
+                result.Entries.Select(e => (IReadOnlyList<string>)[e.Direction, e.Identity == 0 ? "ANY" : $"{e.Identity}", e.Labels, e.PortProtocol,
+                    e.Verdict, e.MatchKind, $"{e.Packets}", $"{e.Bytes}", e.DerivedFrom]));
+            return CliApp.Success;
+        });
+        policy.Subcommands.Add(get);
+        return policy;
+    }
+
+    private static Command Conntrack(CliOutput output)
+    {
+        var ct = new Command("ct", "The connection-tracking table");
+        var format = CliOutput.CreateFormatOption();
+        var list = new Command("list", "List tracked connections") { format };
+        list.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Get("v1/bpf/ct", Agent.Api.AgentJsonContext.Default.ListConntrackOutput).ConfigureAwait(false);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.ListConntrackOutput));
+                return CliApp.Success;
+            }
+            Table.Write(output.Out, ["ENDPOINT", "PROTO", "OPENED", "SOURCE", "DESTINATION", "AGE s", "IDLE s", "PACKETS", "BYTES", "FLAGS"],
+                result.Select(c => (IReadOnlyList<string>)[c.Endpoint, c.Protocol, c.Direction, c.Source, c.Destination, $"{c.AgeSeconds}", $"{c.IdleSeconds}", $"{c.Packets}", $"{c.Bytes}", c.Flags]));
+            return CliApp.Success;
+        });
+        ct.Subcommands.Add(list);
+        return ct;
     }
 
     private static Command Verify(CliOutput output)

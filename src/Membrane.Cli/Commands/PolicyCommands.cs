@@ -16,6 +16,9 @@ public static class PolicyCommands
     {
         var policy = new Command("policy", "Validate, import, inspect and trace network policies");
         policy.Subcommands.Add(Validate(output));
+        policy.Subcommands.Add(Import(output));
+        policy.Subcommands.Add(Get(output));
+        policy.Subcommands.Add(Delete(output));
         policy.Subcommands.Add(Trace(output));
         return policy;
     }
@@ -64,12 +67,12 @@ public static class PolicyCommands
             policies, workloads, from, to, format,
         };
         flow.AddTo(command);
-        command.SetAction(parse =>
+        command.SetAction(async parse =>
         {
             var paths = (parse.GetValue(policies) ?? []).Concat(parse.GetValue(workloads) ?? []).ToList();
             if (paths.Count == 0)
             {
-                throw new CliException("offline trace needs --policies and --workloads (trace against a running agent is not available yet)");
+                return await TraceWithAgent(output, parse, flow, Endpoint(parse.GetValue(from)!, "--from"), Endpoint(parse.GetValue(to)!, "--to"), parse.GetValue(format) == "json").ConfigureAwait(false);
             }
             var load = ManifestLoader.LoadPaths(paths);
             if (!load.IsValid)
@@ -100,6 +103,85 @@ public static class PolicyCommands
                 output.Out.Write(Tracer.Format(engine, result));
             }
             return result.Allowed ? CliApp.Success : CliApp.Failure;
+        });
+        return command;
+    }
+
+    private static async Task<int> TraceWithAgent(CliOutput output, ParseResult parse, FlowOptions flow, string from, string to, bool json)
+    {
+        flow.Build(parse, from, to);
+        var (protocol, port, type, code, family) = flow.Values(parse);
+        using var client = AgentClient.FromEnvironment();
+        var result = await client.Post("v1/trace", new Agent.Api.TraceQuery(from, to, protocol, port, type, code, family),
+            Agent.Api.AgentJsonContext.Default.TraceQuery, Agent.Api.AgentJsonContext.Default.TraceOutput).ConfigureAwait(false);
+        if (json)
+        {
+            output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result with { Text = null }, Agent.Api.AgentJsonContext.Default.TraceOutput));
+        }
+        else
+        {
+            output.Out.Write(result.Text);
+        }
+        return result.Verdict == "ALLOWED" ? CliApp.Success : CliApp.Failure;
+    }
+
+    private static Command Import(CliOutput output)
+    {
+        var path = new Argument<string[]>("path") { Arity = ArgumentArity.OneOrMore, Description = "Policy files or directories" };
+        var format = CliOutput.CreateFormatOption();
+        var command = new Command("import", "Add or replace policies in the running agent; prints the new revision") { path, format };
+        command.SetAction(async parse =>
+        {
+            var request = AgentCommands.ReadManifests(parse.GetValue(path)!, output);
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Post("v1/policies", request, Agent.Api.AgentJsonContext.Default.ManifestRequest, Agent.Api.AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
+            return CliApp.Success;
+        });
+        return command;
+    }
+
+    private static Command Get(CliOutput output)
+    {
+        var format = CliOutput.CreateFormatOption();
+        var command = new Command("get", "Print the policies the agent enforces, as YAML") { format };
+        command.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Get("v1/policies", Agent.Api.AgentJsonContext.Default.PolicyListResponse).ConfigureAwait(false);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.PolicyListResponse));
+                return CliApp.Success;
+            }
+            output.Out.WriteLine($"# revision {result.Revision}, {result.Policies.Count} policies");
+            foreach (var p in result.Policies)
+            {
+                output.Out.WriteLine("---");
+                output.Out.Write(p.Yaml);
+            }
+            return CliApp.Success;
+        });
+        return command;
+    }
+
+    private static Command Delete(CliOutput output)
+    {
+        var name = new Argument<string?>("name") { Arity = ArgumentArity.ZeroOrOne, Description = "Kind/namespace/name, namespace/name or name" };
+        var all = new Option<bool>("--all") { Description = "Delete every policy" };
+        var format = CliOutput.CreateFormatOption();
+        var command = new Command("delete", "Delete a policy (or all) from the running agent") { name, all, format };
+        command.SetAction(async parse =>
+        {
+            if (parse.GetValue(name) is null == !parse.GetValue(all))
+            {
+                throw new CliException("name one policy, or use --all");
+            }
+            using var client = AgentClient.FromEnvironment();
+            var query = parse.GetValue(all) ? "all=true" : $"name={Uri.EscapeDataString(parse.GetValue(name)!)}";
+            var result = await client.Delete($"v1/policies?{query}", Agent.Api.AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
+            return CliApp.Success;
         });
         return command;
     }
@@ -147,54 +229,16 @@ public sealed class FlowOptions
 
     public TraceRequest Build(ParseResult parse, string from, string to)
     {
-        var protocolText = parse.GetValue(_protocol)!;
-        var familyText = parse.GetValue(_family);
-        var protocol = protocolText switch
+        try
         {
-            "tcp" => IpProtocol.Tcp,
-            "udp" => IpProtocol.Udp,
-            "sctp" => IpProtocol.Sctp,
-            "icmp" => familyText == "ipv6" ? IpProtocol.IcmpV6 : IpProtocol.Icmp,
-            _ => IpProtocol.IcmpV6,
-        };
-        if (protocolText == "icmpv6" && familyText == "ipv4")
-        {
-            throw new CliException("--protocol icmpv6 needs --family ipv6");
+            return FlowSpec.Parse(from, to, parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType), parse.GetValue(_icmpCode), parse.GetValue(_family));
         }
-        var family = protocol == IpProtocol.IcmpV6 || familyText == "ipv6" ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork;
-        if (IpProtocol.IsIcmp(protocol))
+        catch (ArgumentException e)
         {
-            if (parse.GetValue(_port) is not null)
-            {
-                throw new CliException("--port does not apply to ICMP; use --icmp-type");
-            }
-            var typeText = parse.GetValue(_icmpType) ?? throw new CliException("--icmp-type is required for ICMP");
-            var icmpFamily = protocol == IpProtocol.Icmp ? IcmpFamily.IPv4 : IcmpFamily.IPv6;
-            byte type;
-            if (int.TryParse(typeText, NumberStyles.None, CultureInfo.InvariantCulture, out var number))
-            {
-                type = number is >= 0 and <= 255 ? (byte)number : throw new CliException($"--icmp-type {number} is out of range (0-255)");
-            }
-            else if (!IcmpTypes.TryParse(icmpFamily, typeText, out type))
-            {
-                throw new CliException($"--icmp-type \"{typeText}\" is not an ICMP type of family {icmpFamily}");
-            }
-            var code = parse.GetValue(_icmpCode);
-            if (code is < 0 or > 255)
-            {
-                throw new CliException($"--icmp-code {code} is out of range (0-255)");
-            }
-            return new TraceRequest(from, to, protocol, 0, type, code is { } c ? (byte)c : null, family);
+            throw new CliException(e.Message);
         }
-        if (parse.GetValue(_icmpType) is not null || parse.GetValue(_icmpCode) is not null)
-        {
-            throw new CliException("--icmp-type and --icmp-code apply only to --protocol icmp or icmpv6");
-        }
-        var port = parse.GetValue(_port) ?? throw new CliException($"--port is required for {protocolText}");
-        if (port is < 1 or > 65535)
-        {
-            throw new CliException($"--port {port} is out of range (1-65535)");
-        }
-        return new TraceRequest(from, to, protocol, (ushort)port, 0, null, family);
     }
+
+    public (string Protocol, int? Port, string? IcmpType, int? IcmpCode, string? Family) Values(ParseResult parse) =>
+        (parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType), parse.GetValue(_icmpCode), parse.GetValue(_family));
 }

@@ -114,6 +114,15 @@ public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
         }
     }
 
+    /// <summary>Interface indexes that have entries (written or adopted).</summary>
+    public IReadOnlyList<int> Endpoints()
+    {
+        lock (_gate)
+        {
+            return _written.Keys.Select(k => (int)k).ToList();
+        }
+    }
+
     /// <summary>The entries of one endpoint as the kernel holds them, with counters.</summary>
     public IReadOnlyList<(PolicyKey Key, PolicyMapValue Value)> Dump(uint ifIndex) =>
         map.Entries<PolicyMapKey, PolicyMapValue>().Where(e => e.Key.IfIndex == ifIndex)

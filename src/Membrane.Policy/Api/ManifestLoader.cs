@@ -175,18 +175,18 @@ public static class ManifestLoader
                     map.Finish();
                     if (knp is not null)
                     {
-                        _policies.Add(new PolicyDocument(origin, file, [knp]));
+                        _policies.Add(new PolicyDocument(origin, file, [knp]) { SourceYaml = ToYaml(node) });
                     }
                     break;
                 case "Namespace":
                     map.Ignore("spec", "status");
                     map.Finish();
-                    _namespaces.Add(new NamespaceManifest(name, labels, file));
+                    _namespaces.Add(new NamespaceManifest(name, labels, file) { SourceYaml = ToYaml(node) });
                     break;
                 default:
                     if (Pod(ctx, map, ns!, name, labels, file) is { } pod)
                     {
-                        _pods.Add(pod);
+                        _pods.Add(pod with { SourceYaml = ToYaml(node) });
                     }
                     break;
             }
@@ -216,8 +216,16 @@ public static class ManifestLoader
             }
             if (ctx.ErrorCount == errorsBefore)
             {
-                _policies.Add(new PolicyDocument(origin, file, specs));
+                _policies.Add(new PolicyDocument(origin, file, specs) { SourceYaml = ToYaml(node) });
             }
+        }
+
+        private static string ToYaml(YamlNode node)
+        {
+            var writer = new StringWriter();
+            new YamlStream(new YamlDocument(node)).Save(writer, assignAnchors: false);
+            var text = writer.ToString().TrimEnd();
+            return text.EndsWith("...", StringComparison.Ordinal) ? text[..^3].TrimEnd() + "\n" : text + "\n";
         }
 
         private static (string Name, string? Namespace, IReadOnlyDictionary<string, string> Labels)? Metadata(

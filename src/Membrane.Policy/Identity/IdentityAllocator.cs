@@ -34,7 +34,8 @@ public sealed class IdentityAllocator
         if (_byLabels.TryGetValue(labels.Canonical, out var existing))
         {
             _byLabels[labels.Canonical] = (existing.Identity, existing.Refs + 1);
-            return (existing.Identity, false);
+            // A number restored from disk has no users yet: its first user brings it into being.
+            return (existing.Identity, existing.Refs == 0);
         }
         uint id;
         do

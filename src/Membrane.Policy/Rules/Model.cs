@@ -173,5 +173,8 @@ public sealed record PolicySpec
 /// <summary>A validated policy object: CNP, CCNP or KNP.</summary>
 public sealed record PolicyDocument(PolicyOrigin Origin, string File, IReadOnlyList<PolicySpec> Specs)
 {
+    /// <summary>The object as YAML, for persistence and <c>policy get</c>.</summary>
+    public string SourceYaml { get; init; } = "";
+
     public IEnumerable<PolicyRule> Rules => Specs.SelectMany(s => s.Rules);
 }

@@ -4,7 +4,11 @@ using Membrane.Policy.Rules;
 namespace Membrane.Policy.Workloads;
 
 /// <summary>A v1 Namespace: a name and labels.</summary>
-public sealed record NamespaceManifest(string Name, IReadOnlyDictionary<string, string> Labels, string File);
+public sealed record NamespaceManifest(string Name, IReadOnlyDictionary<string, string> Labels, string File)
+{
+    /// <summary>The object as YAML, for persistence.</summary>
+    public string SourceYaml { get; init; } = "";
+}
 
 /// <summary>A declared container port; its name is what named ports in policies resolve to.</summary>
 public sealed record ContainerPort(string? Name, int Port, PortProtocol Protocol);
@@ -20,6 +24,13 @@ public sealed record PodManifest(
     string File)
 {
     public string Key => $"{Namespace}/{Name}";
+
+    /// <summary>The object as YAML, for persistence.</summary>
+    public string SourceYaml { get; init; } = "";
+
+    /// <summary>Same pod apart from labels: the sandbox can keep it running and only re-identify it.</summary>
+    public bool SameShape(PodManifest other) =>
+        Key == other.Key && ServiceAccount == other.ServiceAccount && Ports.SequenceEqual(other.Ports);
 }
 
 /// <summary>Everything one load produced: policies and workloads, all validated.</summary>

@@ -60,6 +60,20 @@ public sealed class IncrementalTests
     }
 
     [Fact]
+    public void RestoredIdentityNumbersAreKeptAndSelectable()
+    {
+        var original = With("");
+        var serverLabels = original.Engine.FindEndpoint("a/server")!.Labels;
+        var restarted = new Membrane.Policy.Resolution.PolicyEngine();
+        restarted.IdentityAllocator.Restore(4242, serverLabels, Membrane.Policy.Identity.IdentityKind.Pod);
+        restarted.Apply(Load(Cluster.Workloads));
+        restarted.UpsertPolicy(Load(Cnp("p", "a", "endpointSelector: {matchLabels: {app: server}}\ningress: [{}]")).Policies[0]);
+        Assert.Equal(4242u, restarted.FindEndpoint("a/server")!.Identity.Id);
+        Assert.Contains(restarted.Resolve("a/server").SelectingSpecs, s => s.Origin.Name == "p");
+        Assert.Contains(Membrane.Policy.Rules.TrafficDirection.Ingress, restarted.Resolve("a/server").Enforced);
+    }
+
+    [Fact]
     public void RemovedPodsFreeTheirIdentity()
     {
         var c = With("");

@@ -1,0 +1,35 @@
+using System.Net;
+using Membrane.Policy.Workloads;
+
+namespace Membrane.Agent;
+
+/// <summary>Where the agent keeps its state and how it names what it creates.</summary>
+public sealed record AgentOptions
+{
+    public string StateDirectory { get; init; } = "/var/lib/membrane";
+
+    /// <summary>The API socket (mode 0600, root only).</summary>
+    public string SocketPath => Path.Combine(StateDirectory, "membrane.sock");
+
+    /// <summary>bpffs directory for pinned maps: a restarted agent adopts them.</summary>
+    public string PinDirectory { get; init; } = "/sys/fs/bpf/membrane";
+
+    /// <summary>Prefix of every network namespace the sandbox creates (lets tests run beside a demo).</summary>
+    public string NamePrefix { get; init; } = "mbr";
+
+    public IPNetwork PodIPv4Range { get; init; } = PodAddressAllocator.DefaultIPv4Range;
+
+    public IPNetwork PodIPv6Range { get; init; } = PodAddressAllocator.DefaultIPv6Range;
+
+    /// <summary>The namespace playing the node: every pod's host-side veth lives there, and it has no uplink.</summary>
+    public string NodeNamespace => $"{NamePrefix}-node";
+
+    /// <summary>The pods' default gateway (an address of the node namespace, answered on every veth).</summary>
+    public static IPAddress GatewayIPv4 { get; } = IPAddress.Parse("169.254.1.1");
+
+    public static IPAddress GatewayIPv6 { get; } = IPAddress.Parse("fe80::1");
+
+    public IPAddress NodeIPv4 => PodAddressAllocator.Gateway(PodIPv4Range);
+
+    public IPAddress NodeIPv6 => PodAddressAllocator.Gateway(PodIPv6Range);
+}

@@ -1,0 +1,606 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Membrane.Agent.Api;
+using Membrane.Agent.Monitoring;
+using Membrane.Agent.Probes;
+using Membrane.Agent.Sandbox;
+using Membrane.Agent.State;
+using Membrane.Datapath;
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+using Membrane.Policy.Api;
+using Membrane.Policy.Identity;
+using Membrane.Policy.Labels;
+using Membrane.Policy.Resolution;
+using Membrane.Policy.Rules;
+using Membrane.Policy.Tracing;
+using Membrane.Policy.Workloads;
+
+namespace Membrane.Agent;
+
+/// <summary>Bad input: reported to the caller with every error; the agent's state is unchanged.</summary>
+public sealed class AgentInputException(string message, IReadOnlyList<PolicyError>? errors = null) : Exception(message)
+{
+    public IReadOnlyList<PolicyError> Errors { get; } = errors ?? [];
+}
+
+/// <summary>
+/// The agent: owns the policy engine, the sandbox and the datapath of this node. Every operation runs under one
+/// lock; a change validates everything first, then changes the sandbox, the maps and the state on disk.
+/// </summary>
+public sealed partial class AgentService : IDisposable
+{
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly AgentOptions _options;
+    private readonly NodeNetwork _node;
+    private readonly PodNetwork _pods;
+    private readonly PodServers _servers;
+    private readonly StateStore _store;
+    private readonly Dictionary<string, EndpointRecord> _records = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> _objects = new(StringComparer.Ordinal);
+    private readonly HashSet<int> _attached = [];
+    private PolicyEngine _engine;
+    private long _revision;
+
+    private AgentService(AgentOptions options, PolicyDatapath datapath)
+    {
+        _options = options;
+        Datapath = datapath;
+        _node = new NodeNetwork(options);
+        _pods = new PodNetwork(options, _node);
+        _servers = new PodServers(options);
+        _store = new StateStore(options.StateDirectory);
+        _engine = NewEngine();
+        Events = new EventHub(datapath, Describe);
+        Prober = new Prober(this);
+    }
+
+    public PolicyDatapath Datapath { get; }
+
+    public EventHub Events { get; }
+
+    public Prober Prober { get; }
+
+    public AgentOptions Options => _options;
+
+    public double LastRegenerationMilliseconds { get; private set; }
+
+    private PolicyEngine NewEngine() => new(new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
+
+    /// <summary>Starts the agent: adopts pinned maps, persisted objects and running pods, then enforces them.</summary>
+    public static AgentService Start(AgentOptions options)
+    {
+        if (GetEuid() != 0)
+        {
+            throw new InvalidOperationException("the agent must run as root (it creates network namespaces and loads eBPF programs)");
+        }
+        foreach (var tool in new[] { "ip", "setsid" })
+        {
+            if (!Environment.GetEnvironmentVariable("PATH")!.Split(':').Any(d => File.Exists(Path.Combine(d, tool))))
+            {
+                throw new InvalidOperationException($"'{tool}' was not found: install iproute2 and util-linux (scripts/setup.sh)");
+            }
+        }
+        EnsureBpffs(options.PinDirectory);
+        Directory.CreateDirectory(options.StateDirectory);
+        PolicyDatapath datapath;
+        try
+        {
+            datapath = PolicyDatapath.Load(new LoadOptions { PinDirectory = options.PinDirectory });
+        }
+        catch (BpfException e)
+        {
+            throw new InvalidOperationException($"cannot load the eBPF datapath: {e.Message}{(e.VerifierLog is { Length: > 0 } log ? Environment.NewLine + log : "")}", e);
+        }
+        var agent = new AgentService(options, datapath);
+        try
+        {
+            agent.Restore();
+            return agent;
+        }
+        catch
+        {
+            agent.Dispose();
+            throw;
+        }
+    }
+
+    private static void EnsureBpffs(string pinDirectory)
+    {
+        var mounts = File.ReadAllText("/proc/mounts");
+        if (!mounts.Split('\n').Any(l => l.Split(' ') is [_, "/sys/fs/bpf", "bpf", ..]))
+        {
+            Ip.Exec("mount", ["-t", "bpf", "bpf", "/sys/fs/bpf"], null);
+        }
+        Directory.CreateDirectory(pinDirectory);
+    }
+
+    private void Restore()
+    {
+        _node.Ensure();
+        Datapath.Policy.Adopt();
+        Datapath.IpCache.Adopt();
+        var state = _store.Load();
+        _revision = state.Revision;
+        foreach (var identity in state.Identities)
+        {
+            var labels = LabelSet.Parse(identity.Labels);
+            _engine.IdentityAllocator.Restore(identity.Id, labels, IdentityKind.Pod);
+        }
+        foreach (var (key, yaml) in state.Objects)
+        {
+            _objects[key] = yaml;
+        }
+        var set = _objects.Count == 0 ? ManifestSet.Empty : ManifestLoader.LoadText(string.Join("\n---\n", _objects.Values), "state.json").OrThrow();
+        foreach (var ns in set.Namespaces)
+        {
+            _engine.UpsertNamespace(ns);
+        }
+        foreach (var pod in set.Pods)
+        {
+            var record = state.Endpoints.GetValueOrDefault(pod.Key);
+            var addresses = record?.Addresses.Select(IPAddress.Parse).ToList();
+            var endpoint = _engine.UpsertPod(addresses is null ? pod : pod with { Addresses = addresses });
+            if (record is not null && _pods.IsIntact(record))
+            {
+                _records[pod.Key] = record; // adopted: the pod kept running while the agent was away
+            }
+            else
+            {
+                _records[pod.Key] = _pods.Create(pod.Key, endpoint.Addresses);
+            }
+            if (!_servers.IsRunning(pod.Key))
+            {
+                _servers.Start(pod, _records[pod.Key].Netns);
+            }
+        }
+        foreach (var policy in set.Policies)
+        {
+            _engine.UpsertPolicy(policy);
+        }
+        // Entries of endpoints that no longer exist.
+        foreach (var ifIndex in Datapath.Policy.Endpoints().Where(i => !_records.Values.Any(r => r.IfIndex == i)).ToList())
+        {
+            Datapath.Policy.Remove((uint)ifIndex);
+        }
+        Regenerate(attachAll: true);
+        Save();
+    }
+
+    // ---- changes ----
+
+    public async Task<ApplyResponse> ApplyAsync(ManifestRequest request, bool policiesOnly = false)
+    {
+        var set = Parse(request);
+        if (policiesOnly && (set.Pods.Count > 0 || set.Namespaces.Count > 0))
+        {
+            throw new AgentInputException("policy import takes policies only; use 'membrane apply' for Namespaces and Pods");
+        }
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            return Apply(set);
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private static ManifestSet Parse(ManifestRequest request)
+    {
+        var result = ManifestLoader.LoadText(request.Yaml, request.File);
+        if (!result.IsValid)
+        {
+            throw new AgentInputException($"{result.Errors.Count} error(s); nothing was applied", result.Errors);
+        }
+        if (result.Manifests.Policies.Count + result.Manifests.Pods.Count + result.Manifests.Namespaces.Count == 0)
+        {
+            throw new AgentInputException($"{request.File}: no objects found");
+        }
+        return result.Manifests;
+    }
+
+    private ApplyResponse Apply(ManifestSet set)
+    {
+        // Validate against the current state before touching anything.
+        var namespaces = set.Namespaces.Select(n => n.Name).Concat(_engine.Namespaces.Select(n => n.Name)).Append("default").ToHashSet();
+        foreach (var pod in set.Pods)
+        {
+            if (!namespaces.Contains(pod.Namespace))
+            {
+                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: namespace \"{pod.Namespace}\" does not exist; apply the Namespace first (or in the same file)");
+            }
+            if (_engine.FindEndpoint(pod.Key) is { } existing && !existing.Pod.SameShape(pod))
+            {
+                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: conflicts with the running pod (only labels of a pod can change); delete it first");
+            }
+            if (pod.Addresses.Any(a => !_options.PodIPv4Range.Contains(a) && !_options.PodIPv6Range.Contains(a)))
+            {
+                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: status.podIPs must lie in {_options.PodIPv4Range} / {_options.PodIPv6Range}");
+            }
+        }
+        var changes = new List<ObjectChange>();
+        var created = new List<string>();
+        try
+        {
+            foreach (var ns in set.Namespaces)
+            {
+                var key = $"Namespace/{ns.Name}";
+                changes.Add(new(key, Change(key, ns.SourceYaml)));
+                _engine.UpsertNamespace(ns);
+            }
+            foreach (var pod in set.Pods)
+            {
+                var key = $"Pod/{pod.Key}";
+                changes.Add(new(key, Change(key, pod.SourceYaml)));
+                var endpoint = _engine.UpsertPod(pod);
+                if (!_records.ContainsKey(pod.Key))
+                {
+                    _records[pod.Key] = _pods.Create(pod.Key, endpoint.Addresses);
+                    created.Add(pod.Key);
+                    _servers.Start(pod, _records[pod.Key].Netns);
+                }
+            }
+            foreach (var policy in set.Policies)
+            {
+                var key = policy.Origin.ToString();
+                changes.Add(new(key, Change(key, policy.SourceYaml)));
+                _engine.UpsertPolicy(policy);
+            }
+        }
+        catch (Exception e) when (e is not AgentInputException)
+        {
+            // The sandbox refused something: undo the pods created by this request and say what failed.
+            foreach (var key in created)
+            {
+                RemovePodResources(key);
+                _engine.RemovePod(key);
+                _objects.Remove($"Pod/{key}");
+            }
+            Regenerate(attachAll: false);
+            Save();
+            throw;
+        }
+        Regenerate(attachAll: false);
+        _revision++;
+        Save();
+        return new ApplyResponse(_revision, changes);
+    }
+
+    private string Change(string key, string yaml)
+    {
+        var action = !_objects.TryGetValue(key, out var old) ? "created" : old == yaml ? "unchanged" : "configured";
+        _objects[key] = yaml;
+        return action;
+    }
+
+    public async Task<ApplyResponse> DeleteAsync(ManifestRequest request)
+    {
+        var set = Parse(request);
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var keys = set.Policies.Select(p => p.Origin.ToString())
+                .Concat(set.Pods.Select(p => $"Pod/{p.Key}"))
+                .Concat(set.Namespaces.Select(n => $"Namespace/{n.Name}")).ToList();
+            var missing = keys.Where(k => !_objects.ContainsKey(k)).ToList();
+            if (missing.Count > 0)
+            {
+                throw new AgentInputException($"not found: {string.Join(", ", missing)}; nothing was deleted");
+            }
+            var changes = new List<ObjectChange>();
+            foreach (var policy in set.Policies)
+            {
+                _engine.RemovePolicy(policy.Origin.ToString());
+                _objects.Remove(policy.Origin.ToString());
+                changes.Add(new(policy.Origin.ToString(), "deleted"));
+            }
+            foreach (var key in set.Pods.Select(p => p.Key).Concat(set.Namespaces.SelectMany(n => _records.Keys.Where(k => k.StartsWith(n.Name + "/", StringComparison.Ordinal)))).Distinct().ToList())
+            {
+                DeletePod(key);
+                changes.Add(new($"Pod/{key}", "deleted"));
+            }
+            foreach (var ns in set.Namespaces)
+            {
+                _engine.RemoveNamespace(ns.Name);
+                _objects.Remove($"Namespace/{ns.Name}");
+                changes.Add(new($"Namespace/{ns.Name}", "deleted"));
+            }
+            Regenerate(attachAll: false);
+            _revision++;
+            Save();
+            return new ApplyResponse(_revision, changes);
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private void DeletePod(string key)
+    {
+        RemovePodResources(key);
+        _engine.RemovePod(key);
+        _objects.Remove($"Pod/{key}");
+    }
+
+    private void RemovePodResources(string key)
+    {
+        _servers.Stop(key);
+        if (_records.Remove(key, out var record))
+        {
+            _pods.Delete(record);
+            _attached.Remove(record.IfIndex);
+            Datapath.Policy.Remove((uint)record.IfIndex);
+        }
+    }
+
+    /// <summary>Deletes policies by name (<c>Kind/ns/name</c>, <c>ns/name</c> or <c>name</c>), or all of them.</summary>
+    public async Task<ApplyResponse> DeletePoliciesAsync(string? name, bool all)
+    {
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var policies = _engine.Policies.Select(p => p.Origin).ToList();
+            List<PolicyOrigin> targets;
+            if (all)
+            {
+                targets = policies;
+            }
+            else
+            {
+                var n = name ?? throw new AgentInputException("name a policy or use --all");
+                targets = policies.Where(o => o.ToString() == n || $"{o.Namespace}/{o.Name}" == n || o.Name == n).ToList();
+                if (targets.Count == 0)
+                {
+                    throw new AgentInputException($"no policy \"{n}\"");
+                }
+                if (targets.Count > 1)
+                {
+                    throw new AgentInputException($"\"{n}\" is ambiguous: {string.Join(", ", targets)}; use Kind/namespace/name");
+                }
+            }
+            foreach (var origin in targets)
+            {
+                _engine.RemovePolicy(origin.ToString());
+                _objects.Remove(origin.ToString());
+            }
+            Regenerate(attachAll: false);
+            _revision++;
+            Save();
+            return new ApplyResponse(_revision, targets.Select(t => new ObjectChange(t.ToString(), "deleted")).ToList());
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    /// <summary>Removes every pod, namespace and policy (the sandbox is left empty; the agent keeps running).</summary>
+    public async Task<ApplyResponse> ResetAsync()
+    {
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var changes = _objects.Keys.Select(k => new ObjectChange(k, "deleted")).ToList();
+            foreach (var key in _records.Keys.ToList())
+            {
+                RemovePodResources(key);
+            }
+            _objects.Clear();
+            _engine = NewEngine();
+            Regenerate(attachAll: false);
+            _revision++;
+            Save();
+            return new ApplyResponse(_revision, changes);
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    /// <summary>Brings the maps in line with the engine: dirty endpoints, the ipcache, and programs where missing.</summary>
+    private void Regenerate(bool attachAll)
+    {
+        var watch = Stopwatch.StartNew();
+        foreach (var policy in _engine.ResolveDirty())
+        {
+            if (_records.TryGetValue(policy.Endpoint.Key, out var record))
+            {
+                Datapath.Policy.Sync((uint)record.IfIndex, policy.State);
+            }
+        }
+        var host = new[] { AgentOptions.GatewayIPv4, _options.NodeIPv4, _options.NodeIPv6 }
+            .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.Host));
+        Datapath.IpCache.Sync(_engine.IpCache().Concat(host));
+        var toAttach = _records.Values.Where(r => attachAll || !_attached.Contains(r.IfIndex)).ToList();
+        if (toAttach.Count > 0)
+        {
+            NetworkNamespace.Run(_node.Name, () =>
+            {
+                foreach (var record in toAttach)
+                {
+                    TcAttachment.Attach(record.IfIndex, TcDirection.Ingress, Datapath.FromPod);
+                    TcAttachment.Attach(record.IfIndex, TcDirection.Egress, Datapath.ToPod);
+                }
+            });
+            _attached.UnionWith(toAttach.Select(r => r.IfIndex));
+        }
+        LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
+    }
+
+    private void Save() => _store.Save(new PersistedState
+    {
+        Objects = new(_objects),
+        Endpoints = new(_records),
+        Identities = _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => new IdentityRecord(i.Id, i.Labels.Canonical)).ToList(),
+        Revision = _revision,
+    });
+
+    // ---- queries ----
+
+    public async Task<T> ReadAsync<T>(Func<T> query)
+    {
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            return query();
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    public StatusResponse Status()
+    {
+        var drops = Datapath.DropCounters().ToDictionary(d => DropReasons.Describe(d.Key), d => d.Value.Packets);
+        return new StatusResponse(typeof(AgentService).Assembly.GetName().Version?.ToString() ?? "0", _revision,
+            File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), _records.Count, _engine.Identities.Count(),
+            _engine.Policies.Count(), _engine.Namespaces.Count(), _options.StateDirectory, _options.PinDirectory,
+            _options.NodeNamespace, drops, Math.Round(LastRegenerationMilliseconds, 3));
+    }
+
+    public PolicyListResponse Policies() => new(_revision, _engine.Policies
+        .OrderBy(p => p.Origin.ToString(), StringComparer.Ordinal)
+        .Select(p => new PolicyItem(p.Origin.Kind, p.Origin.Namespace, p.Origin.Name, p.SourceYaml)).ToList());
+
+    public TraceOutput Trace(TraceQuery query)
+    {
+        TraceRequest request;
+        try
+        {
+            request = FlowSpec.Parse(query.From, query.To, query.Protocol, query.Port, query.IcmpType, query.IcmpCode, query.Family);
+        }
+        catch (ArgumentException e)
+        {
+            throw new AgentInputException(e.Message);
+        }
+        foreach (var pod in new[] { request.From, request.To })
+        {
+            if (_engine.FindEndpoint(pod) is null)
+            {
+                throw new AgentInputException($"no pod {pod}");
+            }
+        }
+        var result = Tracer.Trace(_engine, request);
+        return TraceJson.From(result) with { Text = Tracer.Format(_engine, result) };
+    }
+
+    public List<EndpointOutput> Endpoints() =>
+        _records.Values.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => Endpoint(r)).ToList();
+
+    public EndpointOutput Endpoint(string idOrPod)
+    {
+        var record = FindRecord(idOrPod) ?? throw new AgentInputException($"no endpoint \"{idOrPod}\" (use an id from 'membrane endpoint list' or NAMESPACE/POD)");
+        return Endpoint(record);
+    }
+
+    private EndpointRecord? FindRecord(string idOrPod) =>
+        int.TryParse(idOrPod, out var id) ? _records.Values.FirstOrDefault(r => r.IfIndex == id) : _records.GetValueOrDefault(idOrPod);
+
+    private EndpointOutput Endpoint(EndpointRecord record)
+    {
+        var policy = _engine.Resolve(record.Key);
+        var e = policy.Endpoint;
+        return new EndpointOutput(record.IfIndex, record.Key, e.Identity.Id, e.Labels.Labels.Select(l => l.ToString()).ToList(),
+            e.Address(AddressFamily.InterNetwork)?.ToString(), e.Address(AddressFamily.InterNetworkV6)?.ToString(),
+            record.HostInterface, record.Netns, policy.Enforced.Contains(TrafficDirection.Ingress), policy.Enforced.Contains(TrafficDirection.Egress),
+            policy.State.Count, policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList());
+    }
+
+    public List<IdentityOutput> Identities() => _engine.Identities.Select(i => new IdentityOutput(i.Id, i.Kind.ToString().ToLowerInvariant(),
+        i.Labels.Labels.Select(l => l.ToString()).ToList(),
+        _engine.Endpoints.Where(e => e.Identity.Id == i.Id).Select(e => e.Key).Order(StringComparer.Ordinal).ToList())).ToList();
+
+    public BpfPolicyOutput BpfPolicy(string idOrPod)
+    {
+        var record = FindRecord(idOrPod) ?? throw new AgentInputException($"no endpoint \"{idOrPod}\"");
+        var entries = Datapath.Policy.Dump((uint)record.IfIndex)
+            .OrderBy(e => e.Key.Direction).ThenBy(e => e.Key.Identity).ThenBy(e => e.Key.Protocol).ThenBy(e => e.Key.Port)
+            .Select(e => new BpfPolicyEntryOutput(e.Key.Direction.ToString(), e.Key.Identity, IdentityName(e.Key.Identity),
+                e.Key.PortProtocol, e.Value.Deny == 1 ? "deny" : "allow", e.Key.Kind.ToString(), e.Value.Packets, e.Value.Bytes,
+                Datapath.Rules.Describe(e.Value.RuleId))).ToList();
+        return new BpfPolicyOutput(record.IfIndex, record.Key, entries);
+    }
+
+    public List<ConntrackOutput> Conntrack()
+    {
+        var now = ClockBoottime();
+        return Datapath.ConntrackEntries().Select(e =>
+        {
+            var (k, v) = (e.Key, e.Value);
+            var (src, sport, dst, dport) = v.OpenedLo == 1 ? (k.Lo, k.LoPort, k.Hi, k.HiPort) : (k.Hi, k.HiPort, k.Lo, k.LoPort);
+            var endpoint = _records.Values.FirstOrDefault(r => r.IfIndex == k.IfIndex)?.Key ?? $"ifindex {k.IfIndex}";
+            var proto = IpProtocol.Name(k.Protocol);
+            string Addr(IPAddress a, ushort port) => IpProtocol.IsIcmp(k.Protocol) ? a.ToString() : a.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{a}]:{port}" : $"{a}:{port}";
+            var flags = new List<string>();
+            if ((v.Flags & ConntrackValue.SeenReply) != 0) flags.Add("replied");
+            if ((v.Flags & ConntrackValue.SeenRst) != 0) flags.Add("rst");
+            if ((v.Flags & (ConntrackValue.SeenFinForward | ConntrackValue.SeenFinReverse)) != 0) flags.Add("fin");
+            var id = IpProtocol.IsIcmp(k.Protocol) ? $" id={Math.Max(sport, dport)}" : "";
+            return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, v.Direction == 0 ? "ingress" : "egress",
+                Math.Round((now - v.CreatedNs) / 1e9, 1), Math.Round((now - v.LastSeenNs) / 1e9, 1), v.Packets, v.Bytes, string.Join(",", flags));
+        }).OrderBy(c => c.Endpoint, StringComparer.Ordinal).ToList();
+    }
+
+    /// <summary>What the monitor shows for an interface index and an identity.</summary>
+    private (string Endpoint, string Peer) Describe(uint ifIndex, uint identity) =>
+        (_records.Values.FirstOrDefault(r => r.IfIndex == ifIndex)?.Key ?? $"ifindex {ifIndex}", IdentityName(identity));
+
+    private string IdentityName(uint identity)
+    {
+        if (identity == ReservedIdentities.Any)
+        {
+            return "ANY";
+        }
+        var pods = _engine.Endpoints.Where(e => e.Identity.Id == identity).Select(e => e.Key).Order(StringComparer.Ordinal).ToList();
+        if (pods.Count > 0)
+        {
+            return string.Join(",", pods.Take(3)) + (pods.Count > 3 ? $",+{pods.Count - 3}" : "");
+        }
+        return _engine.IdentityAllocator.Get(identity)?.Labels.Canonical ?? "?";
+    }
+
+    /// <summary>Pods, with their namespaces and addresses, for probes.</summary>
+    internal (EndpointRecord Record, Endpoint Endpoint)? Pod(string key) =>
+        _records.TryGetValue(key, out var r) && _engine.FindEndpoint(key) is { } e ? (r, e) : null;
+
+    internal IReadOnlyList<string> PodKeys() => _records.Keys.Order(StringComparer.Ordinal).ToList();
+
+    internal void SetMtu(string pod, int mtu) => _pods.SetMtu(_records[pod], mtu);
+
+    public void Dispose()
+    {
+        Events.Dispose();
+        Datapath.Dispose();
+        _gate.Dispose();
+    }
+
+    private static ulong ClockBoottime()
+    {
+        // bpf_ktime_get_coarse_ns counts CLOCK_MONOTONIC_COARSE; Environment.TickCount64 counts the same clock in ms.
+        return (ulong)Environment.TickCount64 * 1_000_000UL;
+    }
+
+    [LibraryImport("libc", EntryPoint = "geteuid")]
+    private static partial uint GetEuid();
+}
+
+/// <summary>Trace results in the API's JSON shape.</summary>
+public static class TraceJson
+{
+    public static TraceOutput From(TraceResult r)
+    {
+        static TraceSideOutput Side(DirectionTrace s) => new(s.Direction.ToString().ToLowerInvariant(), s.Endpoint, s.PeerIdentity,
+            s.Enforced, s.SelectingPolicies, s.Allowed ? "ALLOWED" : "DENIED", s.Reason, s.MatchedKey, s.MatchKind, s.Rules);
+        var q = r.Request;
+        return new TraceOutput(q.From, q.To, IpProtocol.Name(q.Protocol).ToLowerInvariant(), q.IsIcmp ? null : q.Port,
+            q.IsIcmp ? q.IcmpType : null, q.IcmpCode, q.Family == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4",
+            r.SourceIdentity, r.DestinationIdentity, Side(r.Egress), Side(r.Ingress), r.Verdict);
+    }
+}

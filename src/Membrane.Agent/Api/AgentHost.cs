@@ -1,0 +1,124 @@
+using System.Net.Sockets;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Membrane.Agent.Api;
+
+/// <summary>Serves the agent's API on a Unix socket (mode 0600; callers other than root are refused).</summary>
+public static class AgentHost
+{
+    public static async Task RunAsync(AgentService agent, Action<string> log, CancellationToken stop)
+    {
+        var socketPath = agent.Options.SocketPath;
+        if (File.Exists(socketPath))
+        {
+            File.Delete(socketPath);
+        }
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole().SetMinimumLevel(LogLevel.Warning);
+        builder.WebHost.ConfigureKestrel(k => k.ListenUnixSocket(socketPath, listen => listen.Use(next => async connection =>
+        {
+            if (!IsRoot(connection))
+            {
+                connection.Abort(new ConnectionAbortedException("only root may use the membrane API"));
+                return;
+            }
+            await next(connection).ConfigureAwait(false);
+        })));
+        builder.Services.ConfigureHttpJsonOptions(o => o.SerializerOptions.TypeInfoResolverChain.Insert(0, AgentJsonContext.Default));
+        await using var app = builder.Build();
+        app.Use(async (context, next) =>
+        {
+            try
+            {
+                await next(context).ConfigureAwait(false);
+            }
+            catch (AgentInputException e)
+            {
+                context.Response.StatusCode = StatusCodes.Status400BadRequest;
+                await context.Response.WriteAsJsonAsync(new ErrorResponse(e.Message, e.Errors.Select(ErrorDetail.From).ToList()), AgentJsonContext.Default.ErrorResponse).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is InvalidOperationException or Datapath.Ebpf.BpfException or IOException)
+            {
+                log($"error: {e.Message}");
+                context.Response.StatusCode = StatusCodes.Status500InternalServerError;
+                await context.Response.WriteAsJsonAsync(new ErrorResponse(e.Message, []), AgentJsonContext.Default.ErrorResponse).ConfigureAwait(false);
+            }
+        });
+        Map(app, agent);
+        await app.StartAsync(stop).ConfigureAwait(false);
+        File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        log($"membrane agent: listening on {socketPath}; state in {agent.Options.StateDirectory}; maps pinned in {agent.Options.PinDirectory}");
+        try
+        {
+            await Task.Delay(Timeout.Infinite, stop).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        await app.StopAsync(CancellationToken.None).ConfigureAwait(false);
+    }
+
+    private static void Map(WebApplication app, AgentService agent)
+    {
+        var json = AgentJsonContext.Default;
+        var v1 = app.MapGroup("/v1");
+        v1.MapGet("/status", () => agent.ReadAsync(agent.Status));
+        v1.MapPost("/apply", (ManifestRequest request) => agent.ApplyAsync(request));
+        v1.MapPost("/delete", (ManifestRequest request) => agent.DeleteAsync(request));
+        v1.MapPost("/reset", () => agent.ResetAsync());
+        v1.MapGet("/policies", () => agent.ReadAsync(agent.Policies));
+        v1.MapPost("/policies", (ManifestRequest request) => agent.ApplyAsync(request, policiesOnly: true));
+        v1.MapDelete("/policies", (string? name, bool? all) => agent.DeletePoliciesAsync(name, all == true));
+        v1.MapPost("/trace", (TraceQuery query) => agent.ReadAsync(() => agent.Trace(query)));
+        v1.MapGet("/endpoints", () => agent.ReadAsync(agent.Endpoints));
+        v1.MapGet("/endpoint", (string id) => agent.ReadAsync(() => agent.Endpoint(id)));
+        v1.MapGet("/identities", () => agent.ReadAsync(agent.Identities));
+        v1.MapGet("/bpf/policy", (string endpoint) => agent.ReadAsync(() => agent.BpfPolicy(endpoint)));
+        v1.MapGet("/bpf/ct", () => agent.ReadAsync(agent.Conntrack));
+        v1.MapPost("/probe", (ProbeQuery query) => agent.Prober.ProbeAsync(query));
+        v1.MapPost("/matrix", (MatrixQuery query) => agent.Prober.MatrixAsync(query));
+        v1.MapGet("/monitor", async (HttpContext context, string? type) =>
+        {
+            // Newline-delimited JSON, one event per line, until the client goes away.
+            context.Response.ContentType = "application/x-ndjson";
+            var events = agent.Events.Subscribe(verdicts: type is "verdict" or "all", context.RequestAborted);
+            await context.Response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+            try
+            {
+                await foreach (var e in events.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+                {
+                    if (type == "verdict" && e.Type != "verdict")
+                    {
+                        continue;
+                    }
+                    await context.Response.WriteAsync(JsonSerializer.Serialize(e, json.MonitorEvent).ReplaceLineEndings("") + "\n", context.RequestAborted).ConfigureAwait(false);
+                    await context.Response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        });
+    }
+
+    /// <summary>The peer's uid from SO_PEERCRED (struct ucred: pid, uid, gid).</summary>
+    private static bool IsRoot(ConnectionContext connection)
+    {
+        var socket = connection.Features.Get<IConnectionSocketFeature>()?.Socket;
+        if (socket is null)
+        {
+            return false;
+        }
+        Span<byte> credentials = stackalloc byte[12];
+        var length = socket.GetRawSocketOption(1 /* SOL_SOCKET */, 17 /* SO_PEERCRED */, credentials);
+        return length == 12 && BitConverter.ToUInt32(credentials[4..8]) == 0;
+    }
+}

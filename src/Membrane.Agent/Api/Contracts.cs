@@ -1,0 +1,92 @@
+using System.Text.Json.Serialization;
+using Membrane.Policy.Api;
+
+namespace Membrane.Agent.Api;
+
+// The agent's API, used by the CLI over the Unix socket. Property names are the CLI's `-o json` contract too.
+
+public sealed record ErrorDetail(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message, int Line, int Column)
+{
+    public static ErrorDetail From(PolicyError e) => new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
+}
+
+public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Errors);
+
+public sealed record StatusResponse(
+    string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
+    string StateDirectory, string PinDirectory, string NodeNamespace, IReadOnlyDictionary<string, ulong> Drops,
+    double LastRegenerationMilliseconds);
+
+public sealed record ManifestRequest(string Yaml, string File);
+
+public sealed record ObjectChange([property: JsonPropertyName("object")] string ObjectName, string Action);
+
+public sealed record ApplyResponse(long Revision, IReadOnlyList<ObjectChange> Changes);
+
+public sealed record PolicyItem(string Kind, string? Namespace, string Name, string Yaml);
+
+public sealed record PolicyListResponse(long Revision, IReadOnlyList<PolicyItem> Policies);
+
+public sealed record TraceQuery(string From, string To, string Protocol, int? Port, string? IcmpType, int? IcmpCode, string? Family);
+
+public sealed record TraceSideOutput(
+    string Direction, string Endpoint, uint PeerIdentity, bool Enforced, IReadOnlyList<string> SelectedBy,
+    string Verdict, string Reason, string? MatchedEntry, string? MatchKind, IReadOnlyList<string> Rules);
+
+public sealed record TraceOutput(
+    string From, string To, string Protocol, int? Port, int? IcmpType, int? IcmpCode, string Family,
+    uint SourceIdentity, uint DestinationIdentity, TraceSideOutput Egress, TraceSideOutput Ingress, string Verdict,
+    string? Text = null);
+
+public sealed record EndpointOutput(
+    int Id, string Pod, uint Identity, IReadOnlyList<string> Labels, string? IPv4, string? IPv6, string Interface,
+    string Netns, bool IngressEnforced, bool EgressEnforced, int PolicyEntries, IReadOnlyList<string> SelectedBy);
+
+public sealed record IdentityOutput(uint Id, string Kind, IReadOnlyList<string> Labels, IReadOnlyList<string> Endpoints);
+
+public sealed record BpfPolicyEntryOutput(
+    string Direction, uint Identity, string Labels, string PortProtocol, string Verdict, string MatchKind,
+    ulong Packets, ulong Bytes, string DerivedFrom);
+
+public sealed record BpfPolicyOutput(int Endpoint, string Pod, IReadOnlyList<BpfPolicyEntryOutput> Entries);
+
+public sealed record ConntrackOutput(
+    string Endpoint, string Protocol, string Source, string Destination, string Direction, double AgeSeconds,
+    double IdleSeconds, ulong Packets, ulong Bytes, string Flags);
+
+public sealed record MonitorEvent(
+    DateTimeOffset Time, string Type, string Endpoint, string Direction, uint PeerIdentity, string Peer,
+    string Protocol, string Source, string Destination, int? SourcePort, int? DestinationPort, int? IcmpType,
+    int? IcmpCode, string? IcmpName, string Verdict, string Reason, string MatchKind, string? Rule);
+
+public sealed record ProbeQuery(
+    string From, string To, string Protocol, int? Port, string? IcmpType, int? IcmpCode, string? Family, int? TimeoutMs);
+
+public sealed record ProbeResult(
+    string From, string To, string Protocol, int? Port, int? IcmpType, string Family, string Result, string Detail,
+    double Milliseconds);
+
+public sealed record MatrixQuery(string? Protocol, int? Port, string? Family, IReadOnlyList<string>? Namespaces, int? TimeoutMs);
+
+public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<ProbeResult> Results, double Milliseconds);
+
+[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(ErrorResponse))]
+[JsonSerializable(typeof(StatusResponse))]
+[JsonSerializable(typeof(ManifestRequest))]
+[JsonSerializable(typeof(ApplyResponse))]
+[JsonSerializable(typeof(PolicyListResponse))]
+[JsonSerializable(typeof(TraceQuery))]
+[JsonSerializable(typeof(TraceOutput))]
+[JsonSerializable(typeof(List<EndpointOutput>))]
+[JsonSerializable(typeof(EndpointOutput))]
+[JsonSerializable(typeof(List<IdentityOutput>))]
+[JsonSerializable(typeof(BpfPolicyOutput))]
+[JsonSerializable(typeof(List<ConntrackOutput>))]
+[JsonSerializable(typeof(MonitorEvent))]
+[JsonSerializable(typeof(ProbeQuery))]
+[JsonSerializable(typeof(ProbeResult))]
+[JsonSerializable(typeof(MatrixQuery))]
+[JsonSerializable(typeof(MatrixResponse))]
+public sealed partial class AgentJsonContext : JsonSerializerContext;

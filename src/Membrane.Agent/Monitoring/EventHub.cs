@@ -1,0 +1,121 @@
+using System.Net.Sockets;
+using System.Threading.Channels;
+using Membrane.Agent.Api;
+using Membrane.Datapath;
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+using Membrane.Policy.Rules;
+
+namespace Membrane.Agent.Monitoring;
+
+/// <summary>
+/// Reads the datapath's event ring buffer while at least one monitor listens, and fans the events out. Event
+/// emission in the kernel is switched on only while someone listens, so an idle node pays nothing for it.
+/// </summary>
+public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string Endpoint, string Peer)> describe) : IDisposable
+{
+    private readonly Lock _gate = new();
+    private readonly List<(Channel<MonitorEvent> Channel, bool Verdicts)> _subscribers = [];
+    private Thread? _reader;
+    private volatile bool _stopping;
+
+    public ChannelReader<MonitorEvent> Subscribe(bool verdicts, CancellationToken cancel)
+    {
+        var channel = Channel.CreateBounded<MonitorEvent>(new BoundedChannelOptions(4096) { FullMode = BoundedChannelFullMode.DropOldest });
+        lock (_gate)
+        {
+            _subscribers.Add((channel, verdicts));
+            UpdateFlags();
+            if (_reader is null)
+            {
+                _stopping = false;
+                _reader = new Thread(ReadLoop) { IsBackground = true, Name = "event reader" };
+                _reader.Start();
+            }
+        }
+        cancel.Register(() =>
+        {
+            lock (_gate)
+            {
+                _subscribers.RemoveAll(s => s.Channel == channel);
+                channel.Writer.TryComplete();
+                UpdateFlags();
+            }
+        });
+        return channel.Reader;
+    }
+
+    private void UpdateFlags() =>
+        datapath.SetEvents(drops: _subscribers.Count > 0, verdicts: _subscribers.Any(s => s.Verdicts));
+
+    private void ReadLoop()
+    {
+        using var ring = new RingBufferReader(datapath.Events, Deliver);
+        while (!_stopping)
+        {
+            ring.Poll(200);
+        }
+    }
+
+    private void Deliver(ReadOnlySpan<byte> record)
+    {
+        var e = DatapathEvent.Read(record);
+        var message = Format(e);
+        lock (_gate)
+        {
+            foreach (var (channel, verdicts) in _subscribers)
+            {
+                if (e.Type == (byte)EventType.Drop || verdicts)
+                {
+                    channel.Writer.TryWrite(message);
+                }
+            }
+        }
+    }
+
+    private MonitorEvent Format(DatapathEvent e)
+    {
+        var (endpoint, peer) = describe(e.IfIndex, e.PeerIdentity);
+        var icmp = IpProtocol.IsIcmp(e.Protocol);
+        var family = e.Family == 4 ? IcmpFamily.IPv4 : IcmpFamily.IPv6;
+        var drop = e.Type == (byte)EventType.Drop;
+        return new MonitorEvent(
+            DateTimeOffset.UtcNow, drop ? "drop" : "verdict", endpoint, e.Direction == 0 ? "ingress" : "egress", e.PeerIdentity, peer,
+            IpProtocol.Name(e.Protocol), e.SourceAddress.ToString(), e.DestinationAddress.ToString(),
+            icmp ? null : e.SourcePort, icmp ? null : e.DestinationPort, icmp ? e.IcmpType : null, icmp ? e.IcmpCode : null,
+            icmp ? IcmpTypes.NameOf(family, e.IcmpType) : null, drop ? "DROPPED" : "ALLOWED", DropReasons.Describe((DropReason)e.Reason),
+            MatchKindName(e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId));
+    }
+
+    private static string MatchKindName(byte kind) => kind switch
+    {
+        1 => "any",
+        2 => "L3-only",
+        3 => "L4-only",
+        4 => "L3+L4",
+        5 => "ICMP",
+        _ => "none",
+    };
+
+    public void Dispose()
+    {
+        _stopping = true;
+        _reader?.Join(1000);
+    }
+
+    /// <summary>One line per event, as <c>membrane monitor</c> prints it.</summary>
+    public static string Line(MonitorEvent e)
+    {
+        var what = e.IcmpType is { } t
+            ? $"{e.Protocol} type {t}{(e.IcmpName is { } n ? $" ({n})" : "")} code {e.IcmpCode}"
+            : $"{e.Protocol} {Endpoint(e.Source, e.SourcePort)} -> {Endpoint(e.Destination, e.DestinationPort)}";
+        var addresses = e.IcmpType is null ? "" : $" {e.Source} -> {e.Destination}";
+        return $"{e.Time:HH:mm:ss.fff} {e.Verdict,-8} {e.Endpoint} {e.Direction} peer {e.PeerIdentity} ({e.Peer}) {what}{addresses}: {e.Reason}"
+            + (e.Rule is { Length: > 0 } r ? $" [{e.MatchKind}: {r}]" : "");
+    }
+
+    private static string Endpoint(string address, int? port) =>
+        address.Contains(':', StringComparison.Ordinal) ? $"[{address}]:{port}" : $"{address}:{port}";
+
+    internal static AddressFamily FamilyOf(byte family) => family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+}

@@ -1,0 +1,232 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Membrane.Agent.Api;
+using Membrane.Agent.Sandbox;
+using Membrane.Policy.Rules;
+using Membrane.Policy.Tracing;
+
+namespace Membrane.Agent.Probes;
+
+/// <summary>
+/// Sends real traffic from inside a pod's network namespace: sockets are opened in the source pod's namespace,
+/// then used from ordinary async code. TCP: a connection (a refusal also proves the packets passed); UDP: a datagram
+/// to the pod's echo server and its echo; ICMP echo: a request and its reply; any other ICMP type: the message is
+/// sent and looked for in the destination pod's namespace.
+/// </summary>
+public sealed class Prober(AgentService agent)
+{
+    public const int DefaultTimeoutMs = 1000;
+
+    public async Task<ProbeResult> ProbeAsync(ProbeQuery query)
+    {
+        TraceRequest request;
+        try
+        {
+            request = FlowSpec.Parse(query.From, query.To, query.Protocol, query.Port, query.IcmpType, query.IcmpCode, query.Family);
+        }
+        catch (ArgumentException e)
+        {
+            throw new AgentInputException(e.Message);
+        }
+        var (source, destination) = await agent.ReadAsync(() => (agent.Pod(query.From), agent.Pod(query.To))).ConfigureAwait(false);
+        if (source is null || destination is null)
+        {
+            throw new AgentInputException($"no pod {(source is null ? query.From : query.To)}");
+        }
+        if (request.Protocol == IpProtocol.Sctp)
+        {
+            throw new AgentInputException("SCTP probes are unsupported: this kernel has no SCTP (CONFIG_IP_SCTP is not set); SCTP policy is still enforced and tested on crafted packets");
+        }
+        var timeout = TimeSpan.FromMilliseconds(query.TimeoutMs ?? DefaultTimeoutMs);
+        var target = destination.Value.Endpoint.Address(request.Family) ?? throw new AgentInputException($"{query.To} has no {request.Family} address");
+        var netns = source.Value.Record.Netns;
+        var watch = Stopwatch.StartNew();
+        var (allowed, detail) = request.Protocol switch
+        {
+            IpProtocol.Tcp => await Tcp(netns, target, request.Port, timeout).ConfigureAwait(false),
+            IpProtocol.Udp => await Udp(netns, target, request.Port, timeout).ConfigureAwait(false),
+            _ when request.IcmpType is 8 or 128 && request.IcmpCode is null or 0 => await Echo(netns, target, timeout).ConfigureAwait(false),
+            _ => await IcmpDelivery(netns, destination.Value.Record.Netns, target, request, timeout).ConfigureAwait(false),
+        };
+        return new ProbeResult(query.From, query.To, IpProtocol.Name(request.Protocol).ToLowerInvariant(), request.IsIcmp ? null : request.Port,
+            request.IsIcmp ? request.IcmpType : null, request.Family == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4",
+            allowed ? "allowed" : "denied", detail, Math.Round(watch.Elapsed.TotalMilliseconds, 1));
+    }
+
+    private static Socket Open(string netns, AddressFamily family, SocketType type, ProtocolType protocol) =>
+        NetworkNamespace.Run(netns, () => new Socket(family, type, protocol));
+
+    private static async Task<(bool, string)> Tcp(string netns, IPAddress target, int port, TimeSpan timeout)
+    {
+        using var socket = Open(netns, target.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        using var cancel = new CancellationTokenSource(timeout);
+        try
+        {
+            await socket.ConnectAsync(new IPEndPoint(target, port), cancel.Token).ConfigureAwait(false);
+            return (true, "connected");
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
+        {
+            return (true, "connection refused (reached the pod; nothing listens on that port)");
+        }
+        catch (OperationCanceledException)
+        {
+            return (false, $"no answer within {timeout.TotalMilliseconds} ms");
+        }
+        catch (SocketException e)
+        {
+            return (false, e.SocketErrorCode.ToString());
+        }
+    }
+
+    private static async Task<(bool, string)> Udp(string netns, IPAddress target, int port, TimeSpan timeout)
+    {
+        using var socket = Open(netns, target.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        using var cancel = new CancellationTokenSource(timeout);
+        var payload = "membrane-probe"u8.ToArray();
+        try
+        {
+            await socket.ConnectAsync(new IPEndPoint(target, port), cancel.Token).ConfigureAwait(false);
+            await socket.SendAsync(payload, cancel.Token).ConfigureAwait(false);
+            var buffer = new byte[256];
+            var received = await socket.ReceiveAsync(buffer, cancel.Token).ConfigureAwait(false);
+            return (true, $"echoed {received} bytes");
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
+        {
+            return (true, "port unreachable (reached the pod; nothing listens on that port)");
+        }
+        catch (OperationCanceledException)
+        {
+            return (false, $"no answer within {timeout.TotalMilliseconds} ms");
+        }
+    }
+
+    private static async Task<(bool, string)> Echo(string netns, IPAddress target, TimeSpan timeout)
+    {
+        var v6 = target.AddressFamily == AddressFamily.InterNetworkV6;
+        using var socket = Open(netns, target.AddressFamily, SocketType.Raw, v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp);
+        socket.Bind(new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
+        var id = (ushort)Random.Shared.Next(1, 65535);
+        await socket.SendToAsync(IcmpPacket(v6 ? (byte)128 : (byte)8, 0, id, v6), new IPEndPoint(target, 0)).ConfigureAwait(false);
+        using var cancel = new CancellationTokenSource(timeout);
+        var buffer = new byte[1500];
+        try
+        {
+            while (true)
+            {
+                var r = await socket.ReceiveFromAsync(buffer, new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0), cancel.Token).ConfigureAwait(false);
+                var icmp = v6 ? buffer.AsSpan(0, r.ReceivedBytes) : buffer.AsSpan((buffer[0] & 0x0f) * 4, r.ReceivedBytes - (buffer[0] & 0x0f) * 4);
+                if (icmp.Length >= 8 && icmp[0] == (v6 ? 129 : 0) && BinaryPrimitives.ReadUInt16BigEndian(icmp[4..]) == id
+                    && ((IPEndPoint)r.RemoteEndPoint).Address.Equals(target))
+                {
+                    return (true, "echo reply");
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            return (false, $"no echo reply within {timeout.TotalMilliseconds} ms");
+        }
+    }
+
+    /// <summary>Sends one ICMP message of any type and watches for it inside the destination's namespace.</summary>
+    private static async Task<(bool, string)> IcmpDelivery(string sourceNetns, string destinationNetns, IPAddress target, TraceRequest request, TimeSpan timeout)
+    {
+        var v6 = target.AddressFamily == AddressFamily.InterNetworkV6;
+        var protocol = v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp;
+        using var listener = Open(destinationNetns, target.AddressFamily, SocketType.Raw, protocol);
+        listener.Bind(new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
+        using var sender = Open(sourceNetns, target.AddressFamily, SocketType.Raw, protocol);
+        var id = (ushort)Random.Shared.Next(1, 65535);
+        using var cancel = new CancellationTokenSource(timeout);
+        var buffer = new byte[1500];
+        var receive = Task.Run(async () =>
+        {
+            while (true)
+            {
+                var r = await listener.ReceiveFromAsync(buffer, new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0), cancel.Token).ConfigureAwait(false);
+                var icmp = v6 ? buffer.AsSpan(0, r.ReceivedBytes) : buffer.AsSpan((buffer[0] & 0x0f) * 4, r.ReceivedBytes - (buffer[0] & 0x0f) * 4);
+                if (icmp.Length >= 8 && icmp[0] == request.IcmpType && BinaryPrimitives.ReadUInt16BigEndian(icmp[4..]) == id)
+                {
+                    return true;
+                }
+            }
+        });
+        await sender.SendToAsync(IcmpPacket(request.IcmpType, request.IcmpCode ?? 0, id, v6), new IPEndPoint(target, 0)).ConfigureAwait(false);
+        try
+        {
+            await receive.ConfigureAwait(false);
+            return (true, $"type {request.IcmpType} delivered to the destination pod");
+        }
+        catch (OperationCanceledException)
+        {
+            return (false, $"type {request.IcmpType} not delivered within {timeout.TotalMilliseconds} ms");
+        }
+    }
+
+    /// <summary>An ICMP message with identifier and a recognisable payload; ICMPv6 checksums are the kernel's job.</summary>
+    private static byte[] IcmpPacket(byte type, byte code, ushort id, bool v6)
+    {
+        var packet = new byte[8 + 16];
+        packet[0] = type;
+        packet[1] = code;
+        BinaryPrimitives.WriteUInt16BigEndian(packet.AsSpan(4), id);
+        BinaryPrimitives.WriteUInt16BigEndian(packet.AsSpan(6), 1);
+        "membrane-probe.."u8.CopyTo(packet.AsSpan(8));
+        if (!v6)
+        {
+            uint sum = 0;
+            for (var i = 0; i < packet.Length; i += 2)
+            {
+                sum += (uint)(packet[i] << 8 | packet[i + 1]);
+            }
+            while (sum >> 16 != 0)
+            {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            BinaryPrimitives.WriteUInt16BigEndian(packet.AsSpan(2), (ushort)~sum);
+        }
+        return packet;
+    }
+
+    /// <summary>Probes every ordered pair of pods, in parallel, for one or several probe kinds.</summary>
+    public async Task<MatrixResponse> MatrixAsync(MatrixQuery query)
+    {
+        var watch = Stopwatch.StartNew();
+        var pods = await agent.ReadAsync(() => agent.PodKeys()).ConfigureAwait(false);
+        if (query.Namespaces is { Count: > 0 } namespaces)
+        {
+            pods = pods.Where(p => namespaces.Contains(p.Split('/')[0])).ToList();
+        }
+        var kinds = query.Protocol switch
+        {
+            null => new List<(string Protocol, int? Port, string? Type, string? Family)>
+            {
+                ("icmp", null, "8", "ipv4"), ("icmpv6", null, "128", "ipv6"), ("tcp", query.Port ?? 80, null, query.Family), ("udp", query.Port ?? 53, null, query.Family),
+            },
+            "icmp" or "icmpv6" => [(query.Protocol, null, query.Protocol == "icmpv6" || query.Family == "ipv6" ? "128" : "8", query.Family)],
+            "tcp" => [("tcp", query.Port ?? 80, null, query.Family)],
+            "udp" => [("udp", query.Port ?? 53, null, query.Family)],
+            _ => [(query.Protocol, query.Port, null, query.Family)],
+        };
+        var probes = (from kind in kinds from a in pods from b in pods where a != b
+                      select new ProbeQuery(a, b, kind.Protocol, kind.Port, kind.Type, null, kind.Family, query.TimeoutMs ?? 800)).ToList();
+        using var limit = new SemaphoreSlim(24);
+        var results = await Task.WhenAll(probes.Select(async p =>
+        {
+            await limit.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                return await ProbeAsync(p).ConfigureAwait(false);
+            }
+            finally
+            {
+                limit.Release();
+            }
+        })).ConfigureAwait(false);
+        return new MatrixResponse(pods, results, Math.Round(watch.Elapsed.TotalMilliseconds, 1));
+    }
+}

@@ -1,0 +1,99 @@
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using Membrane.Agent;
+using Membrane.Agent.Api;
+
+namespace Membrane.Cli;
+
+/// <summary>Talks to the agent over its Unix socket.</summary>
+public sealed class AgentClient : IDisposable
+{
+    private readonly HttpClient _http;
+
+    public AgentClient(string socketPath)
+    {
+        SocketPath = socketPath;
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, cancel) =>
+            {
+                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), cancel).ConfigureAwait(false);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch (SocketException e)
+                {
+                    socket.Dispose();
+                    throw new CliException(e.SocketErrorCode == SocketError.AccessDenied
+                        ? $"permission denied on {socketPath}: the agent's API is for root"
+                        : $"cannot reach the agent at {socketPath} ({e.SocketErrorCode}); is 'membrane agent' running?");
+                }
+            },
+        };
+        _http = new HttpClient(handler) { BaseAddress = new Uri("http://membrane/"), Timeout = Timeout.InfiniteTimeSpan };
+    }
+
+    public string SocketPath { get; }
+
+    /// <summary>The socket: $MEMBRANE_SOCKET, or the default state directory's.</summary>
+    public static AgentClient FromEnvironment() =>
+        new(Environment.GetEnvironmentVariable("MEMBRANE_SOCKET") is { Length: > 0 } s ? s : new AgentOptions().SocketPath);
+
+    public Task<T> Get<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Get, path), type);
+
+    public Task<T> Delete<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Delete, path), type);
+
+    public Task<T> Post<TBody, T>(string path, TBody body, JsonTypeInfo<TBody> bodyType, JsonTypeInfo<T> type) =>
+        Send(new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body, bodyType) }, type);
+
+    public Task<T> Post<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Post, path), type);
+
+    private async Task<T> Send<T>(HttpRequestMessage request, JsonTypeInfo<T> type)
+    {
+        using (request)
+        {
+            using var response = await _http.SendAsync(request).ConfigureAwait(false);
+            var text = await response.Content.ReadAsStringAsync().ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode)
+            {
+                ErrorResponse? error = null;
+                try
+                {
+                    error = JsonSerializer.Deserialize(text, AgentJsonContext.Default.ErrorResponse);
+                }
+                catch (JsonException)
+                {
+                }
+                throw new AgentRequestException(error ?? new ErrorResponse($"the agent answered {(int)response.StatusCode}: {text}", []));
+            }
+            return JsonSerializer.Deserialize(text, type) ?? throw new CliException("the agent sent an empty answer");
+        }
+    }
+
+    /// <summary>Streams newline-delimited JSON until cancelled.</summary>
+    public async IAsyncEnumerable<T> Stream<T>(string path, JsonTypeInfo<T> type, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel)
+    {
+        using var response = await _http.GetAsync(path, HttpCompletionOption.ResponseHeadersRead, cancel).ConfigureAwait(false);
+        response.EnsureSuccessStatusCode();
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(cancel).ConfigureAwait(false));
+        while (await reader.ReadLineAsync(cancel).ConfigureAwait(false) is { } line)
+        {
+            if (line.Length > 0 && JsonSerializer.Deserialize(line, type) is { } item)
+            {
+                yield return item;
+            }
+        }
+    }
+
+    public void Dispose() => _http.Dispose();
+}
+
+/// <summary>The agent refused a request; carries its error list.</summary>
+public sealed class AgentRequestException(ErrorResponse error) : Exception(error.Error)
+{
+    public ErrorResponse Response { get; } = error;
+}

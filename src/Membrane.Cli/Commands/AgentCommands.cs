@@ -1,0 +1,258 @@
+using System.CommandLine;
+using System.Text.Json;
+using Membrane.Agent;
+using Membrane.Agent.Api;
+using Membrane.Cli.Output;
+using Membrane.Policy.Api;
+
+namespace Membrane.Cli.Commands;
+
+/// <summary>The agent and the commands that talk to it: agent, status, apply, delete, reset, endpoint, identity, monitor.</summary>
+public static class AgentCommands
+{
+    public static IEnumerable<Command> Create(CliOutput output)
+    {
+        yield return Agent(output);
+        yield return Status(output);
+        yield return Apply(output, delete: false);
+        yield return Apply(output, delete: true);
+        yield return Reset(output);
+        yield return Endpoint(output);
+        yield return Identity(output);
+        yield return Monitor(output);
+    }
+
+    private static Command Agent(CliOutput output)
+    {
+        var defaults = new AgentOptions();
+        var stateDir = new Option<string>("--state-dir") { Description = "State directory (objects, endpoints, API socket)", DefaultValueFactory = _ => defaults.StateDirectory };
+        var pinDir = new Option<string>("--pin-dir") { Description = "bpffs directory for pinned maps", DefaultValueFactory = _ => defaults.PinDirectory };
+        var prefix = new Option<string>("--name-prefix") { Description = "Prefix of the network namespaces the sandbox creates", DefaultValueFactory = _ => defaults.NamePrefix };
+        var v4 = new Option<string>("--pod-ipv4-range") { Description = "IPv4 range for pod addresses", DefaultValueFactory = _ => defaults.PodIPv4Range.ToString() };
+        var v6 = new Option<string>("--pod-ipv6-range") { Description = "IPv6 range for pod addresses", DefaultValueFactory = _ => defaults.PodIPv6Range.ToString() };
+        var command = new Command("agent", "Run the agent (root): the sandbox, the datapath and the API") { stateDir, pinDir, prefix, v4, v6 };
+        command.SetAction(async (parse, cancel) =>
+        {
+            if (!System.Net.IPNetwork.TryParse(parse.GetValue(v4)!, out var r4) || !System.Net.IPNetwork.TryParse(parse.GetValue(v6)!, out var r6))
+            {
+                throw new CliException("--pod-ipv4-range and --pod-ipv6-range must be CIDR prefixes");
+            }
+            var options = new AgentOptions
+            {
+                StateDirectory = Path.GetFullPath(parse.GetValue(stateDir)!),
+                PinDirectory = parse.GetValue(pinDir)!,
+                NamePrefix = parse.GetValue(prefix)!,
+                PodIPv4Range = r4,
+                PodIPv6Range = r6,
+            };
+            AgentService agent;
+            try
+            {
+                agent = AgentService.Start(options);
+            }
+            catch (InvalidOperationException e)
+            {
+                throw new CliException(e.Message);
+            }
+            using (agent)
+            {
+                using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+                using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
+                {
+                    c.Cancel = true;
+                    stop.Cancel();
+                });
+                await AgentHost.RunAsync(agent, output.Err.WriteLine, stop.Token).ConfigureAwait(false);
+            }
+            return CliApp.Success;
+        });
+        return command;
+    }
+
+    private static Command Status(CliOutput output)
+    {
+        var format = CliOutput.CreateFormatOption();
+        var command = new Command("status", "Show the agent's state") { format };
+        command.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var s = await client.Get("v1/status", AgentJsonContext.Default.StatusResponse).ConfigureAwait(false);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(JsonSerializer.Serialize(s, AgentJsonContext.Default.StatusResponse));
+                return CliApp.Success;
+            }
+            output.Out.WriteLine($"Agent:       running (revision {s.Revision}), kernel {s.Kernel}");
+            output.Out.WriteLine($"Endpoints:   {s.Endpoints} pods in {s.Namespaces} namespaces, {s.Identities} identities");
+            output.Out.WriteLine($"Policies:    {s.Policies}");
+            output.Out.WriteLine($"Datapath:    maps pinned in {s.PinDirectory}; node namespace {s.NodeNamespace}; last regeneration {s.LastRegenerationMilliseconds} ms");
+            output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
+            return CliApp.Success;
+        });
+        return command;
+    }
+
+    /// <summary>Reads files/directories, validates them locally (precise file errors), and returns one YAML text.</summary>
+    internal static ManifestRequest ReadManifests(string[] paths, CliOutput output)
+    {
+        var load = ManifestLoader.LoadPaths(paths);
+        if (!load.IsValid)
+        {
+            foreach (var error in load.Errors)
+            {
+                output.Err.WriteLine(error);
+            }
+            throw new InvalidInputException($"invalid: {load.Errors.Count} error(s); nothing was applied");
+        }
+        var files = paths.SelectMany<string, string>(p => Directory.Exists(p)
+            ? Directory.EnumerateFiles(p, "*", SearchOption.AllDirectories).Where(f => f.EndsWith(".yaml", StringComparison.Ordinal) || f.EndsWith(".yml", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal)).Order(StringComparer.Ordinal)
+            : [p]);
+        return new ManifestRequest(string.Join("\n---\n", files.Select(File.ReadAllText)), string.Join(",", paths));
+    }
+
+    private static Command Apply(CliOutput output, bool delete)
+    {
+        var files = new Option<string[]>("--filename", "-f") { Description = "Files or directories of Namespace, Pod and policy documents", Required = true, AllowMultipleArgumentsPerToken = true };
+        var format = CliOutput.CreateFormatOption();
+        var command = new Command(delete ? "delete" : "apply", delete ? "Remove the objects named in the files" : "Create or update Namespaces, Pods and policies") { files, format };
+        command.SetAction(async parse =>
+        {
+            var request = ReadManifests(parse.GetValue(files)!, output);
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Post(delete ? "v1/delete" : "v1/apply", request, AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            PrintChanges(output, result, parse.GetValue(format) == "json");
+            return CliApp.Success;
+        });
+        return command;
+    }
+
+    internal static void PrintChanges(CliOutput output, ApplyResponse result, bool json)
+    {
+        if (json)
+        {
+            output.Out.WriteLine(JsonSerializer.Serialize(result, AgentJsonContext.Default.ApplyResponse));
+            return;
+        }
+        foreach (var change in result.Changes)
+        {
+            output.Out.WriteLine($"{change.ObjectName} {change.Action}");
+        }
+        output.Out.WriteLine($"revision {result.Revision}");
+    }
+
+    private static Command Reset(CliOutput output)
+    {
+        var command = new Command("reset", "Remove every pod, namespace and policy from the running agent");
+        command.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Post("v1/reset", AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            output.Out.WriteLine($"removed {result.Changes.Count} objects; revision {result.Revision}");
+            return CliApp.Success;
+        });
+        return command;
+    }
+
+    private static Command Endpoint(CliOutput output)
+    {
+        var endpoint = new Command("endpoint", "Pods as the datapath sees them");
+        var format = CliOutput.CreateFormatOption();
+        var list = new Command("list", "List endpoints") { format };
+        list.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var endpoints = await client.Get("v1/endpoints", AgentJsonContext.Default.ListEndpointOutput).ConfigureAwait(false);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(JsonSerializer.Serialize(endpoints, AgentJsonContext.Default.ListEndpointOutput));
+                return CliApp.Success;
+            }
+            Table.Write(output.Out, ["ENDPOINT", "POD", "IDENTITY", "INGRESS", "EGRESS", "IPV4", "IPV6", "ENTRIES"],
+                endpoints.Select(e => (IReadOnlyList<string>)[$"{e.Id}", e.Pod, $"{e.Identity}", e.IngressEnforced ? "enforced" : "open",
+                    e.EgressEnforced ? "enforced" : "open", e.IPv4 ?? "", e.IPv6 ?? "", $"{e.PolicyEntries}"]));
+            return CliApp.Success;
+        });
+        var id = new Argument<string>("endpoint") { Description = "Endpoint id or NAMESPACE/POD" };
+        var format2 = CliOutput.CreateFormatOption();
+        var get = new Command("get", "Show one endpoint") { id, format2 };
+        get.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var e = await client.Get($"v1/endpoint?id={Uri.EscapeDataString(parse.GetValue(id)!)}", AgentJsonContext.Default.EndpointOutput).ConfigureAwait(false);
+            if (parse.GetValue(format2) == "json")
+            {
+                output.Out.WriteLine(JsonSerializer.Serialize(e, AgentJsonContext.Default.EndpointOutput));
+                return CliApp.Success;
+            }
+            output.Out.WriteLine($"Endpoint {e.Id}: {e.Pod}");
+            output.Out.WriteLine($"  identity {e.Identity}; ingress {(e.IngressEnforced ? "enforced" : "open")}, egress {(e.EgressEnforced ? "enforced" : "open")}; {e.PolicyEntries} map entries");
+            output.Out.WriteLine($"  addresses {e.IPv4}, {e.IPv6}; veth {e.Interface} (node side), namespace {e.Netns}");
+            output.Out.WriteLine($"  labels: {string.Join(", ", e.Labels)}");
+            foreach (var s in e.SelectedBy)
+            {
+                output.Out.WriteLine($"  selected by {s}");
+            }
+            return CliApp.Success;
+        });
+        endpoint.Subcommands.Add(list);
+        endpoint.Subcommands.Add(get);
+        return endpoint;
+    }
+
+    private static Command Identity(CliOutput output)
+    {
+        var identity = new Command("identity", "Security identities");
+        var format = CliOutput.CreateFormatOption();
+        var list = new Command("list", "List identities") { format };
+        list.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var identities = await client.Get("v1/identities", AgentJsonContext.Default.ListIdentityOutput).ConfigureAwait(false);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(JsonSerializer.Serialize(identities, AgentJsonContext.Default.ListIdentityOutput));
+                return CliApp.Success;
+            }
+            Table.Write(output.Out, ["ID", "KIND", "ENDPOINTS", "LABELS"],
+                identities.Select(i => (IReadOnlyList<string>)[$"{i.Id}", i.Kind, string.Join(",", i.Endpoints), string.Join(",", i.Labels)]));
+            return CliApp.Success;
+        });
+        identity.Subcommands.Add(list);
+        return identity;
+    }
+
+    private static Command Monitor(CliOutput output)
+    {
+        var type = new Option<string>("--type") { Description = "drop (default), verdict, or all", DefaultValueFactory = _ => "drop" };
+        type.AcceptOnlyFromAmong("drop", "verdict", "all");
+        var format = CliOutput.CreateFormatOption();
+        var count = new Option<int?>("--count") { Description = "Stop after this many events" };
+        var command = new Command("monitor", "Stream datapath events: one line per dropped packet (or allowed new connection)") { type, format, count };
+        command.SetAction(async (parse, cancel) =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var seen = 0;
+            output.Err.WriteLine($"Listening for {parse.GetValue(type)} events... (Ctrl-C to stop)");
+            try
+            {
+                await foreach (var e in client.Stream($"v1/monitor?type={parse.GetValue(type)}", AgentJsonContext.Default.MonitorEvent, cancel).ConfigureAwait(false))
+                {
+                    output.Out.WriteLine(parse.GetValue(format) == "json" ? JsonSerializer.Serialize(e, AgentJsonContext.Default.MonitorEvent).ReplaceLineEndings("") : Membrane.Agent.Monitoring.EventHub.Line(e));
+                    await output.Out.FlushAsync(cancel).ConfigureAwait(false);
+                    if (parse.GetValue(count) is { } max && ++seen >= max)
+                    {
+                        break;
+                    }
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            return CliApp.Success;
+        });
+        return command;
+    }
+}
+
+/// <summary>Input the user must fix: printed, exit status 1.</summary>
+public sealed class InvalidInputException(string message) : Exception(message);
