@@ -407,11 +407,12 @@ public sealed partial class AgentService : IDisposable
     private void Regenerate(bool attachAll)
     {
         var watch = Stopwatch.StartNew();
+        var changed = new Dictionary<uint, MapState>();
         foreach (var policy in _engine.ResolveDirty())
         {
-            if (_records.TryGetValue(policy.Endpoint.Key, out var record))
+            if (_records.TryGetValue(policy.Endpoint.Key, out var record) && Datapath.Policy.Sync((uint)record.IfIndex, policy.State).Changes > 0)
             {
-                Datapath.Policy.Sync((uint)record.IfIndex, policy.State);
+                changed[(uint)record.IfIndex] = policy.State;
             }
         }
         var host = new[] { AgentOptions.GatewayIPv4, _options.NodeIPv4, _options.NodeIPv6 }
@@ -430,7 +431,34 @@ public sealed partial class AgentService : IDisposable
             });
             _attached.UnionWith(toAttach.Select(r => r.IfIndex));
         }
+        if (changed.Count > 0)
+        {
+            RevalidateConnections(changed);
+        }
         LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
+    }
+
+    /// <summary>
+    /// Connections opened under the old policy that the new one denies are forgotten, so their next packet meets
+    /// the new policy: a narrowing change takes effect on established traffic too, not only on new connections.
+    /// </summary>
+    private void RevalidateConnections(Dictionary<uint, MapState> changed)
+    {
+        foreach (var (key, value) in Datapath.ConntrackEntries().ToList())
+        {
+            if (!changed.TryGetValue(key.IfIndex, out var state))
+            {
+                continue;
+            }
+            var (source, destination, port) = value.OpenedLo == 1 ? (key.Lo, key.Hi, key.HiPort) : (key.Hi, key.Lo, key.LoPort);
+            var direction = (TrafficDirection)value.Direction;
+            var peer = _engine.IdentityOf(direction == TrafficDirection.Egress ? destination : source);
+            var keyPort = IpProtocol.IsIcmp(key.Protocol) ? (ushort)((key.Protocol == IpProtocol.Icmp ? 8 : 128) << 8) : port;
+            if (!state.Lookup(direction, peer, key.Protocol, keyPort).Allowed)
+            {
+                Datapath.Conntrack.Delete(key);
+            }
+        }
     }
 
     private void Save() => _store.Save(new PersistedState

@@ -158,6 +158,7 @@ public static class PolicyCommands
             foreach (var p in result.Policies)
             {
                 output.Out.WriteLine("---");
+                output.Out.WriteLine(p.Namespace is null ? $"# {p.Kind}/{p.Name}" : $"# {p.Kind}/{p.Namespace}/{p.Name}");
                 output.Out.Write(p.Yaml);
             }
             return CliApp.Success;

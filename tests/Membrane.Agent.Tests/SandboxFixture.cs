@@ -1,0 +1,165 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Membrane.Agent.Api;
+
+namespace Membrane.Agent.Tests;
+
+/// <summary>
+/// A real agent process with its own sandbox (namespace prefix, state directory, pinned maps), shared by the
+/// end-to-end tests, driven through the real `membrane` command. Everything it creates is removed at the end,
+/// and leftovers of an earlier aborted run are removed at the start.
+/// </summary>
+public sealed class SandboxFixture : IDisposable
+{
+    public const string Prefix = "mbe2e";
+    public static readonly string PinDirectory = $"/sys/fs/bpf/{Prefix}";
+    public static string StateDirectory { get; } = Path.Combine(Path.GetTempPath(), $"{Prefix}-state");
+    private Process? _agent;
+
+    public const string Workloads = """
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: e2e-a, labels: {team: a}}
+        ---
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: e2e-b, labels: {team: b}}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: client, namespace: e2e-a, labels: {app: client}}
+        spec: {containers: [{name: c, image: busybox}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: server, namespace: e2e-a, labels: {app: server}}
+        spec:
+          containers:
+          - name: s
+            image: nginx
+            ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 53, protocol: UDP}]
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: other, namespace: e2e-b, labels: {app: other}}
+        spec: {containers: [{name: o, image: busybox, ports: [{containerPort: 80}]}]}
+        """;
+
+    public SandboxFixture()
+    {
+        Cleanup();
+        StartAgent();
+        Apply(Workloads);
+    }
+
+    public static string Socket => Path.Combine(StateDirectory, "membrane.sock");
+
+    public static string MembraneDll => Path.Combine(AppContext.BaseDirectory, "membrane.dll");
+
+    public int AgentPid => _agent!.Id;
+
+    public void StartAgent()
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in new[] { MembraneDll, "agent", "--state-dir", StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory })
+        {
+            start.ArgumentList.Add(a);
+        }
+        _agent = Process.Start(start)!;
+        _agent.BeginErrorReadLine();
+        _agent.BeginOutputReadLine();
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            if (_agent.HasExited)
+            {
+                throw new InvalidOperationException($"the agent exited with {_agent.ExitCode}");
+            }
+            if (File.Exists(Socket) && Cli("status").Code == 0)
+            {
+                return;
+            }
+            Thread.Sleep(100);
+        }
+        throw new TimeoutException("the agent did not start within 60 s");
+    }
+
+    /// <summary>kill -9: no chance to clean up, as after a crash.</summary>
+    public void KillAgent()
+    {
+        _agent!.Kill();
+        _agent.WaitForExit();
+    }
+
+    public (int Code, string Out, string Err) Cli(params string[] args)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        start.ArgumentList.Add(MembraneDll);
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+        start.Environment["MEMBRANE_SOCKET"] = Socket;
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, stdout.Result, stderr);
+    }
+
+    public (int Code, string Out, string Err) CliOk(params string[] args)
+    {
+        var r = Cli(args);
+        Assert.True(r.Code == 0, $"membrane {string.Join(' ', args)} exited {r.Code}: {r.Out}{r.Err}");
+        return r;
+    }
+
+    public static string WriteYaml(string yaml)
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"{Prefix}-{Guid.NewGuid():N}.yaml");
+        File.WriteAllText(file, yaml);
+        return file;
+    }
+
+    public (int Code, string Out, string Err) Apply(string yaml, string command = "apply")
+    {
+        var file = WriteYaml(yaml);
+        try
+        {
+            return command == "import" ? Cli("policy", "import", file) : Cli(command, "-f", file);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    public EndpointOutput Endpoint(string pod) =>
+        JsonSerializer.Deserialize(CliOk("endpoint", "get", pod, "-o", "json").Out, AgentJsonContext.Default.EndpointOutput)!;
+
+    /// <summary>Back to the base workloads without policies.</summary>
+    public void Reset()
+    {
+        CliOk("policy", "delete", "--all");
+        var r = Apply(Workloads);
+        Assert.True(r.Code == 0, r.Err);
+    }
+
+    public void Cleanup()
+    {
+        if (_agent is { HasExited: false })
+        {
+            _agent.Kill();
+            _agent.WaitForExit();
+        }
+        Cli("cleanup", "--name-prefix", Prefix, "--pin-dir", PinDirectory, "--state-dir", StateDirectory);
+    }
+
+    public void Dispose() => Cleanup();
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class SandboxGroup : ICollectionFixture<SandboxFixture>
+{
+    public const string Name = "sandbox";
+}
