@@ -1,38 +1,77 @@
 #!/usr/bin/env bash
-# Sets up the machine, builds Membrane and walks through the ICMP story with the policy engine. Run as root.
+# Sets up the machine, builds Membrane, starts an agent with its own sandbox, and walks through the story:
+# ping works; an L4 policy breaks it (the monitor shows the drop); an icmps rule brings it back, and nothing more.
+# Real namespaces, real ping/ping6/TCP/UDP. Cleans up after itself. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build src/Membrane.Cli -c Release -nologo -v quiet
 membrane() { dotnet src/Membrane.Cli/bin/Release/net10.0/membrane.dll "$@"; }
-W=examples/workloads/demo.yaml
-P=examples/policies
+
+PREFIX=mbdemo
+PIN=/sys/fs/bpf/mbdemo
+STATE=$(mktemp -d /tmp/membrane-demo.XXXXXX)
+export MEMBRANE_SOCKET=$STATE/membrane.sock
+AGENT=
+MONITOR=
+cleanup() {
+  [ -n "$MONITOR" ] && kill "$MONITOR" 2>/dev/null || true
+  [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null && wait "$AGENT" 2>/dev/null || true
+  membrane cleanup --name-prefix "$PREFIX" --pin-dir "$PIN" --state-dir "$STATE" >/dev/null || true
+  echo "demo: cleaned up (namespaces, pod servers, pinned maps, state)"
+}
+trap cleanup EXIT
+membrane cleanup --name-prefix "$PREFIX" --pin-dir "$PIN" >/dev/null 2>&1 || true
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-verdict() { membrane policy trace --workloads "$W" "$@" -o json | sed -n 's/.*"verdict": "\(ALLOWED\|DENIED\)".*/\1/p' | tail -1; }
-show() { printf '  %-48s %s\n' "$1" "$(verdict "${@:2}" || true)"; }
+field() { membrane endpoint get "$1" -o json | sed -n "s/.*\"$2\": \"\\([^\"]*\\)\".*/\\1/p" | head -1; }
+ping_from() { # ping_from POD TARGET_POD [-6]
+  local ns ip
+  ns=$(field "$1" netns); ip=$(field "$2" "$([ "${3:-}" = -6 ] && echo iPv6 || echo iPv4)")
+  if ip netns exec "$ns" ping ${3:--4} -c 1 -W 1 "$ip" >/dev/null 2>&1; then echo "  ping${3:+6} $1 -> $2 ($ip): replies"; else echo "  ping${3:+6} $1 -> $2 ($ip): no reply"; fi
+}
+probe() { membrane connectivity probe --timeout 600 "$@" | sed 's/^/  /' || true; }
 
-step "Validate the example policies"
-membrane policy validate examples
-step "A policy with a typo is rejected with the file, object and field"
-bad=$(mktemp --suffix=.yaml)
-sed 's/type: EchoRequest/type: EchoRequst/' "$P/icmp-echo.yaml" > "$bad"
-membrane policy validate "$bad" || true
-rm -f "$bad"
+step "Start the agent (sandbox prefix $PREFIX, state in $STATE)"
+membrane agent --state-dir "$STATE" --name-prefix "$PREFIX" --pin-dir "$PIN" >"$STATE/agent.log" 2>&1 &
+AGENT=$!
+for _ in $(seq 1 100); do membrane status >/dev/null 2>&1 && break; sleep 0.2; done
+membrane status
 
-step "1. An L4 policy allows only TCP 80 into demo/web: ping is dropped (the original problem)"
-show "client -> web TCP 80"        --policies "$P/l4-http-only.yaml" --from demo/client --to demo/web --protocol tcp --port 80
-show "client -> web ping"          --policies "$P/l4-http-only.yaml" --from demo/client --to demo/web --protocol icmp --icmp-type 8
-show "client -> web ping6"         --policies "$P/l4-http-only.yaml" --from demo/client --to demo/web --protocol icmpv6 --icmp-type 128
+step "Create pods from ordinary Namespace/Pod YAML (examples/workloads/demo.yaml)"
+membrane apply -f examples/workloads/demo.yaml
+membrane endpoint list
 
-step "2. Add an icmps rule: ping and ping6 work again, other ICMP types and ports stay blocked"
-both=("$P/l4-http-only.yaml" "$P/icmp-echo.yaml")
-show "client -> web ping"          --policies "${both[@]}" --from demo/client --to demo/web --protocol icmp --icmp-type EchoRequest
-show "client -> web ping6"         --policies "${both[@]}" --from demo/client --to demo/web --protocol icmpv6 --icmp-type EchoRequest
-show "client -> web timestamp (13)" --policies "${both[@]}" --from demo/client --to demo/web --protocol icmp --icmp-type 13
-show "client -> web TCP 22"        --policies "${both[@]}" --from demo/client --to demo/web --protocol tcp --port 22
-show "intruder (other ns) -> web ping" --policies "${both[@]}" --from other/intruder --to demo/web --protocol icmp --icmp-type 8
+step "1. No policy: everything is reachable"
+ping_from demo/client demo/web
+ping_from demo/client demo/web -6
+membrane connectivity matrix --protocol icmp
 
-step "3. Why? The trace names the policy and rule behind each verdict"
-membrane policy trace --policies "${both[@]}" --workloads "$W" --from demo/client --to demo/web --protocol icmp --icmp-type 8 || true
+step "2. An L4 policy allows only TCP 80 into demo/web: ping is now dropped"
+membrane policy import examples/policies/l4-http-only.yaml
+membrane monitor --type drop >"$STATE/monitor.log" 2>/dev/null &
+MONITOR=$!
+sleep 1
+ping_from demo/client demo/web
+ping_from demo/client demo/web -6
+probe --from demo/client --to demo/web --protocol tcp --port 80
+sleep 0.5
+echo "  membrane monitor --type drop:"
+sed 's/^/    /' "$STATE/monitor.log"
+
+step "3. Add an icmps rule: ping and ping6 work again; other ICMP types and ports stay blocked"
+membrane policy import examples/policies/icmp-echo.yaml
+ping_from demo/client demo/web
+ping_from demo/client demo/web -6
+probe --from demo/client --to demo/web --protocol icmp --icmp-type Timestamp
+probe --from demo/client --to demo/web --protocol tcp --port 22
+probe --from other/intruder --to demo/web --protocol icmp --icmp-type EchoRequest
+
+step "4. Why? membrane policy trace explains each verdict"
+membrane policy trace --from demo/client --to demo/web --protocol icmp --icmp-type 8 | sed -n '/^Ingress/,$p' || true
+membrane policy trace --from demo/client --to demo/web --protocol icmp --icmp-type 13 | sed -n '/^Ingress/,$p' || true
+membrane policy trace --from other/intruder --to demo/web --protocol icmp --icmp-type 8 | sed -n '/^Ingress/,$p' || true
+
+step "5. What the kernel holds for demo/web (membrane bpf policy get demo/web)"
+membrane bpf policy get demo/web
