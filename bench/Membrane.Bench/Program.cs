@@ -31,7 +31,18 @@ switch (what)
         var entries = ResolutionWorkload.LocalEndpoints().Sum(k => engine.Resolve(k).State.Count);
         Console.WriteLine($"resolve 100      {watch.ElapsedMilliseconds,6} ms ({entries} entries)");
         return 0;
+    case "report":
+        // report [--markdown FILE] [-o json]
+        var report = await Report.RunAsync();
+        var markdown = args.SkipWhile(a => a != "--markdown").Skip(1).FirstOrDefault();
+        if (markdown is not null)
+        {
+            await File.WriteAllTextAsync(markdown, Report.Markdown(report));
+            Console.Error.WriteLine($"wrote {markdown}");
+        }
+        Console.WriteLine(args.Contains("json") ? Report.Json(report) : Report.Markdown(report));
+        return 0;
     default:
-        Console.Error.WriteLine($"unknown benchmark \"{what}\" (datapath or resolution)");
+        Console.Error.WriteLine($"unknown benchmark \"{what}\" (datapath, resolution, phases or report)");
         return 2;
 }
