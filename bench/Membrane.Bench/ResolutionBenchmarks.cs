@@ -25,17 +25,7 @@ public class ResolutionBenchmarks
         {
             _engine.Resolve(e);
         }
-        // Selects app0 in every namespace: 5 of the 100 local endpoints, each with about 600 entries.
-        _extra = ManifestLoader.LoadText("""
-            apiVersion: cilium.io/v2
-            kind: CiliumClusterwideNetworkPolicy
-            metadata: {name: extra}
-            spec:
-              endpointSelector: {matchLabels: {app: app0}}
-              ingress:
-              - fromEndpoints: [{matchLabels: {app: app1}}]
-                icmps: [{fields: [{type: 8}, {type: 128, family: IPv6}]}]
-            """, "extra.yaml").OrThrow().Policies[0];
+        _extra = ResolutionWorkload.ExtraPolicy();
     }
 
     /// <summary>Baseline for the ratio: loading the policies and workloads into a fresh engine (no resolution).</summary>

@@ -31,16 +31,7 @@ public static class ResolutionTimings
         {
             live.Resolve(k);
         }
-        var extra = ManifestLoader.LoadText("""
-            apiVersion: cilium.io/v2
-            kind: CiliumClusterwideNetworkPolicy
-            metadata: {name: extra}
-            spec:
-              endpointSelector: {matchLabels: {app: app0}}
-              ingress:
-              - fromEndpoints: [{matchLabels: {app: app1}}]
-                icmps: [{fields: [{type: 8}, {type: 128, family: IPv6}]}]
-            """, "extra.yaml").OrThrow().Policies[0];
+        var extra = ResolutionWorkload.ExtraPolicy();
         var incremental = new List<double>();
         for (var i = 0; i < incrementalRuns; i++)
         {

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using Membrane.Policy.Api;
 using Membrane.Policy.Resolution;
+using Membrane.Policy.Rules;
 using Membrane.Policy.Workloads;
 
 namespace Membrane.Bench;
@@ -65,6 +66,18 @@ internal static class ResolutionWorkload
     /// <summary>The 100 "local" endpoints resolved: one namespace's worth of pods spread over the cluster.</summary>
     public static IReadOnlyList<string> LocalEndpoints() =>
         Enumerable.Range(0, 100).Select(i => $"ns{i % Namespaces}/pod{i * 7 % PodsPerNamespace}").ToList();
+
+    /// <summary>A cluster-wide policy selecting app0 in every namespace: 5 of the 100 local endpoints.</summary>
+    public static PolicyDocument ExtraPolicy() => ManifestLoader.LoadText("""
+        apiVersion: cilium.io/v2
+        kind: CiliumClusterwideNetworkPolicy
+        metadata: {name: extra}
+        spec:
+          endpointSelector: {matchLabels: {app: app0}}
+          ingress:
+          - fromEndpoints: [{matchLabels: {app: app1}}]
+            icmps: [{fields: [{type: 8}, {type: 128, family: IPv6}]}]
+        """, "extra.yaml").OrThrow().Policies[0];
 
     private static readonly HashSet<string> Local = [.. LocalEndpoints()];
 

@@ -10,12 +10,23 @@ namespace Membrane.Agent.Sandbox;
 /// </summary>
 public sealed class PodServers(AgentOptions options)
 {
-    /// <summary>How to run this program again (as an apphost or as <c>dotnet membrane.dll</c>).</summary>
+    /// <summary>
+    /// How to run the <c>membrane</c> command: its apphost when this process is it, else <c>dotnet membrane.dll</c>
+    /// from beside this assembly (the benchmarks and tests host the agent in their own process).
+    /// </summary>
     public static (string File, string[] Prefix) SelfCommand()
     {
         var process = Environment.ProcessPath ?? "dotnet";
-        var entry = System.Reflection.Assembly.GetEntryAssembly()?.Location ?? "";
-        return Path.GetFileNameWithoutExtension(process) == "dotnet" ? (process, [entry]) : (process, []);
+        if (Path.GetFileName(process) == "membrane")
+        {
+            return (process, []);
+        }
+        var dll = Path.Combine(AppContext.BaseDirectory, "membrane.dll");
+        if (!File.Exists(dll))
+        {
+            throw new InvalidOperationException($"cannot start pod servers: {dll} not found");
+        }
+        return (Path.GetFileNameWithoutExtension(process) == "dotnet" ? process : "dotnet", [dll]);
     }
 
     public void Start(PodManifest pod, string netns)

@@ -96,7 +96,7 @@ public static class PolicyCommands
             var result = Tracer.Trace(engine, request);
             if (parse.GetValue(format) == "json")
             {
-                output.Out.WriteLine(Json.Write(ToJson(result), CliJsonContext.Default.TraceOutput));
+                output.Out.WriteLine(Json.Write(Agent.TraceJson.From(result), Agent.Api.AgentJsonContext.Default.TraceOutput));
             }
             else
             {
@@ -197,15 +197,6 @@ public static class PolicyCommands
         return text;
     }
 
-    public static TraceOutput ToJson(TraceResult r)
-    {
-        static TraceSideOutput Side(DirectionTrace s) => new(s.Direction.ToString().ToLowerInvariant(), s.Endpoint, s.PeerIdentity,
-            s.Enforced, s.SelectingPolicies, s.Allowed ? "ALLOWED" : "DENIED", s.Reason, s.MatchedKey, s.MatchKind, s.Rules);
-        var q = r.Request;
-        return new TraceOutput(q.From, q.To, IpProtocol.Name(q.Protocol).ToLowerInvariant(), q.IsIcmp ? null : q.Port,
-            q.IsIcmp ? q.IcmpType : null, q.IcmpCode, q.Family == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4",
-            r.SourceIdentity, r.DestinationIdentity, Side(r.Egress), Side(r.Ingress), r.Verdict);
-    }
 }
 
 /// <summary>The flow options shared by trace and probe: protocol, port, ICMP type/code and family.</summary>

@@ -11,14 +11,6 @@ public sealed record ErrorOutput(string File, [property: JsonPropertyName("objec
     public static ErrorOutput From(PolicyError e) => new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
 }
 
-public sealed record TraceSideOutput(
-    string Direction, string Endpoint, uint PeerIdentity, bool Enforced, IReadOnlyList<string> SelectedBy,
-    string Verdict, string Reason, string? MatchedEntry, string? MatchKind, IReadOnlyList<string> Rules);
-
-public sealed record TraceOutput(
-    string From, string To, string Protocol, int? Port, int? IcmpType, int? IcmpCode, string Family,
-    uint SourceIdentity, uint DestinationIdentity, TraceSideOutput Egress, TraceSideOutput Ingress, string Verdict);
-
 public sealed record VerifyProgramOutput([property: JsonPropertyName("object")] string ObjectFile, string Program, int ProcessedInstructions, int Instructions, int PeakStates, double LoadMilliseconds);
 
 public sealed record VerifyOutput(string Kernel, IReadOnlyList<VerifyProgramOutput> Programs, int TotalProcessedInstructions, int Limit);
@@ -26,7 +18,6 @@ public sealed record VerifyOutput(string Kernel, IReadOnlyList<VerifyProgramOutp
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
     DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(ValidateOutput))]
-[JsonSerializable(typeof(TraceOutput))]
 [JsonSerializable(typeof(VerifyOutput))]
 public sealed partial class CliJsonContext : JsonSerializerContext;
 

@@ -171,20 +171,7 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
         return selector.And(LabelSelector.Equal(LabelSource.Kubernetes, WellKnownLabels.PodNamespace, origin.Namespace!));
     }
 
-    private System.Net.IPNetwork? CidrText(YamlNode node, string path)
-    {
-        var text = Yaml.AsString(ctx, node, path);
-        if (text is null)
-        {
-            return null;
-        }
-        if (!Names.TryParseCidr(text, out var network))
-        {
-            ctx.Error(path, node, $"\"{text}\" is not a valid CIDR");
-            return null;
-        }
-        return network;
-    }
+    private System.Net.IPNetwork? CidrText(YamlNode node, string path) => PortParsing.Cidr(ctx, node, path);
 
     private CidrPeer? CidrSet(YamlNode node, string path)
     {
@@ -254,19 +241,7 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
         return ports is null || ports.Count == 0 ? [new PortMatch(PortProtocol.Any, 0, 0, null)] : ports;
     }
 
-    private PortMatch? Port(YamlNode node, string path)
-    {
-        var map = MapReader.Of(ctx, node, path);
-        if (map is null)
-        {
-            return null;
-        }
-        var portNode = map.Take("port");
-        var endNode = map.Take("endPort");
-        var protocolText = map.String("protocol") ?? "ANY";
-        map.Finish();
-        return PortParsing.Port(ctx, map, portNode, endNode, protocolText, allowAny: true);
-    }
+    private PortMatch? Port(YamlNode node, string path) => PortParsing.Read(ctx, node, path, defaultProtocol: "ANY", allowAny: true);
 
     private List<IcmpMatch>? IcmpRule(YamlNode node, string path)
     {
@@ -368,9 +343,38 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
     }
 }
 
-/// <summary>Port and protocol parsing shared by Cilium toPorts and Kubernetes ports.</summary>
+/// <summary>Port, protocol and CIDR parsing shared by the Cilium and Kubernetes parsers.</summary>
 internal static class PortParsing
 {
+    public static PortMatch? Read(ParseContext ctx, YamlNode node, string path, string defaultProtocol, bool allowAny)
+    {
+        var map = MapReader.Of(ctx, node, path);
+        if (map is null)
+        {
+            return null;
+        }
+        var portNode = map.Take("port");
+        var endNode = map.Take("endPort");
+        var protocolText = map.String("protocol") ?? defaultProtocol;
+        map.Finish();
+        return Port(ctx, map, portNode, endNode, protocolText, allowAny);
+    }
+
+    public static System.Net.IPNetwork? Cidr(ParseContext ctx, YamlNode node, string path)
+    {
+        var text = Yaml.AsString(ctx, node, path);
+        if (text is null)
+        {
+            return null;
+        }
+        if (!Names.TryParseCidr(text, out var network))
+        {
+            ctx.Error(path, node, $"\"{text}\" is not a valid CIDR");
+            return null;
+        }
+        return network;
+    }
+
     public static PortMatch? Port(ParseContext ctx, MapReader map, YamlNode? portNode, YamlNode? endNode, string protocolText, bool allowAny)
     {
         PortProtocol? protocol = protocolText switch

@@ -161,16 +161,7 @@ internal sealed class KubernetesPolicyParser(ParseContext ctx, PolicyOrigin orig
             return null;
         }
         var cidrText = map.String("cidr", required: true);
-        var except = map.List("except", (item, p) =>
-        {
-            var text = Yaml.AsString(ctx, item, p);
-            if (text is not null && Names.TryParseCidr(text, out var n))
-            {
-                return (System.Net.IPNetwork?)n;
-            }
-            ctx.Error(p, item, $"\"{text}\" is not a valid CIDR");
-            return null;
-        }) ?? [];
+        var except = map.List("except", (item, p) => PortParsing.Cidr(ctx, item, p)) ?? [];
         map.Finish();
         if (cidrText is null)
         {
@@ -184,17 +175,5 @@ internal sealed class KubernetesPolicyParser(ParseContext ctx, PolicyOrigin orig
         return CiliumPolicyParser.Build(ctx, map, cidr, except.Select(e => e!.Value).ToList(), MatchesPods: true);
     }
 
-    private PortMatch? Port(YamlNode node, string path)
-    {
-        var map = MapReader.Of(ctx, node, path);
-        if (map is null)
-        {
-            return null;
-        }
-        var portNode = map.Take("port");
-        var endNode = map.Take("endPort");
-        var protocol = map.String("protocol") ?? "TCP";
-        map.Finish();
-        return PortParsing.Port(ctx, map, portNode, endNode, protocol, allowAny: false);
-    }
+    private PortMatch? Port(YamlNode node, string path) => PortParsing.Read(ctx, node, path, defaultProtocol: "TCP", allowAny: false);
 }
