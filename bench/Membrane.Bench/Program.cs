@@ -31,6 +31,15 @@ switch (what)
         var entries = ResolutionWorkload.LocalEndpoints().Sum(k => engine.Resolve(k).State.Count);
         Console.WriteLine($"resolve 100      {watch.ElapsedMilliseconds,6} ms ({entries} entries)");
         return 0;
+    case "throughput":
+        await using (var sandbox = await SandboxBenchmark.StartAsync())
+        {
+            foreach (var t in await sandbox.ThroughputAsync(pings: 20_000, megabytes: 64, repeats: 3))
+            {
+                Console.WriteLine($"{t.Scenario,-40} {t.PingPerSecond,10:N0} {t.PingRatio,6:F2} {t.TcpMegabytesPerSecond,8:N0} {t.TcpRatio,6:F2}");
+            }
+        }
+        return 0;
     case "report":
         // report [--markdown FILE] [-o json]
         var report = await Report.RunAsync();

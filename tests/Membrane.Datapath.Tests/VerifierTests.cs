@@ -23,10 +23,45 @@ public sealed class VerifierTests
     }
 
     [Fact]
-    public void ARejectedProgramCarriesTheVerifierLog()
+    public void AMissingObjectIsAClearError()
     {
         var file = Path.Combine(Path.GetTempPath(), $"membrane-missing-{Guid.NewGuid():N}.o");
         var e = Assert.Throws<BpfException>(() => BpfObject.Load(file));
         Assert.Contains("not found", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ARejectedProgramCarriesTheVerifierLog()
+    {
+        // A program that reads past its packet without a bounds check: the verifier must refuse it.
+        var dir = Directory.CreateTempSubdirectory();
+        try
+        {
+            var source = Path.Combine(dir.FullName, "bad.c");
+            File.WriteAllText(source, """
+                #include <linux/bpf.h>
+                #include <bpf/bpf_helpers.h>
+                SEC("tc")
+                int unchecked(struct __sk_buff *skb)
+                {
+                    unsigned char *data = (unsigned char *)(long)skb->data;
+                    return data[40];
+                }
+                char LICENSE[] SEC("license") = "GPL";
+                """);
+            var obj = Path.Combine(dir.FullName, "bad.o");
+            using (var clang = System.Diagnostics.Process.Start("clang-14", ["-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", source, "-o", obj])!)
+            {
+                clang.WaitForExit();
+                Assert.Equal(0, clang.ExitCode);
+            }
+            var e = Assert.Throws<BpfException>(() => BpfObject.Load(obj));
+            Assert.Equal(13, e.Errno); // EACCES: rejected by the verifier
+            Assert.Contains("invalid access to packet", e.VerifierLog, StringComparison.Ordinal);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
     }
 }

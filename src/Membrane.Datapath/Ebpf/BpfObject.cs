@@ -87,8 +87,8 @@ public sealed unsafe partial class BpfObject : IDisposable
             watch.Stop();
             if (result < 0)
             {
-                var log = string.Join("\n", logs.Select(l => Marshal.PtrToStringUTF8(l.Buffer)).Where(s => !string.IsNullOrEmpty(s)));
-                throw new BpfException($"loading {Path.GetFileName(objectFile)} failed{Environment.NewLine}{LibBpfLog.Take().Trim()}", -result, log);
+                var libbpf = LibBpfLog.Take().Trim();
+                throw new BpfException($"loading {Path.GetFileName(objectFile)} failed{Environment.NewLine}{libbpf}", -result, FullVerifierLog(objectFile));
             }
             foreach (var (program, buffer) in logs)
             {
@@ -122,6 +122,38 @@ public sealed unsafe partial class BpfObject : IDisposable
         finally
         {
             foreach (var (_, buffer) in logs)
+            {
+                NativeMemory.Free((void*)buffer);
+            }
+        }
+    }
+
+    /// <summary>Loads the object once more with the verifier's full log (level 1) to show why it was rejected.</summary>
+    private static string FullVerifierLog(string objectFile)
+    {
+        var obj = LibBpf.ObjectOpenFile(objectFile, 0);
+        if (obj == 0)
+        {
+            return "";
+        }
+        var buffers = new List<nint>();
+        try
+        {
+            for (var program = LibBpf.NextProgram(obj, 0); program != 0; program = LibBpf.NextProgram(obj, program))
+            {
+                var buffer = (nint)NativeMemory.AllocZeroed(LogSize);
+                buffers.Add(buffer);
+                _ = LibBpf.ProgramSetLogBuffer(program, (byte*)buffer, LogSize);
+                _ = LibBpf.ProgramSetLogLevel(program, 1);
+            }
+            _ = LibBpf.ObjectLoad(obj);
+            LibBpfLog.Take();
+            return string.Join("\n", buffers.Select(b => Marshal.PtrToStringUTF8(b)).Where(l => !string.IsNullOrEmpty(l)));
+        }
+        finally
+        {
+            LibBpf.ObjectClose(obj);
+            foreach (var buffer in buffers)
             {
                 NativeMemory.Free((void*)buffer);
             }
