@@ -508,7 +508,7 @@ public sealed partial class AgentService : IDisposable
         {
             throw new AgentInputException(e.Message);
         }
-        foreach (var pod in new[] { request.From, request.To })
+        foreach (var pod in new[] { request.From, request.To }.Where(p => !Tracer.IsLabels(p)))
         {
             if (_engine.FindEndpoint(pod) is null)
             {

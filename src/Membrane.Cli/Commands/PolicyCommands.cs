@@ -58,8 +58,8 @@ public static class PolicyCommands
     {
         var policies = new Option<string[]>("--policies") { Description = "Policy files or directories (offline trace)", AllowMultipleArgumentsPerToken = true };
         var workloads = new Option<string[]>("--workloads") { Description = "Namespace/Pod files or directories (offline trace)", AllowMultipleArgumentsPerToken = true };
-        var from = new Option<string>("--from") { Description = "Source pod as NAMESPACE/POD", Required = true };
-        var to = new Option<string>("--to") { Description = "Destination pod as NAMESPACE/POD", Required = true };
+        var from = new Option<string>("--from") { Description = "Source: NAMESPACE/POD, or labels such as k8s:app=client,io.kubernetes.pod.namespace=demo", Required = true };
+        var to = new Option<string>("--to") { Description = "Destination: NAMESPACE/POD, or labels", Required = true };
         var flow = new FlowOptions();
         var format = CliOutput.CreateFormatOption();
         var command = new Command("trace", "Explain whether a flow is allowed: the policies, the matching rule, the final verdict")
@@ -86,7 +86,7 @@ public static class PolicyCommands
             var engine = new PolicyEngine();
             engine.Apply(load.Manifests);
             var request = flow.Build(parse, Endpoint(parse.GetValue(from)!, "--from"), Endpoint(parse.GetValue(to)!, "--to"));
-            foreach (var key in new[] { request.From, request.To })
+            foreach (var key in new[] { request.From, request.To }.Where(k => !Tracer.IsLabels(k)))
             {
                 if (engine.FindEndpoint(key) is null)
                 {
@@ -189,6 +189,10 @@ public static class PolicyCommands
 
     private static string Endpoint(string text, string option)
     {
+        if (Tracer.IsLabels(text))
+        {
+            return text;
+        }
         var parts = text.Split('/');
         if (parts.Length != 2 || parts[0].Length == 0 || parts[1].Length == 0)
         {

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using Membrane.Policy.Identity;
+using Membrane.Policy.Labels;
 using Membrane.Policy.Resolution;
 using Membrane.Policy.Rules;
 using Membrane.Policy.Workloads;
@@ -45,7 +46,54 @@ public sealed record TraceResult(TraceRequest Request, uint SourceIdentity, uint
 /// </summary>
 public static class Tracer
 {
+    /// <summary>True when a trace endpoint is given as labels (<c>k8s:app=web,io.kubernetes.pod.namespace=demo</c>).</summary>
+    public static bool IsLabels(string endpoint) => endpoint.Contains('=', StringComparison.Ordinal);
+
     public static TraceResult Trace(PolicyEngine engine, TraceRequest request)
+    {
+        if (!IsLabels(request.From) && !IsLabels(request.To))
+        {
+            return TraceEndpoints(engine, request);
+        }
+        // Endpoints given as labels become transient pods: same identity rules, namespace-derived labels and
+        // selector matching as real ones. They are removed again afterwards.
+        var added = new List<string>();
+        try
+        {
+            var from = IsLabels(request.From) ? AddTransient(engine, request.From, "source", added) : request.From;
+            var to = IsLabels(request.To) ? AddTransient(engine, request.To, "destination", added) : request.To;
+            var result = TraceEndpoints(engine, request with { From = from, To = to });
+            return result with
+            {
+                Request = request,
+                Egress = result.Egress with { Endpoint = request.From },
+                Ingress = result.Ingress with { Endpoint = request.To },
+            };
+        }
+        finally
+        {
+            foreach (var key in added)
+            {
+                engine.RemovePod(key);
+            }
+        }
+    }
+
+    private static string AddTransient(PolicyEngine engine, string labelText, string role, List<string> added)
+    {
+        var labels = LabelSet.Parse(labelText);
+        var ns = labels.ValueOf(WellKnownLabels.PodNamespace) ?? "default";
+        var own = labels.Labels.Where(l => l.Source is LabelSource.Kubernetes or LabelSource.Any or LabelSource.Unspecified
+                && !WellKnownLabels.IsNamespaceKey(l.Key) && l.Key != WellKnownLabels.ServiceAccount && l.Key != WellKnownLabels.Cluster)
+            .ToDictionary(l => l.Key, l => l.Value, StringComparer.Ordinal);
+        var serviceAccount = labels.ValueOf(WellKnownLabels.ServiceAccount) ?? "default";
+        var pod = new PodManifest(ns, $"trace-{role}-{Guid.NewGuid():N}"[..30], own, serviceAccount, [], [], "(trace)");
+        engine.UpsertPod(pod);
+        added.Add(pod.Key);
+        return pod.Key;
+    }
+
+    private static TraceResult TraceEndpoints(PolicyEngine engine, TraceRequest request)
     {
         var source = engine.FindEndpoint(request.From) ?? throw new KeyNotFoundException($"no pod {request.From}");
         var destination = engine.FindEndpoint(request.To) ?? throw new KeyNotFoundException($"no pod {request.To}");

@@ -86,6 +86,19 @@ public sealed class CliTests
         Assert.Contains("error", err, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("k8s:app=client,io.kubernetes.pod.namespace=demo", "icmp", 0)]
+    [InlineData("app=client,io.kubernetes.pod.namespace=other", "icmp", 1)]
+    [InlineData("app=client,io.kubernetes.pod.namespace=demo", "tcp", 0)]
+    public void TraceAcceptsRawLabels(string from, string protocol, int expected)
+    {
+        string[] flow = protocol == "icmp" ? ["--protocol", "icmp", "--icmp-type", "8"] : ["--protocol", "tcp", "--port", "80"];
+        var (code, output, err) = Run(["policy", "trace", "--policies", Path.Combine(Examples, "policies", "l4-http-only.yaml"), Path.Combine(Examples, "policies", "icmp-echo.yaml"),
+            "--workloads", Path.Combine(Examples, "workloads"), "--from", from, "--to", "demo/web", .. flow]);
+        Assert.True(expected == code, output + err);
+        Assert.Contains($"from {from} to demo/web", output, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void TraceOfUnknownPodIsAnError()
     {

@@ -74,6 +74,23 @@ public sealed class IncrementalTests
     }
 
     [Fact]
+    public void TraceByLabelsMatchesTheSamePodAndLeavesNoTrace()
+    {
+        var c = With(Cnp("p", "a", "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {app: client}}], icmps: [{fields: [{type: 8}]}]}]"));
+        var pods = c.Engine.Endpoints.Count();
+        var identities = c.Engine.Identities.Count();
+        var byPod = c.Trace("a/client", "a/server", Membrane.Policy.Rules.IpProtocol.Icmp, type: 8);
+        var byLabels = c.Trace("app=client,io.kubernetes.pod.namespace=a", "a/server", Membrane.Policy.Rules.IpProtocol.Icmp, type: 8);
+        var otherNamespace = c.Trace("app=client,io.kubernetes.pod.namespace=b", "a/server", Membrane.Policy.Rules.IpProtocol.Icmp, type: 8);
+        Assert.True(byPod.Allowed);
+        Assert.True(byLabels.Allowed);
+        Assert.Equal(byPod.SourceIdentity, byLabels.SourceIdentity);
+        Assert.False(otherNamespace.Allowed);
+        Assert.Equal(pods, c.Engine.Endpoints.Count());
+        Assert.Equal(identities, c.Engine.Identities.Count());
+    }
+
+    [Fact]
     public void RemovedPodsFreeTheirIdentity()
     {
         var c = With("");
