@@ -203,7 +203,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
 
     private static double PingFlood(string netns, IPAddress target, int count)
     {
-        var output = Ip.Exec("ip", ["netns", "exec", netns, "ping", "-f", "-q", "-c", $"{count}", "-W", "1", target.ToString()], null);
+        var output = Ip.Exec("ip", ["netns", "exec", netns, "ping", "-f", "-q", "-c", $"{count}", "-W", "1", "-w", "30", target.ToString()], null);
         var m = PingSummary().Match(output);
         if (!m.Success)
         {
@@ -293,6 +293,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
                 }
             }
         }
+        await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
         return new LatencyResult(changes, Percentile(import, 50), Percentile(import, 99), Percentile(after, 50), Percentile(after, 99), late);
     }
 
