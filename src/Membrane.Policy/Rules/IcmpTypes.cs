@@ -60,6 +60,6 @@ public static class IcmpTypes
     public static string Describe(IcmpFamily family, byte type) =>
         NameOf(family, type) is { } name ? $"{type}({name})" : type.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
-    /// <summary>ICMPv6 neighbour discovery, which the datapath never subjects to policy.</summary>
-    public static bool IsNeighbourDiscovery(byte icmpv6Type) => icmpv6Type is >= 133 and <= 137;
+    /// <summary>ICMPv6 router and neighbour solicitation/advertisement, which the datapath never subjects to policy (redirect, 137, is).</summary>
+    public static bool IsNeighbourDiscovery(byte icmpv6Type) => icmpv6Type is >= 133 and <= 136;
 }

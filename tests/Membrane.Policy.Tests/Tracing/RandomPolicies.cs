@@ -18,6 +18,7 @@ internal sealed class RandomPolicies(int seed)
         (IpProtocol.Udp, 53, 0, null), (IpProtocol.Udp, 80, 0, null), (IpProtocol.Sctp, 80, 0, null),
         (IpProtocol.Icmp, 0, 8, 0), (IpProtocol.Icmp, 0, 0, 0), (IpProtocol.Icmp, 0, 3, 4), (IpProtocol.Icmp, 0, 3, 1), (IpProtocol.Icmp, 0, 13, 0),
         (IpProtocol.IcmpV6, 0, 128, 0), (IpProtocol.IcmpV6, 0, 129, 0), (IpProtocol.IcmpV6, 0, 1, 4), (IpProtocol.IcmpV6, 0, 2, 0),
+        (IpProtocol.IcmpV6, 0, 135, 0), (IpProtocol.IcmpV6, 0, 136, 0), (IpProtocol.IcmpV6, 0, 137, 0),
     ];
 
     public static readonly string[] Pods = ["a/client", "a/server", "b/client", "b/other"];

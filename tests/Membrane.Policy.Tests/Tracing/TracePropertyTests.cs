@@ -63,6 +63,10 @@ internal static class RuleOracle
 {
     public static bool Allowed(PolicyEngine engine, string from, string to, TraceRequest request)
     {
+        if (request.Protocol == IpProtocol.IcmpV6 && request.IcmpType is 133 or 134 or 135 or 136)
+        {
+            return true; // router/neighbour solicitation and advertisement are never subject to policy
+        }
         var source = engine.FindEndpoint(from)!;
         var destination = engine.FindEndpoint(to)!;
         return Side(engine, source, destination, TrafficDirection.Egress, destination, request)
