@@ -43,7 +43,7 @@ public static class Report
         await using (var sandbox = await SandboxBenchmark.StartAsync().ConfigureAwait(false))
         {
             latency = await sandbox.ImportToEnforcedAsync(60).ConfigureAwait(false);
-            throughput = await sandbox.ThroughputAsync(pings: 50_000, megabytes: 32, repeats: 5).ConfigureAwait(false);
+            throughput = await sandbox.ThroughputAsync(pings: 50_000, repeats: 5).ConfigureAwait(false);
         }
         var cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "unknown CPU";
         return new BenchmarkReport(DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", CultureInfo.InvariantCulture),
@@ -91,7 +91,7 @@ public static class Report
         Line();
         Line("## 2. Throughput between pods");
         Line();
-        Line("Two pods of the sandbox (network namespaces on this machine, routed through the sandbox's node namespace). Ping flood: 50,000 echo requests (`ping -f`, pinned to one CPU); TCP: 32 MiB sent to the pod's echo server (a .NET process) and read back. Median of 5, after a warm-up. The baseline has no eBPF program and no nftables rules on the same veths, and is measured at the start and again at the end (median of both). The machine is noisy: repeated runs move single rows by ±20% (TCP more, since the echo server bounds it), so read ratios, not digits. Membrane's policy allows echo and TCP 80 and adds deny rules (CIDR + port) that never match; nftables gets the same rules in one forward chain, evaluated linearly.");
+        Line("Two pods of the sandbox (network namespaces on this machine, routed through the sandbox's node namespace). Ping flood: 50,000 echo requests (`ping -f`, pinned to one CPU); TCP: `iperf3`, 2 s per run, client in one pod and server in the other. Median of 5, after a warm-up. The baseline has no eBPF program and no nftables rules on the same veths, and is measured at the start and again at the end (median of both). The machine is noisy: repeated runs move single rows by ±20% , so read ratios, not digits. Membrane's policy allows echo and TCP 80 and adds deny rules (CIDR + port) that never match; nftables gets the same rules in one forward chain, evaluated linearly.");
         Line();
         Line("| scenario | pings/s | × baseline | TCP MiB/s | × baseline |");
         Line("|---|---|---|---|---|");
