@@ -85,7 +85,7 @@ static __always_inline int parse_l4_at(struct __sk_buff *skb, struct flow *f, __
 {
 
 	if (f->proto == PROTO_TCP) {
-		__u8 tcp[14];
+		__u8 tcp[14] __attribute__((aligned(8))); /* aligned: copied with wide loads, see load() */
 		if (load(skb, off, tcp, sizeof(tcp)) < 0)
 			return PARSE_MALFORMED;
 		if ((tcp[12] >> 4) < 5 || skb->len < off + ((tcp[12] >> 4) << 2))
@@ -103,7 +103,7 @@ static __always_inline int parse_l4_at(struct __sk_buff *skb, struct flow *f, __
 		f->sport = bpf_ntohs(ports.sport);
 		f->dport = bpf_ntohs(ports.dport);
 	} else if (is_icmp(f->proto)) {
-		struct icmp_hdr icmp;
+		struct icmp_hdr icmp __attribute__((aligned(8)));
 		if (load(skb, off, &icmp, sizeof(icmp)) < 0)
 			return PARSE_MALFORMED;
 		f->icmp_type = icmp.type;
@@ -126,7 +126,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
 
 static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct flow *f)
 {
-	struct ipv4_hdr ip;
+	struct ipv4_hdr ip __attribute__((aligned(8)));
 	if (load(skb, off, &ip, sizeof(ip)) < 0)
 		return PARSE_MALFORMED;
 	__u32 hlen = (ip.ver_ihl & 0x0f) << 2;
@@ -153,7 +153,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 
 static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct flow *f)
 {
-	struct ipv6_hdr ip;
+	struct ipv6_hdr ip __attribute__((aligned(8)));
 	if (load(skb, off, &ip, sizeof(ip)) < 0)
 		return PARSE_MALFORMED;
 	if ((bpf_ntohl(ip.vtc_flow) >> 28) != 6 || skb->len < off + sizeof(ip) + bpf_ntohs(ip.payload_len))
@@ -202,7 +202,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct f
  * instead of one per parsed combination of fields. This keeps both programs far below the complexity limit. */
 __attribute__((noinline)) int parse_packet(struct __sk_buff *skb, struct flow *f)
 {
-	struct eth_hdr eth;
+	struct eth_hdr eth __attribute__((aligned(8)));
 	if (!f)
 		return PARSE_MALFORMED;
 	if (load(skb, 0, &eth, sizeof(eth)) < 0)
