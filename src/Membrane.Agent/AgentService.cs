@@ -558,7 +558,7 @@ public sealed partial class AgentService : IDisposable
 
     public List<ConntrackOutput> Conntrack()
     {
-        var now = ClockBoottime();
+        var now = MonotonicCoarseNs();
         return Datapath.ConntrackEntries().Select(e =>
         {
             var (k, v) = (e.Key, e.Value);
@@ -609,9 +609,9 @@ public sealed partial class AgentService : IDisposable
         _gate.Dispose();
     }
 
-    private static ulong ClockBoottime()
+    private static ulong MonotonicCoarseNs()
     {
-        // bpf_ktime_get_coarse_ns counts CLOCK_MONOTONIC_COARSE; Environment.TickCount64 counts the same clock in ms.
+        // Conntrack timestamps come from bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE); TickCount64 reads it in ms.
         return (ulong)Environment.TickCount64 * 1_000_000UL;
     }
 

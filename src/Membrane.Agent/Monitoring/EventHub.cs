@@ -116,6 +116,4 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
 
     private static string Endpoint(string address, int? port) =>
         address.Contains(':', StringComparison.Ordinal) ? $"[{address}]:{port}" : $"{address}:{port}";
-
-    internal static AddressFamily FamilyOf(byte family) => family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
 }

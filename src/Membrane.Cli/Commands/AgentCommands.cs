@@ -104,9 +104,7 @@ public static class AgentCommands
             }
             throw new InvalidInputException($"invalid: {load.Errors.Count} error(s); nothing was applied");
         }
-        var files = paths.SelectMany<string, string>(p => Directory.Exists(p)
-            ? Directory.EnumerateFiles(p, "*", SearchOption.AllDirectories).Where(f => f.EndsWith(".yaml", StringComparison.Ordinal) || f.EndsWith(".yml", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal)).Order(StringComparer.Ordinal)
-            : [p]);
+        var files = ManifestLoader.Files(paths);
         return new ManifestRequest(string.Join("\n---\n", files.Select(File.ReadAllText)), string.Join(",", paths));
     }
 

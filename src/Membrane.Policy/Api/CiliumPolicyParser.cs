@@ -132,7 +132,7 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
         peers.AddRange(map.List(cidrSet, (item, p) => CidrSet(item, p)) ?? []);
         peers.AddRange(map.List(entities, (item, p) => Entity(item, p)) ?? []);
 
-        var ports = map.List("toPorts", (item, p) => PortRule(item, p, action));
+        var ports = map.List("toPorts", (item, p) => PortRule(item, p));
         var icmps = map.List("icmps", (item, p) => IcmpRule(item, p));
         if (ports is not null && icmps is not null && map.Has("toPorts") && map.Has("icmps"))
         {
@@ -223,7 +223,7 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
         return new EntityPeer(text);
     }
 
-    private List<PortMatch>? PortRule(YamlNode node, string path, RuleAction action)
+    private List<PortMatch>? PortRule(YamlNode node, string path)
     {
         var map = MapReader.Of(ctx, node, path);
         if (map is null)
@@ -235,7 +235,6 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
         map.Unsupported("originatingTLS", "TLS origination (originatingTLS)");
         map.Unsupported("serverNames", "TLS server names (serverNames)");
         map.Unsupported("listener", "Envoy listeners (listener)");
-        _ = action;
         var ports = map.List("ports", (item, p) => Port(item, p));
         map.Finish();
         return ports is null || ports.Count == 0 ? [new PortMatch(PortProtocol.Any, 0, 0, null)] : ports;

@@ -30,27 +30,24 @@ public static class ManifestLoader
         var builder = new Builder(errors);
         foreach (var path in paths)
         {
-            if (Directory.Exists(path))
-            {
-                var files = Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories)
-                    .Where(f => f.EndsWith(".yaml", StringComparison.Ordinal) || f.EndsWith(".yml", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal))
-                    .Order(StringComparer.Ordinal);
-                foreach (var file in files)
-                {
-                    builder.AddText(File.ReadAllText(file), file);
-                }
-            }
-            else if (File.Exists(path))
-            {
-                builder.AddText(File.ReadAllText(path), path);
-            }
-            else
+            if (!File.Exists(path) && !Directory.Exists(path))
             {
                 errors.Add(new PolicyError(path, "", "", "no such file or directory", 0, 0));
             }
         }
+        foreach (var file in Files(paths))
+        {
+            builder.AddText(File.ReadAllText(file), file);
+        }
         return builder.Result();
     }
+
+    /// <summary>The files a set of paths stands for: files as given, directories recursively (*.yaml, *.yml, *.json) in name order.</summary>
+    public static IEnumerable<string> Files(IEnumerable<string> paths) => paths.SelectMany<string, string>(path => Directory.Exists(path)
+        ? Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories)
+            .Where(f => f.EndsWith(".yaml", StringComparison.Ordinal) || f.EndsWith(".yml", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal)
+        : File.Exists(path) ? [path] : []);
 
     public static LoadResult LoadText(string text, string fileName)
     {
@@ -148,7 +145,7 @@ public static class ManifestLoader
             {
                 ctx.Error("apiVersion", node, $"\"{apiVersion}\" is not the apiVersion of {kind} (expected {expectedApi})");
             }
-            var meta = Metadata(ctx, map, kind, namespaced, where);
+            var meta = Metadata(ctx, map, kind, namespaced);
             if (meta is null)
             {
                 map.Ignore("spec", "specs", "status");
@@ -229,7 +226,7 @@ public static class ManifestLoader
         }
 
         private static (string Name, string? Namespace, IReadOnlyDictionary<string, string> Labels)? Metadata(
-            ParseContext ctx, MapReader map, string kind, bool namespaced, string where)
+            ParseContext ctx, MapReader map, string kind, bool namespaced)
         {
             var meta = MapReader.Of(ctx, map.Take("metadata"), "metadata");
             if (meta is null)
@@ -267,7 +264,6 @@ public static class ManifestLoader
                     ctx.Error(FieldPath.Child("metadata.labels", key), meta.Node, labelError);
                 }
             }
-            _ = where;
             return (name, namespaced ? ns ?? "default" : null, labels);
         }
 

@@ -28,6 +28,7 @@ public sealed class PolicyEngine
     private readonly HashSet<string> _namedPortDependents = new(StringComparer.Ordinal);
     private readonly HashSet<string> _dirty = new(StringComparer.Ordinal);
     private readonly Dictionary<string, SecurityIdentity> _cidrIdentities = new(StringComparer.Ordinal);
+    private readonly Dictionary<IPAddress, uint> _identityByAddress = [];
 
     private sealed record StoredPolicy(PolicyDocument Document, IReadOnlyList<string> SelectorKeys, IReadOnlyList<SecurityIdentity> CidrIdentities);
 
@@ -261,6 +262,14 @@ public sealed class PolicyEngine
         {
             var same = old with { Pod = pod with { Addresses = addresses }, Addresses = addresses };
             _endpoints[pod.Key] = same;
+            foreach (var address in old.Addresses)
+            {
+                _identityByAddress.Remove(address);
+            }
+            foreach (var address in addresses)
+            {
+                _identityByAddress[address] = old.Identity.Id;
+            }
             _dirty.Add(pod.Key);
             if (!old.Addresses.SequenceEqual(addresses))
             {
@@ -282,6 +291,10 @@ public sealed class PolicyEngine
         var (identity, created) = _identities.Acquire(labels, IdentityKind.Pod);
         var endpoint = new Endpoint(pod with { Addresses = addresses }, labels, identity, addresses);
         _endpoints[pod.Key] = endpoint;
+        foreach (var address in addresses)
+        {
+            _identityByAddress[address] = identity.Id;
+        }
         if (!_endpointsByIdentity.TryGetValue(identity.Id, out var members))
         {
             members = new HashSet<string>(StringComparer.Ordinal);
@@ -311,6 +324,10 @@ public sealed class PolicyEngine
     {
         _endpoints.Remove(endpoint.Key);
         _resolved.Remove(endpoint.Key);
+        foreach (var address in endpoint.Addresses)
+        {
+            _identityByAddress.Remove(address);
+        }
         _dirty.Remove(endpoint.Key);
         ForgetDependencies(endpoint.Key);
         _namedPortDependents.Remove(endpoint.Key);
@@ -590,15 +607,23 @@ public sealed class PolicyEngine
         }
     }
 
-    /// <summary>The identity the datapath would derive for an address: the longest ipcache prefix holding it.</summary>
+    /// <summary>
+    /// The identity the datapath derives for an address: a pod address (always the longest prefix, and written
+    /// last into the ipcache, so it wins over an equal CIDR prefix), else the longest CIDR prefix, else world.
+    /// </summary>
     public uint IdentityOf(IPAddress address)
     {
-        var best = (Length: -1, Identity: ReservedIdentities.World);
-        foreach (var (prefix, identity) in IpCache())
+        if (_identityByAddress.TryGetValue(address, out var pod))
         {
-            if (prefix.BaseAddress.AddressFamily == address.AddressFamily && prefix.Contains(address) && prefix.PrefixLength > best.Length)
+            return pod;
+        }
+        var best = (Length: -1, Identity: address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? ReservedIdentities.WorldIPv4 : ReservedIdentities.WorldIPv6);
+        foreach (var identity in _cidrIdentities.Values)
+        {
+            var prefix = identity.Prefix!.Value;
+            if (prefix.BaseAddress.AddressFamily == address.AddressFamily && prefix.PrefixLength > best.Length && prefix.Contains(address))
             {
-                best = (prefix.PrefixLength, identity);
+                best = (prefix.PrefixLength, identity.Id);
             }
         }
         return best.Identity;
@@ -643,10 +668,10 @@ internal sealed class MapStateBuilder
         {
             if (verdict == RuleAction.Allow && denies.TryGetValue((key.Direction, key.Identity), out var candidates))
             {
-                var cover = candidates.FirstOrDefault(d => key.IsCoveredBy(d));
-                if (candidates.Any(d => key.IsCoveredBy(d)))
+                var cover = candidates.FindIndex(d => key.IsCoveredBy(d)) is var i and >= 0 ? candidates[i] : (PolicyKey?)null;
+                if (cover is { } deny)
                 {
-                    var reasons = _entries[cover].From.Append($"(overrides allow by {string.Join("; ", from)})").ToList();
+                    var reasons = _entries[deny].From.Append($"(overrides allow by {string.Join("; ", from)})").ToList();
                     result[key] = new PolicyEntry(RuleAction.Deny, reasons);
                     continue;
                 }

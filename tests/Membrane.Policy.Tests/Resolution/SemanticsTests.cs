@@ -371,6 +371,21 @@ public sealed class SemanticsTests
     }
 
     [Fact]
+    public void HostCidrOfAPodAddressStillMeansThePod()
+    {
+        // The ipcache writes pod addresses after CIDR prefixes, so the kernel sees the pod's identity.
+        var c = With(Cnp("cidr", "a", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromCIDR: [10.200.0.2/32]}]
+            """));
+        var client = c.Engine.FindEndpoint("a/client")!;
+        Assert.Equal(System.Net.IPAddress.Parse("10.200.0.2"), client.Address(System.Net.Sockets.AddressFamily.InterNetwork));
+        Assert.Equal(client.Identity.Id, c.Engine.IdentityOf(System.Net.IPAddress.Parse("10.200.0.2")));
+        Assert.Equal(client.Identity.Id, c.Engine.IpCache().Last(e => e.Prefix.BaseAddress.Equals(System.Net.IPAddress.Parse("10.200.0.2"))).Identity);
+        Assert.False(c.Ping("a/client", "a/server"));
+    }
+
+    [Fact]
     public void CidrSetExceptIsExcluded()
     {
         var c = With(Cnp("cidr", "a", """

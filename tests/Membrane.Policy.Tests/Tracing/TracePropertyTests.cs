@@ -122,8 +122,4 @@ internal static class RuleOracle
         }
         return port.Port == 0 || request.Port >= port.Port && request.Port <= Math.Max(port.Port, port.EndPort);
     }
-
-    public static AddressFamily Family(TraceRequest request) => request.Family;
-
-    public static LabelSet Labels(Endpoint e) => e.Labels;
 }
