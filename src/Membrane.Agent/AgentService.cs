@@ -444,7 +444,7 @@ public sealed partial class AgentService : IDisposable
     /// </summary>
     private void RevalidateConnections(Dictionary<uint, MapState> changed)
     {
-        foreach (var (key, value) in Datapath.ConntrackEntries().ToList())
+        foreach (var (key, value) in Datapath.Conntrack.Entries().ToList())
         {
             if (!changed.TryGetValue(key.IfIndex, out var state))
             {
@@ -558,8 +558,9 @@ public sealed partial class AgentService : IDisposable
 
     public List<ConntrackOutput> Conntrack()
     {
-        var now = MonotonicCoarseNs();
-        return Datapath.ConntrackEntries().Select(e =>
+        var now = ConntrackTable.Now();
+        var table = Datapath.Conntrack;
+        return table.Entries().Select(e =>
         {
             var (k, v) = (e.Key, e.Value);
             var (src, sport, dst, dport) = v.OpenedLo == 1 ? (k.Lo, k.LoPort, k.Hi, k.HiPort) : (k.Hi, k.HiPort, k.Lo, k.LoPort);
@@ -572,7 +573,7 @@ public sealed partial class AgentService : IDisposable
             if ((v.Flags & (ConntrackValue.SeenFinForward | ConntrackValue.SeenFinReverse)) != 0) flags.Add("fin");
             var id = IpProtocol.IsIcmp(k.Protocol) ? $" id={Math.Max(sport, dport)}" : "";
             return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, v.Direction == 0 ? "ingress" : "egress",
-                Math.Round((now - v.CreatedNs) / 1e9, 1), Math.Round((now - v.LastSeenNs) / 1e9, 1), v.Packets, v.Bytes, string.Join(",", flags));
+                now is { } n ? Math.Round(table.SecondsSince(v.Created, n), 1) : null, now is { } m ? Math.Round(table.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));
         }).OrderBy(c => c.Endpoint, StringComparer.Ordinal).ToList();
     }
 
@@ -607,12 +608,6 @@ public sealed partial class AgentService : IDisposable
         Events.Dispose();
         Datapath.Dispose();
         _gate.Dispose();
-    }
-
-    private static ulong MonotonicCoarseNs()
-    {
-        // Conntrack timestamps come from bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE); TickCount64 reads it in ms.
-        return (ulong)Environment.TickCount64 * 1_000_000UL;
     }
 
     [LibraryImport("libc", EntryPoint = "geteuid")]

@@ -19,7 +19,7 @@ public sealed class PolicyDatapath : IDisposable
         FromPod = obj.Program(FromPodProgram);
         ToPod = obj.Program(ToPodProgram);
         PolicyMap = obj.Map("mb_policy");
-        Conntrack = obj.Map("mb_ct");
+        Conntrack = new ConntrackTable(obj.Map("mb_ct4"), obj.Map("mb_ct6"), TicksPerSecond(obj));
         Drops = obj.Map("mb_drops");
         Events = obj.Map("mb_events");
         Config = obj.Map("mb_config");
@@ -39,7 +39,7 @@ public sealed class PolicyDatapath : IDisposable
 
     public BpfMap PolicyMap { get; }
 
-    public BpfMap Conntrack { get; }
+    public ConntrackTable Conntrack { get; }
 
     public BpfMap Drops { get; }
 
@@ -54,6 +54,13 @@ public sealed class PolicyDatapath : IDisposable
     public PolicyMapSynchronizer Policy { get; }
 
     public IpCacheSynchronizer IpCache { get; }
+
+    /// <summary>
+    /// CONFIG_HZ as libbpf resolved it for the programs; the programs assume 1,000 when the kernel's config could not
+    /// be read (see bpf/conntrack.h), and so does this.
+    /// </summary>
+    private static uint TicksPerSecond(BpfObject obj) =>
+        obj.Map(BpfObject.KconfigMap).TryLookup<uint, uint>(0u, out var hz) && hz != 0 ? hz : 1000;
 
     public static PolicyDatapath Load(LoadOptions? options = null) =>
         new(BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, ObjectName), options));
@@ -74,16 +81,10 @@ public sealed class PolicyDatapath : IDisposable
         return result;
     }
 
-    public IEnumerable<KeyValuePair<ConntrackKey, ConntrackValue>> ConntrackEntries() => Conntrack.Entries<ConntrackKey, ConntrackValue>();
-
     /// <summary>Empties conntrack and the fragment table (tests and `membrane bpf ct flush`).</summary>
     public int FlushConntrack()
     {
-        var count = 0;
-        foreach (var key in Conntrack.Keys<ConntrackKey>())
-        {
-            count += Conntrack.Delete(key) ? 1 : 0;
-        }
+        var count = Conntrack.Flush();
         foreach (var key in Fragments.Keys<FragmentKey>())
         {
             Fragments.Delete(key);

@@ -97,6 +97,16 @@ public sealed class EndToEndTests
     {
         Assert.True(Ping(Client, Server));
         Assert.True(Ping(Client, Server, v6: true));
+        // Each ping is a connection of the client (egress) and of the server (ingress), in its family's map.
+        var ct = JsonDocument.Parse(_s.CliOk("bpf", "ct", "list", "-o", "json").Out).RootElement.EnumerateArray().ToList();
+        foreach (var (endpoint, direction) in new[] { (Client, "egress"), (Server, "ingress") })
+        {
+            foreach (var protocol in new[] { "ICMP", "ICMPv6" })
+            {
+                Assert.Contains(ct, c => c.GetProperty("endpoint").GetString() == endpoint && c.GetProperty("protocol").GetString() == protocol
+                    && c.GetProperty("direction").GetString() == direction && c.GetProperty("ageSeconds").GetDouble() is >= 0 and < 60);
+            }
+        }
         Flow(Client, Server, true, Icmp(8));
         Flow(Client, Server, true, Udp(53));
 

@@ -22,6 +22,35 @@ public sealed class VerifierTests
         Assert.True(stats.Sum(s => s.ProcessedInstructions) <= AllProgramsBudget);
     }
 
+    /// <summary>
+    /// A map helper call that the verifier cannot bind to a single map stays a generic helper call (an indirect
+    /// call on every packet) instead of an inlined lookup or a direct call of the map's function. The translated
+    /// program, as the kernel runs it, must contain none.
+    /// </summary>
+    [Fact]
+    public void EveryMapCallIsBoundToOneMap()
+    {
+        using var datapath = PolicyDatapath.Load();
+        foreach (var program in new[] { datapath.FromPod, datapath.ToPod })
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo("bpftool", ["prog", "dump", "xlated", "id", program.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+            };
+            using var bpftool = System.Diagnostics.Process.Start(psi)!;
+            var xlated = bpftool.StandardOutput.ReadToEnd();
+            var error = bpftool.StandardError.ReadToEnd();
+            bpftool.WaitForExit();
+            Assert.True(bpftool.ExitCode == 0, $"bpftool failed: {error}");
+            var calls = System.Text.RegularExpressions.Regex.Matches(xlated, @"call ([a-z_0-9]+)").Select(m => m.Groups[1].Value).ToList();
+            Assert.Contains("__htab_map_lookup_elem", calls); // conntrack lookups inlined
+            Assert.Contains("trie_lookup_elem", calls);       // ipcache and policy: direct calls
+            var generic = calls.Where(c => c is "bpf_map_lookup_elem" or "bpf_map_update_elem" or "bpf_map_delete_elem").ToList();
+            Assert.True(generic.Count == 0, $"{program.Name}: {generic.Count} map calls not bound to one map ({string.Join(", ", generic.Distinct())})");
+        }
+    }
+
     [Fact]
     public void AMissingObjectIsAClearError()
     {

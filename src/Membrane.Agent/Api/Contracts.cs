@@ -51,8 +51,8 @@ public sealed record BpfPolicyEntryOutput(
 public sealed record BpfPolicyOutput(int Endpoint, string Pod, IReadOnlyList<BpfPolicyEntryOutput> Entries);
 
 public sealed record ConntrackOutput(
-    string Endpoint, string Protocol, string Source, string Destination, string Direction, double AgeSeconds,
-    double IdleSeconds, ulong Packets, ulong Bytes, string Flags);
+    string Endpoint, string Protocol, string Source, string Destination, string Direction, double? AgeSeconds,
+    double? IdleSeconds, ulong Packets, ulong Bytes, string Flags);
 
 public sealed record MonitorEvent(
     DateTimeOffset Time, string Type, string Endpoint, string Direction, uint PeerIdentity, string Peer,

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.CommandLine;
 using Membrane.Cli.Output;
 using Membrane.Datapath.Ebpf;
@@ -58,7 +59,7 @@ public static class BpfCommands
                 return CliApp.Success;
             }
             Table.Write(output.Out, ["ENDPOINT", "PROTO", "OPENED", "SOURCE", "DESTINATION", "AGE s", "IDLE s", "PACKETS", "BYTES", "FLAGS"],
-                result.Select(c => (IReadOnlyList<string>)[c.Endpoint, c.Protocol, c.Direction, c.Source, c.Destination, $"{c.AgeSeconds}", $"{c.IdleSeconds}", $"{c.Packets}", $"{c.Bytes}", c.Flags]));
+                result.Select(c => (IReadOnlyList<string>)[c.Endpoint, c.Protocol, c.Direction, c.Source, c.Destination, c.AgeSeconds?.ToString(CultureInfo.InvariantCulture) ?? "-", c.IdleSeconds?.ToString(CultureInfo.InvariantCulture) ?? "-", $"{c.Packets}", $"{c.Bytes}", c.Flags]));
             return CliApp.Success;
         });
         ct.Subcommands.Add(list);

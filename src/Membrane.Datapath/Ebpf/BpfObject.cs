@@ -39,6 +39,9 @@ public sealed unsafe partial class BpfObject : IDisposable
     public BpfMap Map(string name) =>
         _maps.GetValueOrDefault(name) ?? throw new KeyNotFoundException($"no map {name} in the object");
 
+    /// <summary>Name under which <see cref="Map"/> finds the object's resolved kernel config values, if it has any.</summary>
+    public const string KconfigMap = ".kconfig";
+
     /// <summary>The directory holding the compiled objects shipped with this assembly.</summary>
     public static string ObjectDirectory => Path.Combine(AppContext.BaseDirectory, "bpf");
 
@@ -100,6 +103,12 @@ public sealed unsafe partial class BpfObject : IDisposable
             for (var map = LibBpf.NextMap(obj, 0); map != 0; map = LibBpf.NextMap(obj, map))
             {
                 var name = Marshal.PtrToStringUTF8(LibBpf.MapName(map))!;
+                if (name.EndsWith(".kconfig", StringComparison.Ordinal))
+                {
+                    // The kernel config values libbpf resolved for the programs' __kconfig externs (never pinned).
+                    collection._maps[KconfigMap] = new BpfMap(KconfigMap, LibBpf.MapFd(map), LibBpf.MapKeySize(map), LibBpf.MapValueSize(map), 1);
+                    continue;
+                }
                 if (name.Contains('.', StringComparison.Ordinal))
                 {
                     continue; // .rodata, .bss and the like

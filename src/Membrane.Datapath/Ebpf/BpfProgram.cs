@@ -27,6 +27,21 @@ public sealed unsafe class BpfProgram
 
     public VerifierStats Stats { get; }
 
+    /// <summary>The kernel's id of the loaded program, as bpftool and `bpftool prog show` name it.</summary>
+    public uint Id
+    {
+        get
+        {
+            // struct bpf_prog_info begins with __u32 type, __u32 id; a zeroed buffer longer than the kernel's struct
+            // is accepted, a shorter one is filled as far as it goes.
+            var info = stackalloc byte[256];
+            new Span<byte>(info, 256).Clear();
+            var length = 256u;
+            BpfException.Check(LibBpf.ObjectGetInfoByFd(Fd, info, &length), $"info of program {Name}");
+            return *(uint*)(info + 4);
+        }
+    }
+
     /// <summary>Runs the program on one packet (Ethernet frame) in the kernel, <paramref name="repeat"/> times.</summary>
     public TestRunResult TestRun(ReadOnlySpan<byte> packet, int repeat = 1)
     {

@@ -28,6 +28,10 @@ internal static unsafe partial class LibBpf
     [LibraryImport(Library, EntryPoint = "bpf_program__fd")]
     public static partial int ProgramFd(nint program);
 
+    /// <summary>Fills the kernel's info struct of a program, map or link fd (struct bpf_prog_info for a program).</summary>
+    [LibraryImport(Library, EntryPoint = "bpf_obj_get_info_by_fd")]
+    public static partial int ObjectGetInfoByFd(int fd, void* info, uint* infoLength);
+
     [LibraryImport(Library, EntryPoint = "bpf_program__insn_cnt")]
     public static partial nuint ProgramInstructionCount(nint program);
 

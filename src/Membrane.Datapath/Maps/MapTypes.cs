@@ -84,30 +84,32 @@ public struct IpCacheValue
     public uint Flags;
 }
 
-/// <summary>Normalised conntrack key: the lower address/port pair first, so both directions share it.</summary>
+/// <summary>IPv4 conntrack key: the lower address/port pair first, so both directions share it.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public unsafe struct ConntrackKey
+public struct Conntrack4Key
 {
     public uint IfIndex;
-    public byte Protocol;
-    public byte Family;
-    public ushort Pad;
+    public uint LoAddress; // network byte order, as on the wire
+    public uint HiAddress;
     public ushort LoPort;
     public ushort HiPort;
+    public byte Protocol;
+    public byte Pad0;
+    public ushort Pad1;
+}
+
+/// <summary>IPv6 conntrack key, normalised like <see cref="Conntrack4Key"/>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct Conntrack6Key
+{
+    public uint IfIndex;
     public fixed byte LoAddress[16];
     public fixed byte HiAddress[16];
-
-    public readonly IPAddress Lo => Address(0);
-
-    public readonly IPAddress Hi => Address(16);
-
-    private readonly IPAddress Address(int offset)
-    {
-        fixed (byte* start = LoAddress)
-        {
-            return new IPAddress(new ReadOnlySpan<byte>(start + offset, Family == 4 ? 4 : 16));
-        }
-    }
+    public ushort LoPort;
+    public ushort HiPort;
+    public byte Protocol;
+    public byte Pad0;
+    public ushort Pad1;
 }
 
 [StructLayout(LayoutKind.Sequential)]
@@ -115,8 +117,8 @@ public struct ConntrackValue
 {
     public const byte SeenFinForward = 1, SeenFinReverse = 2, SeenRst = 4, SeenReply = 8;
 
-    public ulong CreatedNs;
-    public ulong LastSeenNs;
+    public ulong Created;  // kernel ticks (jiffies): see ConntrackTable.TicksPerSecond
+    public ulong LastSeen;
     public ulong Packets;
     public ulong Bytes;
     public uint RuleId;

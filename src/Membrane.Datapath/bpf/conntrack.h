@@ -4,68 +4,84 @@
 #include "maps.h"
 #include "parse.h"
 
-#define NS_PER_SEC 1000000000ULL
-#define CT_TIMEOUT_TCP (6ULL * 3600 * NS_PER_SEC)
-#define CT_TIMEOUT_TCP_CLOSING (10ULL * NS_PER_SEC)
-#define CT_TIMEOUT_UDP (60ULL * NS_PER_SEC)
-#define CT_TIMEOUT_ICMP (30ULL * NS_PER_SEC)
+/* Connection timestamps are kernel ticks (jiffies): the verifier turns bpf_jiffies64() into a single load, where
+ * a clock helper is a call on every packet. Timeouts are seconds long, so a tick (1-10 ms) is precise enough. */
+extern unsigned int CONFIG_HZ __kconfig __weak; /* resolved by libbpf from the kernel's config at load time */
+#define CT_HZ_UNKNOWN 1000 /* the highest usual rate: an unknown one can only make timeouts longer, never shorter */
 
-/* Timeouts are seconds long: the coarse clock is precise enough and much cheaper. */
+#define CT_TIMEOUT_TCP_S (6 * 3600)
+#define CT_TIMEOUT_TCP_CLOSING_S 10
+#define CT_TIMEOUT_UDP_S 60
+#define CT_TIMEOUT_ICMP_S 30
+
 static __always_inline __u64 ct_now(void)
 {
-	return bpf_ktime_get_coarse_ns();
+	return bpf_jiffies64();
 }
 
-/* Builds the normalised key of a tuple; returns 1 when the tuple's source is the key's lo side. */
-static __always_inline int ct_key_of(struct ct_key *k, __u32 ifindex, __u8 proto, __u8 family, const __u32 *saddr,
+static __always_inline __u64 ct_ticks(__u64 seconds)
+{
+	return seconds * (CONFIG_HZ ? CONFIG_HZ : CT_HZ_UNKNOWN);
+}
+
+/* Builds the normalised key of a tuple in the key layout of its family; returns 1 when the tuple's source is
+ * the key's lo side. */
+static __always_inline int ct_key_of(union ct_key *k, __u32 ifindex, __u8 proto, __u8 family, const __u32 *saddr,
 				     const __u32 *daddr, __u16 sport, __u16 dport)
 {
-	int src_lo = 1;
+	int src_lo;
+	if (family == 4) {
+		src_lo = saddr[0] != daddr[0] ? bpf_ntohl(saddr[0]) < bpf_ntohl(daddr[0]) : sport <= dport;
+		k->v4 = (struct ct4_key){
+			.ifindex = ifindex,
+			.lo_addr = src_lo ? saddr[0] : daddr[0],
+			.hi_addr = src_lo ? daddr[0] : saddr[0],
+			.lo_port = src_lo ? sport : dport,
+			.hi_port = src_lo ? dport : sport,
+			.proto = proto,
+		};
+		return src_lo;
+	}
+	src_lo = sport <= dport;
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		if (saddr[i] != daddr[i]) {
 			src_lo = bpf_ntohl(saddr[i]) < bpf_ntohl(daddr[i]);
-			goto decided;
+			break;
 		}
 	}
-	src_lo = sport <= dport;
-decided:
-	k->ifindex = ifindex;
-	k->proto = proto;
-	k->family = family;
-	k->pad = 0;
-	if (src_lo) {
-		k->lo_port = sport;
-		k->hi_port = dport;
-		__builtin_memcpy(k->lo_addr, saddr, sizeof(k->lo_addr));
-		__builtin_memcpy(k->hi_addr, daddr, sizeof(k->hi_addr));
-	} else {
-		k->lo_port = dport;
-		k->hi_port = sport;
-		__builtin_memcpy(k->lo_addr, daddr, sizeof(k->lo_addr));
-		__builtin_memcpy(k->hi_addr, saddr, sizeof(k->hi_addr));
-	}
+	k->v6 = (struct ct6_key){
+		.ifindex = ifindex,
+		.lo_port = src_lo ? sport : dport,
+		.hi_port = src_lo ? dport : sport,
+		.proto = proto,
+	};
+	__builtin_memcpy(k->v6.lo_addr, src_lo ? saddr : daddr, sizeof(k->v6.lo_addr));
+	__builtin_memcpy(k->v6.hi_addr, src_lo ? daddr : saddr, sizeof(k->v6.hi_addr));
 	return src_lo;
 }
 
 static __always_inline __u64 ct_timeout(__u8 proto, __u8 flags)
 {
 	if (proto == PROTO_TCP)
-		return (flags & CT_SEEN_RST) || (flags & (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)) == (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)
-			? CT_TIMEOUT_TCP_CLOSING : CT_TIMEOUT_TCP;
+		return ct_ticks((flags & CT_SEEN_RST) || (flags & (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)) == (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)
+				? CT_TIMEOUT_TCP_CLOSING_S : CT_TIMEOUT_TCP_S);
 	if (is_icmp(proto))
-		return CT_TIMEOUT_ICMP;
-	return CT_TIMEOUT_UDP;
+		return ct_ticks(CT_TIMEOUT_ICMP_S);
+	return ct_ticks(CT_TIMEOUT_UDP_S);
 }
 
 /* Finds the live connection of a key (an expired one counts as absent and is removed). */
-static __always_inline struct ct_value *ct_find(const struct ct_key *k, __u64 now)
+static __always_inline struct ct_value *ct_find(const union ct_key *k, __u8 family, __u8 proto, __u64 now)
 {
-	struct ct_value *v = bpf_map_lookup_elem(&mb_ct, k);
+	struct ct_value *v = family == 4 ? bpf_map_lookup_elem(&mb_ct4, &k->v4) : bpf_map_lookup_elem(&mb_ct6, &k->v6);
 	if (!v)
 		return 0;
-	if (now - v->last_seen_ns > ct_timeout(k->proto, v->flags)) {
-		bpf_map_delete_elem(&mb_ct, k);
+	if (now - v->last_seen > ct_timeout(proto, v->flags)) {
+		if (family == 4)
+			bpf_map_delete_elem(&mb_ct4, &k->v4);
+		else
+			bpf_map_delete_elem(&mb_ct6, &k->v6);
 		return 0;
 	}
 	return v;
@@ -76,8 +92,8 @@ static __always_inline struct ct_value *ct_find(const struct ct_key *k, __u64 no
 static __always_inline void ct_account(struct ct_value *v, __u8 dir, __u64 now, __u32 len, __u8 tcp_flags)
 {
 	int reply = v->dir != dir;
-	if (v->last_seen_ns != now)
-		v->last_seen_ns = now;
+	if (v->last_seen != now)
+		v->last_seen = now;
 	v->packets++;
 	v->bytes += len;
 	__u8 flags = v->flags;
@@ -99,18 +115,22 @@ static __always_inline int ct_trackable(const struct flow *f)
 	return f->proto == PROTO_TCP || f->proto == PROTO_UDP || f->proto == PROTO_SCTP;
 }
 
-static __always_inline void ct_create(const struct ct_key *k, int src_lo, __u8 dir, __u64 now, __u32 len, __u32 rule_id)
+static __always_inline void ct_create(const union ct_key *k, __u8 family, int src_lo, __u8 dir, __u64 now, __u32 len,
+				      __u32 rule_id)
 {
 	struct ct_value v = {
-		.created_ns = now,
-		.last_seen_ns = now,
+		.created = now,
+		.last_seen = now,
 		.packets = 1,
 		.bytes = len,
 		.rule_id = rule_id,
 		.dir = dir,
 		.opened_lo = src_lo,
 	};
-	bpf_map_update_elem(&mb_ct, k, &v, BPF_ANY);
+	if (family == 4)
+		bpf_map_update_elem(&mb_ct4, &k->v4, &v, BPF_ANY);
+	else
+		bpf_map_update_elem(&mb_ct6, &k->v6, &v, BPF_ANY);
 }
 
 /* An ICMP error relates to a tracked connection of this endpoint if the packet it carries belongs to it, in
@@ -123,11 +143,11 @@ __attribute__((noinline)) int ct_related(struct __sk_buff *skb, __u32 ifindex, c
 		return 0;
 	if (parse_embedded(skb, f, &inner) != PARSE_OK || inner.family != f->family)
 		return 0;
-	struct ct_key k;
+	union ct_key k;
 	ct_key_of(&k, ifindex, inner.proto, inner.family, inner.saddr, inner.daddr, inner.sport, inner.dport);
-	struct ct_value *v = ct_find(&k, now);
+	struct ct_value *v = ct_find(&k, inner.family, inner.proto, now);
 	if (!v)
 		return 0;
-	v->last_seen_ns = now;
+	v->last_seen = now;
 	return 1;
 }

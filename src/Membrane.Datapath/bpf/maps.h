@@ -67,21 +67,36 @@ struct {
 
 /* Conntrack: per endpoint, one entry per connection under a normalised key (the lower address/port pair
  * first), so a packet in either direction finds its connection with a single lookup. The value remembers the
- * direction of the opening packet: a packet in the other direction is a reply. */
-struct ct_key {
+ * direction of the opening packet: a packet in the other direction is a reply. One map per family: an IPv4 key
+ * is 20 bytes instead of 44, and hashing and comparing the key is most of what an established packet costs. */
+struct ct4_key {
 	__u32 ifindex;
-	__u8 proto;
-	__u8 family; /* 4 or 6 */
-	__u16 pad;
+	__u32 lo_addr;
+	__u32 hi_addr;
 	__u16 lo_port; /* host byte order; ICMP echo: the identifier stands in for one port, 0 for the other */
 	__u16 hi_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct ct6_key {
+	__u32 ifindex;
 	__u32 lo_addr[4];
 	__u32 hi_addr[4];
+	__u16 lo_port;
+	__u16 hi_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+union ct_key {
+	struct ct4_key v4;
+	struct ct6_key v6;
 };
 
 struct ct_value {
-	__u64 created_ns;
-	__u64 last_seen_ns;
+	__u64 created;   /* kernel ticks (jiffies), see ct_now() */
+	__u64 last_seen;
 	__u64 packets;
 	__u64 bytes;
 	__u32 rule_id;
@@ -98,10 +113,17 @@ struct ct_value {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct ct_key);
+	__type(key, struct ct4_key);
 	__type(value, struct ct_value);
 	__uint(max_entries, 262144);
-} mb_ct SEC(".maps");
+} mb_ct4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct6_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, 262144);
+} mb_ct6 SEC(".maps");
 
 /* Verdict of the first fragment of a datagram, so later fragments (without L4 header) get the same one. */
 struct frag_key {

@@ -58,9 +58,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_OK;
 
 	__u64 now = ct_now();
-	struct ct_key k;
+	union ct_key k;
 	int src_lo = ct_key_of(&k, ifindex, f.proto, f.family, f.saddr, f.daddr, f.sport, f.dport);
-	struct ct_value *conn = ct_find(&k, now);
+	struct ct_value *conn = ct_find(&k, f.family, f.proto, now);
 	if (conn) {
 		ct_account(conn, dir, now, skb->len, f.tcp_flags);
 		goto pass;
@@ -78,7 +78,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__sync_fetch_and_add(&entry->packets, 1);
 	__sync_fetch_and_add(&entry->bytes, skb->len);
 	if (ct_trackable(&f))
-		ct_create(&k, src_lo, dir, now, skb->len, entry->rule_id);
+		ct_create(&k, f.family, src_lo, dir, now, skb->len, entry->rule_id);
 	if (config_flags() & CONFIG_VERDICT_EVENTS)
 		emit_event(skb, &f, EVENT_VERDICT, dir, REASON_ALLOWED, peer, entry);
 pass:

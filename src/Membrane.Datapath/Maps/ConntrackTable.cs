@@ -1,0 +1,102 @@
+using System.Net;
+using System.Net.Sockets;
+using Membrane.Datapath.Ebpf;
+
+namespace Membrane.Datapath.Maps;
+
+/// <summary>One tracked connection of an endpoint, whichever family's map holds it.</summary>
+/// <param name="Lo">The lower of the two addresses (with <paramref name="LoPort"/>): the key is normalised.</param>
+public readonly record struct ConntrackTuple(uint IfIndex, byte Protocol, IPAddress Lo, ushort LoPort, IPAddress Hi, ushort HiPort);
+
+/// <summary>
+/// The conntrack maps of both families (an IPv4 key is less than half the size of an IPv6 one, and its size is
+/// most of what an established packet costs) behind one view for listing, revalidation and flushing.
+/// </summary>
+public sealed unsafe class ConntrackTable
+{
+    private readonly BpfMap _v4;
+    private readonly BpfMap _v6;
+
+    public ConntrackTable(BpfMap v4, BpfMap v6, uint ticksPerSecond)
+    {
+        _v4 = v4;
+        _v6 = v6;
+        TicksPerSecond = ticksPerSecond;
+    }
+
+    /// <summary>The unit of <see cref="ConntrackValue.Created"/> and <see cref="ConntrackValue.LastSeen"/>.</summary>
+    public uint TicksPerSecond { get; }
+
+    /// <summary>The kernel's tick counter now (from /proc/timer_list; root only), or null when it cannot be read.</summary>
+    public static ulong? Now()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/timer_list"))
+            {
+                if (line.StartsWith("jiffies: ", StringComparison.Ordinal)
+                    && ulong.TryParse(line.AsSpan(9), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ticks))
+                {
+                    return ticks;
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+        return null;
+    }
+
+    /// <summary>Seconds from a conntrack timestamp to <paramref name="now"/>.</summary>
+    public double SecondsSince(ulong timestamp, ulong now) => now >= timestamp ? (now - timestamp) / (double)TicksPerSecond : 0;
+
+    public IEnumerable<KeyValuePair<ConntrackTuple, ConntrackValue>> Entries()
+    {
+        foreach (var (key, value) in _v4.Entries<Conntrack4Key, ConntrackValue>())
+        {
+            yield return new(FromKey(key), value);
+        }
+        foreach (var (key, value) in _v6.Entries<Conntrack6Key, ConntrackValue>())
+        {
+            yield return new(FromKey(key), value);
+        }
+    }
+
+    public bool Delete(ConntrackTuple tuple) =>
+        tuple.Lo.AddressFamily == AddressFamily.InterNetwork ? _v4.Delete(ToKey4(tuple)) : _v6.Delete(ToKey6(tuple));
+
+    /// <summary>Removes every entry of both families; returns how many there were.</summary>
+    public int Flush() =>
+        _v4.Keys<Conntrack4Key>().Count(k => _v4.Delete(k)) + _v6.Keys<Conntrack6Key>().Count(k => _v6.Delete(k));
+
+    private static ConntrackTuple FromKey(Conntrack4Key k) =>
+        new(k.IfIndex, k.Protocol, new IPAddress(k.LoAddress), k.LoPort, new IPAddress(k.HiAddress), k.HiPort);
+
+    private static ConntrackTuple FromKey(Conntrack6Key k) =>
+        new(k.IfIndex, k.Protocol, new IPAddress(new ReadOnlySpan<byte>(k.LoAddress, 16)), k.LoPort,
+            new IPAddress(new ReadOnlySpan<byte>(k.HiAddress, 16)), k.HiPort);
+
+    private static Conntrack4Key ToKey4(ConntrackTuple t)
+    {
+        Span<byte> lo = stackalloc byte[4], hi = stackalloc byte[4];
+        t.Lo.TryWriteBytes(lo, out _);
+        t.Hi.TryWriteBytes(hi, out _);
+        return new Conntrack4Key
+        {
+            IfIndex = t.IfIndex,
+            LoAddress = BitConverter.ToUInt32(lo),
+            HiAddress = BitConverter.ToUInt32(hi),
+            LoPort = t.LoPort,
+            HiPort = t.HiPort,
+            Protocol = t.Protocol,
+        };
+    }
+
+    private static Conntrack6Key ToKey6(ConntrackTuple t)
+    {
+        var key = new Conntrack6Key { IfIndex = t.IfIndex, LoPort = t.LoPort, HiPort = t.HiPort, Protocol = t.Protocol };
+        t.Lo.TryWriteBytes(new Span<byte>(key.LoAddress, 16), out _);
+        t.Hi.TryWriteBytes(new Span<byte>(key.HiAddress, 16), out _);
+        return key;
+    }
+}
