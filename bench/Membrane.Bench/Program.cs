@@ -11,7 +11,7 @@ switch (what)
 {
     case "datapath":
         var repeat = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1_000_000;
-        var runs = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5;
+        var runs = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 9;
         var singles = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 200_000;
         Console.Write(DatapathBenchmark.Format(DatapathBenchmark.Run(repeat, runs, singles)));
         return 0;
