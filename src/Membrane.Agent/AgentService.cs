@@ -558,9 +558,8 @@ public sealed partial class AgentService : IDisposable
 
     public List<ConntrackOutput> Conntrack()
     {
-        var now = ConntrackTable.Now();
-        var table = Datapath.Conntrack;
-        return table.Entries().Select(e =>
+        var now = KernelTicks.Now();
+        return Datapath.Conntrack.Entries().Select(e =>
         {
             var (k, v) = (e.Key, e.Value);
             var (src, sport, dst, dport) = v.OpenedLo == 1 ? (k.Lo, k.LoPort, k.Hi, k.HiPort) : (k.Hi, k.HiPort, k.Lo, k.LoPort);
@@ -573,7 +572,7 @@ public sealed partial class AgentService : IDisposable
             if ((v.Flags & (ConntrackValue.SeenFinForward | ConntrackValue.SeenFinReverse)) != 0) flags.Add("fin");
             var id = IpProtocol.IsIcmp(k.Protocol) ? $" id={Math.Max(sport, dport)}" : "";
             return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, v.Direction == 0 ? "ingress" : "egress",
-                now is { } n ? Math.Round(table.SecondsSince(v.Created, n), 1) : null, now is { } m ? Math.Round(table.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));
+                now is { } n ? Math.Round(ConntrackTable.SecondsSince(v.Created, n), 1) : null, now is { } m ? Math.Round(ConntrackTable.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));
         }).OrderBy(c => c.Endpoint, StringComparer.Ordinal).ToList();
     }
 

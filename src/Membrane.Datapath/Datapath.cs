@@ -19,7 +19,7 @@ public sealed class PolicyDatapath : IDisposable
         FromPod = obj.Program(FromPodProgram);
         ToPod = obj.Program(ToPodProgram);
         PolicyMap = obj.Map("mb_policy");
-        Conntrack = new ConntrackTable(obj.Map("mb_ct4"), obj.Map("mb_ct6"), TicksPerSecond(obj));
+        Conntrack = new ConntrackTable(obj.Map("mb_ct4"), obj.Map("mb_ct6"));
         Drops = obj.Map("mb_drops");
         Events = obj.Map("mb_events");
         Config = obj.Map("mb_config");
@@ -54,13 +54,6 @@ public sealed class PolicyDatapath : IDisposable
     public PolicyMapSynchronizer Policy { get; }
 
     public IpCacheSynchronizer IpCache { get; }
-
-    /// <summary>
-    /// CONFIG_HZ as libbpf resolved it for the programs; the programs assume 1,000 when the kernel's config could not
-    /// be read (see bpf/conntrack.h), and so does this.
-    /// </summary>
-    private static uint TicksPerSecond(BpfObject obj) =>
-        obj.Map(BpfObject.KconfigMap).TryLookup<uint, uint>(0u, out var hz) && hz != 0 ? hz : 1000;
 
     public static PolicyDatapath Load(LoadOptions? options = null) =>
         new(BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, ObjectName), options));

@@ -1,4 +1,5 @@
 using System.Net;
+using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
 using static Membrane.Datapath.Tests.Packets;
 using static Membrane.Policy.Tests.Cluster;
@@ -66,9 +67,9 @@ public sealed class ConntrackTests : IDisposable
 
         var map = _h.Datapath.Bpf.Map("mb_ct4");
         var (key, value) = Assert.Single(map.Entries<Conntrack4Key, ConntrackValue>());
-        var now = ConntrackTable.Now() ?? throw new InvalidOperationException("/proc/timer_list has no jiffies line");
-        Assert.InRange(_h.Datapath.Conntrack.SecondsSince(value.LastSeen, now), 0, 5);
-        value.LastSeen -= (ulong)idleSeconds * _h.Datapath.Conntrack.TicksPerSecond;
+        var now = KernelTicks.Now() ?? throw new InvalidOperationException("/proc/timer_list has no jiffies line");
+        Assert.InRange(ConntrackTable.SecondsSince(value.LastSeen, now), 0, 5);
+        value.LastSeen -= (ulong)idleSeconds * KernelTicks.PerSecond;
         map.Update(key, value);
 
         Assert.Equal(replyPasses, _h.Receives(Frame(s, c, Udp, UdpDatagram(53, 5353))));

@@ -39,9 +39,6 @@ public sealed unsafe partial class BpfObject : IDisposable
     public BpfMap Map(string name) =>
         _maps.GetValueOrDefault(name) ?? throw new KeyNotFoundException($"no map {name} in the object");
 
-    /// <summary>Name under which <see cref="Map"/> finds the object's resolved kernel config values, if it has any.</summary>
-    public const string KconfigMap = ".kconfig";
-
     /// <summary>The directory holding the compiled objects shipped with this assembly.</summary>
     public static string ObjectDirectory => Path.Combine(AppContext.BaseDirectory, "bpf");
 
@@ -54,7 +51,7 @@ public sealed unsafe partial class BpfObject : IDisposable
         }
         LibBpfLog.Install();
         LibBpfLog.Take();
-        var obj = LibBpf.ObjectOpenFile(objectFile, 0);
+        var obj = Open(objectFile);
         if (obj == 0)
         {
             throw new BpfException($"cannot open {objectFile}: {LibBpfLog.Take().Trim()}", Marshal.GetLastPInvokeError());
@@ -103,12 +100,6 @@ public sealed unsafe partial class BpfObject : IDisposable
             for (var map = LibBpf.NextMap(obj, 0); map != 0; map = LibBpf.NextMap(obj, map))
             {
                 var name = Marshal.PtrToStringUTF8(LibBpf.MapName(map))!;
-                if (name.EndsWith(".kconfig", StringComparison.Ordinal))
-                {
-                    // The kernel config values libbpf resolved for the programs' __kconfig externs (never pinned).
-                    collection._maps[KconfigMap] = new BpfMap(KconfigMap, LibBpf.MapFd(map), LibBpf.MapKeySize(map), LibBpf.MapValueSize(map), 1);
-                    continue;
-                }
                 if (name.Contains('.', StringComparison.Ordinal))
                 {
                     continue; // .rodata, .bss and the like
@@ -137,10 +128,28 @@ public sealed unsafe partial class BpfObject : IDisposable
         }
     }
 
+    /// <summary>
+    /// Opens an object file, handing libbpf the kernel facts the programs may declare as __kconfig externs. libbpf
+    /// would otherwise read them from the kernel's config file and refuse to load when it is not installed.
+    /// </summary>
+    private static nint Open(string objectFile)
+    {
+        var kconfig = Marshal.StringToCoTaskMemUTF8($"CONFIG_HZ={KernelTicks.PerSecond}\n");
+        try
+        {
+            var options = new ObjectOpenOptions { Size = (nuint)sizeof(ObjectOpenOptions), Kconfig = kconfig };
+            return LibBpf.ObjectOpenFile(objectFile, &options); // libbpf keeps its own copy of the string
+        }
+        finally
+        {
+            Marshal.FreeCoTaskMem(kconfig);
+        }
+    }
+
     /// <summary>Loads the object once more with the verifier's full log (level 1) to show why it was rejected.</summary>
     private static string FullVerifierLog(string objectFile)
     {
-        var obj = LibBpf.ObjectOpenFile(objectFile, 0);
+        var obj = Open(objectFile);
         if (obj == 0)
         {
             return "";

@@ -8,7 +8,7 @@ internal static unsafe partial class LibBpf
     private const string Library = "libbpf.so.1";
 
     [LibraryImport(Library, EntryPoint = "bpf_object__open_file", StringMarshalling = StringMarshalling.Utf8)]
-    public static partial nint ObjectOpenFile(string path, nint options);
+    public static partial nint ObjectOpenFile(string path, ObjectOpenOptions* options);
 
     [LibraryImport(Library, EntryPoint = "bpf_object__load")]
     public static partial int ObjectLoad(nint obj);
@@ -163,4 +163,19 @@ internal struct TcOptions
     public uint Handle;
     public uint Priority;
     private readonly uint _padding;
+}
+
+/// <summary>
+/// The leading fields of libbpf's struct bpf_object_open_opts, up to the one Membrane sets; libbpf accepts a
+/// shorter struct than its own as long as <see cref="Size"/> says how long it is.
+/// </summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct ObjectOpenOptions
+{
+    public nuint Size;
+    public nint ObjectName;
+    public byte RelaxedMaps;
+    public nint PinRootPath;
+    public uint Unused; // a removed field, kept for the layout
+    public nint Kconfig; // "CONFIG_X=value" lines that resolve the programs' __kconfig externs
 }

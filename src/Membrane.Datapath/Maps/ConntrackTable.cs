@@ -17,38 +17,14 @@ public sealed unsafe class ConntrackTable
     private readonly BpfMap _v4;
     private readonly BpfMap _v6;
 
-    public ConntrackTable(BpfMap v4, BpfMap v6, uint ticksPerSecond)
+    public ConntrackTable(BpfMap v4, BpfMap v6)
     {
         _v4 = v4;
         _v6 = v6;
-        TicksPerSecond = ticksPerSecond;
     }
 
-    /// <summary>The unit of <see cref="ConntrackValue.Created"/> and <see cref="ConntrackValue.LastSeen"/>.</summary>
-    public uint TicksPerSecond { get; }
-
-    /// <summary>The kernel's tick counter now (from /proc/timer_list; root only), or null when it cannot be read.</summary>
-    public static ulong? Now()
-    {
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/timer_list"))
-            {
-                if (line.StartsWith("jiffies: ", StringComparison.Ordinal)
-                    && ulong.TryParse(line.AsSpan(9), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ticks))
-                {
-                    return ticks;
-                }
-            }
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-        }
-        return null;
-    }
-
-    /// <summary>Seconds from a conntrack timestamp to <paramref name="now"/>.</summary>
-    public double SecondsSince(ulong timestamp, ulong now) => now >= timestamp ? (now - timestamp) / (double)TicksPerSecond : 0;
+    /// <summary>Seconds from a conntrack timestamp (kernel ticks) to <paramref name="now"/> (see <see cref="KernelTicks.Now"/>).</summary>
+    public static double SecondsSince(ulong timestamp, ulong now) => now >= timestamp ? (now - timestamp) / (double)KernelTicks.PerSecond : 0;
 
     public IEnumerable<KeyValuePair<ConntrackTuple, ConntrackValue>> Entries()
     {
@@ -65,9 +41,20 @@ public sealed unsafe class ConntrackTable
     public bool Delete(ConntrackTuple tuple) =>
         tuple.Lo.AddressFamily == AddressFamily.InterNetwork ? _v4.Delete(ToKey4(tuple)) : _v6.Delete(ToKey6(tuple));
 
-    /// <summary>Removes every entry of both families; returns how many there were.</summary>
-    public int Flush() =>
-        _v4.Keys<Conntrack4Key>().Count(k => _v4.Delete(k)) + _v6.Keys<Conntrack6Key>().Count(k => _v6.Delete(k));
+    /// <summary>Removes every entry of both families; returns how many were removed.</summary>
+    public int Flush()
+    {
+        var removed = 0;
+        foreach (var key in _v4.Keys<Conntrack4Key>())
+        {
+            removed += _v4.Delete(key) ? 1 : 0;
+        }
+        foreach (var key in _v6.Keys<Conntrack6Key>())
+        {
+            removed += _v6.Delete(key) ? 1 : 0;
+        }
+        return removed;
+    }
 
     private static ConntrackTuple FromKey(Conntrack4Key k) =>
         new(k.IfIndex, k.Protocol, new IPAddress(k.LoAddress), k.LoPort, new IPAddress(k.HiAddress), k.HiPort);

@@ -117,7 +117,7 @@ public struct ConntrackValue
 {
     public const byte SeenFinForward = 1, SeenFinReverse = 2, SeenRst = 4, SeenReply = 8;
 
-    public ulong Created;  // kernel ticks (jiffies): see ConntrackTable.TicksPerSecond
+    public ulong Created;  // kernel ticks (jiffies): see KernelTicks
     public ulong LastSeen;
     public ulong Packets;
     public ulong Bytes;

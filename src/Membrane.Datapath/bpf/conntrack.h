@@ -6,8 +6,7 @@
 
 /* Connection timestamps are kernel ticks (jiffies): the verifier turns bpf_jiffies64() into a single load, where
  * a clock helper is a call on every packet. Timeouts are seconds long, so a tick (1-10 ms) is precise enough. */
-extern unsigned int CONFIG_HZ __kconfig __weak; /* resolved by libbpf from the kernel's config at load time */
-#define CT_HZ_UNKNOWN 1000 /* the highest usual rate: an unknown one can only make timeouts longer, never shorter */
+extern unsigned int CONFIG_HZ __kconfig; /* the tick rate, supplied by the loader (KernelTicks.cs) */
 
 #define CT_TIMEOUT_TCP_S (6 * 3600)
 #define CT_TIMEOUT_TCP_CLOSING_S 10
@@ -21,7 +20,7 @@ static __always_inline __u64 ct_now(void)
 
 static __always_inline __u64 ct_ticks(__u64 seconds)
 {
-	return seconds * (CONFIG_HZ ? CONFIG_HZ : CT_HZ_UNKNOWN);
+	return seconds * CONFIG_HZ;
 }
 
 /* Builds the normalised key of a tuple in the key layout of its family; returns 1 when the tuple's source is
