@@ -556,10 +556,17 @@ public sealed partial class AgentService : IDisposable
         return new BpfPolicyOutput(record.IfIndex, record.Key, entries);
     }
 
-    public List<ConntrackOutput> Conntrack()
+    /// <summary>Removes tracked connections (of one endpoint, or all): their next packets meet policy as new ones.</summary>
+    public ConntrackFlushOutput FlushConntrack(string? endpoint) => new(Datapath.Conntrack.Flush(EndpointIfIndex(endpoint)));
+
+    private uint? EndpointIfIndex(string? endpoint) =>
+        endpoint is null ? null : (uint)(FindRecord(endpoint) ?? throw new AgentInputException($"no endpoint \"{endpoint}\"")).IfIndex;
+
+    public List<ConntrackOutput> Conntrack(string? endpoint = null)
     {
         var now = KernelTicks.Now();
-        return Datapath.Conntrack.Entries().Select(e =>
+        var ifIndex = EndpointIfIndex(endpoint);
+        return Datapath.Conntrack.Entries().Where(e => ifIndex is null || e.Key.IfIndex == ifIndex).Select(e =>
         {
             var (k, v) = (e.Key, e.Value);
             var (src, sport, dst, dport) = v.OpenedLo == 1 ? (k.Lo, k.LoPort, k.Hi, k.HiPort) : (k.Hi, k.HiPort, k.Lo, k.LoPort);

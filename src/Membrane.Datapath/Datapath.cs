@@ -74,7 +74,7 @@ public sealed class PolicyDatapath : IDisposable
         return result;
     }
 
-    /// <summary>Empties conntrack and the fragment table (tests and `membrane bpf ct flush`).</summary>
+    /// <summary>Empties conntrack and the fragment table: a clean slate for tests and benchmarks.</summary>
     public int FlushConntrack()
     {
         var count = Conntrack.Flush();

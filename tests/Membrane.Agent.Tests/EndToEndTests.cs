@@ -107,6 +107,16 @@ public sealed class EndToEndTests
                     && c.GetProperty("direction").GetString() == direction && c.GetProperty("ageSeconds").GetDouble() is >= 0 and < 60);
             }
         }
+        List<JsonElement> CtOf(string endpoint) =>
+            JsonDocument.Parse(_s.CliOk("bpf", "ct", "list", "--endpoint", endpoint, "-o", "json").Out).RootElement.EnumerateArray().ToList();
+        var server = CtOf(Server);
+        Assert.True(server.Count >= 2 && server.All(c => c.GetProperty("endpoint").GetString() == Server), "--endpoint shows that endpoint only");
+        var flushed = JsonDocument.Parse(_s.CliOk("bpf", "ct", "flush", "--endpoint", Client, "-o", "json").Out).RootElement;
+        Assert.True(flushed.GetProperty("removed").GetInt32() >= 2);
+        Assert.Empty(CtOf(Client));
+        Assert.Equal(server.Count, CtOf(Server).Count);
+        var unknown = _s.Cli("bpf", "ct", "flush", "--endpoint", "e2e-a/nobody");
+        Assert.True(unknown.Code == 1 && unknown.Err.Contains("no endpoint", StringComparison.Ordinal), unknown.Err);
         Flow(Client, Server, true, Icmp(8));
         Flow(Client, Server, true, Udp(53));
 

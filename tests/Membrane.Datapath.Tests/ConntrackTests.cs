@@ -44,6 +44,7 @@ public sealed class ConntrackTests : IDisposable
             Assert.Equal(1UL, value.Packets);
         }
 
+        Assert.Equal(0, _h.Datapath.Conntrack.Flush(ifIndex: DatapathHarness.TestIfIndex + 1)); // another endpoint's: none
         Assert.True(_h.Datapath.Conntrack.Delete(v4.Key));
         Assert.False(_h.Datapath.Conntrack.Delete(v4.Key), "already gone");
         Assert.False(_h.Receives(Frame(s, c, Tcp, TcpSegment(80, 43210, TcpSyn | TcpAck))), "a forgotten connection's reply meets policy");

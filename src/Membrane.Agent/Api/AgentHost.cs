@@ -82,7 +82,8 @@ public static class AgentHost
         v1.MapGet("/endpoint", (string id) => agent.ReadAsync(() => agent.Endpoint(id)));
         v1.MapGet("/identities", () => agent.ReadAsync(agent.Identities));
         v1.MapGet("/bpf/policy", (string endpoint) => agent.ReadAsync(() => agent.BpfPolicy(endpoint)));
-        v1.MapGet("/bpf/ct", () => agent.ReadAsync(agent.Conntrack));
+        v1.MapGet("/bpf/ct", (string? endpoint) => agent.ReadAsync(() => agent.Conntrack(endpoint)));
+        v1.MapDelete("/bpf/ct", (string? endpoint) => agent.ReadAsync(() => agent.FlushConntrack(endpoint)));
         v1.MapPost("/probe", (ProbeQuery query) => agent.Prober.ProbeAsync(query));
         v1.MapPost("/matrix", (MatrixQuery query) => agent.Prober.MatrixAsync(query));
         v1.MapGet("/monitor", async (HttpContext context, string? type) =>

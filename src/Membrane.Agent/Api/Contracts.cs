@@ -54,6 +54,8 @@ public sealed record ConntrackOutput(
     string Endpoint, string Protocol, string Source, string Destination, string Direction, double? AgeSeconds,
     double? IdleSeconds, ulong Packets, ulong Bytes, string Flags);
 
+public sealed record ConntrackFlushOutput(int Removed);
+
 public sealed record MonitorEvent(
     DateTimeOffset Time, string Type, string Endpoint, string Direction, uint PeerIdentity, string Peer,
     string Protocol, string Source, string Destination, int? SourcePort, int? DestinationPort, int? IcmpType,
@@ -84,6 +86,7 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(List<IdentityOutput>))]
 [JsonSerializable(typeof(BpfPolicyOutput))]
 [JsonSerializable(typeof(List<ConntrackOutput>))]
+[JsonSerializable(typeof(ConntrackFlushOutput))]
 [JsonSerializable(typeof(MonitorEvent))]
 [JsonSerializable(typeof(ProbeQuery))]
 [JsonSerializable(typeof(ProbeResult))]

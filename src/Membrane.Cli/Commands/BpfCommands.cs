@@ -47,12 +47,15 @@ public static class BpfCommands
     private static Command Conntrack(CliOutput output)
     {
         var ct = new Command("ct", "The connection-tracking table");
+        var endpoint = new Option<string?>("--endpoint") { Description = "Only this endpoint (id or NAMESPACE/POD)" };
         var format = CliOutput.CreateFormatOption();
-        var list = new Command("list", "List tracked connections") { format };
+        string Query(ParseResult parse) => parse.GetValue(endpoint) is { } e ? $"v1/bpf/ct?endpoint={Uri.EscapeDataString(e)}" : "v1/bpf/ct";
+
+        var list = new Command("list", "List tracked connections") { endpoint, format };
         list.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Get("v1/bpf/ct", Agent.Api.AgentJsonContext.Default.ListConntrackOutput).ConfigureAwait(false);
+            var result = await client.Get(Query(parse), Agent.Api.AgentJsonContext.Default.ListConntrackOutput).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
                 output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.ListConntrackOutput));
@@ -63,6 +66,18 @@ public static class BpfCommands
             return CliApp.Success;
         });
         ct.Subcommands.Add(list);
+
+        var flush = new Command("flush", "Forget tracked connections (all, or one endpoint's): their next packets meet policy as new ones") { endpoint, format };
+        flush.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Delete(Query(parse), Agent.Api.AgentJsonContext.Default.ConntrackFlushOutput).ConfigureAwait(false);
+            output.Out.WriteLine(parse.GetValue(format) == "json"
+                ? System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.ConntrackFlushOutput)
+                : $"removed {result.Removed} tracked connection{(result.Removed == 1 ? "" : "s")}");
+            return CliApp.Success;
+        });
+        ct.Subcommands.Add(flush);
         return ct;
     }
 

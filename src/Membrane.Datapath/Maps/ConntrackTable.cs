@@ -41,17 +41,17 @@ public sealed unsafe class ConntrackTable
     public bool Delete(ConntrackTuple tuple) =>
         tuple.Lo.AddressFamily == AddressFamily.InterNetwork ? _v4.Delete(ToKey4(tuple)) : _v6.Delete(ToKey6(tuple));
 
-    /// <summary>Removes every entry of both families; returns how many were removed.</summary>
-    public int Flush()
+    /// <summary>Removes the entries of one endpoint, or of all when <paramref name="ifIndex"/> is null; returns how many.</summary>
+    public int Flush(uint? ifIndex = null)
     {
         var removed = 0;
         foreach (var key in _v4.Keys<Conntrack4Key>())
         {
-            removed += _v4.Delete(key) ? 1 : 0;
+            removed += (ifIndex is null || key.IfIndex == ifIndex) && _v4.Delete(key) ? 1 : 0;
         }
         foreach (var key in _v6.Keys<Conntrack6Key>())
         {
-            removed += _v6.Delete(key) ? 1 : 0;
+            removed += (ifIndex is null || key.IfIndex == ifIndex) && _v6.Delete(key) ? 1 : 0;
         }
         return removed;
     }
