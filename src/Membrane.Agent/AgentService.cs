@@ -556,6 +556,11 @@ public sealed partial class AgentService : IDisposable
         return new BpfPolicyOutput(record.IfIndex, record.Key, entries);
     }
 
+    /// <summary>The kernel's ipcache: every address prefix the datapath maps to an identity (anything else is world).</summary>
+    public List<IpCacheOutput> IpCache() => Datapath.IpCache.Dump()
+        .OrderBy(e => e.Prefix.BaseAddress.AddressFamily).ThenBy(e => e.Prefix.BaseAddress, IpAddressOrder.Instance).ThenBy(e => e.Prefix.PrefixLength)
+        .Select(e => new IpCacheOutput(e.Prefix.ToString(), e.Identity, IdentityName(e.Identity))).ToList();
+
     /// <summary>Removes tracked connections (of one endpoint, or all): their next packets meet policy as new ones.</summary>
     public ConntrackFlushOutput FlushConntrack(string? endpoint) => new(Datapath.Conntrack.Flush(EndpointIfIndex(endpoint)));
 
@@ -632,4 +637,13 @@ public static class TraceJson
             q.IsIcmp ? q.IcmpType : null, q.IcmpCode, q.Family == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4",
             r.SourceIdentity, r.DestinationIdentity, Side(r.Egress), Side(r.Ingress), r.Verdict);
     }
+}
+
+/// <summary>Numeric order of addresses of one family (byte by byte, as written).</summary>
+internal sealed class IpAddressOrder : IComparer<IPAddress>
+{
+    public static readonly IpAddressOrder Instance = new();
+
+    public int Compare(IPAddress? x, IPAddress? y) =>
+        x is null || y is null ? Comparer<object?>.Default.Compare(x, y) : x.GetAddressBytes().AsSpan().SequenceCompareTo(y.GetAddressBytes());
 }

@@ -117,6 +117,12 @@ public sealed class EndToEndTests
         Assert.Equal(server.Count, CtOf(Server).Count);
         var unknown = _s.Cli("bpf", "ct", "flush", "--endpoint", "e2e-a/nobody");
         Assert.True(unknown.Code == 1 && unknown.Err.Contains("no endpoint", StringComparison.Ordinal), unknown.Err);
+
+        // The kernel's ipcache maps each pod's /32 and /128 to the pod's identity.
+        var ipcache = JsonDocument.Parse(_s.CliOk("bpf", "ipcache", "list", "-o", "json").Out).RootElement.EnumerateArray().ToList();
+        var client = ipcache.Where(e => e.GetProperty("name").GetString() == Client).ToList();
+        Assert.Equal(["/128", "/32"], client.Select(e => e.GetProperty("prefix").GetString()![e.GetProperty("prefix").GetString()!.IndexOf('/', StringComparison.Ordinal)..]).Order(StringComparer.Ordinal));
+        Assert.Single(client.Select(e => e.GetProperty("identity").GetUInt32()).Distinct());
         Flow(Client, Server, true, Icmp(8));
         Flow(Client, Server, true, Udp(53));
 

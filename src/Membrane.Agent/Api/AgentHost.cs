@@ -84,6 +84,7 @@ public static class AgentHost
         v1.MapGet("/bpf/policy", (string endpoint) => agent.ReadAsync(() => agent.BpfPolicy(endpoint)));
         v1.MapGet("/bpf/ct", (string? endpoint) => agent.ReadAsync(() => agent.Conntrack(endpoint)));
         v1.MapDelete("/bpf/ct", (string? endpoint) => agent.ReadAsync(() => agent.FlushConntrack(endpoint)));
+        v1.MapGet("/bpf/ipcache", () => agent.ReadAsync(agent.IpCache));
         v1.MapPost("/probe", (ProbeQuery query) => agent.Prober.ProbeAsync(query));
         v1.MapPost("/matrix", (MatrixQuery query) => agent.Prober.MatrixAsync(query));
         v1.MapGet("/monitor", async (HttpContext context, string? type) =>

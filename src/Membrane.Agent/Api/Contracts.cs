@@ -56,6 +56,8 @@ public sealed record ConntrackOutput(
 
 public sealed record ConntrackFlushOutput(int Removed);
 
+public sealed record IpCacheOutput(string Prefix, uint Identity, string Name);
+
 public sealed record MonitorEvent(
     DateTimeOffset Time, string Type, string Endpoint, string Direction, uint PeerIdentity, string Peer,
     string Protocol, string Source, string Destination, int? SourcePort, int? DestinationPort, int? IcmpType,
@@ -87,6 +89,7 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(BpfPolicyOutput))]
 [JsonSerializable(typeof(List<ConntrackOutput>))]
 [JsonSerializable(typeof(ConntrackFlushOutput))]
+[JsonSerializable(typeof(List<IpCacheOutput>))]
 [JsonSerializable(typeof(MonitorEvent))]
 [JsonSerializable(typeof(ProbeQuery))]
 [JsonSerializable(typeof(ProbeResult))]

@@ -16,7 +16,29 @@ public static class BpfCommands
         bpf.Subcommands.Add(Verify(output));
         bpf.Subcommands.Add(PolicyMap(output));
         bpf.Subcommands.Add(Conntrack(output));
+        bpf.Subcommands.Add(IpCache(output));
         return bpf;
+    }
+
+    private static Command IpCache(CliOutput output)
+    {
+        var ipcache = new Command("ipcache", "The ipcache: address prefix to identity");
+        var format = CliOutput.CreateFormatOption();
+        var list = new Command("list", "Every prefix the datapath maps to an identity (any other address is world)") { format };
+        list.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Get("v1/bpf/ipcache", Agent.Api.AgentJsonContext.Default.ListIpCacheOutput).ConfigureAwait(false);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.ListIpCacheOutput));
+                return CliApp.Success;
+            }
+            Table.Write(output.Out, ["PREFIX", "IDENTITY", "NAME"], result.Select(e => (IReadOnlyList<string>)[e.Prefix, $"{e.Identity}", e.Name]));
+            return CliApp.Success;
+        });
+        ipcache.Subcommands.Add(list);
+        return ipcache;
     }
 
     private static Command PolicyMap(CliOutput output)

@@ -58,24 +58,27 @@ public sealed class IpCacheSynchronizer(BpfMap v4, BpfMap v6)
         lock (_gate)
         {
             _written.Clear();
-            foreach (var (key, value) in v4.Entries<IpCache4Key, IpCacheValue>())
+            foreach (var (prefix, identity) in Dump())
             {
-                _written[new IPNetwork(new IPAddress(BitConverter.GetBytes(key.Address)), (int)key.PrefixLength)] = value.Identity;
-            }
-            foreach (var (key, value) in v6.Entries<IpCache6Key, IpCacheValue>())
-            {
-                var bytes = new byte[16];
-                unsafe
-                {
-                    for (var i = 0; i < 16; i++)
-                    {
-                        bytes[i] = key.Address[i];
-                    }
-                }
-                _written[new IPNetwork(new IPAddress(bytes), (int)key.PrefixLength)] = value.Identity;
+                _written[prefix] = identity;
             }
         }
     }
+
+    /// <summary>What the kernel's ipcache maps hold, both families.</summary>
+    public IEnumerable<(IPNetwork Prefix, uint Identity)> Dump()
+    {
+        foreach (var (key, value) in v4.Entries<IpCache4Key, IpCacheValue>())
+        {
+            yield return (new IPNetwork(new IPAddress(BitConverter.GetBytes(key.Address)), (int)key.PrefixLength), value.Identity);
+        }
+        foreach (var (key, value) in v6.Entries<IpCache6Key, IpCacheValue>())
+        {
+            yield return (new IPNetwork(new IPAddress(Bytes(key)), (int)key.PrefixLength), value.Identity);
+        }
+    }
+
+    private static unsafe byte[] Bytes(IpCache6Key key) => new ReadOnlySpan<byte>(key.Address, 16).ToArray();
 
     private void Write(IPNetwork prefix, uint identity)
     {
