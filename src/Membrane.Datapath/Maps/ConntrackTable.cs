@@ -9,8 +9,8 @@ namespace Membrane.Datapath.Maps;
 public readonly record struct ConntrackTuple(uint IfIndex, byte Protocol, IPAddress Lo, ushort LoPort, IPAddress Hi, ushort HiPort);
 
 /// <summary>
-/// The conntrack maps of both families (an IPv4 key is less than half the size of an IPv6 one, and its size is
-/// most of what an established packet costs) behind one view for listing, revalidation and flushing.
+/// The conntrack maps of both families (an IPv4 key is less than half the size of an IPv6 one, and hashing the key
+/// is a large part of what an established packet costs) behind one view for listing, revalidation and flushing.
 /// </summary>
 public sealed unsafe class ConntrackTable
 {

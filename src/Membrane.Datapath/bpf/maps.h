@@ -68,7 +68,7 @@ struct {
 /* Conntrack: per endpoint, one entry per connection under a normalised key (the lower address/port pair
  * first), so a packet in either direction finds its connection with a single lookup. The value remembers the
  * direction of the opening packet: a packet in the other direction is a reply. One map per family: an IPv4 key
- * is 20 bytes instead of 44, and hashing and comparing the key is most of what an established packet costs. */
+ * is 20 bytes instead of 44, and hashing and comparing the key is a large part of an established packet's cost. */
 struct ct4_key {
 	__u32 ifindex;
 	__u32 lo_addr;
