@@ -524,12 +524,12 @@ public sealed partial class AgentService : IDisposable
 
     public EndpointOutput Endpoint(string idOrPod)
     {
-        var record = FindRecord(idOrPod) ?? throw new AgentInputException($"no endpoint \"{idOrPod}\" (use an id from 'membrane endpoint list' or NAMESPACE/POD)");
-        return Endpoint(record);
+        return Endpoint(FindRecord(idOrPod));
     }
 
-    private EndpointRecord? FindRecord(string idOrPod) =>
-        int.TryParse(idOrPod, out var id) ? _records.Values.FirstOrDefault(r => r.IfIndex == id) : _records.GetValueOrDefault(idOrPod);
+    private EndpointRecord FindRecord(string idOrPod) =>
+        (int.TryParse(idOrPod, out var id) ? _records.Values.FirstOrDefault(r => r.IfIndex == id) : _records.GetValueOrDefault(idOrPod))
+        ?? throw new AgentInputException($"no endpoint \"{idOrPod}\" (use an id from 'membrane endpoint list' or NAMESPACE/POD)");
 
     private EndpointOutput Endpoint(EndpointRecord record)
     {
@@ -547,7 +547,7 @@ public sealed partial class AgentService : IDisposable
 
     public BpfPolicyOutput BpfPolicy(string idOrPod)
     {
-        var record = FindRecord(idOrPod) ?? throw new AgentInputException($"no endpoint \"{idOrPod}\"");
+        var record = FindRecord(idOrPod);
         var entries = Datapath.Policy.Dump((uint)record.IfIndex)
             .OrderBy(e => e.Key.Direction).ThenBy(e => e.Key.Identity).ThenBy(e => e.Key.Protocol).ThenBy(e => e.Key.Port)
             .Select(e => new BpfPolicyEntryOutput(e.Key.Direction.ToString(), e.Key.Identity, IdentityName(e.Key.Identity),
@@ -558,14 +558,14 @@ public sealed partial class AgentService : IDisposable
 
     /// <summary>The kernel's ipcache: every address prefix the datapath maps to an identity (anything else is world).</summary>
     public List<IpCacheOutput> IpCache() => Datapath.IpCache.Dump()
-        .OrderBy(e => e.Prefix.BaseAddress.AddressFamily).ThenBy(e => e.Prefix.BaseAddress, IpAddressOrder.Instance).ThenBy(e => e.Prefix.PrefixLength)
+        .OrderBy(e => e.Prefix.BaseAddress.AddressFamily).ThenBy(e => Convert.ToHexString(e.Prefix.BaseAddress.GetAddressBytes()), StringComparer.Ordinal).ThenBy(e => e.Prefix.PrefixLength)
         .Select(e => new IpCacheOutput(e.Prefix.ToString(), e.Identity, IdentityName(e.Identity))).ToList();
 
     /// <summary>Removes tracked connections (of one endpoint, or all): their next packets meet policy as new ones.</summary>
     public ConntrackFlushOutput FlushConntrack(string? endpoint) => new(Datapath.Conntrack.Flush(EndpointIfIndex(endpoint)));
 
     private uint? EndpointIfIndex(string? endpoint) =>
-        endpoint is null ? null : (uint)(FindRecord(endpoint) ?? throw new AgentInputException($"no endpoint \"{endpoint}\"")).IfIndex;
+        endpoint is null ? null : (uint)FindRecord(endpoint).IfIndex;
 
     public List<ConntrackOutput> Conntrack(string? endpoint = null)
     {
@@ -637,13 +637,4 @@ public static class TraceJson
             q.IsIcmp ? q.IcmpType : null, q.IcmpCode, q.Family == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4",
             r.SourceIdentity, r.DestinationIdentity, Side(r.Egress), Side(r.Ingress), r.Verdict);
     }
-}
-
-/// <summary>Numeric order of addresses of one family (byte by byte, as written).</summary>
-internal sealed class IpAddressOrder : IComparer<IPAddress>
-{
-    public static readonly IpAddressOrder Instance = new();
-
-    public int Compare(IPAddress? x, IPAddress? y) =>
-        x is null || y is null ? Comparer<object?>.Default.Compare(x, y) : x.GetAddressBytes().AsSpan().SequenceCompareTo(y.GetAddressBytes());
 }
