@@ -57,17 +57,17 @@ public static class KernelTicks
     /// </summary>
     public static uint? Measure(TimeSpan interval)
     {
-        var watch = Stopwatch.StartNew();
         if (Now() is not { } start)
         {
             return null;
         }
+        var from = Stopwatch.GetTimestamp(); // taken right after each read, so a stall elsewhere counts on both sides
         Thread.Sleep(interval);
         if (Now() is not { } end)
         {
             return null;
         }
-        var measured = (end - start) / watch.Elapsed.TotalSeconds;
+        var measured = (end - start) / Stopwatch.GetElapsedTime(from).TotalSeconds;
         var nearest = UsualRates.MinBy(r => Math.Abs(measured - r) / r);
         return Math.Abs(measured - nearest) / nearest <= 0.1 ? nearest : (uint)Math.Round(measured);
     }
