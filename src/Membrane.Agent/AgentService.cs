@@ -453,7 +453,8 @@ public sealed partial class AgentService : IDisposable
             var (source, destination, port) = value.OpenedLo == 1 ? (key.Lo, key.Hi, key.HiPort) : (key.Hi, key.Lo, key.LoPort);
             var direction = (TrafficDirection)value.Direction;
             var peer = _engine.IdentityOf(direction == TrafficDirection.Egress ? destination : source);
-            var keyPort = IpProtocol.IsIcmp(key.Protocol) ? (ushort)((key.Protocol == IpProtocol.Icmp ? 8 : 128) << 8) : port;
+            // An ICMP query's key carries the request's type where a port would be (see icmp_ports in bpf/parse.h).
+            var keyPort = IpProtocol.IsIcmp(key.Protocol) ? (ushort)(port << 8) : port;
             if (!state.Lookup(direction, peer, key.Protocol, keyPort).Allowed)
             {
                 Datapath.Conntrack.Delete(key);
@@ -582,7 +583,7 @@ public sealed partial class AgentService : IDisposable
             if ((v.Flags & ConntrackValue.SeenReply) != 0) flags.Add("replied");
             if ((v.Flags & ConntrackValue.SeenRst) != 0) flags.Add("rst");
             if ((v.Flags & (ConntrackValue.SeenFinForward | ConntrackValue.SeenFinReverse)) != 0) flags.Add("fin");
-            var id = IpProtocol.IsIcmp(k.Protocol) ? $" id={Math.Max(sport, dport)}" : "";
+            var id = IpProtocol.IsIcmp(k.Protocol) ? $" type={dport} id={sport}" : ""; // the request's type and identifier
             return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, v.Direction == 0 ? "ingress" : "egress",
                 now is { } n ? Math.Round(ConntrackTable.SecondsSince(v.Created, n), 1) : null, now is { } m ? Math.Round(ConntrackTable.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));
         }).OrderBy(c => c.Endpoint, StringComparer.Ordinal).ToList();

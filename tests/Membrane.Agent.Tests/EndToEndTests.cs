@@ -199,6 +199,65 @@ public sealed class EndToEndTests
         Assert.Contains("REACHABLE", Ip.Run("-n", client.Netns, "-6", "neigh", "show"), StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A timestamp query (ICMP 13) the client may send comes back (14, answered by the server's kernel) through a
+    /// client that accepts nothing: tracked like echo, by kind and identifier.
+    /// </summary>
+    [Fact]
+    public void TimestampRepliesPassByConntrackLikeEchoReplies()
+    {
+        Import(Cnp("client-timestamps-only", """
+            endpointSelector: {matchLabels: {app: client}}
+            ingress: [{}]
+            egress: [{toEndpoints: [{matchLabels: {app: server}}], icmps: [{fields: [{type: Timestamp}]}]}]
+            """));
+        var client = _s.Endpoint(Client);
+        var target = IPAddress.Parse(_s.Endpoint(Server).IPv4!);
+        using var socket = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp));
+        socket.ReceiveTimeout = 1500;
+        bool Answered(byte type, ushort id)
+        {
+            var request = new byte[20]; // type, code, checksum, identifier, sequence, three timestamps
+            request[0] = type;
+            request[4] = (byte)(id >> 8);
+            request[5] = (byte)id;
+            var sum = 0u;
+            for (var i = 0; i < request.Length; i += 2)
+            {
+                sum += (uint)(request[i] << 8 | request[i + 1]);
+            }
+            sum = (sum & 0xffff) + (sum >> 16);
+            var checksum = (ushort)~(sum + (sum >> 16));
+            request[2] = (byte)(checksum >> 8);
+            request[3] = (byte)checksum;
+            socket.SendTo(request, new IPEndPoint(target, 0));
+            var buffer = new byte[1500];
+            var deadline = DateTime.UtcNow.AddMilliseconds(1500);
+            while (DateTime.UtcNow < deadline)
+            {
+                int n;
+                try
+                {
+                    n = socket.Receive(buffer);
+                }
+                catch (SocketException)
+                {
+                    return false;
+                }
+                var icmp = buffer.AsSpan((buffer[0] & 0x0f) * 4, n - (buffer[0] & 0x0f) * 4);
+                if (icmp.Length >= 8 && icmp[0] == type + (type == 8 ? -8 : 1) && (icmp[4] << 8 | icmp[5]) == id)
+                {
+                    return true;
+                }
+            }
+            return false;
+        }
+        Assert.True(Answered(13, 4242), "the timestamp reply did not come back");
+        Assert.False(Answered(8, 4243), "echo is not allowed by this policy");
+        Flow(Client, Server, true, Icmp(13));
+        Flow(Client, Server, false, Icmp(8));
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]

@@ -129,6 +129,39 @@ public sealed class EnforcementTests : IDisposable
         Assert.True(_h.Receives(Frame(s, c, Udp, UdpDatagram(53, 5353))));
     }
 
+    /// <summary>Every ICMP query whose reply carries the request's identifier is tracked like echo, each kind apart.</summary>
+    [Fact]
+    public void IcmpQueriesOtherThanEchoAreTrackedByKindAndIdentifier()
+    {
+        _h.Use(Cnp("c", "a", """
+            endpointSelector: {matchLabels: {app: client}}
+            egress:
+            - icmps: [{fields: [{type: Timestamp}, {type: 17}, {type: 8}, {type: 160, family: IPv6}]}]
+            ingress: [{}]
+            """), "a/client");
+        IPAddress c = _h.V4("a/client"), s = _h.V4("a/server"), c6 = _h.V6("a/client"), s6 = _h.V6("a/server");
+
+        Assert.False(_h.Receives(Frame(s, c, Icmp, IcmpMessage(14, 0, id: 5))), "an unsolicited timestamp reply is policy's business");
+        Assert.True(_h.Sends(Frame(c, s, Icmp, IcmpMessage(13, 0, id: 5))));
+        Assert.True(_h.Receives(Frame(s, c, Icmp, IcmpMessage(14, 0, id: 5))), "the timestamp reply passes by conntrack");
+        Assert.False(_h.Receives(Frame(s, c, Icmp, IcmpMessage(14, 0, id: 6))), "another identifier is another query");
+        Assert.False(_h.Receives(Frame(s, c, Icmp, IcmpMessage(0, 0, id: 5))), "an echo reply does not ride on a timestamp query");
+        Assert.False(_h.Receives(Frame(s, c, Icmp, IcmpMessage(18, 0, id: 5))), "nor an address-mask reply");
+
+        Assert.True(_h.Sends(Frame(c, s, Icmp, IcmpMessage(17, 0, id: 5))));
+        Assert.True(_h.Receives(Frame(s, c, Icmp, IcmpMessage(18, 0, id: 5))));
+        Assert.True(_h.Sends(Frame(c, s, Icmp, IcmpMessage(8, 0, id: 5))), "echo with the same identifier is a query of its own");
+        Assert.True(_h.Receives(Frame(s, c, Icmp, IcmpMessage(0, 0, id: 5))));
+
+        Assert.False(_h.Receives(Frame(s6, c6, IcmpV6, IcmpMessage(161, 0, id: 7))));
+        Assert.True(_h.Sends(Frame(c6, s6, IcmpV6, IcmpMessage(160, 0, id: 7))));
+        Assert.True(_h.Receives(Frame(s6, c6, IcmpV6, IcmpMessage(161, 0, id: 7))), "extended echo (RFC 8335) over IPv6");
+        Assert.False(_h.Receives(Frame(s6, c6, IcmpV6, IcmpMessage(129, 0, id: 7))), "an echo reply does not ride on it");
+
+        Assert.False(_h.Sends(Frame(c, s, Icmp, IcmpMessage(15, 0, id: 9))), "information request: no rule");
+        Assert.False(_h.Receives(Frame(s, c, Icmp, IcmpMessage(16, 0, id: 9))), "so its reply has no connection");
+    }
+
     [Fact]
     public void PathMtuErrorsFromARouterAboutATrackedConnectionPass()
     {

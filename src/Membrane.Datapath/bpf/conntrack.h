@@ -106,11 +106,14 @@ static __always_inline void ct_account(struct ct_value *v, __u8 dir, __u64 now, 
 		v->flags = flags;
 }
 
-/* Only connection-like flows are tracked: TCP, UDP, SCTP and ICMP echo. Other ICMP is stateless. */
+/* Only connection-like flows are tracked: TCP, UDP, SCTP and ICMP queries (opened by their request). Other ICMP
+ * is stateless. */
 static __always_inline int ct_trackable(const struct flow *f)
 {
-	if (is_icmp(f->proto))
-		return is_echo_request(f->family, f->icmp_type);
+	if (is_icmp(f->proto)) {
+		int reply;
+		return icmp_query(f->family, f->icmp_type, &reply) && !reply;
+	}
 	return f->proto == PROTO_TCP || f->proto == PROTO_UDP || f->proto == PROTO_SCTP;
 }
 

@@ -48,14 +48,29 @@ static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, cons
 #define PARSE_NOT_IP 1
 #define PARSE_MALFORMED -1
 
-static __always_inline int is_echo_request(__u8 family, __u8 type)
+/* ICMP queries whose reply carries the request's identifier: echo, timestamp, information, address mask and
+ * extended echo (IPv4); echo and extended echo (IPv6). Returns the request's type for a request or its reply (and
+ * sets *reply), 0 for any other message. */
+static __always_inline __u8 icmp_query(__u8 family, __u8 type, int *reply)
 {
-	return family == 4 ? type == 8 : type == 128;
-}
-
-static __always_inline int is_echo_reply(__u8 family, __u8 type)
-{
-	return family == 4 ? type == 0 : type == 129;
+	*reply = 0;
+	if (family == 4) {
+		if (type == 8 || type == 13 || type == 15 || type == 17 || type == 42)
+			return type;
+		*reply = 1;
+		if (type == 0)
+			return 8;
+		if (type == 14 || type == 16 || type == 18 || type == 43)
+			return type - 1;
+	} else {
+		if (type == 128 || type == 160)
+			return type;
+		*reply = 1;
+		if (type == 129 || type == 161)
+			return type - 1;
+	}
+	*reply = 0;
+	return 0;
 }
 
 /* ICMP errors that carry the packet they refer to. */
@@ -64,20 +79,15 @@ static __always_inline int is_icmp_error(__u8 family, __u8 type)
 	return family == 4 ? (type == 3 || type == 11 || type == 12) : (type >= 1 && type <= 4);
 }
 
-/* Echo is tracked by identifier: a request looks like (id -> 0), its reply like (0 -> id), so reversing the
- * tuple of a reply gives the request's. */
+/* Queries are tracked by identifier and kind: a request looks like (id -> request type), its reply like
+ * (request type -> id), so reversing the tuple of a reply gives its request's, and a reply of another kind of query
+ * never matches. Other ICMP messages are stateless (0 -> 0). */
 static __always_inline void icmp_ports(__u8 family, __u8 type, __u16 id, __u16 *sport, __u16 *dport)
 {
-	if (is_echo_request(family, type)) {
-		*sport = id;
-		*dport = 0;
-	} else if (is_echo_reply(family, type)) {
-		*sport = 0;
-		*dport = id;
-	} else {
-		*sport = 0;
-		*dport = 0;
-	}
+	int reply;
+	__u8 query = icmp_query(family, type, &reply);
+	*sport = query ? (reply ? query : id) : 0;
+	*dport = query ? (reply ? id : query) : 0;
 }
 
 /* Reads the L4 header at off into ports/type/flags. Malformed when the header is cut short. */
