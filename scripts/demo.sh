@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build src/Membrane.Cli -c Release -nologo -v quiet
-membrane() { dotnet src/Membrane.Cli/bin/Release/net10.0/membrane.dll "$@"; }
+MEMBRANE_DLL=src/Membrane.Cli/bin/Release/net10.0/membrane.dll
+membrane() { dotnet "$MEMBRANE_DLL" "$@"; }
 
 PREFIX=mbdemo
 PIN=/sys/fs/bpf/mbdemo
@@ -34,7 +35,8 @@ ping_from() { # ping_from POD TARGET_POD [-6]
 probe() { membrane connectivity probe --timeout 600 "$@" | sed 's/^/  /' || true; }
 
 step "Start the agent (sandbox prefix $PREFIX, state in $STATE)"
-membrane agent --state-dir "$STATE" --name-prefix "$PREFIX" --pin-dir "$PIN" >"$STATE/agent.log" 2>&1 &
+# Background processes are started with dotnet itself (not the function), so $! is the process to stop.
+dotnet "$MEMBRANE_DLL" agent --state-dir "$STATE" --name-prefix "$PREFIX" --pin-dir "$PIN" >"$STATE/agent.log" 2>&1 &
 AGENT=$!
 for _ in $(seq 1 100); do membrane status >/dev/null 2>&1 && break; sleep 0.2; done
 membrane status
@@ -50,7 +52,7 @@ membrane connectivity matrix --protocol icmp
 
 step "2. An L4 policy allows only TCP 80 into demo/web: ping is now dropped"
 membrane policy import examples/policies/l4-http-only.yaml
-membrane monitor --type drop >"$STATE/monitor.log" 2>/dev/null &
+dotnet "$MEMBRANE_DLL" monitor --type drop >"$STATE/monitor.log" 2>/dev/null &
 MONITOR=$!
 sleep 1
 ping_from demo/client demo/web
