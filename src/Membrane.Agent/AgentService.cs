@@ -572,11 +572,12 @@ public sealed partial class AgentService : IDisposable
     {
         var now = KernelTicks.Now();
         var ifIndex = EndpointIfIndex(endpoint);
+        var pods = _records.Values.ToDictionary(r => (uint)r.IfIndex, r => r.Key);
         return Datapath.Conntrack.Entries().Where(e => ifIndex is null || e.Key.IfIndex == ifIndex).Select(e =>
         {
             var (k, v) = (e.Key, e.Value);
             var (src, sport, dst, dport) = v.OpenedLo == 1 ? (k.Lo, k.LoPort, k.Hi, k.HiPort) : (k.Hi, k.HiPort, k.Lo, k.LoPort);
-            var endpoint = _records.Values.FirstOrDefault(r => r.IfIndex == k.IfIndex)?.Key ?? $"ifindex {k.IfIndex}";
+            var endpoint = pods.GetValueOrDefault(k.IfIndex) ?? $"ifindex {k.IfIndex}";
             var proto = IpProtocol.Name(k.Protocol);
             string Addr(IPAddress a, ushort port) => IpProtocol.IsIcmp(k.Protocol) ? a.ToString() : a.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{a}]:{port}" : $"{a}:{port}";
             var flags = new List<string>();

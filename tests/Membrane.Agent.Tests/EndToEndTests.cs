@@ -217,19 +217,7 @@ public sealed class EndToEndTests
         socket.ReceiveTimeout = 1500;
         bool Answered(byte type, ushort id)
         {
-            var request = new byte[20]; // type, code, checksum, identifier, sequence, three timestamps
-            request[0] = type;
-            request[4] = (byte)(id >> 8);
-            request[5] = (byte)id;
-            var sum = 0u;
-            for (var i = 0; i < request.Length; i += 2)
-            {
-                sum += (uint)(request[i] << 8 | request[i + 1]);
-            }
-            sum = (sum & 0xffff) + (sum >> 16);
-            var checksum = (ushort)~(sum + (sum >> 16));
-            request[2] = (byte)(checksum >> 8);
-            request[3] = (byte)checksum;
+            var request = Membrane.Agent.Probes.Prober.IcmpPacket(type, 0, id, v6: false);
             socket.SendTo(request, new IPEndPoint(target, 0));
             var buffer = new byte[1500];
             var deadline = DateTime.UtcNow.AddMilliseconds(1500);

@@ -168,7 +168,8 @@ public sealed class Prober(AgentService agent)
     }
 
     /// <summary>An ICMP message with identifier and a recognisable payload; ICMPv6 checksums are the kernel's job.</summary>
-    private static byte[] IcmpPacket(byte type, byte code, ushort id, bool v6)
+    /// <summary>An ICMP(v6) message with a small body; IPv4 carries its checksum, the kernel fills IPv6's.</summary>
+    internal static byte[] IcmpPacket(byte type, byte code, ushort id, bool v6)
     {
         var packet = new byte[8 + 16];
         packet[0] = type;
