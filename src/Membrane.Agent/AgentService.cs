@@ -165,6 +165,10 @@ public sealed partial class AgentService : IDisposable
         {
             Datapath.Policy.Remove((uint)ifIndex);
         }
+        foreach (var ifIndex in Datapath.Endpoints.IfIndexes().Where(i => !_records.Values.Any(r => r.IfIndex == i)).ToList())
+        {
+            Datapath.Endpoints.Remove(ifIndex);
+        }
         Regenerate(attachAll: true);
         Save();
     }
@@ -335,6 +339,7 @@ public sealed partial class AgentService : IDisposable
             _pods.Delete(record);
             _attached.Remove(record.IfIndex);
             Datapath.Policy.Remove((uint)record.IfIndex);
+            Datapath.Endpoints.Remove((uint)record.IfIndex);
         }
     }
 
@@ -421,6 +426,11 @@ public sealed partial class AgentService : IDisposable
         var toAttach = _records.Values.Where(r => attachAll || !_attached.Contains(r.IfIndex)).ToList();
         if (toAttach.Count > 0)
         {
+            // The addresses a pod may send from go in before its programs: without them it may send nothing.
+            foreach (var record in toAttach)
+            {
+                Datapath.Endpoints.Set((uint)record.IfIndex, record.Addresses.Select(IPAddress.Parse));
+            }
             NetworkNamespace.Run(_node.Name, () =>
             {
                 foreach (var record in toAttach)

@@ -24,6 +24,7 @@ public sealed class PolicyDatapath : IDisposable
         Events = obj.Map("mb_events");
         Config = obj.Map("mb_config");
         Fragments = obj.Map("mb_frag");
+        Endpoints = new EndpointTable(obj.Map("mb_endpoints"));
         Rules = new RuleRegistry();
         Policy = new PolicyMapSynchronizer(PolicyMap, Rules);
         IpCache = new IpCacheSynchronizer(obj.Map("mb_ipcache4"), obj.Map("mb_ipcache6"));
@@ -48,6 +49,9 @@ public sealed class PolicyDatapath : IDisposable
     public BpfMap Config { get; }
 
     public BpfMap Fragments { get; }
+
+    /// <summary>The addresses each endpoint may send from (source validation).</summary>
+    public EndpointTable Endpoints { get; }
 
     public RuleRegistry Rules { get; }
 

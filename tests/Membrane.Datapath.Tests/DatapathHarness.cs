@@ -32,6 +32,7 @@ internal sealed class DatapathHarness : IDisposable
         Datapath.FlushConntrack();
         Datapath.IpCache.Sync(Engine.IpCache());
         Datapath.Policy.Sync(TestIfIndex, Engine.Resolve(endpoint).State);
+        Datapath.Endpoints.Set(TestIfIndex, Engine.FindEndpoint(endpoint)!.Addresses);
     }
 
     public IPAddress V4(string pod) => Engine.FindEndpoint(pod)!.Address(AddressFamily.InterNetwork)!;

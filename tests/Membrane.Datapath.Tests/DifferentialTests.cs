@@ -36,6 +36,7 @@ public sealed class DifferentialTests : IDisposable
             {
                 var policy = engine.Resolve(subject);
                 _h.Datapath.Policy.Sync(DatapathHarness.TestIfIndex, policy.State);
+                _h.Datapath.Endpoints.Set(DatapathHarness.TestIfIndex, engine.FindEndpoint(subject)!.Addresses);
                 foreach (var peer in RandomPolicies.Pods.Where(p => p != subject).Append("world"))
                 {
                     for (var i = 0; i < 4; i++)

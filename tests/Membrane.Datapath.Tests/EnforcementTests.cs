@@ -183,6 +183,46 @@ public sealed class EnforcementTests : IDisposable
         Assert.False(_h.Receives(Frame(router6, c6, IcmpV6, IcmpError(2, 0, untracked6))), "Packet Too Big about no connection");
     }
 
+    /// <summary>
+    /// The line an ICMP error must cross to pass without a rule: from the peer or a router (no pod's address), about
+    /// a packet the pod itself sent, no larger than a host sends; and from the pod only as the receiver of the packet.
+    /// </summary>
+    [Fact]
+    public void IcmpErrorsFromThirdPartiesMeetPolicy()
+    {
+        _h.Use(Cnp("c", "a", ClientPingsAndConnects_ReceivesNothing), "a/client");
+        IPAddress c = _h.V4("a/client"), s = _h.V4("a/server"), o = _h.V4("b/other");
+        IPAddress c6 = _h.V6("a/client"), s6 = _h.V6("a/server"), o6 = _h.V6("b/other");
+        Assert.True(_h.Sends(Frame(c, s, Tcp, TcpSegment(43210, 80))));
+        Assert.True(_h.Sends(Frame(c6, s6, Tcp, TcpSegment(43211, 80))));
+        var sent = IPv4Packet(c, s, Tcp, TcpSegment(43210, 80, TcpAck));
+        var sent6 = IPv6Packet(c6, s6, Tcp, TcpSegment(43211, 80, TcpAck));
+
+        // Both sides of the line for the source: the peer and a router pass, a third pod does not.
+        Assert.True(_h.Receives(Frame(s, c, Icmp, IcmpError(3, 3, sent))), "port unreachable from the peer");
+        Assert.True(_h.Receives(Frame(IPAddress.Parse("192.0.2.1"), c, Icmp, IcmpError(3, 4, sent))), "from a router");
+        Assert.False(_h.Receives(Frame(o, c, Icmp, IcmpError(3, 4, sent))), "from a third pod");
+        Assert.True(_h.Receives(Frame(s6, c6, IcmpV6, IcmpError(1, 4, sent6))), "IPv6: from the peer");
+        Assert.False(_h.Receives(Frame(o6, c6, IcmpV6, IcmpError(2, 0, sent6))), "IPv6: from a third pod");
+
+        // The size: the start of a packet, not a payload of its own.
+        var big = IcmpMessage(3, 4, 0, 0, [.. sent, .. new byte[600]]);
+        Assert.False(_h.Receives(Frame(IPAddress.Parse("192.0.2.1"), c, Icmp, big)), "an IPv4 error over 576 bytes");
+        var big6 = IcmpMessage(2, 0, 0, 0, [.. sent6, .. new byte[1300]]);
+        Assert.False(_h.Receives(Frame(s6, c6, IcmpV6, big6)), "an IPv6 error over 1280 bytes");
+        var fits = IcmpMessage(3, 4, 0, 0, [.. sent, .. new byte[500]]);
+        Assert.True(_h.Receives(Frame(IPAddress.Parse("192.0.2.1"), c, Icmp, fits)), "an IPv4 error of 548 bytes");
+
+        // The direction: towards the pod, the error is about a packet the pod sent (to its own address).
+        var received = IPv4Packet(s, c, Tcp, TcpSegment(80, 43210, TcpAck));
+        Assert.False(_h.Receives(Frame(s, c, Icmp, IcmpError(3, 3, received))), "about a packet the pod received");
+        // From the pod, an error about a packet it received, back to that packet's source, passes...
+        Assert.True(_h.Sends(Frame(c, s, Icmp, IcmpError(3, 3, received))), "the pod reports on a packet it received");
+        // ...but not one about its own packet (the pod is no router), nor one sent elsewhere.
+        Assert.False(_h.Sends(Frame(c, s, Icmp, IcmpError(3, 3, sent))), "the pod reports on its own packet");
+        Assert.False(_h.Sends(Frame(c, o, Icmp, IcmpError(3, 3, received))), "an error sent to a third pod");
+    }
+
     [Fact]
     public void ErrorsAboutRepliesOfAcceptedConnectionsPass()
     {
@@ -199,14 +239,102 @@ public sealed class EnforcementTests : IDisposable
     {
         _h.Use(Cnp("lock", "a", "endpointSelector: {matchLabels: {app: client}}\ningress: [{}]\negress: [{}]"), "a/client");
         IPAddress c6 = _h.V6("a/client"), s6 = _h.V6("a/server");
-        var multicast = IPAddress.Parse("ff02::1:ff00:2");
+        IPAddress multicast = IPAddress.Parse("ff02::1:ff00:2"), gateway = IPAddress.Parse("fe80::1"), linkLocal = IPAddress.Parse("fe80::42");
         foreach (var type in new byte[] { 133, 134, 135, 136 })
         {
-            Assert.True(_h.Sends(Frame(c6, multicast, IcmpV6, IcmpMessage(type, 0))), $"sends ND type {type}");
-            Assert.True(_h.Receives(Frame(s6, c6, IcmpV6, IcmpMessage(type, 0))), $"receives ND type {type}");
+            // As the kernel sends it: hop limit 255, from a link-local (or the pod's own) address, to the link.
+            Assert.True(_h.Sends(HopLimit(Frame(linkLocal, multicast, IcmpV6, IcmpMessage(type, 0)), 255)), $"sends ND type {type}");
+            Assert.True(_h.Sends(HopLimit(Frame(c6, gateway, IcmpV6, IcmpMessage(type, 0)), 255)), $"sends ND type {type} to the gateway");
+            Assert.True(_h.Receives(HopLimit(Frame(gateway, c6, IcmpV6, IcmpMessage(type, 0)), 255)), $"receives ND type {type}");
         }
+        Assert.True(_h.Sends(HopLimit(Frame(IPAddress.IPv6Any, multicast, IcmpV6, IcmpMessage(135, 0)), 255)), "duplicate address detection");
         Assert.False(_h.Sends(Frame(c6, s6, IcmpV6, IcmpMessage(128, 0))));
-        Assert.False(_h.Receives(Frame(s6, c6, IcmpV6, IcmpMessage(137, 0))), "redirect is not neighbour discovery");
+        Assert.False(_h.Receives(HopLimit(Frame(s6, c6, IcmpV6, IcmpMessage(137, 0)), 255)), "redirect is not neighbour discovery");
+    }
+
+    /// <summary>
+    /// What a hostile pod sends dressed as neighbour discovery: none of it is exempt from a deny-all policy.
+    /// </summary>
+    [Fact]
+    public void OnlyRealNeighbourDiscoveryIsExempt()
+    {
+        _h.Use(Cnp("lock", "a", "endpointSelector: {matchLabels: {app: client}}\ningress: [{}]\negress: [{}]"), "a/client");
+        IPAddress c = _h.V4("a/client"), s = _h.V4("a/server"), c6 = _h.V6("a/client"), s6 = _h.V6("a/server");
+        var multicast = IPAddress.Parse("ff02::1:ff00:2");
+        // Routed: the hop limit was decremented on the way (or never was 255).
+        Assert.False(_h.Receives(HopLimit(Frame(s6, c6, IcmpV6, IcmpMessage(135, 0, body: new byte[64])), 254)), "routed NS with data");
+        Assert.False(_h.Receives(HopLimit(Frame(s6, c6, IcmpV6, IcmpMessage(134, 0, body: new byte[64])), 64)), "routed RA with data");
+        Assert.False(_h.Sends(HopLimit(Frame(c6, multicast, IcmpV6, IcmpMessage(136, 0)), 64)), "NA with hop limit 64");
+        // Hop limit 255 but addressed to another pod: the node would forward it past egress policy.
+        Assert.False(_h.Sends(HopLimit(Frame(c6, s6, IcmpV6, IcmpMessage(135, 0, body: new byte[64])), 255)), "NS to a routed address");
+        // A code other than 0 is not neighbour discovery (RFC 4861 has receivers discard it).
+        Assert.False(_h.Receives(HopLimit(Frame(s6, c6, IcmpV6, IcmpMessage(136, 1)), 255)), "NA with code 1");
+        // ICMPv6 numbers over IPv4: protocol 58 in an IPv4 header is no ICMPv6 message at all.
+        Assert.False(_h.Receives(HopLimit(Frame(s, c, IcmpV6, IcmpMessage(135, 0, body: new byte[32])), 255)), "IPv4 protocol 58 type 135");
+        Assert.False(_h.Sends(HopLimit(Frame(c, s, IcmpV6, IcmpMessage(136, 0)), 255)), "IPv4 protocol 58 type 136, sent");
+        // And the other way round: ICMP (protocol 1) inside IPv6.
+        Assert.False(_h.Receives(Frame(s6, c6, Icmp, IcmpMessage(0, 0))), "ICMP over IPv6");
+        Assert.True(_h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets >= 3);
+    }
+
+    /// <summary>A pod may send only from its own addresses: IPv4, IPv6, and as ARP sender.</summary>
+    [Fact]
+    public void SpoofedSourcesAreDropped()
+    {
+        _h.Use("", "a/client"); // no policy: everything the pod may send at all passes
+        IPAddress c = _h.V4("a/client"), s = _h.V4("a/server"), o = _h.V4("b/other");
+        IPAddress c6 = _h.V6("a/client"), s6 = _h.V6("a/server"), o6 = _h.V6("b/other");
+        Assert.True(_h.Sends(Frame(c, s, Tcp, TcpSegment(40000, 80))));
+        Assert.True(_h.Sends(Frame(c6, s6, Tcp, TcpSegment(40000, 80))));
+        Assert.False(_h.Sends(Frame(o, s, Tcp, TcpSegment(40001, 80))), "another pod's IPv4 address");
+        Assert.False(_h.Sends(Frame(o6, s6, Tcp, TcpSegment(40001, 80))), "another pod's IPv6 address");
+        Assert.False(_h.Sends(Frame(IPAddress.Parse("203.0.113.9"), s, Udp, UdpDatagram(1, 53))), "an outside address");
+        Assert.False(_h.Sends(Frame(IPAddress.Parse("fe80::42"), s6, Udp, UdpDatagram(1, 53))), "link-local source to a routed address");
+        Assert.False(_h.Sends(Frame(IPAddress.IPv6Any, s6, Udp, UdpDatagram(1, 53))), "unspecified source to a routed address");
+        Assert.False(_h.Sends(Frame(IPAddress.Any, s, Udp, UdpDatagram(68, 67))), "0.0.0.0");
+        // An ICMP error claiming to come from another pod.
+        var original = IPv4Packet(s, o, Udp, UdpDatagram(53, 40000));
+        Assert.False(_h.Sends(Frame(o, s, Icmp, IcmpError(3, 3, original))), "error sent as another pod");
+        // ARP: only for its own address (or a probe from 0.0.0.0).
+        Assert.True(_h.Sends(Arp(c, IPAddress.Parse("169.254.1.1"))));
+        Assert.True(_h.Sends(Arp(IPAddress.Any, c)), "ARP probe");
+        Assert.False(_h.Sends(Arp(s, IPAddress.Parse("169.254.1.1"))), "ARP for another pod's address");
+        Assert.True(_h.Receives(Arp(IPAddress.Parse("169.254.1.1"), c, 2)), "the node's ARP reply");
+        Assert.Equal(8ul, _h.Datapath.DropCounters()[Maps.DropReason.InvalidSource].Packets);
+        // An interface without endpoint addresses may send nothing.
+        _h.Datapath.Endpoints.Remove(DatapathHarness.TestIfIndex);
+        Assert.False(_h.Sends(Frame(c, s, Tcp, TcpSegment(40002, 80))), "no endpoint entry: fail closed");
+    }
+
+    /// <summary>A pod forging its peer's address on a tracked connection does not ride on the connection.</summary>
+    [Fact]
+    public void ReversedTupleDoesNotRideOnAConnection()
+    {
+        _h.Use(Cnp("lock", "a", "endpointSelector: {matchLabels: {app: client}}\ningress: [{}]\negress: [{toEndpoints: [{matchLabels: {app: server}}], toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]}]"), "a/client");
+        IPAddress c = _h.V4("a/client"), s = _h.V4("a/server");
+        Assert.True(_h.Sends(Frame(c, s, Tcp, TcpSegment(40000, 80))));
+        Assert.True(_h.Receives(Frame(s, c, Tcp, TcpSegment(80, 40000, TcpAck))), "the reply");
+        // The same tuple, reversed, sent by the pod: it claims to be the server.
+        Assert.False(_h.Sends(Frame(s, c, Tcp, TcpSegment(80, 40000, TcpAck))), "the peer's side of the connection, sent by the pod");
+        // And the pod's own side arriving from outside is no reply: it meets ingress policy (deny-all).
+        Assert.False(_h.Receives(Frame(c, s, Tcp, TcpSegment(40000, 80, TcpAck))), "the pod's side of the connection, received");
+    }
+
+    /// <summary>Frames policy cannot judge: VLAN tags (stacked or not), other EtherTypes, garbage ARP.</summary>
+    [Fact]
+    public void UnknownL3IsDroppedInBothDirections()
+    {
+        _h.Use(Cnp("lock", "a", "endpointSelector: {matchLabels: {app: client}}\ningress: [{}]\negress: [{}]"), "a/client");
+        IPAddress c = _h.V4("a/client"), s = _h.V4("a/server");
+        var echo = Frame(c, s, Icmp, IcmpMessage(8, 0));
+        Assert.False(_h.Sends(Tagged(echo, tags: 2)), "echo behind two VLAN 0 tags");
+        Assert.False(_h.Sends(Tagged(echo)), "echo behind one VLAN tag");
+        Assert.False(_h.Receives(Tagged(Frame(s, c, Icmp, IcmpMessage(8, 0)), tags: 2)), "tagged, towards the pod");
+        Assert.False(_h.Sends(Ethernet(0x88A8, new byte[46])), "802.1ad");
+        Assert.False(_h.Sends(Ethernet(0x8035, new byte[46])), "RARP");
+        Assert.False(_h.Receives(Ethernet(0x88CC, new byte[46])), "LLDP");
+        Assert.False(_h.Sends(Ethernet(0x0806, new byte[28])), "ARP for no protocol");
+        Assert.Equal(7ul, _h.Datapath.DropCounters()[Maps.DropReason.UnknownL3].Packets);
     }
 
     [Fact]
@@ -266,7 +394,7 @@ public sealed class EnforcementTests : IDisposable
         Assert.False(_h.Receives(v6), "IPv6 payload length beyond the frame");
         Assert.False(_h.Receives(Frame(c, s, Icmp, new byte[4])), "ICMP header cut short");
         Assert.False(_h.Receives(Frame(c, s, Udp, new byte[6])), "UDP header cut short");
-        Assert.True(_h.Receives(Ethernet(0x0806, new byte[28])), "ARP is not IP and passes");
+        Assert.True(_h.Receives(Arp(IPAddress.Parse("169.254.1.1"), s)), "ARP is not IP and passes");
         Assert.Equal(7ul, _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets);
     }
 

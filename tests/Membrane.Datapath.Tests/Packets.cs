@@ -127,6 +127,43 @@ internal static class Packets
             ? Ethernet(0x0800, IPv4Packet(source, destination, protocol, l4))
             : Ethernet(0x86DD, IPv6Packet(source, destination, protocol, l4));
 
+    /// <summary>An ARP request or reply for IPv4 over Ethernet.</summary>
+    public static byte[] Arp(IPAddress sender, IPAddress target, ushort operation = 1)
+    {
+        var arp = new byte[28];
+        BinaryPrimitives.WriteUInt16BigEndian(arp, 1);
+        BinaryPrimitives.WriteUInt16BigEndian(arp.AsSpan(2), 0x0800);
+        arp[4] = 6;
+        arp[5] = 4;
+        BinaryPrimitives.WriteUInt16BigEndian(arp.AsSpan(6), operation);
+        arp[8] = 0x02;
+        sender.GetAddressBytes().CopyTo(arp, 14);
+        target.GetAddressBytes().CopyTo(arp, 24);
+        return Ethernet(0x0806, arp);
+    }
+
+    /// <summary>The frame with one or more 802.1Q tags (VLAN <paramref name="vlan"/>) in front of its EtherType.</summary>
+    public static byte[] Tagged(byte[] frame, int tags = 1, ushort vlan = 0)
+    {
+        var tagged = new byte[frame.Length + 4 * tags];
+        frame.AsSpan(0, 12).CopyTo(tagged);
+        for (var i = 0; i < tags; i++)
+        {
+            BinaryPrimitives.WriteUInt16BigEndian(tagged.AsSpan(12 + 4 * i), 0x8100);
+            BinaryPrimitives.WriteUInt16BigEndian(tagged.AsSpan(14 + 4 * i), vlan);
+        }
+        frame.AsSpan(12).CopyTo(tagged.AsSpan(12 + 4 * tags));
+        return tagged;
+    }
+
+    /// <summary>The frame with its IPv6 hop limit or IPv4 TTL set (255 marks on-link neighbour discovery).</summary>
+    public static byte[] HopLimit(byte[] frame, byte hops)
+    {
+        var copy = (byte[])frame.Clone();
+        copy[(copy[14] >> 4) == 6 ? 14 + 7 : 14 + 8] = hops;
+        return copy;
+    }
+
     public static byte[] V4(byte[] ip) => Ethernet(0x0800, ip);
 
     public static byte[] V6(byte[] ip) => Ethernet(0x86DD, ip);

@@ -190,6 +190,8 @@ public enum DropReason : byte
     PolicyDeny = 2,
     Malformed = 3,
     Fragment = 4,
+    InvalidSource = 5,
+    UnknownL3 = 6,
 }
 
 public enum EventType : byte
@@ -207,10 +209,30 @@ public static class DropReasons
         DropReason.PolicyDeny => "Policy denied by denylist",
         DropReason.Malformed => "Malformed packet",
         DropReason.Fragment => "Fragment of a denied or unseen datagram",
+        DropReason.InvalidSource => "Invalid source address (not the pod's own)",
+        DropReason.UnknownL3 => "Unknown L3 protocol (not IPv4, IPv6 or ARP; VLAN tags included)",
         _ => $"reason {(int)reason}",
     };
 
     public static AddressFamily Family(byte family) => family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+}
+
+/// <summary>Key of the endpoint address map (struct endpoint_key): the pod's host-side veth.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct EndpointKey
+{
+    public uint IfIndex;
+}
+
+/// <summary>The addresses a pod may send from (struct endpoint_value).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct EndpointValue
+{
+    public const uint HasIPv4 = 1, HasIPv6 = 2;
+
+    public uint IPv4; // network byte order, as on the wire
+    public fixed byte IPv6[16];
+    public uint Flags;
 }
 
 [StructLayout(LayoutKind.Sequential)]

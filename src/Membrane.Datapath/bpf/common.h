@@ -11,6 +11,8 @@
 
 #define IDENTITY_ANY 0
 #define IDENTITY_WORLD 2
+#define IDENTITY_FIRST_POD 256        /* identities of pods: [256, first CIDR identity) */
+#define IDENTITY_FIRST_CIDR 16777217
 
 #define PROTO_ICMP 1
 #define PROTO_TCP 6
@@ -25,6 +27,8 @@ enum drop_reason {
 	REASON_POLICY_DENY = 2, /* a deny rule matched */
 	REASON_MALFORMED = 3,   /* truncated header or bad length */
 	REASON_FRAGMENT = 4,    /* later fragment whose first fragment was denied or never seen */
+	REASON_INVALID_SOURCE = 5, /* sent by a pod with an address (IP or ARP sender) that is not the pod's */
+	REASON_UNKNOWN_L3 = 6,  /* neither IPv4, IPv6 nor ARP (VLAN tags included): policy could not judge it */
 	REASON_MAX = 8,
 };
 
@@ -46,7 +50,13 @@ enum match_kind {
 #define CONFIG_VERDICT_EVENTS 1 /* emit an event for every new allowed connection */
 #define CONFIG_DROP_EVENTS 2    /* emit an event for every drop (set while a monitor listens) */
 
+/* ICMP of the packet's own family only: ICMPv6 over IPv4 and ICMP over IPv6 are refused by the parser. */
 static __always_inline int is_icmp(__u8 proto)
 {
 	return proto == PROTO_ICMP || proto == PROTO_ICMPV6;
+}
+
+static __always_inline int is_pod_identity(__u32 identity)
+{
+	return identity >= IDENTITY_FIRST_POD && identity < IDENTITY_FIRST_CIDR;
 }

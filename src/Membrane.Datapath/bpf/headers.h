@@ -6,11 +6,25 @@
 #define ETH_HLEN_M 14
 #define ETH_P_IP_M 0x0800
 #define ETH_P_IPV6_M 0x86DD
+#define ETH_P_ARP_M 0x0806
 
 struct eth_hdr {
 	__u8 dst[6];
 	__u8 src[6];
 	__be16 proto;
+};
+
+/* ARP for IPv4 over Ethernet: the only kind a pod may send. */
+struct arp_hdr {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 oper;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
 };
 
 struct ipv4_hdr {

@@ -125,6 +125,28 @@ struct {
 	__uint(max_entries, 262144);
 } mb_ct6 SEC(".maps");
 
+/* Each endpoint's own addresses, by the ifindex of its host-side veth: what a pod may send from. An interface
+ * without an entry may send nothing (fail closed). */
+struct endpoint_key {
+	__u32 ifindex;
+};
+
+struct endpoint_value {
+	__u32 ipv4;    /* network byte order */
+	__u32 ipv6[4];
+	__u32 flags;   /* ENDPOINT_HAS_* */
+};
+
+#define ENDPOINT_HAS_IPV4 1
+#define ENDPOINT_HAS_IPV6 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_value);
+	__uint(max_entries, 65536);
+} mb_endpoints SEC(".maps");
+
 /* Verdict of the first fragment of a datagram, so later fragments (without L4 header) get the same one. */
 struct frag_key {
 	__u32 ifindex;

@@ -7,8 +7,9 @@
 #include "headers.h"
 #include "maps.h"
 #include "parse.h"
-#include "conntrack.h"
 #include "policy.h"
+#include "source.h"
+#include "conntrack.h"
 #include "events.h"
 
 static __always_inline void remember_fragment(__u32 ifindex, __u8 dir, const struct flow *f, __u8 allowed)
@@ -31,41 +32,46 @@ static __always_inline int fragment_allowed(__u32 ifindex, __u8 dir, const struc
 static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 dir, __u8 reason, __u32 peer,
 				const struct policy_value *entry)
 {
-	count_drop(reason, skb->len);
-	if (config_flags() & CONFIG_DROP_EVENTS)
-		emit_event(skb, f, EVENT_DROP, dir, reason, peer, entry);
+	drop_packet(skb, f, dir | (__u32)reason << 8 | (__u32)(entry ? entry->kind : MATCH_NONE) << 16, peer,
+		    entry ? entry->rule_id : 0);
 	return TC_ACT_SHOT;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow f = {};
+	__u32 ifindex = skb->ifindex;
 	int parsed = parse_packet(skb, &f);
-	if (parsed == PARSE_NOT_IP)
-		return TC_ACT_OK; /* ARP and other non-IP frames are not subject to IP policy */
+	if (parsed == PARSE_ARP) {
+		/* ARP has no policy, but a pod may only speak for its own address. */
+		if (dir == DIR_EGRESS && !source_is_endpoints(ifindex, &f, 1))
+			return drop(skb, &f, dir, REASON_INVALID_SOURCE, 0, 0);
+		return TC_ACT_OK;
+	}
+	if (parsed == PARSE_UNKNOWN_L3)
+		return drop(skb, &f, dir, REASON_UNKNOWN_L3, 0, 0);
 	if (parsed != PARSE_OK)
 		return drop(skb, &f, dir, REASON_MALFORMED, 0, 0);
 
-	__u32 ifindex = skb->ifindex;
 	if (f.frag == FRAG_LATER) {
 		if (fragment_allowed(ifindex, dir, &f))
 			return TC_ACT_OK;
 		return drop(skb, &f, dir, REASON_FRAGMENT, 0, 0);
 	}
-	/* Neighbour discovery (router solicitation/advertisement, neighbour solicitation/advertisement) is never
-	 * subject to policy: without it IPv6 stops working. */
-	if (f.proto == PROTO_ICMPV6 && f.icmp_type >= 133 && f.icmp_type <= 136)
-		return TC_ACT_OK;
 
 	__u64 now = ct_now();
 	union ct_key k;
 	int src_lo = ct_key_of(&k, ifindex, f.proto, f.family, f.saddr, f.daddr, f.sport, f.dport);
 	struct ct_value *conn = ct_find(&k, f.family, f.proto, now);
-	if (conn) {
+	if (conn && ct_from_endpoint(conn, src_lo) == (dir == DIR_EGRESS)) {
 		ct_account(conn, dir, now, skb->len, f.tcp_flags);
 		goto pass;
 	}
-	if (is_icmp(f.proto) && is_icmp_error(f.family, f.icmp_type) && ct_related(skb, ifindex, &f, now))
+	if (dir == DIR_EGRESS && !source_is_endpoints(ifindex, &f, 0))
+		return drop(skb, &f, dir, REASON_INVALID_SOURCE, 0, 0);
+	if (is_neighbour_discovery(&f, dir))
+		return TC_ACT_OK;
+	if (is_icmp(f.proto) && is_icmp_error(f.family, f.icmp_type) && ct_related(skb, ifindex, &f, now, dir))
 		goto pass;
 
 	__u32 peer = ipcache_identity(&f, dir);
@@ -80,7 +86,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (ct_trackable(&f))
 		ct_create(&k, f.family, src_lo, dir, now, skb->len, entry->rule_id);
 	if (config_flags() & CONFIG_VERDICT_EVENTS)
-		emit_event(skb, &f, EVENT_VERDICT, dir, REASON_ALLOWED, peer, entry);
+		emit_event(skb, &f, EVENT_VERDICT, dir, REASON_ALLOWED, peer, entry->rule_id, entry->kind);
 pass:
 	if (f.frag == FRAG_FIRST)
 		remember_fragment(ifindex, dir, &f, 1);

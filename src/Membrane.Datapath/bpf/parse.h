@@ -21,6 +21,7 @@ struct flow {
 	__u8 icmp_code;
 	__u8 tcp_flags;
 	__u8 frag;
+	__u8 hop_limit; /* IPv6 hop limit, IPv4 TTL: 255 on a neighbour discovery message proves it was not routed */
 	__u16 l4_off;
 	__u32 frag_id;
 };
@@ -45,7 +46,8 @@ static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, cons
 }
 
 #define PARSE_OK 0
-#define PARSE_NOT_IP 1
+#define PARSE_ARP 1        /* IPv4-over-Ethernet ARP: sender address in saddr[0], target in daddr[0] */
+#define PARSE_UNKNOWN_L3 2 /* anything else that is not IP, VLAN-tagged frames included */
 #define PARSE_MALFORMED -1
 
 /* ICMP queries whose reply carries the request's identifier: echo, timestamp, information, address mask and
@@ -93,6 +95,9 @@ static __always_inline void icmp_ports(__u8 family, __u8 type, __u16 id, __u16 *
 /* Reads the L4 header at off into ports/type/flags. Malformed when the header is cut short. */
 static __always_inline int parse_l4_at(struct __sk_buff *skb, struct flow *f, __u32 off)
 {
+	/* ICMPv6 over IPv4 or ICMP over IPv6 is no valid message, and would be judged by the other family's rules. */
+	if ((f->proto == PROTO_ICMPV6 && f->family == 4) || (f->proto == PROTO_ICMP && f->family == 6))
+		return PARSE_MALFORMED;
 
 	if (f->proto == PROTO_TCP) {
 		__u8 tcp[14] __attribute__((aligned(8))); /* aligned: copied with wide loads, see load() */
@@ -145,6 +150,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 		return PARSE_MALFORMED;
 	f->family = 4;
 	f->proto = ip.protocol;
+	f->hop_limit = ip.ttl;
 	f->saddr[0] = ip.saddr;
 	f->daddr[0] = ip.daddr;
 	f->l4_off = off + hlen;
@@ -169,6 +175,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct f
 	if ((bpf_ntohl(ip.vtc_flow) >> 28) != 6 || skb->len < off + sizeof(ip) + bpf_ntohs(ip.payload_len))
 		return PARSE_MALFORMED;
 	f->family = 6;
+	f->hop_limit = ip.hop_limit;
 	__builtin_memcpy(f->saddr, ip.saddr, sizeof(f->saddr));
 	__builtin_memcpy(f->daddr, ip.daddr, sizeof(f->daddr));
 
@@ -215,13 +222,26 @@ __attribute__((noinline)) int parse_packet(struct __sk_buff *skb, struct flow *f
 	struct eth_hdr eth __attribute__((aligned(8)));
 	if (!f)
 		return PARSE_MALFORMED;
+	/* A tag the kernel took out of the frame is as foreign as one left in it (0x8100 below). */
+	if (skb->vlan_present)
+		return PARSE_UNKNOWN_L3;
 	if (load(skb, 0, &eth, sizeof(eth)) < 0)
 		return PARSE_MALFORMED;
 	if (eth.proto == bpf_htons(ETH_P_IP_M))
 		return parse_ipv4(skb, ETH_HLEN_M, f);
 	if (eth.proto == bpf_htons(ETH_P_IPV6_M))
 		return parse_ipv6(skb, ETH_HLEN_M, f);
-	return PARSE_NOT_IP;
+	if (eth.proto == bpf_htons(ETH_P_ARP_M)) {
+		struct arp_hdr arp;
+		if (load(skb, ETH_HLEN_M, &arp, sizeof(arp)) < 0)
+			return PARSE_MALFORMED;
+		if (arp.htype != bpf_htons(1) || arp.ptype != bpf_htons(ETH_P_IP_M) || arp.hlen != 6 || arp.plen != 4)
+			return PARSE_UNKNOWN_L3;
+		__builtin_memcpy(&f->saddr[0], arp.spa, 4);
+		__builtin_memcpy(&f->daddr[0], arp.tpa, 4);
+		return PARSE_ARP;
+	}
+	return PARSE_UNKNOWN_L3;
 }
 
 /* Parses the packet embedded in an ICMP error (IP header + first 8 bytes of its L4 header) into *inner. */

@@ -108,14 +108,14 @@ public static class Tracer
     public static DirectionTrace Side(EndpointPolicy policy, TrafficDirection direction, uint peer, TraceRequest request)
     {
         var selecting = policy.SpecsFor(direction).Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList();
-        if (request.Protocol == IpProtocol.IcmpV6 && IcmpTypes.IsNeighbourDiscovery(request.IcmpType))
-        {
-            return new DirectionTrace(direction, policy.Endpoint.Key, peer, policy.Enforced.Contains(direction), selecting,
-                true, "ICMPv6 neighbour discovery is never subject to policy", null, null, []);
-        }
         var result = policy.State.Lookup(direction, peer, request.Protocol, request.KeyPort);
+        // Neighbour discovery is exempt only on the pod's own link (hop limit 255, to or from the node); a message of
+        // those types between two pods has been routed, so it meets policy like any other.
+        var reason = request.Protocol == IpProtocol.IcmpV6 && IcmpTypes.IsNeighbourDiscovery(request.IcmpType)
+            ? $"{result.Reason} (neighbour discovery is exempt only on the pod's own link; between pods it is routed and meets policy)"
+            : result.Reason;
         return new DirectionTrace(direction, policy.Endpoint.Key, peer, policy.Enforced.Contains(direction), selecting,
-            result.Allowed, result.Reason, result.Key?.ToString(), result.Key?.Kind.ToString(), result.Entry?.DerivedFrom ?? []);
+            result.Allowed, reason, result.Key?.ToString(), result.Key?.Kind.ToString(), result.Entry?.DerivedFrom ?? []);
     }
 
     public static string Format(PolicyEngine engine, TraceResult result)

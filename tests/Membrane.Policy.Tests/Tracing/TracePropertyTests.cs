@@ -48,10 +48,6 @@ public sealed class TracePropertyTests
 
     private static bool Scan(MapState state, TrafficDirection direction, uint peer, TraceRequest request)
     {
-        if (request.Protocol == IpProtocol.IcmpV6 && IcmpTypes.IsNeighbourDiscovery(request.IcmpType))
-        {
-            return true;
-        }
         var matching = state.Entries.Where(e => e.Key.Direction == direction
             && (e.Key.Matches(peer, request.Protocol, request.KeyPort) || e.Key.Matches(0, request.Protocol, request.KeyPort))).ToList();
         return matching.Count > 0 && matching.All(e => !e.Value.IsDeny);
@@ -63,10 +59,6 @@ internal static class RuleOracle
 {
     public static bool Allowed(PolicyEngine engine, string from, string to, TraceRequest request)
     {
-        if (request.Protocol == IpProtocol.IcmpV6 && request.IcmpType is 133 or 134 or 135 or 136)
-        {
-            return true; // router/neighbour solicitation and advertisement are never subject to policy
-        }
         var source = engine.FindEndpoint(from)!;
         var destination = engine.FindEndpoint(to)!;
         return Side(engine, source, destination, TrafficDirection.Egress, destination, request)

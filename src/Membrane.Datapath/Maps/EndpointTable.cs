@@ -1,0 +1,41 @@
+using System.Net;
+using System.Net.Sockets;
+using Membrane.Datapath.Ebpf;
+
+namespace Membrane.Datapath.Maps;
+
+/// <summary>
+/// Each endpoint's own addresses, by the ifindex of its host-side veth (map <c>mb_endpoints</c>): the only
+/// sources the pod may send from. An interface without an entry may send nothing, so an entry is written before
+/// programs are attached and removed with the endpoint.
+/// </summary>
+public sealed unsafe class EndpointTable(BpfMap map)
+{
+    public void Set(uint ifIndex, IEnumerable<IPAddress> addresses)
+    {
+        var value = new EndpointValue();
+        foreach (var address in addresses)
+        {
+            var bytes = address.GetAddressBytes();
+            if (address.AddressFamily == AddressFamily.InterNetwork)
+            {
+                value.IPv4 = BitConverter.ToUInt32(bytes);
+                value.Flags |= EndpointValue.HasIPv4;
+            }
+            else
+            {
+                for (var i = 0; i < 16; i++)
+                {
+                    value.IPv6[i] = bytes[i];
+                }
+                value.Flags |= EndpointValue.HasIPv6;
+            }
+        }
+        map.Update(new EndpointKey { IfIndex = ifIndex }, value);
+    }
+
+    public bool Remove(uint ifIndex) => map.Delete(new EndpointKey { IfIndex = ifIndex });
+
+    /// <summary>The interfaces that have an entry.</summary>
+    public IReadOnlyList<uint> IfIndexes() => map.Keys<EndpointKey>().Select(k => k.IfIndex).ToList();
+}
