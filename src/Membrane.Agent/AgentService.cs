@@ -195,14 +195,18 @@ public sealed partial class AgentService : IDisposable
 
     private static ManifestSet Parse(ManifestRequest request)
     {
-        var result = ManifestLoader.LoadText(request.Yaml, request.File);
+        if (request.Yaml is null)
+        {
+            throw new AgentInputException("the request has no \"yaml\": send {\"yaml\": \"<documents>\", \"file\": \"<name for errors>\"}");
+        }
+        var result = ManifestLoader.LoadText(request.Yaml, request.File ?? "request");
         if (!result.IsValid)
         {
             throw new AgentInputException($"{result.Errors.Count} error(s); nothing was applied", result.Errors);
         }
         if (result.Manifests.Policies.Count + result.Manifests.Pods.Count + result.Manifests.Namespaces.Count == 0)
         {
-            throw new AgentInputException($"{request.File}: no objects found");
+            throw new AgentInputException($"{request.File ?? "request"}: no objects found");
         }
         return result.Manifests;
     }

@@ -47,8 +47,9 @@ public sealed class AgentClient : IDisposable
 
     public Task<T> Delete<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Delete, path), type);
 
+    /// <summary>Posts with Expect: 100-continue, so a body the agent refuses (too large) is answered before it is sent.</summary>
     public Task<T> Post<TBody, T>(string path, TBody body, JsonTypeInfo<TBody> bodyType, JsonTypeInfo<T> type) =>
-        Send(new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body, bodyType) }, type);
+        Send(new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body, bodyType), Headers = { ExpectContinue = true } }, type);
 
     public Task<T> Post<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Post, path), type);
 

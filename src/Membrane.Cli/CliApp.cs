@@ -61,6 +61,12 @@ public static class CliApp
             stderr.WriteLine($"error: {inner.Message}");
             return Error;
         }
+        catch (HttpRequestException e)
+        {
+            // The agent closed the connection mid-request (for instance on a request over its size limit).
+            stderr.WriteLine($"error: the request to the agent failed: {e.Message}{(e.InnerException is { } inner ? $" ({inner.Message})" : "")}");
+            return Error;
+        }
     }
 }
 

@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
@@ -23,7 +24,10 @@ public static class AgentHost
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole().SetMinimumLevel(LogLevel.Warning);
-        builder.WebHost.ConfigureKestrel(k => k.ListenUnixSocket(socketPath, listen => listen.Use(next => async connection =>
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = MaxRequestBytes;
+            k.ListenUnixSocket(socketPath, listen => listen.Use(next => async connection =>
         {
             if (!IsRoot(connection))
             {
@@ -31,25 +35,44 @@ public static class AgentHost
                 return;
             }
             await next(connection).ConfigureAwait(false);
-        })));
+        }));
+        });
+        // Malformed or missing bodies raise BadHttpRequestException, answered below with what was wrong.
+        builder.Services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         builder.Services.ConfigureHttpJsonOptions(o => o.SerializerOptions.TypeInfoResolverChain.Insert(0, AgentJsonContext.Default));
         await using var app = builder.Build();
         app.Use(async (context, next) =>
         {
+            if (context.Request.ContentLength > MaxRequestBytes)
+            {
+                // Answered before the body is read: a client that sent Expect: 100-continue never sends it.
+                await Error(context, StatusCodes.Status413PayloadTooLarge, TooLarge, []).ConfigureAwait(false);
+                return;
+            }
             try
             {
                 await next(context).ConfigureAwait(false);
             }
             catch (AgentInputException e)
             {
-                context.Response.StatusCode = StatusCodes.Status400BadRequest;
-                await context.Response.WriteAsJsonAsync(new ErrorResponse(e.Message, e.Errors.Select(ErrorDetail.From).ToList()), AgentJsonContext.Default.ErrorResponse).ConfigureAwait(false);
+                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(ErrorDetail.From).ToList()).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is InvalidOperationException or Datapath.Ebpf.BpfException or IOException)
+            catch (BadHttpRequestException e)
             {
-                log($"error: {e.Message}");
-                context.Response.StatusCode = StatusCodes.Status500InternalServerError;
-                await context.Response.WriteAsJsonAsync(new ErrorResponse(e.Message, []), AgentJsonContext.Default.ErrorResponse).ConfigureAwait(false);
+                var message = e.StatusCode == StatusCodes.Status413PayloadTooLarge
+                    ? TooLarge
+                    : e.InnerException is { } inner ? $"{e.Message} {inner.Message}" : e.Message;
+                await Error(context, e.StatusCode, message, []).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+            {
+                // The client went away: nobody to answer.
+            }
+            catch (Exception e)
+            {
+                // Whatever failed, the agent keeps serving and the caller learns what happened.
+                log($"error: {context.Request.Method} {context.Request.Path}: {e}");
+                await Error(context, StatusCodes.Status500InternalServerError, e.Message, []).ConfigureAwait(false);
             }
         });
         Map(app, agent);
@@ -64,6 +87,22 @@ public static class AgentHost
         {
         }
         await app.StopAsync(CancellationToken.None).ConfigureAwait(false);
+    }
+
+    /// <summary>Largest request body: a YAML text at its limit, JSON-escaped, fits.</summary>
+    public const long MaxRequestBytes = 16L * 1024 * 1024;
+
+    private static readonly string TooLarge = $"the request is larger than the {MaxRequestBytes:N0} bytes the agent accepts";
+
+    private static async Task Error(HttpContext context, int status, string message, List<ErrorDetail> details)
+    {
+        if (context.Response.HasStarted)
+        {
+            return;
+        }
+        context.Response.Clear();
+        context.Response.StatusCode = status;
+        await context.Response.WriteAsJsonAsync(new ErrorResponse(message, details), AgentJsonContext.Default.ErrorResponse).ConfigureAwait(false);
     }
 
     private static void Map(WebApplication app, AgentService agent)

@@ -17,7 +17,7 @@ public sealed record StatusResponse(
     string StateDirectory, string PinDirectory, string NodeNamespace, IReadOnlyDictionary<string, ulong> Drops,
     double LastRegenerationMilliseconds);
 
-public sealed record ManifestRequest(string Yaml, string File);
+public sealed record ManifestRequest(string? Yaml, string? File);
 
 public sealed record ObjectChange([property: JsonPropertyName("object")] string ObjectName, string Action);
 

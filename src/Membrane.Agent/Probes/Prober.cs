@@ -19,6 +19,16 @@ public sealed class Prober(AgentService agent)
 {
     public const int DefaultTimeoutMs = 1000;
 
+    /// <summary>Longest a probe may wait for its answer: no request holds a socket longer.</summary>
+    public const int MaxTimeoutMs = 60_000;
+
+    private static TimeSpan Timeout(int? milliseconds, int fallback) => milliseconds switch
+    {
+        null => TimeSpan.FromMilliseconds(fallback),
+        >= 1 and <= MaxTimeoutMs => TimeSpan.FromMilliseconds(milliseconds.Value),
+        _ => throw new AgentInputException($"timeout {milliseconds} ms is out of range: give 1 to {MaxTimeoutMs} ms"),
+    };
+
     public async Task<ProbeResult> ProbeAsync(ProbeQuery query)
     {
         TraceRequest request;
@@ -39,7 +49,7 @@ public sealed class Prober(AgentService agent)
         {
             throw new AgentInputException("SCTP probes are unsupported: this kernel has no SCTP (CONFIG_IP_SCTP is not set); SCTP policy is still enforced and tested on crafted packets");
         }
-        var timeout = TimeSpan.FromMilliseconds(query.TimeoutMs ?? DefaultTimeoutMs);
+        var timeout = Timeout(query.TimeoutMs, DefaultTimeoutMs);
         var target = destination.Value.Endpoint.Address(request.Family) ?? throw new AgentInputException($"{query.To} has no {request.Family} address");
         var netns = source.Value.Record.Netns;
         var watch = Stopwatch.StartNew();
@@ -197,6 +207,7 @@ public sealed class Prober(AgentService agent)
     public async Task<MatrixResponse> MatrixAsync(MatrixQuery query)
     {
         var watch = Stopwatch.StartNew();
+        Timeout(query.TimeoutMs, 800);
         var pods = await agent.ReadAsync(() => agent.PodKeys()).ConfigureAwait(false);
         if (query.Namespaces is { Count: > 0 } namespaces)
         {

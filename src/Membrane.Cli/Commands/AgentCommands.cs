@@ -105,7 +105,12 @@ public static class AgentCommands
             throw new InvalidInputException($"invalid: {load.Errors.Count} error(s); nothing was applied");
         }
         var files = ManifestLoader.Files(paths);
-        return new ManifestRequest(string.Join("\n---\n", files.Select(File.ReadAllText)), string.Join(",", paths));
+        var yaml = string.Join("\n---\n", files.Select(File.ReadAllText));
+        if (yaml.Length > YamlLimits.MaxTextLength)
+        {
+            throw new InvalidInputException($"invalid: {yaml.Length:N0} characters in one request, more than the {YamlLimits.MaxTextLength:N0} the agent accepts; apply the files in smaller groups");
+        }
+        return new ManifestRequest(yaml, string.Join(",", paths));
     }
 
     private static Command Apply(CliOutput output, bool delete)

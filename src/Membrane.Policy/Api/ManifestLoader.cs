@@ -37,6 +37,11 @@ public static class ManifestLoader
         }
         foreach (var file in Files(paths))
         {
+            if (new FileInfo(file).Length > YamlLimits.MaxTextLength)
+            {
+                errors.Add(new PolicyError(file, "", "", $"{new FileInfo(file).Length:N0} bytes is more than the {YamlLimits.MaxTextLength:N0} a file may have", 0, 0));
+                continue;
+            }
             builder.AddText(File.ReadAllText(file), file);
         }
         return builder.Result();
@@ -68,6 +73,11 @@ public static class ManifestLoader
 
         public void AddText(string text, string file)
         {
+            if (YamlLimits.Check(text, file) is { } tooCostly)
+            {
+                errors.Add(tooCostly);
+                return;
+            }
             var stream = new YamlStream();
             try
             {
@@ -172,18 +182,18 @@ public static class ManifestLoader
                     map.Finish();
                     if (knp is not null)
                     {
-                        _policies.Add(new PolicyDocument(origin, file, [knp]) { SourceYaml = ToYaml(node) });
+                        _policies.Add(new PolicyDocument(origin, file, [knp]) { SourceYaml = Source(ctx, node) });
                     }
                     break;
                 case "Namespace":
                     map.Ignore("spec", "status");
                     map.Finish();
-                    _namespaces.Add(new NamespaceManifest(name, labels, file) { SourceYaml = ToYaml(node) });
+                    _namespaces.Add(new NamespaceManifest(name, labels, file) { SourceYaml = Source(ctx, node) });
                     break;
                 default:
                     if (Pod(ctx, map, ns!, name, labels, file) is { } pod)
                     {
-                        _pods.Add(pod with { SourceYaml = ToYaml(node) });
+                        _pods.Add(pod with { SourceYaml = Source(ctx, node) });
                     }
                     break;
             }
@@ -213,8 +223,19 @@ public static class ManifestLoader
             }
             if (ctx.ErrorCount == errorsBefore)
             {
-                _policies.Add(new PolicyDocument(origin, file, specs) { SourceYaml = ToYaml(node) });
+                _policies.Add(new PolicyDocument(origin, file, specs) { SourceYaml = Source(ctx, node) });
             }
+        }
+
+        /// <summary>The object as the agent stores it; an object over the size limit is an error of its own.</summary>
+        private static string Source(ParseContext ctx, YamlNode node)
+        {
+            var yaml = ToYaml(node);
+            if (yaml.Length > YamlLimits.MaxObjectLength)
+            {
+                ctx.Error("", node, $"the object is {yaml.Length:N0} characters of YAML, more than the {YamlLimits.MaxObjectLength:N0} one object may have");
+            }
+            return yaml;
         }
 
         private static string ToYaml(YamlNode node)
@@ -236,7 +257,12 @@ public static class ManifestLoader
             var name = meta.String("name", required: true);
             var ns = meta.String("namespace");
             var labels = meta.StringMap("labels") ?? new Dictionary<string, string>();
-            meta.Ignore("annotations", "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
+            if (meta.StringMap("annotations") is { } annotations
+                && annotations.Sum(a => (long)a.Key.Length + a.Value.Length) is var size && size > YamlLimits.MaxAnnotationBytes)
+            {
+                ctx.Error("metadata.annotations", meta.Node, $"annotations total {size:N0} characters, more than the {YamlLimits.MaxAnnotationBytes:N0} an object may have");
+            }
+            meta.Ignore("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
                 "finalizers", "ownerReferences", "generateName", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds");
             meta.Finish();
             if (name is null)

@@ -8,8 +8,12 @@ namespace Membrane.Policy.Tracing;
 public static class FlowSpec
 {
     /// <exception cref="ArgumentException">The description is incomplete or inconsistent; the message says how.</exception>
-    public static TraceRequest Parse(string from, string to, string protocolText, int? port, string? icmpTypeText, int? icmpCode, string? familyText)
+    public static TraceRequest Parse(string? from, string? to, string? protocolText, int? port, string? icmpTypeText, int? icmpCode, string? familyText)
     {
+        if (string.IsNullOrEmpty(from) || string.IsNullOrEmpty(to))
+        {
+            throw new ArgumentException("--from and --to are required (NAMESPACE/POD)");
+        }
         if (familyText is not null and not "ipv4" and not "ipv6")
         {
             throw new ArgumentException($"--family \"{familyText}\" must be ipv4 or ipv6");
