@@ -10,6 +10,7 @@ using Membrane.Agent.State;
 using Membrane.Datapath;
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
+using Membrane.Datapath.Sync;
 using Membrane.Policy.Api;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
@@ -39,7 +40,7 @@ public sealed partial class AgentService : IDisposable
     private readonly PodServers _servers;
     private readonly StateStore _store;
     private readonly Dictionary<string, EndpointRecord> _records = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, string> _objects = new(StringComparer.Ordinal);
+    private Dictionary<string, string> _objects = new(StringComparer.Ordinal);
     private readonly HashSet<int> _attached = [];
     private PolicyEngine _engine;
     private long _revision;
@@ -84,7 +85,7 @@ public sealed partial class AgentService : IDisposable
             }
         }
         EnsureBpffs(options.PinDirectory);
-        Directory.CreateDirectory(options.StateDirectory);
+        StateStore.EnsurePrivateDirectory(options.StateDirectory);
         PolicyDatapath datapath;
         try
         {
@@ -122,43 +123,24 @@ public sealed partial class AgentService : IDisposable
         _node.Ensure();
         Datapath.Policy.Adopt();
         Datapath.IpCache.Adopt();
-        var state = _store.Load();
+        var state = _store.Load(EnforcedEndpoints());
         _revision = state.Revision;
-        foreach (var identity in state.Identities)
+        _objects = new Dictionary<string, string>(state.Objects, StringComparer.Ordinal);
+        foreach (var (key, record) in state.Endpoints.Where(e => _objects.ContainsKey($"Pod/{e.Key}")))
         {
-            var labels = LabelSet.Parse(identity.Labels);
-            _engine.IdentityAllocator.Restore(identity.Id, labels, IdentityKind.Pod);
-        }
-        foreach (var (key, yaml) in state.Objects)
-        {
-            _objects[key] = yaml;
-        }
-        var set = _objects.Count == 0 ? ManifestSet.Empty : ManifestLoader.LoadText(string.Join("\n---\n", _objects.Values), "state.json").OrThrow();
-        foreach (var ns in set.Namespaces)
-        {
-            _engine.UpsertNamespace(ns);
-        }
-        foreach (var pod in set.Pods)
-        {
-            var record = state.Endpoints.GetValueOrDefault(pod.Key);
-            var addresses = record?.Addresses.Select(IPAddress.Parse).ToList();
-            var endpoint = _engine.UpsertPod(addresses is null ? pod : pod with { Addresses = addresses });
-            if (record is not null && _pods.IsIntact(record))
+            if (_pods.IsIntact(record))
             {
-                _records[pod.Key] = record; // adopted: the pod kept running while the agent was away
-            }
-            else
-            {
-                _records[pod.Key] = _pods.Create(pod.Key, endpoint.Addresses);
-            }
-            if (!_servers.IsRunning(pod.Key))
-            {
-                _servers.Start(pod, _records[pod.Key].Netns);
+                _records[key] = record; // adopted: the pod kept running while the agent was away
             }
         }
-        foreach (var policy in set.Policies)
+        var addresses = state.Endpoints.ToDictionary(e => e.Key, e => (IReadOnlyList<IPAddress>)e.Value.Addresses.Select(IPAddress.Parse).ToList(), StringComparer.Ordinal);
+        RebuildEngine(state.Identities.Select(i => (i.Id, LabelSet.Parse(i.Labels))).ToList(), addresses);
+        foreach (var (key, record) in _records)
         {
-            _engine.UpsertPolicy(policy);
+            if (!_servers.IsRunning(key))
+            {
+                _servers.Start(_engine.FindEndpoint(key)!.Pod, record.Netns);
+            }
         }
         // Entries of endpoints that no longer exist.
         foreach (var ifIndex in Datapath.Policy.Endpoints().Where(i => !_records.Values.Any(r => r.IfIndex == i)).ToList())
@@ -169,28 +151,118 @@ public sealed partial class AgentService : IDisposable
         {
             Datapath.Endpoints.Remove(ifIndex);
         }
-        Regenerate(attachAll: true);
+        Enforce(Plan(), attachAll: true);
         Save();
     }
 
-    // ---- changes ----
+    /// <summary>What the kernel still enforces for pods (pinned policy and address entries): never dropped silently.</summary>
+    private int EnforcedEndpoints() => Datapath.Policy.Endpoints().Concat(Datapath.Endpoints.IfIndexes().Select(i => (int)i)).Distinct().Count();
 
-    public async Task<ApplyResponse> ApplyAsync(ManifestRequest request, bool policiesOnly = false)
+    /// <summary>
+    /// A new engine holding exactly <see cref="_objects"/>: identities keep their numbers and pods their addresses.
+    /// Used at start and to undo a change that failed half-way.
+    /// </summary>
+    private void RebuildEngine(IReadOnlyList<(uint Id, LabelSet Labels)> identities, Dictionary<string, IReadOnlyList<IPAddress>> addresses)
+    {
+        var engine = NewEngine();
+        foreach (var (id, labels) in identities)
+        {
+            engine.IdentityAllocator.Restore(id, labels, IdentityKind.Pod);
+        }
+        var set = _objects.Count == 0 ? ManifestSet.Empty : ManifestLoader.LoadText(string.Join("\n---\n", _objects.Values), "state.json").OrThrow();
+        foreach (var ns in set.Namespaces)
+        {
+            engine.UpsertNamespace(ns);
+        }
+        foreach (var pod in set.Pods)
+        {
+            engine.UpsertPod(addresses.TryGetValue(pod.Key, out var a) ? pod with { Addresses = a } : pod);
+        }
+        foreach (var policy in set.Policies)
+        {
+            engine.UpsertPolicy(policy);
+        }
+        _engine = engine;
+    }
+
+    private List<(uint Id, LabelSet Labels)> PodIdentities() =>
+        _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => (i.Id, i.Labels)).ToList();
+
+    private Dictionary<string, IReadOnlyList<IPAddress>> PodAddresses() =>
+        _engine.Endpoints.ToDictionary(e => e.Key, e => e.Addresses, StringComparer.Ordinal);
+
+    // ---- changes: one path for all of them ----
+
+    /// <summary>What a change was before it began, to put everything back if it fails.</summary>
+    private sealed record Snapshot(Dictionary<string, string> Objects, long Revision,
+        List<(uint Id, LabelSet Labels)> Identities, Dictionary<string, IReadOnlyList<IPAddress>> Addresses);
+
+    /// <summary>
+    /// Runs one change under the lock. <paramref name="change"/> validates and changes the desired state in memory
+    /// only (engine and objects); then the maps are planned (their capacity checked before anything is written), the
+    /// state is persisted, and only then the sandbox and the kernel follow. Any failure puts memory, sandbox, kernel
+    /// and disk back as they were: nothing is enforced that is not remembered, nothing remembered that was refused.
+    /// </summary>
+    private async Task<ApplyResponse> CommitAsync(Func<List<ObjectChange>> change, CancellationToken cancel)
+    {
+        await _gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            var before = new Snapshot(new Dictionary<string, string>(_objects, StringComparer.Ordinal), _revision, PodIdentities(), PodAddresses());
+            var persisted = false;
+            try
+            {
+                var changes = change();
+                var plan = Plan();
+                _revision++;
+                Save();
+                persisted = true;
+                if (Enforce(plan, attachAll: false))
+                {
+                    Save(); // the sandbox's records of pods it created
+                }
+                return new ApplyResponse(_revision, changes);
+            }
+            catch (Exception)
+            {
+                Rollback(before, persisted);
+                throw;
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private void Rollback(Snapshot before, bool persisted)
+    {
+        _objects = before.Objects;
+        _revision = before.Revision;
+        try
+        {
+            RebuildEngine(before.Identities, before.Addresses);
+            Enforce(Plan(), attachAll: false);
+            if (persisted)
+            {
+                Save();
+            }
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or BpfException or AgentInputException)
+        {
+            // Memory is back; the kernel or the disk refused to follow. Say so loudly: a restart restores from disk.
+            Console.Error.WriteLine($"error: undoing a failed change was incomplete: {e.Message}");
+        }
+    }
+
+    public Task<ApplyResponse> ApplyAsync(ManifestRequest request, bool policiesOnly = false, CancellationToken cancel = default)
     {
         var set = Parse(request);
         if (policiesOnly && (set.Pods.Count > 0 || set.Namespaces.Count > 0))
         {
             throw new AgentInputException("policy import takes policies only; use 'membrane apply' for Namespaces and Pods");
         }
-        await _gate.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            return Apply(set);
-        }
-        finally
-        {
-            _gate.Release();
-        }
+        return CommitAsync(() => Apply(set), cancel);
     }
 
     private static ManifestSet Parse(ManifestRequest request)
@@ -211,7 +283,7 @@ public sealed partial class AgentService : IDisposable
         return result.Manifests;
     }
 
-    private ApplyResponse Apply(ManifestSet set)
+    private List<ObjectChange> Apply(ManifestSet set)
     {
         // Validate against the current state before touching anything.
         var namespaces = set.Namespaces.Select(n => n.Name).Concat(_engine.Namespaces.Select(n => n.Name)).Append("default").ToHashSet();
@@ -225,57 +297,72 @@ public sealed partial class AgentService : IDisposable
             {
                 throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: conflicts with the running pod (only labels of a pod can change); delete it first");
             }
-            if (pod.Addresses.Any(a => !_options.PodIPv4Range.Contains(a) && !_options.PodIPv6Range.Contains(a)))
-            {
-                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: status.podIPs must lie in {_options.PodIPv4Range} / {_options.PodIPv6Range}");
-            }
         }
+        CheckRequestedAddresses(set.Pods);
         var changes = new List<ObjectChange>();
-        var created = new List<string>();
-        try
+        foreach (var ns in set.Namespaces)
         {
-            foreach (var ns in set.Namespaces)
+            var key = $"Namespace/{ns.Name}";
+            changes.Add(new(key, Change(key, ns.SourceYaml)));
+            _engine.UpsertNamespace(ns);
+        }
+        foreach (var pod in set.Pods)
+        {
+            var key = $"Pod/{pod.Key}";
+            changes.Add(new(key, Change(key, pod.SourceYaml)));
+            // A running pod keeps its addresses (a pod's addresses never change while it runs).
+            _engine.UpsertPod(_engine.FindEndpoint(pod.Key) is { } running ? pod with { Addresses = running.Addresses } : pod);
+        }
+        foreach (var policy in set.Policies)
+        {
+            var key = policy.Origin.ToString();
+            changes.Add(new(key, Change(key, policy.SourceYaml)));
+            _engine.UpsertPolicy(policy);
+        }
+        return changes;
+    }
+
+    /// <summary>
+    /// Addresses a user asks for (<c>status.podIPs</c>) must be usable before anything changes: one of each family
+    /// (every sandbox pod has both), inside the pod ranges, not the node's, not another pod's, and for a running pod
+    /// the ones it has.
+    /// </summary>
+    private void CheckRequestedAddresses(IReadOnlyList<PodManifest> pods)
+    {
+        var owners = _engine.Endpoints.SelectMany(e => e.Addresses.Select(a => (a, e.Key))).ToDictionary(x => x.a, x => x.Key);
+        var node = new[] { AgentOptions.GatewayIPv4, AgentOptions.GatewayIPv6, _options.NodeIPv4, _options.NodeIPv6 };
+        foreach (var pod in pods.Where(p => p.Addresses.Count > 0))
+        {
+            var where = $"{pod.File}: Pod/{pod.Key}: status.podIPs";
+            if (pod.Addresses.Count(a => a.AddressFamily == AddressFamily.InterNetwork) != 1 || pod.Addresses.Count(a => a.AddressFamily == AddressFamily.InterNetworkV6) != 1)
             {
-                var key = $"Namespace/{ns.Name}";
-                changes.Add(new(key, Change(key, ns.SourceYaml)));
-                _engine.UpsertNamespace(ns);
+                throw new AgentInputException($"{where} must name one IPv4 and one IPv6 address (every pod has both), or be left out for the agent to choose");
             }
-            foreach (var pod in set.Pods)
+            if (_engine.FindEndpoint(pod.Key) is { } running)
             {
-                var key = $"Pod/{pod.Key}";
-                changes.Add(new(key, Change(key, pod.SourceYaml)));
-                var endpoint = _engine.UpsertPod(pod);
-                if (!_records.ContainsKey(pod.Key))
+                if (!running.Addresses.ToHashSet().SetEquals(pod.Addresses))
                 {
-                    _records[pod.Key] = _pods.Create(pod.Key, endpoint.Addresses);
-                    created.Add(pod.Key);
-                    _servers.Start(pod, _records[pod.Key].Netns);
+                    throw new AgentInputException($"{where}: the running pod has {string.Join(", ", running.Addresses)}; a pod's addresses cannot change (delete it first)");
                 }
+                continue;
             }
-            foreach (var policy in set.Policies)
+            foreach (var address in pod.Addresses)
             {
-                var key = policy.Origin.ToString();
-                changes.Add(new(key, Change(key, policy.SourceYaml)));
-                _engine.UpsertPolicy(policy);
+                if (!_options.PodIPv4Range.Contains(address) && !_options.PodIPv6Range.Contains(address))
+                {
+                    throw new AgentInputException($"{where}: {address} is outside the pod ranges {_options.PodIPv4Range} / {_options.PodIPv6Range}");
+                }
+                if (node.Contains(address) || address.Equals(_options.PodIPv4Range.BaseAddress) || address.Equals(_options.PodIPv6Range.BaseAddress))
+                {
+                    throw new AgentInputException($"{where}: {address} is the node's own address");
+                }
+                if (owners.TryGetValue(address, out var owner))
+                {
+                    throw new AgentInputException($"{where}: {address} is already used by Pod/{owner}");
+                }
+                owners[address] = pod.Key;
             }
         }
-        catch (Exception e) when (e is not AgentInputException)
-        {
-            // The sandbox refused something: undo the pods created by this request and say what failed.
-            foreach (var key in created)
-            {
-                RemovePodResources(key);
-                _engine.RemovePod(key);
-                _objects.Remove($"Pod/{key}");
-            }
-            Regenerate(attachAll: false);
-            Save();
-            throw;
-        }
-        Regenerate(attachAll: false);
-        _revision++;
-        Save();
-        return new ApplyResponse(_revision, changes);
     }
 
     private string Change(string key, string yaml)
@@ -285,11 +372,10 @@ public sealed partial class AgentService : IDisposable
         return action;
     }
 
-    public async Task<ApplyResponse> DeleteAsync(ManifestRequest request)
+    public Task<ApplyResponse> DeleteAsync(ManifestRequest request, CancellationToken cancel = default)
     {
         var set = Parse(request);
-        await _gate.WaitAsync().ConfigureAwait(false);
-        try
+        return CommitAsync(() =>
         {
             var keys = set.Policies.Select(p => p.Origin.ToString())
                 .Concat(set.Pods.Select(p => $"Pod/{p.Key}"))
@@ -306,9 +392,13 @@ public sealed partial class AgentService : IDisposable
                 _objects.Remove(policy.Origin.ToString());
                 changes.Add(new(policy.Origin.ToString(), "deleted"));
             }
-            foreach (var key in set.Pods.Select(p => p.Key).Concat(set.Namespaces.SelectMany(n => _records.Keys.Where(k => k.StartsWith(n.Name + "/", StringComparison.Ordinal)))).Distinct().ToList())
+            var pods = set.Pods.Select(p => p.Key)
+                .Concat(set.Namespaces.SelectMany(n => _engine.Endpoints.Select(e => e.Key).Where(k => k.StartsWith(n.Name + "/", StringComparison.Ordinal))))
+                .Distinct().ToList();
+            foreach (var key in pods)
             {
-                DeletePod(key);
+                _engine.RemovePod(key);
+                _objects.Remove($"Pod/{key}");
                 changes.Add(new($"Pod/{key}", "deleted"));
             }
             foreach (var ns in set.Namespaces)
@@ -317,22 +407,8 @@ public sealed partial class AgentService : IDisposable
                 _objects.Remove($"Namespace/{ns.Name}");
                 changes.Add(new($"Namespace/{ns.Name}", "deleted"));
             }
-            Regenerate(attachAll: false);
-            _revision++;
-            Save();
-            return new ApplyResponse(_revision, changes);
-        }
-        finally
-        {
-            _gate.Release();
-        }
-    }
-
-    private void DeletePod(string key)
-    {
-        RemovePodResources(key);
-        _engine.RemovePod(key);
-        _objects.Remove($"Pod/{key}");
+            return changes;
+        }, cancel);
     }
 
     private void RemovePodResources(string key)
@@ -348,85 +424,95 @@ public sealed partial class AgentService : IDisposable
     }
 
     /// <summary>Deletes policies by name (<c>Kind/ns/name</c>, <c>ns/name</c> or <c>name</c>), or all of them.</summary>
-    public async Task<ApplyResponse> DeletePoliciesAsync(string? name, bool all)
+    public Task<ApplyResponse> DeletePoliciesAsync(string? name, bool all, CancellationToken cancel = default) => CommitAsync(() =>
     {
-        await _gate.WaitAsync().ConfigureAwait(false);
-        try
+        var policies = _engine.Policies.Select(p => p.Origin).ToList();
+        List<PolicyOrigin> targets;
+        if (all)
         {
-            var policies = _engine.Policies.Select(p => p.Origin).ToList();
-            List<PolicyOrigin> targets;
-            if (all)
-            {
-                targets = policies;
-            }
-            else
-            {
-                var n = name ?? throw new AgentInputException("name a policy or use --all");
-                targets = policies.Where(o => o.ToString() == n || $"{o.Namespace}/{o.Name}" == n || o.Name == n).ToList();
-                if (targets.Count == 0)
-                {
-                    throw new AgentInputException($"no policy \"{n}\"");
-                }
-                if (targets.Count > 1)
-                {
-                    throw new AgentInputException($"\"{n}\" is ambiguous: {string.Join(", ", targets)}; use Kind/namespace/name");
-                }
-            }
-            foreach (var origin in targets)
-            {
-                _engine.RemovePolicy(origin.ToString());
-                _objects.Remove(origin.ToString());
-            }
-            Regenerate(attachAll: false);
-            _revision++;
-            Save();
-            return new ApplyResponse(_revision, targets.Select(t => new ObjectChange(t.ToString(), "deleted")).ToList());
+            targets = policies;
         }
-        finally
+        else
         {
-            _gate.Release();
+            var n = name ?? throw new AgentInputException("name a policy or use --all");
+            targets = policies.Where(o => o.ToString() == n || $"{o.Namespace}/{o.Name}" == n || o.Name == n).ToList();
+            if (targets.Count == 0)
+            {
+                throw new AgentInputException($"no policy \"{n}\"");
+            }
+            if (targets.Count > 1)
+            {
+                throw new AgentInputException($"\"{n}\" is ambiguous: {string.Join(", ", targets)}; use Kind/namespace/name");
+            }
         }
-    }
+        foreach (var origin in targets)
+        {
+            _engine.RemovePolicy(origin.ToString());
+            _objects.Remove(origin.ToString());
+        }
+        return targets.Select(t => new ObjectChange(t.ToString(), "deleted")).ToList();
+    }, cancel);
 
     /// <summary>Removes every pod, namespace and policy (the sandbox is left empty; the agent keeps running).</summary>
-    public async Task<ApplyResponse> ResetAsync()
+    public Task<ApplyResponse> ResetAsync(CancellationToken cancel = default) => CommitAsync(() =>
     {
-        await _gate.WaitAsync().ConfigureAwait(false);
+        var changes = _objects.Keys.Select(k => new ObjectChange(k, "deleted")).ToList();
+        _objects.Clear();
+        _engine = NewEngine();
+        return changes;
+    }, cancel);
+
+    /// <summary>What a change will write: the resolved dirty endpoints and the ipcache, checked against map sizes.</summary>
+    private sealed record RegenerationPlan(IReadOnlyList<EndpointPolicy> Dirty, IReadOnlyList<(IPNetwork Prefix, uint Identity)> IpCache);
+
+    /// <summary>Resolves what changed and checks that it fits the maps; nothing is written, so a refusal changes nothing.</summary>
+    private RegenerationPlan Plan()
+    {
+        var dirty = _engine.ResolveDirty();
+        var host = new[] { AgentOptions.GatewayIPv4, _options.NodeIPv4, _options.NodeIPv6 }
+            .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.Host));
+        var ipcache = _engine.IpCache().Concat(host).ToList();
         try
         {
-            var changes = _objects.Keys.Select(k => new ObjectChange(k, "deleted")).ToList();
-            foreach (var key in _records.Keys.ToList())
-            {
-                RemovePodResources(key);
-            }
-            _objects.Clear();
-            _engine = NewEngine();
-            Regenerate(attachAll: false);
-            _revision++;
-            Save();
-            return new ApplyResponse(_revision, changes);
+            // Pods not created yet have no interface: a placeholder index that no real interface has counts them.
+            var placeholder = uint.MaxValue;
+            Datapath.Policy.CheckCapacity(dirty.Select(p => (_records.TryGetValue(p.Endpoint.Key, out var r) ? (uint)r.IfIndex : placeholder--, p.Endpoint.Key, p.State.Count)));
+            Datapath.IpCache.CheckCapacity(ipcache);
         }
-        finally
+        catch (MapCapacityException e)
         {
-            _gate.Release();
+            throw new AgentInputException($"{e.Message}; nothing was changed");
         }
+        return new RegenerationPlan(dirty, ipcache);
     }
 
-    /// <summary>Brings the maps in line with the engine: dirty endpoints, the ipcache, and programs where missing.</summary>
-    private void Regenerate(bool attachAll)
+    /// <summary>
+    /// Brings the sandbox and the kernel in line with the engine: pods created or removed, dirty endpoints' policy,
+    /// the ipcache, and programs where missing. True when pods were created (their records need saving).
+    /// </summary>
+    private bool Enforce(RegenerationPlan plan, bool attachAll)
     {
         var watch = Stopwatch.StartNew();
+        foreach (var key in _records.Keys.Where(k => _engine.FindEndpoint(k) is null).ToList())
+        {
+            RemovePodResources(key);
+        }
+        var created = false;
+        foreach (var endpoint in _engine.Endpoints.Where(e => !_records.ContainsKey(e.Key)).ToList())
+        {
+            _records[endpoint.Key] = _pods.Create(endpoint.Key, endpoint.Addresses);
+            created = true;
+            _servers.Start(endpoint.Pod, _records[endpoint.Key].Netns);
+        }
         var changed = new Dictionary<uint, MapState>();
-        foreach (var policy in _engine.ResolveDirty())
+        foreach (var policy in plan.Dirty)
         {
             if (_records.TryGetValue(policy.Endpoint.Key, out var record) && Datapath.Policy.Sync((uint)record.IfIndex, policy.State).Changes > 0)
             {
                 changed[(uint)record.IfIndex] = policy.State;
             }
         }
-        var host = new[] { AgentOptions.GatewayIPv4, _options.NodeIPv4, _options.NodeIPv6 }
-            .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.Host));
-        Datapath.IpCache.Sync(_engine.IpCache().Concat(host));
+        Datapath.IpCache.Sync(plan.IpCache);
         var toAttach = _records.Values.Where(r => attachAll || !_attached.Contains(r.IfIndex)).ToList();
         if (toAttach.Count > 0)
         {
@@ -450,6 +536,7 @@ public sealed partial class AgentService : IDisposable
             RevalidateConnections(changed);
         }
         LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
+        return created;
     }
 
     /// <summary>
@@ -476,7 +563,19 @@ public sealed partial class AgentService : IDisposable
         }
     }
 
-    private void Save() => _store.Save(new PersistedState
+    private void Save()
+    {
+        try
+        {
+            SaveState();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new InvalidOperationException($"cannot write the state file {_store.FilePath}: {e.Message}; the change was undone", e);
+        }
+    }
+
+    private void SaveState() => _store.Save(new PersistedState
     {
         Objects = new(_objects),
         Endpoints = new(_records),
@@ -505,7 +604,15 @@ public sealed partial class AgentService : IDisposable
         return new StatusResponse(typeof(AgentService).Assembly.GetName().Version?.ToString() ?? "0", _revision,
             File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), _records.Count, _engine.Identities.Count(),
             _engine.Policies.Count(), _engine.Namespaces.Count(), _options.StateDirectory, _options.PinDirectory,
-            _options.NodeNamespace, drops, Math.Round(LastRegenerationMilliseconds, 3));
+            _options.NodeNamespace, drops, Math.Round(LastRegenerationMilliseconds, 3), MapFill());
+    }
+
+    private List<MapFillOutput> MapFill()
+    {
+        var (v4, v6) = Datapath.IpCache.Count;
+        MapFillOutput Fill(BpfMap map, long entries) => new(map.Name, entries, map.MaxEntries, Math.Round(100.0 * entries / map.MaxEntries, 2));
+        return [Fill(Datapath.PolicyMap, Datapath.Policy.Count), Fill(Datapath.IpCache4Map, v4), Fill(Datapath.IpCache6Map, v6),
+            Fill(Datapath.EndpointMap, _records.Count)];
     }
 
     public PolicyListResponse Policies() => new(_revision, _engine.Policies

@@ -24,10 +24,13 @@ public sealed class PolicyDatapath : IDisposable
         Events = obj.Map("mb_events");
         Config = obj.Map("mb_config");
         Fragments = obj.Map("mb_frag");
-        Endpoints = new EndpointTable(obj.Map("mb_endpoints"));
+        EndpointMap = obj.Map("mb_endpoints");
+        Endpoints = new EndpointTable(EndpointMap);
+        IpCache4Map = obj.Map("mb_ipcache4");
+        IpCache6Map = obj.Map("mb_ipcache6");
         Rules = new RuleRegistry();
         Policy = new PolicyMapSynchronizer(PolicyMap, Rules);
-        IpCache = new IpCacheSynchronizer(obj.Map("mb_ipcache4"), obj.Map("mb_ipcache6"));
+        IpCache = new IpCacheSynchronizer(IpCache4Map, IpCache6Map);
     }
 
     public BpfObject Bpf { get; }
@@ -49,6 +52,12 @@ public sealed class PolicyDatapath : IDisposable
     public BpfMap Config { get; }
 
     public BpfMap Fragments { get; }
+
+    public BpfMap EndpointMap { get; }
+
+    public BpfMap IpCache4Map { get; }
+
+    public BpfMap IpCache6Map { get; }
 
     /// <summary>The addresses each endpoint may send from (source validation).</summary>
     public EndpointTable Endpoints { get; }

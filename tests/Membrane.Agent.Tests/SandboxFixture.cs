@@ -60,12 +60,30 @@ public sealed class SandboxFixture : IDisposable
 
     public void StartAgent()
     {
+        var (started, code, stderr) = TryStartAgent();
+        if (!started)
+        {
+            throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
+        }
+    }
+
+    /// <summary>Starts the agent and waits until it answers, or until it exits (with its exit code and error output).</summary>
+    public (bool Started, int ExitCode, string Stderr) TryStartAgent()
+    {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         foreach (var a in new[] { MembraneDll, "agent", "--state-dir", StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory })
         {
             start.ArgumentList.Add(a);
         }
+        var stderr = new System.Text.StringBuilder();
         _agent = Process.Start(start)!;
+        _agent.ErrorDataReceived += (_, e) =>
+        {
+            lock (stderr)
+            {
+                stderr.AppendLine(e.Data);
+            }
+        };
         _agent.BeginErrorReadLine();
         _agent.BeginOutputReadLine();
         var watch = Stopwatch.StartNew();
@@ -73,11 +91,15 @@ public sealed class SandboxFixture : IDisposable
         {
             if (_agent.HasExited)
             {
-                throw new InvalidOperationException($"the agent exited with {_agent.ExitCode}");
+                _agent.WaitForExit(); // drains the error output
+                lock (stderr)
+                {
+                    return (false, _agent.ExitCode, stderr.ToString());
+                }
             }
             if (File.Exists(Socket) && Cli("status").Code == 0)
             {
-                return;
+                return (true, 0, "");
             }
             Thread.Sleep(100);
         }

@@ -110,12 +110,12 @@ public static class AgentHost
         var json = AgentJsonContext.Default;
         var v1 = app.MapGroup("/v1");
         v1.MapGet("/status", () => agent.ReadAsync(agent.Status));
-        v1.MapPost("/apply", (ManifestRequest request) => agent.ApplyAsync(request));
-        v1.MapPost("/delete", (ManifestRequest request) => agent.DeleteAsync(request));
-        v1.MapPost("/reset", () => agent.ResetAsync());
+        v1.MapPost("/apply", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, cancel: cancel));
+        v1.MapPost("/delete", (ManifestRequest request, CancellationToken cancel) => agent.DeleteAsync(request, cancel));
+        v1.MapPost("/reset", (CancellationToken cancel) => agent.ResetAsync(cancel));
         v1.MapGet("/policies", () => agent.ReadAsync(agent.Policies));
-        v1.MapPost("/policies", (ManifestRequest request) => agent.ApplyAsync(request, policiesOnly: true));
-        v1.MapDelete("/policies", (string? name, bool? all) => agent.DeletePoliciesAsync(name, all == true));
+        v1.MapPost("/policies", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, policiesOnly: true, cancel));
+        v1.MapDelete("/policies", (string? name, bool? all, CancellationToken cancel) => agent.DeletePoliciesAsync(name, all == true, cancel));
         v1.MapPost("/trace", (TraceQuery query) => agent.ReadAsync(() => agent.Trace(query)));
         v1.MapGet("/endpoints", () => agent.ReadAsync(agent.Endpoints));
         v1.MapGet("/endpoint", (string id) => agent.ReadAsync(() => agent.Endpoint(id)));

@@ -15,7 +15,10 @@ public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Erro
 public sealed record StatusResponse(
     string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
     string StateDirectory, string PinDirectory, string NodeNamespace, IReadOnlyDictionary<string, ulong> Drops,
-    double LastRegenerationMilliseconds);
+    double LastRegenerationMilliseconds, IReadOnlyList<MapFillOutput>? Maps = null);
+
+/// <summary>How full one BPF map is: a change that would overflow it is refused.</summary>
+public sealed record MapFillOutput(string Name, long Entries, long MaxEntries, double Percent);
 
 public sealed record ManifestRequest(string? Yaml, string? File);
 

@@ -40,7 +40,7 @@ public sealed class PodServers(AgentOptions options)
         }
         var (file, prefix) = SelfCommand();
         var log = Path.Combine(options.StateDirectory, "logs", $"{PodNetwork.Hash(pod.Key)}.log");
-        Directory.CreateDirectory(Path.GetDirectoryName(log)!);
+        State.StateStore.EnsurePrivateDirectory(Path.GetDirectoryName(log)!); // pod output is root's only
         var command = new List<string> { "ip", "netns", "exec", netns, file };
         command.AddRange(prefix);
         command.AddRange(["internal", "pod-server", "--instance", options.NamePrefix, "--pod", pod.Key]);

@@ -25,29 +25,85 @@ public sealed record PersistedState
 [JsonSerializable(typeof(PersistedState))]
 internal sealed partial class StateJsonContext : JsonSerializerContext;
 
-/// <summary>The agent's state on disk: one JSON file, replaced atomically (write, fsync, rename).</summary>
+/// <summary>
+/// The agent's state on disk: one JSON file, readable by root only, replaced atomically (write, fsync, rename) with
+/// the previous version kept as <c>state.json.bak</c>. A missing or unreadable file is never taken for "nothing":
+/// the agent refuses to start and says how to recover, rather than silently dropping what the kernel enforces.
+/// </summary>
 public sealed class StateStore(string directory)
 {
+    private const UnixFileMode PrivateDirectory = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+    private const UnixFileMode PrivateFile = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+
     public string FilePath => Path.Combine(directory, "state.json");
 
-    public PersistedState Load()
+    public string BackupPath => FilePath + ".bak";
+
+    /// <summary>Creates the directory (or tightens an existing one) so only root can read what it holds.</summary>
+    public static void EnsurePrivateDirectory(string path)
+    {
+        Directory.CreateDirectory(path, PrivateDirectory);
+        File.SetUnixFileMode(path, PrivateDirectory);
+    }
+
+    /// <summary>
+    /// Loads the state. <paramref name="enforcedEndpoints"/> is how many endpoints the pinned maps still enforce:
+    /// with none and no file, this is a first start; otherwise a missing file is an error.
+    /// </summary>
+    public PersistedState Load(int enforcedEndpoints)
     {
         if (!File.Exists(FilePath))
         {
+            if (File.Exists(BackupPath))
+            {
+                throw new InvalidOperationException($"the state file {FilePath} is missing but its backup exists: restore it with " +
+                    $"'cp {BackupPath} {FilePath}' and start again (or remove the backup to start empty, which stops enforcing every pod's policy)");
+            }
+            if (enforcedEndpoints > 0)
+            {
+                throw new InvalidOperationException($"the state file {FilePath} is missing, but the pinned maps still enforce policy for " +
+                    $"{enforcedEndpoints} endpoint(s): starting empty would drop it. Restore the state file, or remove the sandbox with " +
+                    "'membrane cleanup' (same --name-prefix, --pin-dir and --state-dir) and start again");
+            }
             return new PersistedState();
         }
-        return JsonSerializer.Deserialize(File.ReadAllText(FilePath), StateJsonContext.Default.PersistedState)
-            ?? throw new InvalidDataException($"{FilePath} is empty or not valid state");
+        PersistedState? state;
+        try
+        {
+            state = JsonSerializer.Deserialize(File.ReadAllText(FilePath), StateJsonContext.Default.PersistedState);
+        }
+        catch (JsonException e)
+        {
+            throw Corrupt(e.Message);
+        }
+        if (state is null)
+        {
+            throw Corrupt("it holds null");
+        }
+        return state;
     }
+
+    private InvalidOperationException Corrupt(string why) => new(
+        $"the state file {FilePath} cannot be read ({why}). " + (File.Exists(BackupPath)
+            ? $"Its previous version is {BackupPath}: restore it with 'cp {BackupPath} {FilePath}' and start again"
+            : "There is no backup: remove the sandbox with 'membrane cleanup' (same --name-prefix, --pin-dir and --state-dir) and start again"));
 
     public void Save(PersistedState state)
     {
-        Directory.CreateDirectory(directory);
+        EnsurePrivateDirectory(directory);
         var temp = FilePath + ".tmp";
-        using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
+        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, Share = FileShare.None, UnixCreateMode = PrivateFile };
+        using (var stream = new FileStream(temp, options))
         {
             JsonSerializer.Serialize(stream, state, StateJsonContext.Default.PersistedState);
             stream.Flush(flushToDisk: true);
+        }
+        if (File.Exists(FilePath))
+        {
+            // The previous version, replaced in one rename so a crash leaves one complete backup or the other.
+            File.Copy(FilePath, BackupPath + ".tmp", overwrite: true);
+            File.SetUnixFileMode(BackupPath + ".tmp", PrivateFile);
+            File.Move(BackupPath + ".tmp", BackupPath, overwrite: true);
         }
         File.Move(temp, FilePath, overwrite: true);
     }

@@ -87,6 +87,10 @@ public static class AgentCommands
             output.Out.WriteLine($"Policies:    {s.Policies}");
             output.Out.WriteLine($"Datapath:    maps pinned in {s.PinDirectory}; node namespace {s.NodeNamespace}; last regeneration {s.LastRegenerationMilliseconds} ms");
             output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
+            if (s.Maps is { Count: > 0 } maps)
+            {
+                output.Out.WriteLine($"Maps:        {string.Join(", ", maps.Select(m => $"{m.Name} {m.Entries:N0}/{m.MaxEntries:N0} ({m.Percent}%)"))}");
+            }
             return CliApp.Success;
         });
         return command;

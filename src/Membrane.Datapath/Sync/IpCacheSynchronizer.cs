@@ -53,6 +53,40 @@ public sealed class IpCacheSynchronizer(BpfMap v4, BpfMap v6)
     }
 
     /// <summary>Reads entries left by a previous agent so stale ones are removed by the next sync.</summary>
+    /// <summary>Entries written, by family.</summary>
+    public (int IPv4, int IPv6) Count
+    {
+        get
+        {
+            lock (_gate)
+            {
+                var v4Count = _written.Keys.Count(p => p.BaseAddress.AddressFamily == AddressFamily.InterNetwork);
+                return (v4Count, _written.Count - v4Count);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Throws <see cref="MapCapacityException"/> unless each family's map can hold these entries. A sync writes
+    /// new entries before deleting old ones, so old and new are counted together.
+    /// </summary>
+    public void CheckCapacity(IReadOnlyCollection<(IPNetwork Prefix, uint Identity)> entries)
+    {
+        lock (_gate)
+        {
+            foreach (var (map, family) in new[] { (v4, AddressFamily.InterNetwork), (v6, AddressFamily.InterNetworkV6) })
+            {
+                var desired = entries.Select(e => e.Prefix).Where(p => p.BaseAddress.AddressFamily == family).ToHashSet();
+                var peak = desired.Count + _written.Keys.Count(p => p.BaseAddress.AddressFamily == family && !desired.Contains(p));
+                if (peak > map.MaxEntries)
+                {
+                    throw new MapCapacityException($"the ipcache map {map.Name} would need {peak:N0} entries and holds {map.MaxEntries:N0} " +
+                        $"({desired.Count:N0} {(family == AddressFamily.InterNetwork ? "IPv4" : "IPv6")} prefixes: pod addresses and the CIDRs policies name)");
+                }
+            }
+        }
+    }
+
     public void Adopt()
     {
         lock (_gate)

@@ -80,6 +80,42 @@ public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
     }
 
     /// <summary>Removes every entry of an endpoint (its programs must already be detached).</summary>
+    /// <summary>Entries written for all endpoints.</summary>
+    public int Count
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _written.Values.Sum(e => e.Count);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Throws <see cref="MapCapacityException"/> unless the map can take these endpoints' new entries (given as
+    /// counts) while every other endpoint keeps its own. A sync adds before it deletes (no window without policy),
+    /// so an endpoint briefly holds its old and new entries: both are counted.
+    /// </summary>
+    public void CheckCapacity(IEnumerable<(uint IfIndex, string Endpoint, int Entries)> changes)
+    {
+        lock (_gate)
+        {
+            var total = (long)_written.Values.Sum(e => e.Count);
+            var largest = ("", 0);
+            foreach (var (ifIndex, endpoint, entries) in changes)
+            {
+                total += entries;
+                largest = entries > largest.Item2 ? (endpoint, entries) : largest;
+            }
+            if (total > map.MaxEntries)
+            {
+                throw new MapCapacityException($"the policy map {map.Name} would need {total:N0} entries and holds {map.MaxEntries:N0} " +
+                    $"(largest change: endpoint {largest.Item1} with {largest.Item2:N0} entries)");
+            }
+        }
+    }
+
     public int Remove(uint ifIndex)
     {
         lock (_gate)

@@ -76,5 +76,14 @@ public sealed class IdentityAllocator
         var identity = new SecurityIdentity(id, labels, kind, prefix);
         _byLabels[labels.Canonical] = (identity, 0);
         _byId[id] = identity;
+        // New numbers continue after the restored ones: a number freed later is not handed to other labels at once.
+        if (kind == IdentityKind.Cidr)
+        {
+            _nextCidr = Math.Max(_nextCidr, id + 1);
+        }
+        else
+        {
+            _nextPod = Math.Max(_nextPod, id + 1);
+        }
     }
 }
