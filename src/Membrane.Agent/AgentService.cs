@@ -153,6 +153,7 @@ public sealed partial class AgentService : IDisposable
         }
         Enforce(Plan(), attachAll: true);
         Save();
+        Publish();
     }
 
     /// <summary>What the kernel still enforces for pods (pinned policy and address entries): never dropped silently.</summary>
@@ -221,11 +222,13 @@ public sealed partial class AgentService : IDisposable
                 {
                     Save(); // the sandbox's records of pods it created
                 }
+                Publish();
                 return new ApplyResponse(_revision, changes);
             }
             catch (Exception)
             {
                 Rollback(before, persisted);
+                Publish();
                 throw;
             }
         }
@@ -598,13 +601,23 @@ public sealed partial class AgentService : IDisposable
         }
     }
 
+    /// <summary>What status reports, published after every change: status never waits behind a long change.</summary>
+    private sealed record Published(long Revision, int Endpoints, int Identities, int Policies, int Namespaces, double RegenerationMilliseconds,
+        List<MapFillOutput> Maps);
+
+    private volatile Published? _published;
+
+    private void Publish() => _published = new(_revision, _records.Count, _engine.Identities.Count(), _engine.Policies.Count(),
+        _engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
+
+    /// <summary>Safe without the lock: the last published state and the kernel's counters.</summary>
     public StatusResponse Status()
     {
+        var p = _published ?? throw new InvalidOperationException("the agent is still starting");
         var drops = Datapath.DropCounters().ToDictionary(d => DropReasons.Describe(d.Key), d => d.Value.Packets);
-        return new StatusResponse(typeof(AgentService).Assembly.GetName().Version?.ToString() ?? "0", _revision,
-            File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), _records.Count, _engine.Identities.Count(),
-            _engine.Policies.Count(), _engine.Namespaces.Count(), _options.StateDirectory, _options.PinDirectory,
-            _options.NodeNamespace, drops, Math.Round(LastRegenerationMilliseconds, 3), MapFill());
+        return new StatusResponse(typeof(AgentService).Assembly.GetName().Version?.ToString() ?? "0", p.Revision,
+            File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), p.Endpoints, p.Identities, p.Policies, p.Namespaces,
+            _options.StateDirectory, _options.PinDirectory, _options.NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps);
     }
 
     private List<MapFillOutput> MapFill()

@@ -109,7 +109,7 @@ public static class AgentHost
     {
         var json = AgentJsonContext.Default;
         var v1 = app.MapGroup("/v1");
-        v1.MapGet("/status", () => agent.ReadAsync(agent.Status));
+        v1.MapGet("/status", agent.Status); // never waits for the lock: status answers during a long change
         v1.MapPost("/apply", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, cancel: cancel));
         v1.MapPost("/delete", (ManifestRequest request, CancellationToken cancel) => agent.DeleteAsync(request, cancel));
         v1.MapPost("/reset", (CancellationToken cancel) => agent.ResetAsync(cancel));

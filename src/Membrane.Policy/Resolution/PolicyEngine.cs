@@ -57,6 +57,9 @@ public sealed class PolicyEngine
     /// <summary>How many endpoints were resolved since the counter was last read (for tests of incrementality).</summary>
     public int ResolutionCount { get; private set; }
 
+    /// <summary>Selector tests made by the selector cache (see <see cref="SelectorCache.Evaluations"/>).</summary>
+    public long SelectorEvaluations => _cache.Evaluations;
+
     public Endpoint? FindEndpoint(string key) => _endpoints.GetValueOrDefault(key);
 
     public PolicyDocument? FindPolicy(string origin) => _policies.GetValueOrDefault(origin)?.Document;
@@ -176,7 +179,7 @@ public sealed class PolicyEngine
         return _cache.Acquire(key, () => peer switch
         {
             EndpointPeer e => new SelectorCache.Entry(key, i => MatchesEndpointSelector(e.Selector, i), e.Selector.PinnedNamespace),
-            CidrPeer c => new SelectorCache.Entry(key, i => MatchesCidr(c, i), null),
+            CidrPeer c => new SelectorCache.Entry(key, i => MatchesCidr(c, i), null) { Cidr = c.Cidr },
             EntityPeer { Entity: "all" } => new SelectorCache.Entry(key, _ => true, null) { IsWildcard = true },
             EntityPeer n => new SelectorCache.Entry(key, i => MatchesEntity(n.Entity, i), null),
             _ => throw new ArgumentOutOfRangeException(nameof(peer)),

@@ -1,3 +1,5 @@
+using System.Net;
+using System.Net.Sockets;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
 using Membrane.Policy.Rules;
@@ -8,9 +10,15 @@ namespace Membrane.Policy.Resolution;
 /// Selector → the set of identities it selects, kept current as identities come and go. Each distinct selector is
 /// evaluated once against the identity universe; selectors pinned to one namespace only look at that namespace's
 /// identities. Reference counted, so selectors shared by many rules are stored once.
+/// CIDR selectors and CIDR identities meet through prefix indexes: a CIDR selector can select only the CIDR
+/// identities inside its prefix, so neither side scans the other (a policy of 20,000 CIDRs was quadratic: 400
+/// million tests, 12 s holding the agent's lock).
 /// </summary>
 internal sealed class SelectorCache
 {
+    private readonly Dictionary<IPNetwork, HashSet<string>> _cidrKeysByPrefix = [];
+    private readonly SortedSet<CidrIdentity> _cidrIdentities = new(CidrIdentity.Order);
+    private readonly HashSet<uint> _otherIdentities = [];
     private readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
     private readonly Dictionary<uint, SecurityIdentity> _identities = [];
     private readonly Dictionary<string, HashSet<uint>> _identitiesByNamespace = new(StringComparer.Ordinal);
@@ -25,9 +33,41 @@ internal sealed class SelectorCache
         public HashSet<uint> Selected { get; } = [];
         public int Refs { get; set; }
         public bool IsWildcard { get; init; }
+
+        /// <summary>For a CIDR selector, its prefix: it selects no CIDR identity outside it.</summary>
+        public IPNetwork? Cidr { get; init; }
+    }
+
+    /// <summary>A CIDR identity by the number range of its prefix, for range scans.</summary>
+    private readonly record struct CidrIdentity(bool V6, UInt128 First, UInt128 Last, uint Id)
+    {
+        public static IComparer<CidrIdentity> Order { get; } = Comparer<CidrIdentity>.Create((a, b) =>
+            a.V6 != b.V6 ? a.V6.CompareTo(b.V6) : a.First != b.First ? a.First.CompareTo(b.First) : a.Id.CompareTo(b.Id));
+
+        public static CidrIdentity Of(IPNetwork prefix, uint id)
+        {
+            var (first, last) = Range(prefix);
+            return new(prefix.BaseAddress.AddressFamily == AddressFamily.InterNetworkV6, first, last, id);
+        }
+    }
+
+    private static (UInt128 First, UInt128 Last) Range(IPNetwork prefix)
+    {
+        var bytes = prefix.BaseAddress.GetAddressBytes();
+        UInt128 value = 0;
+        foreach (var b in bytes)
+        {
+            value = value << 8 | b;
+        }
+        var hostBits = bytes.Length * 8 - prefix.PrefixLength;
+        var hostMask = hostBits == 0 ? UInt128.Zero : hostBits >= 128 ? UInt128.MaxValue : (UInt128.One << hostBits) - 1;
+        return (value & ~hostMask, value | hostMask);
     }
 
     public int Count => _entries.Count;
+
+    /// <summary>Selector tests made so far: the work that must not grow with the product of selectors and identities.</summary>
+    public long Evaluations { get; private set; }
 
     public IReadOnlySet<uint> Selected(string key) => _entries[key].Selected;
 
@@ -53,9 +93,12 @@ internal sealed class SelectorCache
             entry = create();
             IEnumerable<SecurityIdentity> candidates = entry.PinnedNamespace is { } ns
                 ? (_identitiesByNamespace.GetValueOrDefault(ns) ?? []).Select(id => _identities[id])
-                : _identities.Values;
+                : entry.Cidr is { } cidr
+                    ? _otherIdentities.Concat(CidrIdentitiesWithin(cidr)).Select(id => _identities[id])
+                    : _identities.Values;
             foreach (var identity in candidates)
             {
+                Evaluations++;
                 if (entry.Matches(identity))
                 {
                     entry.Selected.Add(identity.Id);
@@ -65,6 +108,10 @@ internal sealed class SelectorCache
             if (entry.PinnedNamespace is { } pinned)
             {
                 Index(_keysByNamespace, pinned).Add(key);
+            }
+            else if (entry.Cidr is { } prefix)
+            {
+                IndexCidr(prefix).Add(key);
             }
             else
             {
@@ -84,11 +131,71 @@ internal sealed class SelectorCache
             {
                 _keysByNamespace[pinned].Remove(key);
             }
+            else if (entry.Cidr is { } prefix)
+            {
+                _cidrKeysByPrefix[prefix].Remove(key);
+                if (_cidrKeysByPrefix[prefix].Count == 0)
+                {
+                    _cidrKeysByPrefix.Remove(prefix);
+                }
+            }
             else
             {
                 _unpinnedKeys.Remove(key);
             }
         }
+    }
+
+    private HashSet<string> IndexCidr(IPNetwork prefix)
+    {
+        if (!_cidrKeysByPrefix.TryGetValue(prefix, out var keys))
+        {
+            keys = new HashSet<string>(StringComparer.Ordinal);
+            _cidrKeysByPrefix[prefix] = keys;
+        }
+        return keys;
+    }
+
+    /// <summary>CIDR identities whose prefix lies inside <paramref name="cidr"/>: one range scan.</summary>
+    private List<uint> CidrIdentitiesWithin(IPNetwork cidr)
+    {
+        var (first, last) = Range(cidr);
+        var v6 = cidr.BaseAddress.AddressFamily == AddressFamily.InterNetworkV6;
+        return _cidrIdentities.GetViewBetween(new(v6, first, 0, 0), new(v6, last, UInt128.MaxValue, uint.MaxValue))
+            .Where(c => c.Last <= last).Select(c => c.Id).ToList();
+    }
+
+    /// <summary>Keys of CIDR selectors whose prefix covers <paramref name="prefix"/> (each shorter or equal prefix of it).</summary>
+    private IEnumerable<string> CidrKeysCovering(IPNetwork prefix)
+    {
+        var bytes = prefix.BaseAddress.GetAddressBytes();
+        for (var length = 0; length <= prefix.PrefixLength; length++)
+        {
+            var masked = (byte[])bytes.Clone();
+            for (var bit = length; bit < masked.Length * 8; bit++)
+            {
+                masked[bit / 8] &= (byte)~(0x80 >> (bit % 8));
+            }
+            if (_cidrKeysByPrefix.TryGetValue(new IPNetwork(new IPAddress(masked), length), out var keys))
+            {
+                foreach (var key in keys)
+                {
+                    yield return key;
+                }
+            }
+        }
+    }
+
+    /// <summary>The selectors that could select this identity: a CIDR identity only those of prefixes covering it.</summary>
+    private IEnumerable<string> Candidates(SecurityIdentity identity)
+    {
+        var ns = identity.Labels.ValueOf(WellKnownLabels.PodNamespace);
+        IEnumerable<string> keys = ns is not null && _keysByNamespace.TryGetValue(ns, out var pinned)
+            ? _unpinnedKeys.Concat(pinned)
+            : _unpinnedKeys;
+        return identity.Kind == IdentityKind.Cidr && identity.Prefix is { } prefix
+            ? keys.Concat(CidrKeysCovering(prefix))
+            : keys.Concat(_cidrKeysByPrefix.Values.SelectMany(k => k));
     }
 
     /// <summary>Adds an identity; returns the keys whose selection changed.</summary>
@@ -99,6 +206,14 @@ internal sealed class SelectorCache
         if (ns is not null)
         {
             Index(_identitiesByNamespace, ns).Add(identity.Id);
+        }
+        if (identity.Kind == IdentityKind.Cidr && identity.Prefix is { } prefix)
+        {
+            _cidrIdentities.Add(CidrIdentity.Of(prefix, identity.Id));
+        }
+        else
+        {
+            _otherIdentities.Add(identity.Id);
         }
         return Reevaluate(identity);
     }
@@ -111,12 +226,20 @@ internal sealed class SelectorCache
         {
             set.Remove(identity.Id);
         }
-        var changed = new List<string>();
-        foreach (var entry in _entries.Values)
+        if (identity.Kind == IdentityKind.Cidr && identity.Prefix is { } prefix)
         {
-            if (entry.Selected.Remove(identity.Id))
+            _cidrIdentities.Remove(CidrIdentity.Of(prefix, identity.Id));
+        }
+        else
+        {
+            _otherIdentities.Remove(identity.Id);
+        }
+        var changed = new List<string>();
+        foreach (var key in Candidates(identity))
+        {
+            if (_entries[key].Selected.Remove(identity.Id))
             {
-                changed.Add(entry.Key);
+                changed.Add(key);
             }
         }
         return changed;
@@ -126,13 +249,10 @@ internal sealed class SelectorCache
     public List<string> Reevaluate(SecurityIdentity identity)
     {
         var changed = new List<string>();
-        var ns = identity.Labels.ValueOf(WellKnownLabels.PodNamespace);
-        IEnumerable<string> keys = ns is not null && _keysByNamespace.TryGetValue(ns, out var pinned)
-            ? _unpinnedKeys.Concat(pinned)
-            : _unpinnedKeys;
-        foreach (var key in keys)
+        foreach (var key in Candidates(identity))
         {
             var entry = _entries[key];
+            Evaluations++;
             var matches = entry.Matches(identity);
             if (matches ? entry.Selected.Add(identity.Id) : entry.Selected.Remove(identity.Id))
             {

@@ -124,3 +124,26 @@ public sealed class IncrementalTests
         }
     }
 }
+
+/// <summary>Bulk CIDR policies cost work in proportion to their size, not to its square.</summary>
+public sealed class BulkCidrTests
+{
+    [Fact]
+    public void TwentyThousandCidrsNeedNoQuadraticSelectorWork()
+    {
+        var cidrs = string.Join(", ", Enumerable.Range(0, 20_000).Select(i => $"\"100.{64 + i / 65536}.{i / 256 % 256}.{i % 256}/32\""));
+        var broad = "\"100.64.0.0/20\"";
+        var cluster = Cluster.With(Cluster.Cnp("bulk", "a", $"endpointSelector: {{}}\negress:\n- toCIDR: [{cidrs}]\n- toCIDR: [{broad}]"));
+        var engine = cluster.Engine;
+        var before = engine.SelectorEvaluations;
+        var state = engine.Resolve("a/client").State;
+        // 20,000 /32 identities plus the /20's own: 20,001 CIDR identities, each selected by its own selector and
+        // the first 4,096 also by the /20. The quadratic cache made 400 million tests here.
+        Assert.InRange(engine.SelectorEvaluations, 20_000, 2_000_000);
+        Assert.Equal(20_001, engine.Identities.Count(i => i.Kind == Membrane.Policy.Identity.IdentityKind.Cidr));
+        Assert.True(engine.SelectorEvaluations - before < 1_000);
+        Assert.True(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress, engine.IdentityOf(System.Net.IPAddress.Parse("100.64.78.31")), 6, 80).Allowed);
+        Assert.False(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress, engine.IdentityOf(System.Net.IPAddress.Parse("100.65.250.1")), 6, 80).Allowed);
+        Assert.True(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress, engine.IdentityOf(System.Net.IPAddress.Parse("100.64.15.255")), 6, 80).Allowed);
+    }
+}
