@@ -2,7 +2,7 @@
 # Installs what Membrane needs to build and test on Debian 12 (run as root). Idempotent.
 set -euo pipefail
 
-packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3)
+packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -9,6 +9,15 @@ log=$(mktemp)
 set +e
 dotnet test Membrane.slnx -c Release --no-build -nologo 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# Coverage-guided fuzzing (afl++ over SharpFuzz) of the YAML loader and the API's request parsing, bounded in time;
+# a crash or hang fails the run and keeps its input. Its targets count as one test each in the closing line.
+fuzz_seconds=${MEMBRANE_FUZZ_SECONDS:-45}
+if bash tests/Membrane.Fuzz/run.sh "$fuzz_seconds" 2>&1 | tee -a "$log"; then
+  echo "Passed!  - Failed:     0, Passed:     2, Skipped:     0, Total:     2 - fuzzing (${fuzz_seconds}s per target)" | tee -a "$log"
+else
+  echo "Failed!  - Failed:     2, Passed:     0, Skipped:     0, Total:     2 - fuzzing (${fuzz_seconds}s per target)" | tee -a "$log"
+  status=1
+fi
 set -e
 # One plain closing line for CI, summed over the test assemblies.
 awk '/(Passed|Failed)! +- Failed: /{gsub(",","");for(i=1;i<=NF;i++){if($i=="Failed:")f+=$(i+1);if($i=="Passed:")p+=$(i+1);if($i=="Skipped:")s+=$(i+1)}}

@@ -88,10 +88,11 @@ public static class ManifestLoader
                 errors.Add(new PolicyError(file, "", "", $"malformed YAML at line {e.Start.Line}, column {e.Start.Column}: {e.InnerException?.Message ?? e.Message}", (int)e.Start.Line, (int)e.Start.Column));
                 return;
             }
-            catch (InvalidOperationException e)
+            catch (Exception e) when (e is InvalidOperationException or ArgumentException)
             {
-                // YamlDotNet's scanner throws this (without a position) on some unterminated flow collections.
-                errors.Add(new PolicyError(file, "", "", $"malformed YAML at line ?: {e.Message} (check for an unclosed '{{' or '[')", 0, 0));
+                // YamlDotNet throws these (without a position) on some malformed input: unterminated flow collections,
+                // control characters, tags that are not URIs (found by fuzzing; see Corpus/fuzz).
+                errors.Add(new PolicyError(file, "", "", $"malformed YAML at line ?: {e.Message} (check for an unclosed '{{' or '[', control characters or a bad tag)", 0, 0));
                 return;
             }
             for (var i = 0; i < stream.Documents.Count; i++)

@@ -37,7 +37,7 @@ public static class YamlLimits
         {
             return Scan(text, file);
         }
-        catch (Exception e) when (e is YamlException or InvalidOperationException)
+        catch (Exception e) when (e is YamlException or InvalidOperationException or ArgumentException)
         {
             return null; // malformed: loading reports it with its position (YamlDotNet's scanner throws either)
         }
