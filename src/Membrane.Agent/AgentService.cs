@@ -126,13 +126,20 @@ public sealed partial class AgentService : IDisposable
         var state = _store.Load(EnforcedEndpoints());
         _revision = state.Revision;
         _objects = new Dictionary<string, string>(state.Objects, StringComparer.Ordinal);
-        foreach (var (key, record) in state.Endpoints.Where(e => _objects.ContainsKey($"Pod/{e.Key}")))
+        foreach (var (key, record) in state.Endpoints)
         {
-            if (_pods.IsIntact(record))
+            if (!_objects.ContainsKey($"Pod/{key}"))
+            {
+                // Deleted, and the agent stopped before it removed the pod's network: finish the job.
+                _servers.Stop(key);
+                _pods.Delete(record);
+            }
+            else if (_pods.IsIntact(record))
             {
                 _records[key] = record; // adopted: the pod kept running while the agent was away
             }
         }
+        _pods.RemoveOrphans(_objects.Keys.Where(k => k.StartsWith("Pod/", StringComparison.Ordinal)).Select(k => k[4..]));
         var addresses = state.Endpoints.ToDictionary(e => e.Key, e => (IReadOnlyList<IPAddress>)e.Value.Addresses.Select(IPAddress.Parse).ToList(), StringComparer.Ordinal);
         RebuildEngine(state.Identities.Select(i => (i.Id, LabelSet.Parse(i.Labels))).ToList(), addresses);
         foreach (var (key, record) in _records)

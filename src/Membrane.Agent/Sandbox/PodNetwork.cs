@@ -56,6 +56,28 @@ public sealed class PodNetwork(AgentOptions options, NodeNetwork node)
 
     public void Delete(EndpointRecord record) => Remove(record.Netns, record.HostInterface);
 
+    /// <summary>
+    /// Removes pod namespaces of this sandbox that belong to none of <paramref name="podKeys"/>: left by an agent
+    /// killed between forgetting a pod and removing its network.
+    /// </summary>
+    public void RemoveOrphans(IEnumerable<string> podKeys)
+    {
+        var expected = podKeys.Select(k => $"{options.NamePrefix}-{Hash(k)}").Append(node.Name).ToHashSet(StringComparer.Ordinal);
+        var directory = Path.GetDirectoryName(NetworkNamespace.PathOf("x"))!;
+        if (!Directory.Exists(directory))
+        {
+            return;
+        }
+        foreach (var netns in Directory.EnumerateFiles(directory).Select(Path.GetFileName).OfType<string>())
+        {
+            if (netns.StartsWith(options.NamePrefix + "-", StringComparison.Ordinal) && netns.Length == options.NamePrefix.Length + 9
+                && !expected.Contains(netns))
+            {
+                Remove(netns, $"mbh{netns[^8..]}");
+            }
+        }
+    }
+
     private void Remove(string netns, string host)
     {
         if (node.IfIndex(host) is not null)
