@@ -514,15 +514,33 @@ public sealed partial class AgentService : IDisposable
             created = true;
             _servers.Start(endpoint.Pod, _records[endpoint.Key].Netns);
         }
+        // Make before break for pods whose identity changes (a label change): until the ipcache says Y, their
+        // packets still carry the old identity X, so the maps first hold Y's new entries under X too, then the
+        // ipcache switches, then the X copies go. Those copies give X's packets exactly the new verdict of Y.
+        var aliases = DepartingIdentities(plan.IpCache);
         var changed = new Dictionary<uint, MapState>();
+        var aliased = new List<(uint IfIndex, MapState State)>();
         foreach (var policy in plan.Dirty)
         {
-            if (_records.TryGetValue(policy.Endpoint.Key, out var record) && Datapath.Policy.Sync((uint)record.IfIndex, policy.State).Changes > 0)
+            if (!_records.TryGetValue(policy.Endpoint.Key, out var record))
+            {
+                continue;
+            }
+            var state = WithAliases(policy.State, aliases);
+            if (Datapath.Policy.Sync((uint)record.IfIndex, state).Changes > 0)
             {
                 changed[(uint)record.IfIndex] = policy.State;
             }
+            if (!ReferenceEquals(state, policy.State))
+            {
+                aliased.Add(((uint)record.IfIndex, policy.State));
+            }
         }
         Datapath.IpCache.Sync(plan.IpCache);
+        foreach (var (ifIndex, state) in aliased)
+        {
+            Datapath.Policy.Sync(ifIndex, state);
+        }
         var toAttach = _records.Values.Where(r => attachAll || !_attached.Contains(r.IfIndex)).ToList();
         if (toAttach.Count > 0)
         {
@@ -547,6 +565,53 @@ public sealed partial class AgentService : IDisposable
         }
         LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
         return created;
+    }
+
+    /// <summary>
+    /// Identities the ipcache maps now that the new ipcache no longer has, each with the one identity its addresses
+    /// move to (X → Y). An identity whose addresses go to several identities, or away, has no alias.
+    /// </summary>
+    private Dictionary<uint, uint> DepartingIdentities(IReadOnlyList<(IPNetwork Prefix, uint Identity)> next)
+    {
+        var nextByPrefix = next.ToDictionary(e => e.Prefix, e => e.Identity);
+        var staying = next.Select(e => e.Identity).ToHashSet();
+        var moves = new Dictionary<uint, HashSet<uint>>();
+        foreach (var (prefix, identity) in Datapath.IpCache.Written())
+        {
+            if (!staying.Contains(identity) && nextByPrefix.TryGetValue(prefix, out var successor))
+            {
+                if (!moves.TryGetValue(identity, out var successors))
+                {
+                    successors = [];
+                    moves[identity] = successors;
+                }
+                successors.Add(successor);
+            }
+        }
+        return moves.Where(m => m.Value.Count == 1).ToDictionary(m => m.Key, m => m.Value.Single());
+    }
+
+    /// <summary>The state plus, for each alias X → Y, a copy of every entry of Y under X.</summary>
+    private static MapState WithAliases(MapState state, Dictionary<uint, uint> aliases)
+    {
+        if (aliases.Count == 0)
+        {
+            return state;
+        }
+        var byTarget = aliases.GroupBy(a => a.Value).ToDictionary(g => g.Key, g => g.Select(a => a.Key).ToList());
+        Dictionary<PolicyKey, PolicyEntry>? entries = null;
+        foreach (var (key, entry) in state.Entries)
+        {
+            if (byTarget.TryGetValue(key.Identity, out var departing))
+            {
+                entries ??= new Dictionary<PolicyKey, PolicyEntry>(state.Entries);
+                foreach (var old in departing)
+                {
+                    entries.TryAdd(key with { Identity = old }, entry);
+                }
+            }
+        }
+        return entries is null ? state : new MapState(entries);
     }
 
     /// <summary>

@@ -53,6 +53,15 @@ public sealed class IpCacheSynchronizer(BpfMap v4, BpfMap v6)
     }
 
     /// <summary>Reads entries left by a previous agent so stale ones are removed by the next sync.</summary>
+    /// <summary>What the kernel maps now (as last written).</summary>
+    public Dictionary<IPNetwork, uint> Written()
+    {
+        lock (_gate)
+        {
+            return new Dictionary<IPNetwork, uint>(_written);
+        }
+    }
+
     /// <summary>Entries written, by family.</summary>
     public (int IPv4, int IPv6) Count
     {
