@@ -26,9 +26,7 @@ public sealed class DriftTests
         $"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: e2e-a, labels: {{app: {name}}}}}\nspec: {{containers: [{{name: c}}]}}\n"
         + $"status: {{podIPs: [{string.Join(", ", ips.Select(ip => $"{{ip: \"{ip}\"}}"))}]}}\n";
 
-    private static string Cnp(string name, string spec) =>
-        $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: e2e-a}}\nspec:\n" +
-        string.Join("\n", spec.Split('\n').Select(l => "  " + l)) + "\n";
+    private static string Cnp(string name, string spec) => SandboxFixture.Cnp(name, spec);
 
     /// <summary>Everything that must not move: the API's view, the kernel's ipcache and policy, and the file.</summary>
     private (string Endpoints, string IpCache, string Policy, string Policies, string State) Observe() => (

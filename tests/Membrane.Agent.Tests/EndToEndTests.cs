@@ -74,9 +74,7 @@ public sealed class EndToEndTests
         Assert.True(r.Code == 0, r.Err);
     }
 
-    private static string Cnp(string name, string spec) =>
-        $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: e2e-a}}\nspec:\n" +
-        string.Join("\n", spec.Split('\n').Select(l => "  " + l)) + "\n";
+    private static string Cnp(string name, string spec) => SandboxFixture.Cnp(name, spec);
 
     private const string HttpOnly = """
         endpointSelector: {matchLabels: {app: server}}

@@ -27,9 +27,7 @@ public sealed class HostilePodTests
 
     private void Import(string name, string spec)
     {
-        var yaml = $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: e2e-a}}\nspec:\n"
-            + string.Join("\n", spec.Split('\n').Select(l => "  " + l)) + "\n";
-        var r = _s.Apply(yaml, "import");
+        var r = _s.Apply(SandboxFixture.Cnp(name, spec), "import");
         Assert.True(r.Code == 0, r.Err);
     }
 

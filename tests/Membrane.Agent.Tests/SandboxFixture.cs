@@ -136,6 +136,11 @@ public sealed class SandboxFixture : IDisposable
         return r;
     }
 
+    /// <summary>A CiliumNetworkPolicy in namespace e2e-a with <paramref name="spec"/> (YAML) as its spec.</summary>
+    public static string Cnp(string name, string spec) =>
+        $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: e2e-a}}\nspec:\n" +
+        string.Join("\n", spec.Split('\n').Select(l => "  " + l)) + "\n";
+
     public static string WriteYaml(string yaml)
     {
         var file = Path.Combine(Path.GetTempPath(), $"{Prefix}-{Guid.NewGuid():N}.yaml");

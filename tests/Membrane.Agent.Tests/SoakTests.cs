@@ -23,9 +23,7 @@ public sealed class SoakTests
         _s.Reset();
     }
 
-    private static string Cnp(string name, string spec) =>
-        $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: e2e-a}}\nspec:\n" +
-        string.Join("\n", spec.Split('\n').Select(l => "  " + l)) + "\n";
+    private static string Cnp(string name, string spec) => SandboxFixture.Cnp(name, spec);
 
     /// <summary>
     /// Echo requests, each a new flow (its own identifier), so every one meets policy rather than riding on
