@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build Membrane.slnx -c Release -nologo -v quiet
+# The code style of .editorconfig (whitespace, style, analyzers): a deviation fails the run before any test.
+if ! dotnet format Membrane.slnx --verify-no-changes -v quiet; then
+  echo "test: 'dotnet format --verify-no-changes' found deviations; run 'dotnet format Membrane.slnx' and commit" >&2
+  exit 1
+fi
 log=$(mktemp)
 set +e
 dotnet test Membrane.slnx -c Release --no-build -nologo 2>&1 | tee "$log"

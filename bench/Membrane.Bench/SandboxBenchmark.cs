@@ -140,63 +140,63 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         try
         {
 
-        // Baseline: the same veths with no program attached and no rules.
-        NetworkNamespace.Run(node, () =>
-        {
-            foreach (var pod in new[] { a, b })
+            // Baseline: the same veths with no program attached and no rules.
+            NetworkNamespace.Run(node, () =>
             {
-                TcAttachment.Detach(pod.IfIndex, TcDirection.Ingress);
-                TcAttachment.Detach(pod.IfIndex, TcDirection.Egress);
-            }
-        });
-        await Measure("no policy (no eBPF, no nftables)").ConfigureAwait(false);
-        NetworkNamespace.Run(node, () =>
-        {
-            foreach (var pod in new[] { a, b })
+                foreach (var pod in new[] { a, b })
+                {
+                    TcAttachment.Detach(pod.IfIndex, TcDirection.Ingress);
+                    TcAttachment.Detach(pod.IfIndex, TcDirection.Egress);
+                }
+            });
+            await Measure("no policy (no eBPF, no nftables)").ConfigureAwait(false);
+            NetworkNamespace.Run(node, () =>
             {
-                TcAttachment.Attach(pod.IfIndex, TcDirection.Ingress, _agent.Datapath.FromPod);
-                TcAttachment.Attach(pod.IfIndex, TcDirection.Egress, _agent.Datapath.ToPod);
-            }
-        });
-        foreach (var rules in new[] { 10, 1000, 5000 })
-        {
-            await _agent.ApplyAsync(new ManifestRequest(MembranePolicy(rules), "bench-policy.yaml"), policiesOnly: true).ConfigureAwait(false);
-            await Measure($"Membrane, {rules:N0} rules").ConfigureAwait(false);
-        }
-        await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
-        NetworkNamespace.Run(node, () =>
-        {
-            foreach (var pod in new[] { a, b })
+                foreach (var pod in new[] { a, b })
+                {
+                    TcAttachment.Attach(pod.IfIndex, TcDirection.Ingress, _agent.Datapath.FromPod);
+                    TcAttachment.Attach(pod.IfIndex, TcDirection.Egress, _agent.Datapath.ToPod);
+                }
+            });
+            foreach (var rules in new[] { 10, 1000, 5000 })
             {
-                TcAttachment.Detach(pod.IfIndex, TcDirection.Ingress);
-                TcAttachment.Detach(pod.IfIndex, TcDirection.Egress);
+                await _agent.ApplyAsync(new ManifestRequest(MembranePolicy(rules), "bench-policy.yaml"), policiesOnly: true).ConfigureAwait(false);
+                await Measure($"Membrane, {rules:N0} rules").ConfigureAwait(false);
             }
-        });
-        foreach (var rules in new[] { 10, 1000, 5000 })
-        {
-            var file = Path.Combine(Path.GetTempPath(), "mbbench.nft");
-            await File.WriteAllTextAsync(file, NftablesRules(rules, b.Address)).ConfigureAwait(false);
-            try
+            await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
+            NetworkNamespace.Run(node, () =>
             {
-                Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
-            }
-            catch (InvalidOperationException)
+                foreach (var pod in new[] { a, b })
+                {
+                    TcAttachment.Detach(pod.IfIndex, TcDirection.Ingress);
+                    TcAttachment.Detach(pod.IfIndex, TcDirection.Egress);
+                }
+            });
+            foreach (var rules in new[] { 10, 1000, 5000 })
             {
+                var file = Path.Combine(Path.GetTempPath(), "mbbench.nft");
+                await File.WriteAllTextAsync(file, NftablesRules(rules, b.Address)).ConfigureAwait(false);
+                try
+                {
+                    Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
+                }
+                catch (InvalidOperationException)
+                {
+                }
+                Ip.Exec("ip", ["netns", "exec", node, "nft", "-f", file], null);
+                await Measure($"nftables, {rules:N0} linear rules").ConfigureAwait(false);
             }
-            Ip.Exec("ip", ["netns", "exec", node, "nft", "-f", file], null);
-            await Measure($"nftables, {rules:N0} linear rules").ConfigureAwait(false);
-        }
-        Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
-        // The baseline again at the end: machine drift during the run shows as spread, not as a false ratio.
-        await Measure(results[0].Name).ConfigureAwait(false);
-        NetworkNamespace.Run(node, () =>
-        {
-            foreach (var pod in new[] { a, b })
+            Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
+            // The baseline again at the end: machine drift during the run shows as spread, not as a false ratio.
+            await Measure(results[0].Name).ConfigureAwait(false);
+            NetworkNamespace.Run(node, () =>
             {
-                TcAttachment.Attach(pod.IfIndex, TcDirection.Ingress, _agent.Datapath.FromPod);
-                TcAttachment.Attach(pod.IfIndex, TcDirection.Egress, _agent.Datapath.ToPod);
-            }
-        });
+                foreach (var pod in new[] { a, b })
+                {
+                    TcAttachment.Attach(pod.IfIndex, TcDirection.Ingress, _agent.Datapath.FromPod);
+                    TcAttachment.Attach(pod.IfIndex, TcDirection.Egress, _agent.Datapath.ToPod);
+                }
+            });
         }
         finally
         {

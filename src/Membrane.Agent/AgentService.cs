@@ -787,9 +787,21 @@ public sealed partial class AgentService : IDisposable
             var proto = IpProtocol.Name(k.Protocol);
             string Addr(IPAddress a, ushort port) => IpProtocol.IsIcmp(k.Protocol) ? a.ToString() : a.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{a}]:{port}" : $"{a}:{port}";
             var flags = new List<string>();
-            if ((v.Flags & ConntrackValue.SeenReply) != 0) flags.Add("replied");
-            if ((v.Flags & ConntrackValue.SeenRst) != 0) flags.Add("rst");
-            if ((v.Flags & (ConntrackValue.SeenFinForward | ConntrackValue.SeenFinReverse)) != 0) flags.Add("fin");
+            if ((v.Flags & ConntrackValue.SeenReply) != 0)
+            {
+                flags.Add("replied");
+            }
+
+            if ((v.Flags & ConntrackValue.SeenRst) != 0)
+            {
+                flags.Add("rst");
+            }
+
+            if ((v.Flags & (ConntrackValue.SeenFinForward | ConntrackValue.SeenFinReverse)) != 0)
+            {
+                flags.Add("fin");
+            }
+
             var id = IpProtocol.IsIcmp(k.Protocol) ? $" type={dport} id={sport}" : ""; // the request's type and identifier
             return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, v.Direction == 0 ? "ingress" : "egress",
                 now is { } n ? Math.Round(ConntrackTable.SecondsSince(v.Created, n), 1) : null, now is { } m ? Math.Round(ConntrackTable.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));

@@ -306,7 +306,7 @@ public sealed class EndToEndTests
         var ping = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client.Netns, "ping", "-D", "-i", "0.05", "-c", "80", "-W", "1", server.IPv4!])
         { RedirectStandardOutput = true, UseShellExecute = false })!;
         var lines = new List<string>();
-        ping.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (lines) lines.Add(e.Data); };
+        ping.OutputDataReceived += (_, e) => { if (e.Data is not null) { lock (lines) { lines.Add(e.Data); } } };
         ping.BeginOutputReadLine();
         Thread.Sleep(1500);
         Import(Cnp("deny-ping", "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: 8}]}]}]"));

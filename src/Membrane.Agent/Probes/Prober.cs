@@ -224,7 +224,10 @@ public sealed class Prober(AgentService agent)
             "udp" => [("udp", query.Port ?? 53, null, query.Family)],
             _ => [(query.Protocol, query.Port, null, query.Family)],
         };
-        var probes = (from kind in kinds from a in pods from b in pods where a != b
+        var probes = (from kind in kinds
+                      from a in pods
+                      from b in pods
+                      where a != b
                       select new ProbeQuery(a, b, kind.Protocol, kind.Port, kind.Type, null, kind.Family, query.TimeoutMs ?? 800)).ToList();
         using var limit = new SemaphoreSlim(24);
         var results = await Task.WhenAll(probes.Select(async p =>

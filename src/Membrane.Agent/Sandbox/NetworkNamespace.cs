@@ -34,7 +34,8 @@ public static partial class NetworkNamespace
             {
                 error = e;
             }
-        }) { IsBackground = true, Name = $"netns {name}" };
+        })
+        { IsBackground = true, Name = $"netns {name}" };
         thread.Start();
         thread.Join();
         if (error is not null)
