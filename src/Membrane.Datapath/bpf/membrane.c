@@ -105,4 +105,12 @@ int to_pod(struct __sk_buff *skb)
 	return handle(skb, DIR_INGRESS);
 }
 
+/* Puts into the object's BTF the types the programs use only through sizes and casts (the event record, the enums
+ * mirrored in C#), so the layout test (BtfLayoutTests) can check the C# mirrors against them. Never called, so
+ * never loaded. */
+__attribute__((noinline)) int btf_layout_anchor(struct event *e, enum drop_reason r, enum event_type t, enum match_kind k)
+{
+	return e ? (int)r + (int)t + (int)k : 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";
