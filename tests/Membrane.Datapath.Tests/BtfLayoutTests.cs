@@ -83,10 +83,20 @@ public sealed partial class BtfLayoutTests
     /// <summary>C names that the C# mirror spells differently (after dropping underscores and case).</summary>
     private static readonly Dictionary<string, string> Aliases = new(StringComparer.Ordinal)
     {
-        ["saddr"] = "source", ["daddr"] = "destination", ["sport"] = "sourceport", ["dport"] = "destinationport",
-        ["tsns"] = "timestampns", ["len"] = "length", ["dir"] = "direction", ["proto"] = "protocol",
-        ["port"] = "portnetworkorder", ["prefixlen"] = "prefixlength", ["loaddr"] = "loaddress", ["hiaddr"] = "hiaddress",
-        ["pad"] = "pad0", ["addr"] = "address",
+        ["saddr"] = "source",
+        ["daddr"] = "destination",
+        ["sport"] = "sourceport",
+        ["dport"] = "destinationport",
+        ["tsns"] = "timestampns",
+        ["len"] = "length",
+        ["dir"] = "direction",
+        ["proto"] = "protocol",
+        ["port"] = "portnetworkorder",
+        ["prefixlen"] = "prefixlength",
+        ["loaddr"] = "loaddress",
+        ["hiaddr"] = "hiaddress",
+        ["pad"] = "pad0",
+        ["addr"] = "address",
     };
 
     private static string Normalise(string name) => name.Replace("_", "", StringComparison.Ordinal).ToLowerInvariant();
