@@ -1,0 +1,299 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Membrane.Agent.Api;
+using Membrane.Agent.Monitoring;
+using Membrane.Agent.Probes;
+using Membrane.Agent.Sandbox;
+using Membrane.Agent.State;
+using Membrane.Datapath;
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+using Membrane.Datapath.Sync;
+using Membrane.Policy.Api;
+using Membrane.Policy.Identity;
+using Membrane.Policy.Labels;
+using Membrane.Policy.Resolution;
+using Membrane.Policy.Rules;
+using Membrane.Policy.Tracing;
+using Membrane.Policy.Workloads;
+
+namespace Membrane.Agent;
+
+/// <summary>The agent's changes: one commit path (validate in memory, plan, persist, enforce) with rollback.</summary>
+public sealed partial class AgentService
+{
+    // ---- changes: one path for all of them ----
+
+    /// <summary>What a change was before it began, to put everything back if it fails.</summary>
+    private sealed record Snapshot(Dictionary<string, string> Objects, long Revision,
+        List<(uint Id, LabelSet Labels)> Identities, Dictionary<string, IReadOnlyList<IPAddress>> Addresses);
+
+    /// <summary>
+    /// Runs one change under the lock. <paramref name="change"/> validates and changes the desired state in memory
+    /// only (engine and objects); then the maps are planned (their capacity checked before anything is written), the
+    /// state is persisted, and only then the sandbox and the kernel follow. Any failure puts memory, sandbox, kernel
+    /// and disk back as they were: nothing is enforced that is not remembered, nothing remembered that was refused.
+    /// </summary>
+    private async Task<ApplyResponse> CommitAsync(Func<List<ObjectChange>> change, CancellationToken cancel)
+    {
+        await _gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            var before = new Snapshot(new Dictionary<string, string>(_objects, StringComparer.Ordinal), _revision, PodIdentities(), PodAddresses());
+            var persisted = false;
+            try
+            {
+                var changes = change();
+                var plan = Plan();
+                _revision++;
+                Save();
+                persisted = true;
+                if (Enforce(plan, attachAll: false))
+                {
+                    Save(); // the sandbox's records of pods it created
+                }
+                Publish();
+                return new ApplyResponse(_revision, changes);
+            }
+            catch (Exception)
+            {
+                Rollback(before, persisted);
+                Publish();
+                throw;
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private void Rollback(Snapshot before, bool persisted)
+    {
+        _objects = before.Objects;
+        _revision = before.Revision;
+        try
+        {
+            RebuildEngine(before.Identities, before.Addresses);
+            Enforce(Plan(), attachAll: false);
+            if (persisted)
+            {
+                Save();
+            }
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or BpfException or AgentInputException)
+        {
+            // Memory is back; the kernel or the disk refused to follow. Say so loudly: a restart restores from disk.
+            Console.Error.WriteLine($"error: undoing a failed change was incomplete: {e.Message}");
+        }
+    }
+
+    public Task<ApplyResponse> ApplyAsync(ManifestRequest request, bool policiesOnly = false, CancellationToken cancel = default)
+    {
+        var set = Parse(request);
+        if (policiesOnly && (set.Pods.Count > 0 || set.Namespaces.Count > 0))
+        {
+            throw new AgentInputException("policy import takes policies only; use 'membrane apply' for Namespaces and Pods");
+        }
+        return CommitAsync(() => Apply(set), cancel);
+    }
+
+    private static ManifestSet Parse(ManifestRequest request)
+    {
+        if (request.Yaml is null)
+        {
+            throw new AgentInputException("the request has no \"yaml\": send {\"yaml\": \"<documents>\", \"file\": \"<name for errors>\"}");
+        }
+        var result = ManifestLoader.LoadText(request.Yaml, request.File ?? "request");
+        if (!result.IsValid)
+        {
+            throw new AgentInputException($"{result.Errors.Count} error(s); nothing was applied", result.Errors);
+        }
+        if (result.Manifests.Policies.Count + result.Manifests.Pods.Count + result.Manifests.Namespaces.Count == 0)
+        {
+            throw new AgentInputException($"{request.File ?? "request"}: no objects found");
+        }
+        return result.Manifests;
+    }
+
+    private List<ObjectChange> Apply(ManifestSet set)
+    {
+        // Validate against the current state before touching anything.
+        var namespaces = set.Namespaces.Select(n => n.Name).Concat(_engine.Namespaces.Select(n => n.Name)).Append("default").ToHashSet();
+        foreach (var pod in set.Pods)
+        {
+            if (!namespaces.Contains(pod.Namespace))
+            {
+                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: namespace \"{pod.Namespace}\" does not exist; apply the Namespace first (or in the same file)");
+            }
+            if (_engine.FindEndpoint(pod.Key) is { } existing && !existing.Pod.SameShape(pod))
+            {
+                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: conflicts with the running pod (only labels of a pod can change); delete it first");
+            }
+        }
+        CheckRequestedAddresses(set.Pods);
+        var changes = new List<ObjectChange>();
+        foreach (var ns in set.Namespaces)
+        {
+            var key = $"Namespace/{ns.Name}";
+            changes.Add(new(key, Change(key, ns.SourceYaml)));
+            _engine.UpsertNamespace(ns);
+        }
+        foreach (var pod in set.Pods)
+        {
+            var key = $"Pod/{pod.Key}";
+            changes.Add(new(key, Change(key, pod.SourceYaml)));
+            // A running pod keeps its addresses (a pod's addresses never change while it runs).
+            _engine.UpsertPod(_engine.FindEndpoint(pod.Key) is { } running ? pod with { Addresses = running.Addresses } : pod);
+        }
+        foreach (var policy in set.Policies)
+        {
+            var key = policy.Origin.ToString();
+            changes.Add(new(key, Change(key, policy.SourceYaml)));
+            _engine.UpsertPolicy(policy);
+        }
+        return changes;
+    }
+
+    /// <summary>
+    /// Addresses a user asks for (<c>status.podIPs</c>) must be usable before anything changes: one of each family
+    /// (every sandbox pod has both), inside the pod ranges, not the node's, not another pod's, and for a running pod
+    /// the ones it has.
+    /// </summary>
+    private void CheckRequestedAddresses(IReadOnlyList<PodManifest> pods)
+    {
+        var owners = _engine.Endpoints.SelectMany(e => e.Addresses.Select(a => (a, e.Key))).ToDictionary(x => x.a, x => x.Key);
+        var node = new[] { AgentOptions.GatewayIPv4, AgentOptions.GatewayIPv6, _options.NodeIPv4, _options.NodeIPv6 };
+        foreach (var pod in pods.Where(p => p.Addresses.Count > 0))
+        {
+            var where = $"{pod.File}: Pod/{pod.Key}: status.podIPs";
+            if (pod.Addresses.Count(a => a.AddressFamily == AddressFamily.InterNetwork) != 1 || pod.Addresses.Count(a => a.AddressFamily == AddressFamily.InterNetworkV6) != 1)
+            {
+                throw new AgentInputException($"{where} must name one IPv4 and one IPv6 address (every pod has both), or be left out for the agent to choose");
+            }
+            if (_engine.FindEndpoint(pod.Key) is { } running)
+            {
+                if (!running.Addresses.ToHashSet().SetEquals(pod.Addresses))
+                {
+                    throw new AgentInputException($"{where}: the running pod has {string.Join(", ", running.Addresses)}; a pod's addresses cannot change (delete it first)");
+                }
+                continue;
+            }
+            foreach (var address in pod.Addresses)
+            {
+                if (!_options.PodIPv4Range.Contains(address) && !_options.PodIPv6Range.Contains(address))
+                {
+                    throw new AgentInputException($"{where}: {address} is outside the pod ranges {_options.PodIPv4Range} / {_options.PodIPv6Range}");
+                }
+                if (node.Contains(address) || address.Equals(_options.PodIPv4Range.BaseAddress) || address.Equals(_options.PodIPv6Range.BaseAddress))
+                {
+                    throw new AgentInputException($"{where}: {address} is the node's own address");
+                }
+                if (owners.TryGetValue(address, out var owner))
+                {
+                    throw new AgentInputException($"{where}: {address} is already used by Pod/{owner}");
+                }
+                owners[address] = pod.Key;
+            }
+        }
+    }
+
+    private string Change(string key, string yaml)
+    {
+        var action = !_objects.TryGetValue(key, out var old) ? "created" : old == yaml ? "unchanged" : "configured";
+        _objects[key] = yaml;
+        return action;
+    }
+
+    public Task<ApplyResponse> DeleteAsync(ManifestRequest request, CancellationToken cancel = default)
+    {
+        var set = Parse(request);
+        return CommitAsync(() =>
+        {
+            var keys = set.Policies.Select(p => p.Origin.ToString())
+                .Concat(set.Pods.Select(p => $"Pod/{p.Key}"))
+                .Concat(set.Namespaces.Select(n => $"Namespace/{n.Name}")).ToList();
+            var missing = keys.Where(k => !_objects.ContainsKey(k)).ToList();
+            if (missing.Count > 0)
+            {
+                throw new AgentInputException($"not found: {string.Join(", ", missing)}; nothing was deleted");
+            }
+            var changes = new List<ObjectChange>();
+            foreach (var policy in set.Policies)
+            {
+                _engine.RemovePolicy(policy.Origin.ToString());
+                _objects.Remove(policy.Origin.ToString());
+                changes.Add(new(policy.Origin.ToString(), "deleted"));
+            }
+            var pods = set.Pods.Select(p => p.Key)
+                .Concat(set.Namespaces.SelectMany(n => _engine.Endpoints.Select(e => e.Key).Where(k => k.StartsWith(n.Name + "/", StringComparison.Ordinal))))
+                .Distinct().ToList();
+            foreach (var key in pods)
+            {
+                _engine.RemovePod(key);
+                _objects.Remove($"Pod/{key}");
+                changes.Add(new($"Pod/{key}", "deleted"));
+            }
+            foreach (var ns in set.Namespaces)
+            {
+                _engine.RemoveNamespace(ns.Name);
+                _objects.Remove($"Namespace/{ns.Name}");
+                changes.Add(new($"Namespace/{ns.Name}", "deleted"));
+            }
+            return changes;
+        }, cancel);
+    }
+
+    private void RemovePodResources(string key)
+    {
+        _servers.Stop(key);
+        if (_records.Remove(key, out var record))
+        {
+            _pods.Delete(record);
+            _attached.Remove(record.IfIndex);
+            Datapath.Policy.Remove((uint)record.IfIndex);
+            Datapath.Endpoints.Remove((uint)record.IfIndex);
+        }
+    }
+
+    /// <summary>Deletes policies by name (<c>Kind/ns/name</c>, <c>ns/name</c> or <c>name</c>), or all of them.</summary>
+    public Task<ApplyResponse> DeletePoliciesAsync(string? name, bool all, CancellationToken cancel = default) => CommitAsync(() =>
+    {
+        var policies = _engine.Policies.Select(p => p.Origin).ToList();
+        List<PolicyOrigin> targets;
+        if (all)
+        {
+            targets = policies;
+        }
+        else
+        {
+            var n = name ?? throw new AgentInputException("name a policy or use --all");
+            targets = policies.Where(o => o.ToString() == n || $"{o.Namespace}/{o.Name}" == n || o.Name == n).ToList();
+            if (targets.Count == 0)
+            {
+                throw new AgentInputException($"no policy \"{n}\"");
+            }
+            if (targets.Count > 1)
+            {
+                throw new AgentInputException($"\"{n}\" is ambiguous: {string.Join(", ", targets)}; use Kind/namespace/name");
+            }
+        }
+        foreach (var origin in targets)
+        {
+            _engine.RemovePolicy(origin.ToString());
+            _objects.Remove(origin.ToString());
+        }
+        return targets.Select(t => new ObjectChange(t.ToString(), "deleted")).ToList();
+    }, cancel);
+
+    /// <summary>Removes every pod, namespace and policy (the sandbox is left empty; the agent keeps running).</summary>
+    public Task<ApplyResponse> ResetAsync(CancellationToken cancel = default) => CommitAsync(() =>
+    {
+        var changes = _objects.Keys.Select(k => new ObjectChange(k, "deleted")).ToList();
+        _objects.Clear();
+        _engine = NewEngine();
+        return changes;
+    }, cancel);
+}

@@ -1,0 +1,202 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Membrane.Agent.Api;
+using Membrane.Agent.Monitoring;
+using Membrane.Agent.Probes;
+using Membrane.Agent.Sandbox;
+using Membrane.Agent.State;
+using Membrane.Datapath;
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+using Membrane.Datapath.Sync;
+using Membrane.Policy.Api;
+using Membrane.Policy.Identity;
+using Membrane.Policy.Labels;
+using Membrane.Policy.Resolution;
+using Membrane.Policy.Rules;
+using Membrane.Policy.Tracing;
+using Membrane.Policy.Workloads;
+
+namespace Membrane.Agent;
+
+/// <summary>Read-only views of the agent for the API: status, policies, endpoints, identities, maps, conntrack.</summary>
+public sealed partial class AgentService
+{
+    // ---- queries ----
+
+    public async Task<T> ReadAsync<T>(Func<T> query)
+    {
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            return query();
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    /// <summary>What status reports, published after every change: status never waits behind a long change.</summary>
+    private sealed record Published(long Revision, int Endpoints, int Identities, int Policies, int Namespaces, double RegenerationMilliseconds,
+        List<MapFillOutput> Maps);
+
+    private volatile Published? _published;
+
+    private void Publish() => _published = new(_revision, _records.Count, _engine.Identities.Count(), _engine.Policies.Count(),
+        _engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
+
+    /// <summary>Safe without the lock: the last published state and the kernel's counters.</summary>
+    public StatusResponse Status()
+    {
+        var p = _published ?? throw new InvalidOperationException("the agent is still starting");
+        var drops = Datapath.DropCounters().ToDictionary(d => DropReasons.Describe(d.Key), d => d.Value.Packets);
+        return new StatusResponse(typeof(AgentService).Assembly.GetName().Version?.ToString() ?? "0", p.Revision,
+            File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), p.Endpoints, p.Identities, p.Policies, p.Namespaces,
+            _options.StateDirectory, _options.PinDirectory, _options.NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps);
+    }
+
+    private List<MapFillOutput> MapFill()
+    {
+        var (v4, v6) = Datapath.IpCache.Count;
+        MapFillOutput Fill(BpfMap map, long entries) => new(map.Name, entries, map.MaxEntries, Math.Round(100.0 * entries / map.MaxEntries, 2));
+        return [Fill(Datapath.PolicyMap, Datapath.Policy.Count), Fill(Datapath.IpCache4Map, v4), Fill(Datapath.IpCache6Map, v6),
+            Fill(Datapath.EndpointMap, _records.Count)];
+    }
+
+    public PolicyListResponse Policies() => new(_revision, _engine.Policies
+        .OrderBy(p => p.Origin.ToString(), StringComparer.Ordinal)
+        .Select(p => new PolicyItem(p.Origin.Kind, p.Origin.Namespace, p.Origin.Name, p.SourceYaml)).ToList());
+
+    public TraceOutput Trace(TraceQuery query)
+    {
+        TraceRequest request;
+        try
+        {
+            request = FlowSpec.Parse(query.From, query.To, query.Protocol, query.Port, query.IcmpType, query.IcmpCode, query.Family);
+        }
+        catch (ArgumentException e)
+        {
+            throw new AgentInputException(e.Message);
+        }
+        foreach (var pod in new[] { request.From, request.To }.Where(p => !Tracer.IsLabels(p)))
+        {
+            if (_engine.FindEndpoint(pod) is null)
+            {
+                throw new AgentInputException($"no pod {pod}");
+            }
+        }
+        var result = Tracer.Trace(_engine, request);
+        return TraceJson.From(result) with { Text = Tracer.Format(_engine, result) };
+    }
+
+    public List<EndpointOutput> Endpoints() =>
+        _records.Values.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => Endpoint(r)).ToList();
+
+    public EndpointOutput Endpoint(string idOrPod)
+    {
+        return Endpoint(FindRecord(idOrPod));
+    }
+
+    private EndpointRecord FindRecord(string idOrPod) =>
+        (int.TryParse(idOrPod, out var id) ? _records.Values.FirstOrDefault(r => r.IfIndex == id) : _records.GetValueOrDefault(idOrPod))
+        ?? throw new AgentInputException($"no endpoint \"{idOrPod}\" (use an id from 'membrane endpoint list' or NAMESPACE/POD)");
+
+    private EndpointOutput Endpoint(EndpointRecord record)
+    {
+        var policy = _engine.Resolve(record.Key);
+        var e = policy.Endpoint;
+        return new EndpointOutput(record.IfIndex, record.Key, e.Identity.Id, e.Labels.Labels.Select(l => l.ToString()).ToList(),
+            e.Address(AddressFamily.InterNetwork)?.ToString(), e.Address(AddressFamily.InterNetworkV6)?.ToString(),
+            record.HostInterface, record.Netns, policy.Enforced.Contains(TrafficDirection.Ingress), policy.Enforced.Contains(TrafficDirection.Egress),
+            policy.State.Count, policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList());
+    }
+
+    public List<IdentityOutput> Identities() => _engine.Identities.Select(i => new IdentityOutput(i.Id, i.Kind.ToString().ToLowerInvariant(),
+        i.Labels.Labels.Select(l => l.ToString()).ToList(),
+        _engine.Endpoints.Where(e => e.Identity.Id == i.Id).Select(e => e.Key).Order(StringComparer.Ordinal).ToList())).ToList();
+
+    public BpfPolicyOutput BpfPolicy(string idOrPod)
+    {
+        var record = FindRecord(idOrPod);
+        var entries = Datapath.Policy.Dump((uint)record.IfIndex)
+            .OrderBy(e => e.Key.Direction).ThenBy(e => e.Key.Identity).ThenBy(e => e.Key.Protocol).ThenBy(e => e.Key.Port)
+            .Select(e => new BpfPolicyEntryOutput(e.Key.Direction.ToString(), e.Key.Identity, IdentityName(e.Key.Identity),
+                e.Key.PortProtocol, e.Value.Deny == 1 ? "deny" : "allow", e.Key.Kind.ToString(), e.Value.Packets, e.Value.Bytes,
+                Datapath.Rules.Describe(e.Value.RuleId))).ToList();
+        return new BpfPolicyOutput(record.IfIndex, record.Key, entries);
+    }
+
+    /// <summary>The kernel's ipcache: every address prefix the datapath maps to an identity (anything else is world).</summary>
+    public List<IpCacheOutput> IpCache() => Datapath.IpCache.Dump()
+        .OrderBy(e => e.Prefix.BaseAddress.AddressFamily).ThenBy(e => Convert.ToHexString(e.Prefix.BaseAddress.GetAddressBytes()), StringComparer.Ordinal).ThenBy(e => e.Prefix.PrefixLength)
+        .Select(e => new IpCacheOutput(e.Prefix.ToString(), e.Identity, IdentityName(e.Identity))).ToList();
+
+    /// <summary>Removes tracked connections (of one endpoint, or all): their next packets meet policy as new ones.</summary>
+    public ConntrackFlushOutput FlushConntrack(string? endpoint) => new(Datapath.Conntrack.Flush(EndpointIfIndex(endpoint)));
+
+    private uint? EndpointIfIndex(string? endpoint) =>
+        endpoint is null ? null : (uint)FindRecord(endpoint).IfIndex;
+
+    public List<ConntrackOutput> Conntrack(string? endpoint = null)
+    {
+        var now = KernelTicks.Now();
+        var ifIndex = EndpointIfIndex(endpoint);
+        var pods = _records.Values.ToDictionary(r => (uint)r.IfIndex, r => r.Key);
+        return Datapath.Conntrack.Entries().Where(e => ifIndex is null || e.Key.IfIndex == ifIndex).Select(e =>
+        {
+            var (k, v) = (e.Key, e.Value);
+            var (src, sport, dst, dport) = v.OpenedLo == 1 ? (k.Lo, k.LoPort, k.Hi, k.HiPort) : (k.Hi, k.HiPort, k.Lo, k.LoPort);
+            var endpoint = pods.GetValueOrDefault(k.IfIndex) ?? $"ifindex {k.IfIndex}";
+            var proto = IpProtocol.Name(k.Protocol);
+            string Addr(IPAddress a, ushort port) => IpProtocol.IsIcmp(k.Protocol) ? a.ToString() : a.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{a}]:{port}" : $"{a}:{port}";
+            var flags = new List<string>();
+            if ((v.Flags & ConntrackValue.SeenReply) != 0)
+            {
+                flags.Add("replied");
+            }
+
+            if ((v.Flags & ConntrackValue.SeenRst) != 0)
+            {
+                flags.Add("rst");
+            }
+
+            if ((v.Flags & (ConntrackValue.SeenFinForward | ConntrackValue.SeenFinReverse)) != 0)
+            {
+                flags.Add("fin");
+            }
+
+            var id = IpProtocol.IsIcmp(k.Protocol) ? $" type={dport} id={sport}" : ""; // the request's type and identifier
+            return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, v.Direction == 0 ? "ingress" : "egress",
+                now is { } n ? Math.Round(ConntrackTable.SecondsSince(v.Created, n), 1) : null, now is { } m ? Math.Round(ConntrackTable.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));
+        }).OrderBy(c => c.Endpoint, StringComparer.Ordinal).ToList();
+    }
+
+    /// <summary>What the monitor shows for an interface index and an identity.</summary>
+    private (string Endpoint, string Peer) Describe(uint ifIndex, uint identity) =>
+        (_records.Values.FirstOrDefault(r => r.IfIndex == ifIndex)?.Key ?? $"ifindex {ifIndex}", IdentityName(identity));
+
+    private string IdentityName(uint identity)
+    {
+        if (identity == ReservedIdentities.Any)
+        {
+            return "ANY";
+        }
+        var pods = _engine.Endpoints.Where(e => e.Identity.Id == identity).Select(e => e.Key).Order(StringComparer.Ordinal).ToList();
+        if (pods.Count > 0)
+        {
+            return string.Join(",", pods.Take(3)) + (pods.Count > 3 ? $",+{pods.Count - 3}" : "");
+        }
+        return _engine.IdentityAllocator.Get(identity)?.Labels.Canonical ?? "?";
+    }
+
+    /// <summary>Pods, with their namespaces and addresses, for probes.</summary>
+    internal (EndpointRecord Record, Endpoint Endpoint)? Pod(string key) =>
+        _records.TryGetValue(key, out var r) && _engine.FindEndpoint(key) is { } e ? (r, e) : null;
+
+    internal IReadOnlyList<string> PodKeys() => _records.Keys.Order(StringComparer.Ordinal).ToList();
+
+    internal void SetMtu(string pod, int mtu) => _pods.SetMtu(_records[pod], mtu);
+}

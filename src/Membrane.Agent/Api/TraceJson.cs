@@ -1,0 +1,36 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Membrane.Agent.Api;
+using Membrane.Agent.Monitoring;
+using Membrane.Agent.Probes;
+using Membrane.Agent.Sandbox;
+using Membrane.Agent.State;
+using Membrane.Datapath;
+using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
+using Membrane.Datapath.Sync;
+using Membrane.Policy.Api;
+using Membrane.Policy.Identity;
+using Membrane.Policy.Labels;
+using Membrane.Policy.Resolution;
+using Membrane.Policy.Rules;
+using Membrane.Policy.Tracing;
+using Membrane.Policy.Workloads;
+
+namespace Membrane.Agent;
+
+/// <summary>Trace results in the API's JSON shape.</summary>
+public static class TraceJson
+{
+    public static TraceOutput From(TraceResult r)
+    {
+        static TraceSideOutput Side(DirectionTrace s) => new(s.Direction.ToString().ToLowerInvariant(), s.Endpoint, s.PeerIdentity,
+            s.Enforced, s.SelectingPolicies, s.Allowed ? "ALLOWED" : "DENIED", s.Reason, s.MatchedKey, s.MatchKind, s.Rules);
+        var q = r.Request;
+        return new TraceOutput(q.From, q.To, IpProtocol.Name(q.Protocol).ToLowerInvariant(), q.IsIcmp ? null : q.Port,
+            q.IsIcmp ? q.IcmpType : null, q.IcmpCode, q.Family == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4",
+            r.SourceIdentity, r.DestinationIdentity, Side(r.Egress), Side(r.Ingress), r.Verdict);
+    }
+}
