@@ -46,6 +46,17 @@ public sealed class EndToEndTests
         Assert.Equal(allowed ? 0 : 1, trace.Code);
     }
 
+    /// <summary>Polls <paramref name="condition"/> until it holds, failing after a generous deadline.</summary>
+    private static void WaitUntil(Func<bool> condition, string what, int seconds = 20)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(seconds);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"timed out after {seconds} s waiting for {what}");
+            Thread.Sleep(50);
+        }
+    }
+
     /// <summary>The system's own ping, from inside the pod.</summary>
     private bool Ping(string from, string to, bool v6 = false)
     {
@@ -308,7 +319,13 @@ public sealed class EndToEndTests
         var lines = new List<string>();
         ping.OutputDataReceived += (_, e) => { if (e.Data is not null) { lock (lines) { lines.Add(e.Data); } } };
         ping.BeginOutputReadLine();
-        Thread.Sleep(1500);
+        WaitUntil(() =>
+        {
+            lock (lines)
+            {
+                return lines.Count(l => l.Contains("bytes from", StringComparison.Ordinal)) >= 10;
+            }
+        }, "ten replies before the change");
         Import(Cnp("deny-ping", "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: 8}]}]}]"));
         var enforcedAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0;
         ping.WaitForExit();
@@ -351,15 +368,34 @@ public sealed class EndToEndTests
         var other = _s.Endpoint(Other);
         var allowed = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client.Netns, "ping", "-i", "0.1", "-c", "50", "-W", "1", server.IPv4!]) { RedirectStandardOutput = true, UseShellExecute = false })!;
         var denied = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", other.Netns, "ping", "-i", "0.1", "-c", "50", "-W", "1", server.IPv4!]) { RedirectStandardOutput = true, UseShellExecute = false })!;
-        Thread.Sleep(1000);
+        var replies = 0;
+        var allowedOut = new System.Text.StringBuilder();
+        allowed.OutputDataReceived += (_, e) =>
+        {
+            lock (allowedOut)
+            {
+                allowedOut.AppendLine(e.Data);
+                replies += e.Data?.Contains("bytes from", StringComparison.Ordinal) == true ? 1 : 0;
+            }
+        };
+        allowed.BeginOutputReadLine();
+        int Replies()
+        {
+            lock (allowedOut)
+            {
+                return replies;
+            }
+        }
+        WaitUntil(() => Replies() >= 5, "five replies before the kill");
         _s.KillAgent();
-        Thread.Sleep(1500); // the agent is gone: the kernel keeps enforcing with the pinned maps
+        // The agent is gone: the kernel keeps enforcing with the pinned maps, replies keep coming.
+        var atKill = Replies();
+        WaitUntil(() => Replies() >= atKill + 10, "ten replies while the agent is down");
         _s.StartAgent();
-        var allowedOut = allowed.StandardOutput.ReadToEnd();
         var deniedOut = denied.StandardOutput.ReadToEnd();
         allowed.WaitForExit();
         denied.WaitForExit();
-        Assert.Contains("50 received", allowedOut, StringComparison.Ordinal);
+        Assert.Contains("50 received", allowedOut.ToString(), StringComparison.Ordinal);
         Assert.Contains(" 0 received", deniedOut, StringComparison.Ordinal);
         Flow(Client, Server, true, Icmp(8));
         Flow(Other, Server, false, Icmp(8));
