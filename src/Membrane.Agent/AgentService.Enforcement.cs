@@ -1,23 +1,13 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
-using Membrane.Agent.Api;
-using Membrane.Agent.Monitoring;
-using Membrane.Agent.Probes;
 using Membrane.Agent.Sandbox;
 using Membrane.Agent.State;
-using Membrane.Datapath;
 using Membrane.Datapath.Ebpf;
-using Membrane.Datapath.Maps;
 using Membrane.Datapath.Sync;
-using Membrane.Policy.Api;
 using Membrane.Policy.Identity;
-using Membrane.Policy.Labels;
 using Membrane.Policy.Resolution;
 using Membrane.Policy.Rules;
-using Membrane.Policy.Tracing;
-using Membrane.Policy.Workloads;
 
 namespace Membrane.Agent;
 

@@ -1,4 +1,3 @@
-using System.Net.Sockets;
 using System.Threading.Channels;
 using Membrane.Agent.Api;
 using Membrane.Datapath;

@@ -1,9 +1,5 @@
 using System.Net;
-using Membrane.Policy.Api;
 using Membrane.Policy.Identity;
-using Membrane.Policy.Labels;
-using Membrane.Policy.Rules;
-using Membrane.Policy.Workloads;
 
 namespace Membrane.Policy.Resolution;
 

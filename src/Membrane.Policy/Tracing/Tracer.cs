@@ -1,5 +1,4 @@
 using System.Net.Sockets;
-using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
 using Membrane.Policy.Resolution;
 using Membrane.Policy.Rules;
