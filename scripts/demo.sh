@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build src/Membrane.Cli -c Release -nologo -v quiet
+dotnet build src/Membrane.Agent -c Release -nologo -v quiet # membrane agent runs it
 MEMBRANE_DLL=src/Membrane.Cli/bin/Release/net10.0/membrane.dll
 membrane() { dotnet "$MEMBRANE_DLL" "$@"; }
 

@@ -5,7 +5,8 @@ using System.Net.Sockets;
 using System.Text;
 using System.Text.RegularExpressions;
 using Membrane.Agent;
-using Membrane.Agent.Api;
+using Membrane.Api;
+using Membrane.Agent.Http;
 using Membrane.Agent.Sandbox;
 using Membrane.Cli;
 using Membrane.Datapath.Ebpf;
@@ -32,7 +33,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     {
         Cleanup();
         _agent = AgentService.Start(new AgentOptions { StateDirectory = _state, NamePrefix = Prefix, PinDirectory = $"/sys/fs/bpf/{Prefix}" });
-        _host = AgentHost.RunAsync(_agent, _ => { }, _stop.Token);
+        _host = ApiServer.RunAsync(_agent, _stop.Token);
     }
 
     public static async Task<SandboxBenchmark> StartAsync()

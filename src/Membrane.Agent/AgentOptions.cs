@@ -1,4 +1,5 @@
 using System.Net;
+using Membrane.Api;
 using Membrane.Policy.Workloads;
 
 namespace Membrane.Agent;
@@ -6,16 +7,20 @@ namespace Membrane.Agent;
 /// <summary>Where the agent keeps its state and how it names what it creates.</summary>
 public sealed record AgentOptions
 {
-    public string StateDirectory { get; init; } = "/var/lib/membrane";
+    public string StateDirectory { get; init; } = AgentDefaults.StateDirectory;
 
     /// <summary>The API socket (mode 0600, root only).</summary>
-    public string SocketPath => Path.Combine(StateDirectory, "membrane.sock");
+    public string SocketPath => AgentDefaults.SocketPath(StateDirectory);
 
     /// <summary>bpffs directory for pinned maps: a restarted agent adopts them.</summary>
-    public string PinDirectory { get; init; } = "/sys/fs/bpf/membrane";
+    public string PinDirectory { get; init; } = AgentDefaults.PinDirectory;
 
     /// <summary>Prefix of every network namespace the sandbox creates (lets tests run beside a demo).</summary>
-    public string NamePrefix { get; init; } = "mbr";
+    public string NamePrefix { get; init; } = AgentDefaults.NamePrefix;
+
+    public static IPNetwork DefaultPodIPv4Range => PodAddressAllocator.DefaultIPv4Range;
+
+    public static IPNetwork DefaultPodIPv6Range => PodAddressAllocator.DefaultIPv6Range;
 
     public IPNetwork PodIPv4Range { get; init; } = PodAddressAllocator.DefaultIPv4Range;
 

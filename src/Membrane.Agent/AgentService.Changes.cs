@@ -1,6 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Datapath.Ebpf;
 using Membrane.Policy.Api;
 using Membrane.Policy.Labels;
@@ -74,7 +74,7 @@ public sealed partial class AgentService
         catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or BpfException or AgentInputException)
         {
             // Memory is back; the kernel or the disk refused to follow. Say so loudly: a restart restores from disk.
-            Console.Error.WriteLine($"error: undoing a failed change was incomplete: {e.Message}");
+            Log.RollbackIncomplete(_log, e);
         }
     }
 

@@ -1,6 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Agent.State;
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;

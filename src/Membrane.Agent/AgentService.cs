@@ -11,6 +11,8 @@ using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
 using Membrane.Policy.Resolution;
 using Membrane.Policy.Workloads;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Membrane.Agent;
 
@@ -38,9 +40,12 @@ public sealed partial class AgentService : IDisposable
     private PolicyEngine _engine;
     private long _revision;
 
-    private AgentService(AgentOptions options, PolicyDatapath datapath)
+    private readonly ILogger _log;
+
+    private AgentService(AgentOptions options, PolicyDatapath datapath, ILogger log)
     {
         _options = options;
+        _log = log;
         Datapath = datapath;
         _node = new NodeNetwork(options);
         _pods = new PodNetwork(options, _node);
@@ -64,8 +69,9 @@ public sealed partial class AgentService : IDisposable
     private PolicyEngine NewEngine() => new(new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
 
     /// <summary>Starts the agent: adopts pinned maps, persisted objects and running pods, then enforces them.</summary>
-    public static AgentService Start(AgentOptions options)
+    public static AgentService Start(AgentOptions options, ILoggerFactory? logging = null)
     {
+        ArgumentNullException.ThrowIfNull(options);
         if (GetEuid() != 0)
         {
             throw new InvalidOperationException("the agent must run as root (it creates network namespaces and loads eBPF programs)");
@@ -88,7 +94,7 @@ public sealed partial class AgentService : IDisposable
         {
             throw new InvalidOperationException($"cannot load the eBPF datapath: {e.Message}{(e.VerifierLog is { Length: > 0 } log ? Environment.NewLine + log : "")}", e);
         }
-        var agent = new AgentService(options, datapath);
+        var agent = new AgentService(options, datapath, (logging ?? NullLoggerFactory.Instance).CreateLogger<AgentService>());
         try
         {
             agent.Restore();

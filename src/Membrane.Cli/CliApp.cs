@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Membrane.Api;
 using Membrane.Cli.Commands;
 
 namespace Membrane.Cli;
@@ -13,6 +14,19 @@ public static class CliApp
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var output = new CliOutput(stdout, stderr);
+        if (args is ["agent", ..] or ["cleanup", ..])
+        {
+            // The agent's own executable does these: the CLI links none of the agent.
+            try
+            {
+                return AgentLauncher.Exec(args[0] == "agent" ? args[1..] : args);
+            }
+            catch (CliException e)
+            {
+                stderr.WriteLine($"error: {e.Message}");
+                return Error;
+            }
+        }
         var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF");
         root.Subcommands.Add(PolicyCommands.Create(output));
         root.Subcommands.Add(BpfCommands.Create(output));
@@ -21,8 +35,7 @@ public static class CliApp
             root.Subcommands.Add(command);
         }
         root.Subcommands.Add(ConnectivityCommands.Create(output));
-        root.Subcommands.Add(InternalCommands.Cleanup(output));
-        root.Subcommands.Add(InternalCommands.Create(output));
+        root.Subcommands.Add(new Command("cleanup", "Remove the sandbox's namespaces, pod servers and pinned maps (stop the agent first)"));
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
@@ -56,7 +69,12 @@ public static class CliApp
             stderr.WriteLine($"error: {e.Message}");
             return Failure;
         }
-        catch (HttpRequestException e) when (e.InnerException is CliException inner)
+        catch (AgentUnreachableException e)
+        {
+            stderr.WriteLine($"error: {e.Message}");
+            return Error;
+        }
+        catch (HttpRequestException e) when (e.InnerException is AgentUnreachableException inner)
         {
             stderr.WriteLine($"error: {inner.Message}");
             return Error;

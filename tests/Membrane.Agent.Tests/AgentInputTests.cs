@@ -2,7 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
-using Membrane.Agent.Api;
+using Membrane.Api;
 
 namespace Membrane.Agent.Tests;
 

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Agent.Sandbox;
 
 namespace Membrane.Agent.Tests;

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Agent.Sandbox;
 
 namespace Membrane.Agent.Tests;

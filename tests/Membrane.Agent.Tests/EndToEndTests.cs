@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Agent.Sandbox;
 
 namespace Membrane.Agent.Tests;
@@ -440,9 +440,9 @@ public sealed class EndToEndTests
     [Fact]
     public async Task ApiRejectsBadInputWithErrorsAndChangesNothing()
     {
-        using var client = new Membrane.Cli.AgentClient(SandboxFixture.Socket);
+        using var client = new AgentClient(SandboxFixture.Socket);
         var before = (await client.Get("v1/status", AgentJsonContext.Default.StatusResponse)).Revision;
-        var error = await Assert.ThrowsAsync<Membrane.Cli.AgentRequestException>(() => client.Post("v1/apply", new ManifestRequest("kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"99999\"}]}]}]}\n", "api.yaml"),
+        var error = await Assert.ThrowsAsync<AgentRequestException>(() => client.Post("v1/apply", new ManifestRequest("kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"99999\"}]}]}]}\n", "api.yaml"),
             AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse));
         Assert.Equal("spec.ingress[0].toPorts[0].ports[0].port", Assert.Single(error.Response.Errors).Path);
         Assert.Equal(before, (await client.Get("v1/status", AgentJsonContext.Default.StatusResponse)).Revision);

@@ -1,7 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Agent.Sandbox;
 using Membrane.Datapath.Maps;
 

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
-using Membrane.Agent.Api;
+using Membrane.Api;
 
 namespace Membrane.Agent.Tests;
 

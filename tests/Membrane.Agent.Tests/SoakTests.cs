@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Agent.Sandbox;
 using Membrane.Cli;
 

@@ -1,5 +1,5 @@
 using System.Threading.Channels;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Datapath;
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
@@ -101,18 +101,4 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
         _stopping = true;
         _reader?.Join(1000);
     }
-
-    /// <summary>One line per event, as <c>membrane monitor</c> prints it.</summary>
-    public static string Line(MonitorEvent e)
-    {
-        var what = e.IcmpType is { } t
-            ? $"{e.Protocol} type {t}{(e.IcmpName is { } n ? $" ({n})" : "")} code {e.IcmpCode}"
-            : $"{e.Protocol} {Endpoint(e.Source, e.SourcePort)} -> {Endpoint(e.Destination, e.DestinationPort)}";
-        var addresses = e.IcmpType is null ? "" : $" {e.Source} -> {e.Destination}";
-        return $"{e.Time:HH:mm:ss.fff} {e.Verdict,-8} {e.Endpoint} {e.Direction} peer {e.PeerIdentity} ({e.Peer}) {what}{addresses}: {e.Reason}"
-            + (e.Rule is { Length: > 0 } r ? $" [{e.MatchKind}: {r}]" : "");
-    }
-
-    private static string Endpoint(string address, int? port) =>
-        address.Contains(':', StringComparison.Ordinal) ? $"[{address}]:{port}" : $"{address}:{port}";
 }

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Agent.Sandbox;
 using Membrane.Policy.Rules;
 using Membrane.Policy.Tracing;

@@ -11,17 +11,17 @@ namespace Membrane.Agent.Sandbox;
 public sealed class PodServers(AgentOptions options)
 {
     /// <summary>
-    /// How to run the <c>membrane</c> command: its apphost when this process is it, else <c>dotnet membrane.dll</c>
-    /// from beside this assembly (the benchmarks and tests host the agent in their own process).
+    /// How to run the agent's executable: its apphost when this process is it, else <c>dotnet membrane-agent.dll</c>
+    /// from beside this assembly (the benchmarks host the agent in their own process).
     /// </summary>
     public static (string File, string[] Prefix) SelfCommand()
     {
         var process = Environment.ProcessPath ?? "dotnet";
-        if (Path.GetFileName(process) == "membrane")
+        if (Path.GetFileName(process) == "membrane-agent")
         {
             return (process, []);
         }
-        var dll = Path.Combine(AppContext.BaseDirectory, "membrane.dll");
+        var dll = Path.Combine(AppContext.BaseDirectory, "membrane-agent.dll");
         if (!File.Exists(dll))
         {
             throw new InvalidOperationException($"cannot start pod servers: {dll} not found");
@@ -43,7 +43,7 @@ public sealed class PodServers(AgentOptions options)
         State.StateStore.EnsurePrivateDirectory(Path.GetDirectoryName(log)!); // pod output is root's only
         var command = new List<string> { "ip", "netns", "exec", netns, file };
         command.AddRange(prefix);
-        command.AddRange(["internal", "pod-server", "--instance", options.NamePrefix, "--pod", pod.Key]);
+        command.AddRange(["pod-server", "--instance", options.NamePrefix, "--pod", pod.Key]);
         if (tcp.Count > 0)
         {
             command.AddRange(["--tcp", string.Join(',', tcp)]);

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
-using Membrane.Agent;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Cli.Output;
 using Membrane.Policy.Api;
 
@@ -22,52 +21,9 @@ public static class AgentCommands
         yield return Monitor(output);
     }
 
-    private static Command Agent(CliOutput output)
-    {
-        var defaults = new AgentOptions();
-        var stateDir = new Option<string>("--state-dir") { Description = "State directory (objects, endpoints, API socket)", DefaultValueFactory = _ => defaults.StateDirectory };
-        var pinDir = new Option<string>("--pin-dir") { Description = "bpffs directory for pinned maps", DefaultValueFactory = _ => defaults.PinDirectory };
-        var prefix = new Option<string>("--name-prefix") { Description = "Prefix of the network namespaces the sandbox creates", DefaultValueFactory = _ => defaults.NamePrefix };
-        var v4 = new Option<string>("--pod-ipv4-range") { Description = "IPv4 range for pod addresses", DefaultValueFactory = _ => defaults.PodIPv4Range.ToString() };
-        var v6 = new Option<string>("--pod-ipv6-range") { Description = "IPv6 range for pod addresses", DefaultValueFactory = _ => defaults.PodIPv6Range.ToString() };
-        var command = new Command("agent", "Run the agent (root): the sandbox, the datapath and the API") { stateDir, pinDir, prefix, v4, v6 };
-        command.SetAction(async (parse, cancel) =>
-        {
-            if (!System.Net.IPNetwork.TryParse(parse.GetValue(v4)!, out var r4) || !System.Net.IPNetwork.TryParse(parse.GetValue(v6)!, out var r6))
-            {
-                throw new CliException("--pod-ipv4-range and --pod-ipv6-range must be CIDR prefixes");
-            }
-            var options = new AgentOptions
-            {
-                StateDirectory = Path.GetFullPath(parse.GetValue(stateDir)!),
-                PinDirectory = parse.GetValue(pinDir)!,
-                NamePrefix = parse.GetValue(prefix)!,
-                PodIPv4Range = r4,
-                PodIPv6Range = r6,
-            };
-            AgentService agent;
-            try
-            {
-                agent = AgentService.Start(options);
-            }
-            catch (InvalidOperationException e)
-            {
-                throw new CliException(e.Message);
-            }
-            using (agent)
-            {
-                using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
-                using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
-                {
-                    c.Cancel = true;
-                    stop.Cancel();
-                });
-                await AgentHost.RunAsync(agent, output.Err.WriteLine, stop.Token).ConfigureAwait(false);
-            }
-            return CliApp.Success;
-        });
-        return command;
-    }
+    /// <summary>Listed in help; <see cref="CliApp"/> hands <c>membrane agent ARGS</c> to the agent's executable.</summary>
+    private static Command Agent(CliOutput output) =>
+        new("agent", "Run the agent (root): the sandbox, the datapath and the API ('membrane agent --help' for its options)");
 
     private static Command Status(CliOutput output)
     {
@@ -244,7 +200,7 @@ public static class AgentCommands
             {
                 await foreach (var e in client.Stream($"v1/monitor?type={parse.GetValue(type)}", AgentJsonContext.Default.MonitorEvent, cancel).ConfigureAwait(false))
                 {
-                    output.Out.WriteLine(parse.GetValue(format) == "json" ? JsonSerializer.Serialize(e, AgentJsonContext.Default.MonitorEvent).ReplaceLineEndings("") : Membrane.Agent.Monitoring.EventHub.Line(e));
+                    output.Out.WriteLine(parse.GetValue(format) == "json" ? JsonSerializer.Serialize(e, AgentJsonContext.Default.MonitorEvent).ReplaceLineEndings("") : EventFormat.Line(e));
                     await output.Out.FlushAsync(cancel).ConfigureAwait(false);
                     if (parse.GetValue(count) is { } max && ++seen >= max)
                     {

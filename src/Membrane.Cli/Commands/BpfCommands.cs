@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Membrane.Api;
 using Membrane.Cli.Output;
 using Membrane.Datapath.Ebpf;
 
@@ -28,10 +29,10 @@ public static class BpfCommands
         list.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Get("v1/bpf/ipcache", Agent.Api.AgentJsonContext.Default.ListIpCacheOutput).ConfigureAwait(false);
+            var result = await client.Get("v1/bpf/ipcache", AgentJsonContext.Default.ListIpCacheOutput).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
-                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.ListIpCacheOutput));
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.ListIpCacheOutput));
                 return CliApp.Success;
             }
             Table.Write(output.Out, ["PREFIX", "IDENTITY", "NAME"], result.Select(e => (IReadOnlyList<string>)[e.Prefix, $"{e.Identity}", e.Name]));
@@ -50,10 +51,10 @@ public static class BpfCommands
         get.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Get($"v1/bpf/policy?endpoint={Uri.EscapeDataString(parse.GetValue(endpoint)!)}", Agent.Api.AgentJsonContext.Default.BpfPolicyOutput).ConfigureAwait(false);
+            var result = await client.Get($"v1/bpf/policy?endpoint={Uri.EscapeDataString(parse.GetValue(endpoint)!)}", AgentJsonContext.Default.BpfPolicyOutput).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
-                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.BpfPolicyOutput));
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.BpfPolicyOutput));
                 return CliApp.Success;
             }
             output.Out.WriteLine($"Endpoint {result.Endpoint} ({result.Pod}): {result.Entries.Count} entries");
@@ -77,10 +78,10 @@ public static class BpfCommands
         list.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Get(Query(parse), Agent.Api.AgentJsonContext.Default.ListConntrackOutput).ConfigureAwait(false);
+            var result = await client.Get(Query(parse), AgentJsonContext.Default.ListConntrackOutput).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
-                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.ListConntrackOutput));
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.ListConntrackOutput));
                 return CliApp.Success;
             }
             Table.Write(output.Out, ["ENDPOINT", "PROTO", "OPENED", "SOURCE", "DESTINATION", "AGE s", "IDLE s", "PACKETS", "BYTES", "FLAGS"],
@@ -93,9 +94,9 @@ public static class BpfCommands
         flush.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Delete(Query(parse), Agent.Api.AgentJsonContext.Default.ConntrackFlushOutput).ConfigureAwait(false);
+            var result = await client.Delete(Query(parse), AgentJsonContext.Default.ConntrackFlushOutput).ConfigureAwait(false);
             output.Out.WriteLine(parse.GetValue(format) == "json"
-                ? System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.ConntrackFlushOutput)
+                ? System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.ConntrackFlushOutput)
                 : $"removed {result.Removed} tracked connection{(result.Removed == 1 ? "" : "s")}");
             return CliApp.Success;
         });

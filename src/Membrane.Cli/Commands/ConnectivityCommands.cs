@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Cli.Output;
 
 namespace Membrane.Cli.Commands;

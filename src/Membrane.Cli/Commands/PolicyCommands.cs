@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Net.Sockets;
+using Membrane.Api;
 using Membrane.Cli.Output;
 using Membrane.Policy.Api;
 using Membrane.Policy.Resolution;
@@ -96,7 +97,7 @@ public static class PolicyCommands
             var result = Tracer.Trace(engine, request);
             if (parse.GetValue(format) == "json")
             {
-                output.Out.WriteLine(Json.Write(Agent.TraceJson.From(result), Agent.Api.AgentJsonContext.Default.TraceOutput));
+                output.Out.WriteLine(Json.Write(TraceJson.From(result), AgentJsonContext.Default.TraceOutput));
             }
             else
             {
@@ -112,11 +113,11 @@ public static class PolicyCommands
         flow.Build(parse, from, to);
         var (protocol, port, type, code, family) = flow.Values(parse);
         using var client = AgentClient.FromEnvironment();
-        var result = await client.Post("v1/trace", new Agent.Api.TraceQuery(from, to, protocol, port, type, code, family),
-            Agent.Api.AgentJsonContext.Default.TraceQuery, Agent.Api.AgentJsonContext.Default.TraceOutput).ConfigureAwait(false);
+        var result = await client.Post("v1/trace", new TraceQuery(from, to, protocol, port, type, code, family),
+            AgentJsonContext.Default.TraceQuery, AgentJsonContext.Default.TraceOutput).ConfigureAwait(false);
         if (json)
         {
-            output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result with { Text = null }, Agent.Api.AgentJsonContext.Default.TraceOutput));
+            output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result with { Text = null }, AgentJsonContext.Default.TraceOutput));
         }
         else
         {
@@ -134,7 +135,7 @@ public static class PolicyCommands
         {
             var request = AgentCommands.ReadManifests(parse.GetValue(path)!, output);
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Post("v1/policies", request, Agent.Api.AgentJsonContext.Default.ManifestRequest, Agent.Api.AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            var result = await client.Post("v1/policies", request, AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
             AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
             return CliApp.Success;
         });
@@ -148,10 +149,10 @@ public static class PolicyCommands
         command.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Get("v1/policies", Agent.Api.AgentJsonContext.Default.PolicyListResponse).ConfigureAwait(false);
+            var result = await client.Get("v1/policies", AgentJsonContext.Default.PolicyListResponse).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
-                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, Agent.Api.AgentJsonContext.Default.PolicyListResponse));
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.PolicyListResponse));
                 return CliApp.Success;
             }
             output.Out.WriteLine($"# revision {result.Revision}, {result.Policies.Count} policies");
@@ -180,7 +181,7 @@ public static class PolicyCommands
             }
             using var client = AgentClient.FromEnvironment();
             var query = parse.GetValue(all) ? "all=true" : $"name={Uri.EscapeDataString(parse.GetValue(name)!)}";
-            var result = await client.Delete($"v1/policies?{query}", Agent.Api.AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            var result = await client.Delete($"v1/policies?{query}", AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
             AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
             return CliApp.Success;
         });

@@ -1,6 +1,6 @@
 using System.Text;
 using System.Text.Json;
-using Membrane.Agent.Api;
+using Membrane.Api;
 using Membrane.Policy.Api;
 
 namespace Membrane.Policy.Tests.Api;

@@ -1,9 +1,8 @@
 using System.Net.Sockets;
-using Membrane.Agent.Api;
 using Membrane.Policy.Rules;
 using Membrane.Policy.Tracing;
 
-namespace Membrane.Agent;
+namespace Membrane.Api;
 
 /// <summary>Trace results in the API's JSON shape.</summary>
 public static class TraceJson

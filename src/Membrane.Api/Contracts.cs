@@ -1,7 +1,7 @@
 using System.Text.Json.Serialization;
 using Membrane.Policy.Api;
 
-namespace Membrane.Agent.Api;
+namespace Membrane.Api;
 
 // The agent's API, used by the CLI over the Unix socket. Property names are the CLI's `-o json` contract too.
 

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Membrane.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
@@ -8,38 +9,44 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
-namespace Membrane.Agent.Api;
+namespace Membrane.Agent.Http;
 
-/// <summary>Serves the agent's API on a Unix socket (mode 0600; callers other than root are refused).</summary>
-public static class AgentHost
+/// <summary>The agent's API on a Unix socket (mode 0600; callers other than root are refused), on ASP.NET Core.</summary>
+public static partial class ApiServer
 {
-    public static async Task RunAsync(AgentService agent, Action<string> log, CancellationToken stop)
+    /// <summary>Kestrel on the agent's socket, with the request size limit and the root-only check.</summary>
+    public static void Configure(WebApplicationBuilder builder, string socketPath)
     {
-        var socketPath = agent.Options.SocketPath;
-        if (File.Exists(socketPath))
-        {
-            File.Delete(socketPath);
-        }
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.Logging.AddSimpleConsole().SetMinimumLevel(LogLevel.Warning);
+        ArgumentNullException.ThrowIfNull(builder);
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Limits.MaxRequestBodySize = MaxRequestBytes;
             k.ListenUnixSocket(socketPath, listen => listen.Use(next => async connection =>
-        {
-            if (!IsRoot(connection))
             {
-                connection.Abort(new ConnectionAbortedException("only root may use the membrane API"));
-                return;
-            }
-            await next(connection).ConfigureAwait(false);
-        }));
+                if (!IsRoot(connection))
+                {
+                    connection.Abort(new ConnectionAbortedException("only root may use the membrane API"));
+                    return;
+                }
+                await next(connection).ConfigureAwait(false);
+            }));
         });
         // Malformed or missing bodies raise BadHttpRequestException, answered below with what was wrong.
         builder.Services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         builder.Services.ConfigureHttpJsonOptions(o => o.SerializerOptions.TypeInfoResolverChain.Insert(0, AgentJsonContext.Default));
-        await using var app = builder.Build();
+    }
+
+    /// <summary>Error handling and the routes; the socket becomes root-only as soon as it listens.</summary>
+    public static void Map(WebApplication app, AgentService agent)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        ArgumentNullException.ThrowIfNull(agent);
+        var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(ApiServer));
+        app.Lifetime.ApplicationStarted.Register(() =>
+        {
+            File.SetUnixFileMode(agent.Options.SocketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            Listening(log, agent.Options.SocketPath, agent.Options.StateDirectory, agent.Options.PinDirectory);
+        });
         app.Use(async (context, next) =>
         {
             if (context.Request.ContentLength > MaxRequestBytes)
@@ -67,17 +74,27 @@ public static class AgentHost
             {
                 // The client went away: nobody to answer.
             }
+#pragma warning disable CA1031 // the API's last line: whatever failed, the agent keeps serving and the caller learns what happened
             catch (Exception e)
+#pragma warning restore CA1031
             {
-                // Whatever failed, the agent keeps serving and the caller learns what happened.
-                log($"error: {context.Request.Method} {context.Request.Path}: {e}");
+                RequestFailed(log, e, context.Request.Method, context.Request.Path);
                 await Error(context, StatusCodes.Status500InternalServerError, e.Message, []).ConfigureAwait(false);
             }
         });
+        Routes(app, agent);
+    }
+
+    /// <summary>Serves <paramref name="agent"/> until <paramref name="stop"/> (benchmarks and tests host an agent in-process).</summary>
+    public static async Task RunAsync(AgentService agent, CancellationToken stop)
+    {
+        ArgumentNullException.ThrowIfNull(agent);
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        Configure(builder, PrepareSocket(agent.Options.SocketPath));
+        await using var app = builder.Build();
         Map(app, agent);
         await app.StartAsync(stop).ConfigureAwait(false);
-        File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        log($"membrane agent: listening on {socketPath}; state in {agent.Options.StateDirectory}; maps pinned in {agent.Options.PinDirectory}");
         try
         {
             await Task.Delay(Timeout.Infinite, stop).ConfigureAwait(false);
@@ -88,8 +105,23 @@ public static class AgentHost
         await app.StopAsync(CancellationToken.None).ConfigureAwait(false);
     }
 
-    /// <summary>Largest request body: a YAML text at its limit, JSON-escaped, fits.</summary>
-    public const long MaxRequestBytes = 16L * 1024 * 1024;
+    /// <summary>A socket file left by an agent that was killed would stop Kestrel from listening.</summary>
+    public static string PrepareSocket(string socketPath)
+    {
+        if (File.Exists(socketPath))
+        {
+            File.Delete(socketPath);
+        }
+        return socketPath;
+    }
+
+    [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "membrane agent: listening on {Socket}; state in {StateDirectory}; maps pinned in {PinDirectory}")]
+    private static partial void Listening(ILogger logger, string socket, string stateDirectory, string pinDirectory);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Error, Message = "{Method} {Path} failed")]
+    private static partial void RequestFailed(ILogger logger, Exception exception, string method, string path);
+
+    private const long MaxRequestBytes = AgentDefaults.MaxRequestBytes;
 
     private static readonly string TooLarge = $"the request is larger than the {MaxRequestBytes:N0} bytes the agent accepts";
 
@@ -104,7 +136,7 @@ public static class AgentHost
         await context.Response.WriteAsJsonAsync(new ErrorResponse(message, details), AgentJsonContext.Default.ErrorResponse).ConfigureAwait(false);
     }
 
-    private static void Map(WebApplication app, AgentService agent)
+    private static void Routes(WebApplication app, AgentService agent)
     {
         var json = AgentJsonContext.Default;
         var v1 = app.MapGroup("/v1");

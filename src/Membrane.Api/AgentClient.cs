@@ -2,10 +2,7 @@ using System.Net.Http.Json;
 using System.Net.Sockets;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
-using Membrane.Agent;
-using Membrane.Agent.Api;
-
-namespace Membrane.Cli;
+namespace Membrane.Api;
 
 /// <summary>Talks to the agent over its Unix socket.</summary>
 public sealed class AgentClient : IDisposable
@@ -28,7 +25,7 @@ public sealed class AgentClient : IDisposable
                 catch (SocketException e)
                 {
                     socket.Dispose();
-                    throw new CliException(e.SocketErrorCode == SocketError.AccessDenied
+                    throw new AgentUnreachableException(e.SocketErrorCode == SocketError.AccessDenied
                         ? $"permission denied on {socketPath}: the agent's API is for root"
                         : $"cannot reach the agent at {socketPath} ({e.SocketErrorCode}); is 'membrane agent' running?");
                 }
@@ -41,7 +38,7 @@ public sealed class AgentClient : IDisposable
 
     /// <summary>The socket: $MEMBRANE_SOCKET, or the default state directory's.</summary>
     public static AgentClient FromEnvironment() =>
-        new(Environment.GetEnvironmentVariable("MEMBRANE_SOCKET") is { Length: > 0 } s ? s : new AgentOptions().SocketPath);
+        new(Environment.GetEnvironmentVariable("MEMBRANE_SOCKET") is { Length: > 0 } s ? s : AgentDefaults.SocketPath(AgentDefaults.StateDirectory));
 
     public Task<T> Get<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Get, path), type);
 
@@ -71,7 +68,7 @@ public sealed class AgentClient : IDisposable
                 }
                 throw new AgentRequestException(error ?? new ErrorResponse($"the agent answered {(int)response.StatusCode}: {text}", []));
             }
-            return JsonSerializer.Deserialize(text, type) ?? throw new CliException("the agent sent an empty answer");
+            return JsonSerializer.Deserialize(text, type) ?? throw new AgentUnreachableException("the agent sent an empty answer");
         }
     }
 
@@ -98,3 +95,6 @@ public sealed class AgentRequestException(ErrorResponse error) : Exception(error
 {
     public ErrorResponse Response { get; } = error;
 }
+
+/// <summary>The agent could not be reached or did not answer in the API's shape: one line for the user.</summary>
+public sealed class AgentUnreachableException(string message) : Exception(message);

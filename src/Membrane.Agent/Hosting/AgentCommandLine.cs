@@ -1,0 +1,73 @@
+using System.CommandLine;
+using System.Net;
+using Membrane.Agent.Sandbox;
+using Membrane.Api;
+
+namespace Membrane.Agent.Hosting;
+
+/// <summary>
+/// <c>membrane-agent</c>: the daemon (the default command), <c>cleanup</c>, and the sandbox's own pod server. The
+/// <c>membrane</c> CLI runs this executable for <c>membrane agent</c> and <c>membrane cleanup</c>, with the same
+/// arguments. Exit status: 0 success, 2 the agent could not start (the message says why).
+/// </summary>
+public static class AgentCommandLine
+{
+    public const int Success = 0;
+    public const int Error = 2;
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        var stateDir = new Option<string>("--state-dir")
+        {
+            Description = "State directory (objects, endpoints, API socket)",
+            DefaultValueFactory = _ => AgentDefaults.StateDirectory,
+        };
+        var pinDir = new Option<string>("--pin-dir") { Description = "bpffs directory for pinned maps", DefaultValueFactory = _ => AgentDefaults.PinDirectory };
+        var prefix = new Option<string>("--name-prefix")
+        {
+            Description = "Prefix of the network namespaces the sandbox creates",
+            DefaultValueFactory = _ => AgentDefaults.NamePrefix,
+        };
+        var v4 = new Option<string>("--pod-ipv4-range")
+        {
+            Description = "IPv4 range for pod addresses",
+            DefaultValueFactory = _ => AgentOptions.DefaultPodIPv4Range.ToString(),
+        };
+        var v6 = new Option<string>("--pod-ipv6-range")
+        {
+            Description = "IPv6 range for pod addresses",
+            DefaultValueFactory = _ => AgentOptions.DefaultPodIPv6Range.ToString(),
+        };
+        var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API") { stateDir, pinDir, prefix, v4, v6 };
+        root.SetAction(async (parse, cancel) =>
+        {
+            if (!IPNetwork.TryParse(parse.GetValue(v4)!, out var r4) || !IPNetwork.TryParse(parse.GetValue(v6)!, out var r6))
+            {
+                await Console.Error.WriteLineAsync("error: --pod-ipv4-range and --pod-ipv6-range must be CIDR prefixes").ConfigureAwait(false);
+                return Error;
+            }
+            var options = new AgentOptions
+            {
+                StateDirectory = Path.GetFullPath(parse.GetValue(stateDir)!),
+                PinDirectory = parse.GetValue(pinDir)!,
+                NamePrefix = parse.GetValue(prefix)!,
+                PodIPv4Range = r4,
+                PodIPv6Range = r6,
+            };
+            return await AgentProcess.RunAsync(options).ConfigureAwait(false);
+        });
+        root.Subcommands.Add(SandboxCleanup.Command());
+        root.Subcommands.Add(PodServerProcess.Command());
+        var result = root.Parse(args);
+        if (result.Errors.Count > 0)
+        {
+            foreach (var error in result.Errors)
+            {
+                await Console.Error.WriteLineAsync($"error: {error.Message}").ConfigureAwait(false);
+            }
+            await Console.Error.WriteLineAsync("Run 'membrane agent --help' for usage.").ConfigureAwait(false);
+            return Error;
+        }
+        return await result.InvokeAsync().ConfigureAwait(false);
+    }
+}

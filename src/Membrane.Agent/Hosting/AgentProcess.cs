@@ -1,0 +1,53 @@
+using Membrane.Agent.Http;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using Microsoft.Extensions.Options;
+
+namespace Membrane.Agent.Hosting;
+
+/// <summary>
+/// The agent as a process on the .NET Generic Host: options, logging and the agent come from the container; the
+/// host's lifetime turns SIGTERM and SIGINT into an orderly stop (the API closes, then the agent is disposed; the
+/// pinned maps, pods and state stay, so a restarted agent adopts them and enforcement never stops).
+/// </summary>
+public static partial class AgentProcess
+{
+    public static async Task<int> RunAsync(AgentOptions options)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole(c =>
+        {
+            c.SingleLine = true;
+            c.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
+            c.UseUtcTimestamp = true;
+        });
+        // Every log line goes to stderr: stdout stays free for whoever runs the agent.
+        builder.Services.Configure<ConsoleLoggerOptions>(c => c.LogToStandardErrorThreshold = LogLevel.Trace);
+        builder.Logging.SetMinimumLevel(LogLevel.Information);
+        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.Services.AddSingleton(Options.Create(options));
+        builder.Services.AddSingleton(services => AgentService.Start(
+            services.GetRequiredService<IOptions<AgentOptions>>().Value, services.GetRequiredService<ILoggerFactory>()));
+        ApiServer.Configure(builder, options.SocketPath);
+        await using var app = builder.Build();
+        AgentService agent;
+        try
+        {
+            agent = app.Services.GetRequiredService<AgentService>();
+        }
+        catch (InvalidOperationException e)
+        {
+            // Preflight and restore refusals: the message says what to do.
+            await Console.Error.WriteLineAsync($"error: {e.Message}").ConfigureAwait(false);
+            return AgentCommandLine.Error;
+        }
+        ApiServer.PrepareSocket(options.SocketPath);
+        ApiServer.Map(app, agent);
+        await app.RunAsync().ConfigureAwait(false);
+        return AgentCommandLine.Success;
+    }
+}

@@ -1,0 +1,3 @@
+using Membrane.Agent.Hosting;
+
+return await AgentCommandLine.RunAsync(args).ConfigureAwait(false);

@@ -1,0 +1,63 @@
+using System.CommandLine;
+using Membrane.Api;
+
+namespace Membrane.Agent.Sandbox;
+
+/// <summary><c>cleanup</c>: removes everything an agent of a name prefix created, with or without the agent.</summary>
+public static class SandboxCleanup
+{
+    public static Command Command()
+    {
+        var prefix = new Option<string>("--name-prefix") { DefaultValueFactory = _ => AgentDefaults.NamePrefix, Description = "Prefix of the sandbox's namespaces" };
+        var pinDir = new Option<string>("--pin-dir") { DefaultValueFactory = _ => AgentDefaults.PinDirectory, Description = "Pinned maps to remove" };
+        var stateDir = new Option<string?>("--state-dir") { Description = "Also remove this state directory" };
+        var command = new Command("cleanup", "Remove the sandbox's namespaces, pod servers and pinned maps (stop the agent first)")
+        {
+            prefix, pinDir, stateDir,
+        };
+        command.SetAction(parse =>
+        {
+            var removed = Run(parse.GetValue(prefix)!, parse.GetValue(pinDir)!, parse.GetValue(stateDir));
+            Console.WriteLine($"removed {removed} network namespaces of prefix \"{parse.GetValue(prefix)}\", their pod servers and pinned maps");
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>Stops the pod servers, deletes the namespaces, the pins and (if named) the state; the number of namespaces removed.</summary>
+    public static int Run(string namePrefix, string pinDirectory, string? stateDirectory)
+    {
+        var servers = new PodServers(new AgentOptions { NamePrefix = namePrefix });
+        foreach (var pid in servers.Find(null))
+        {
+            try
+            {
+                using var process = System.Diagnostics.Process.GetProcessById(pid);
+                process.Kill();
+            }
+            catch (ArgumentException)
+            {
+                // already gone
+            }
+        }
+        var removed = 0;
+        foreach (var line in Ip.Run("netns", "list").Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var ns = line.Split(' ')[0];
+            if (ns.StartsWith(namePrefix + "-", StringComparison.Ordinal))
+            {
+                Ip.Run("netns", "delete", ns);
+                removed++;
+            }
+        }
+        if (Directory.Exists(pinDirectory))
+        {
+            Directory.Delete(pinDirectory, recursive: true);
+        }
+        if (stateDirectory is not null && Directory.Exists(stateDirectory))
+        {
+            Directory.Delete(stateDirectory, recursive: true);
+        }
+        return removed;
+    }
+}

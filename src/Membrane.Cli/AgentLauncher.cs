@@ -1,0 +1,89 @@
+using System.Runtime.InteropServices;
+
+namespace Membrane.Cli;
+
+/// <summary>
+/// <c>membrane agent</c> and <c>membrane cleanup</c> are the agent's own executable (<c>membrane-agent</c>): the CLI
+/// replaces itself with it (execvp), so the process id, signals and exit status are the agent's, as if it had been
+/// started directly. The CLI links none of the agent's code.
+/// </summary>
+internal static partial class AgentLauncher
+{
+    public const string FileName = "membrane-agent";
+
+    /// <summary>Where the agent is: $MEMBRANE_AGENT, beside this CLI, in the source tree beside it, or on PATH.</summary>
+    public static (string File, string[] Prefix) Locate()
+    {
+        if (Environment.GetEnvironmentVariable("MEMBRANE_AGENT") is { Length: > 0 } configured)
+        {
+            return File.Exists(configured)
+                ? Command(Path.GetFullPath(configured))
+                : throw new CliException($"MEMBRANE_AGENT names {configured}, which does not exist");
+        }
+        var here = AppContext.BaseDirectory;
+        // A build tree: src/Membrane.Cli/bin/<configuration>/<framework>/ beside src/Membrane.Agent/bin/<configuration>/<framework>/.
+        var framework = new DirectoryInfo(here).Name;
+        var configuration = new DirectoryInfo(here).Parent?.Name ?? "";
+        var candidates = new[]
+        {
+            Path.Combine(here, FileName + ".dll"),
+            Path.GetFullPath(Path.Combine(here, "..", "..", "..", "..", "Membrane.Agent", "bin", configuration, framework, FileName + ".dll")),
+        };
+        foreach (var candidate in candidates.Where(File.Exists))
+        {
+            return Command(candidate);
+        }
+        foreach (var directory in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var onPath = Path.Combine(directory, FileName);
+            if (File.Exists(onPath))
+            {
+                return (onPath, []);
+            }
+        }
+        throw new CliException($"cannot find the agent ({FileName}): build src/Membrane.Agent, put {FileName} on PATH, or set MEMBRANE_AGENT");
+    }
+
+    private static (string File, string[] Prefix) Command(string path) =>
+        path.EndsWith(".dll", StringComparison.Ordinal) ? (DotnetHost(), [path]) : (path, []);
+
+    private static string DotnetHost() =>
+        Environment.ProcessPath is { } self && Path.GetFileNameWithoutExtension(self) == "dotnet" ? self : "dotnet";
+
+    /// <summary>Replaces this process with the agent; returns only if that failed.</summary>
+    public static int Exec(IEnumerable<string> arguments)
+    {
+        var (file, prefix) = Locate();
+        var argv = new[] { file }.Concat(prefix).Concat(arguments).ToList();
+        Console.Out.Flush();
+        Console.Error.Flush();
+        var pointers = new nint[argv.Count + 1];
+        try
+        {
+            for (var i = 0; i < argv.Count; i++)
+            {
+                pointers[i] = Marshal.StringToCoTaskMemUTF8(argv[i]);
+            }
+            var path = Marshal.StringToCoTaskMemUTF8(file);
+            try
+            {
+                ExecVp(path, pointers);
+            }
+            finally
+            {
+                Marshal.FreeCoTaskMem(path);
+            }
+            throw new CliException($"cannot run {file}: {Marshal.GetLastPInvokeErrorMessage()}");
+        }
+        finally
+        {
+            foreach (var pointer in pointers)
+            {
+                Marshal.FreeCoTaskMem(pointer);
+            }
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "execvp", SetLastError = true)]
+    private static partial int ExecVp(nint file, nint[] argv);
+}
