@@ -1,7 +1,11 @@
+using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Membrane.Api;
+using Membrane.Agent.Regeneration;
+using Membrane.Agent.State;
 using Membrane.Datapath.Ebpf;
+using Membrane.Policy.Identity;
 using Membrane.Policy.Api;
 using Membrane.Policy.Labels;
 using Membrane.Policy.Rules;
@@ -15,40 +19,42 @@ public sealed partial class AgentService
     // ---- changes: one path for all of them ----
 
     /// <summary>What a change was before it began, to put everything back if it fails.</summary>
-    private sealed record Snapshot(Dictionary<string, string> Objects, long Revision,
-        List<(uint Id, LabelSet Labels)> Identities, Dictionary<string, IReadOnlyList<IPAddress>> Addresses);
+    private sealed record Snapshot(ObjectStoreSnapshot Objects, List<(uint Id, LabelSet Labels)> Identities,
+        Dictionary<string, IReadOnlyList<IPAddress>> Addresses);
 
     /// <summary>
     /// Runs one change under the lock. <paramref name="change"/> validates and changes the desired state in memory
-    /// only (engine and objects); then the maps are planned (their capacity checked before anything is written), the
-    /// state is persisted, and only then the sandbox and the kernel follow. Any failure puts memory, sandbox, kernel
-    /// and disk back as they were: nothing is enforced that is not remembered, nothing remembered that was refused.
+    /// only (engine and object store); then the maps are planned (their capacity checked before anything is written),
+    /// the state is persisted, and only then the endpoints and the kernel follow. Any failure puts memory, endpoints,
+    /// kernel and disk back as they were: nothing is enforced that is not remembered, nothing remembered that was
+    /// refused. Cancellation is honoured until the change is persisted; after that it runs to the end.
     /// </summary>
     private async Task<ApplyResponse> CommitAsync(Func<List<ObjectChange>> change, CancellationToken cancel)
     {
         await _gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var before = new Snapshot(new Dictionary<string, string>(_objects, StringComparer.Ordinal), _revision, PodIdentities(), PodAddresses());
+            var before = new Snapshot(_store.Snapshot(), PodIdentities(), PodAddresses());
             var persisted = false;
             try
             {
                 var changes = change();
                 var plan = Plan();
-                _revision++;
+                cancel.ThrowIfCancellationRequested();
+                var revision = _store.Commit();
                 Save();
                 persisted = true;
                 if (Enforce(plan, attachAll: false))
                 {
-                    Save(); // the sandbox's records of pods it created
+                    Save(); // the records of endpoints just created
                 }
-                Publish();
-                return new ApplyResponse(_revision, changes);
+                Queries.Publish();
+                return new ApplyResponse(revision, changes);
             }
             catch (Exception)
             {
                 Rollback(before, persisted);
-                Publish();
+                Queries.Publish();
                 throw;
             }
         }
@@ -58,10 +64,31 @@ public sealed partial class AgentService
         }
     }
 
+    private RegenerationPlan Plan()
+    {
+        try
+        {
+            return _regenerator.Plan(_engine);
+        }
+        catch (CapacityExceededException e)
+        {
+            throw new AgentInputException(e.Message);
+        }
+    }
+
+    /// <summary>Endpoints created or removed as the engine says, then the kernel: true when endpoints were created.</summary>
+    private bool Enforce(RegenerationPlan plan, bool attachAll)
+    {
+        var watch = Stopwatch.StartNew();
+        var created = _endpoints.Reconcile(_engine.Endpoints);
+        _regenerator.Regenerate(_engine, plan, attachAll);
+        Queries.LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
+        return created;
+    }
+
     private void Rollback(Snapshot before, bool persisted)
     {
-        _objects = before.Objects;
-        _revision = before.Revision;
+        _store.Restore(before.Objects);
         try
         {
             RebuildEngine(before.Identities, before.Addresses);
@@ -75,6 +102,24 @@ public sealed partial class AgentService
         {
             // Memory is back; the kernel or the disk refused to follow. Say so loudly: a restart restores from disk.
             Log.RollbackIncomplete(_log, e);
+        }
+    }
+
+    private void Save()
+    {
+        try
+        {
+            _stateFile.Save(new PersistedState
+            {
+                Objects = new(_store.Objects),
+                Endpoints = new(_endpoints.Records),
+                Identities = _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => new IdentityRecord(i.Id, i.Labels.Canonical)).ToList(),
+                Revision = _store.Revision,
+            });
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new InvalidOperationException($"cannot write the state file {_stateFile.FilePath}: {e.Message}; the change was undone", e);
         }
     }
 
@@ -126,20 +171,20 @@ public sealed partial class AgentService
         foreach (var ns in set.Namespaces)
         {
             var key = $"Namespace/{ns.Name}";
-            changes.Add(new(key, Change(key, ns.SourceYaml)));
+            changes.Add(new(key, _store.Put(key, ns.SourceYaml)));
             _engine.UpsertNamespace(ns);
         }
         foreach (var pod in set.Pods)
         {
             var key = $"Pod/{pod.Key}";
-            changes.Add(new(key, Change(key, pod.SourceYaml)));
+            changes.Add(new(key, _store.Put(key, pod.SourceYaml)));
             // A running pod keeps its addresses (a pod's addresses never change while it runs).
             _engine.UpsertPod(_engine.FindEndpoint(pod.Key) is { } running ? pod with { Addresses = running.Addresses } : pod);
         }
         foreach (var policy in set.Policies)
         {
             var key = policy.Origin.ToString();
-            changes.Add(new(key, Change(key, policy.SourceYaml)));
+            changes.Add(new(key, _store.Put(key, policy.SourceYaml)));
             _engine.UpsertPolicy(policy);
         }
         return changes;
@@ -188,13 +233,6 @@ public sealed partial class AgentService
         }
     }
 
-    private string Change(string key, string yaml)
-    {
-        var action = !_objects.TryGetValue(key, out var old) ? "created" : old == yaml ? "unchanged" : "configured";
-        _objects[key] = yaml;
-        return action;
-    }
-
     public Task<ApplyResponse> DeleteAsync(ManifestRequest request, CancellationToken cancel = default)
     {
         var set = Parse(request);
@@ -203,7 +241,7 @@ public sealed partial class AgentService
             var keys = set.Policies.Select(p => p.Origin.ToString())
                 .Concat(set.Pods.Select(p => $"Pod/{p.Key}"))
                 .Concat(set.Namespaces.Select(n => $"Namespace/{n.Name}")).ToList();
-            var missing = keys.Where(k => !_objects.ContainsKey(k)).ToList();
+            var missing = keys.Where(k => !_store.Objects.ContainsKey(k)).ToList();
             if (missing.Count > 0)
             {
                 throw new AgentInputException($"not found: {string.Join(", ", missing)}; nothing was deleted");
@@ -212,7 +250,7 @@ public sealed partial class AgentService
             foreach (var policy in set.Policies)
             {
                 _engine.RemovePolicy(policy.Origin.ToString());
-                _objects.Remove(policy.Origin.ToString());
+                _store.Remove(policy.Origin.ToString());
                 changes.Add(new(policy.Origin.ToString(), "deleted"));
             }
             var pods = set.Pods.Select(p => p.Key)
@@ -221,29 +259,17 @@ public sealed partial class AgentService
             foreach (var key in pods)
             {
                 _engine.RemovePod(key);
-                _objects.Remove($"Pod/{key}");
+                _store.Remove($"Pod/{key}");
                 changes.Add(new($"Pod/{key}", "deleted"));
             }
             foreach (var ns in set.Namespaces)
             {
                 _engine.RemoveNamespace(ns.Name);
-                _objects.Remove($"Namespace/{ns.Name}");
+                _store.Remove($"Namespace/{ns.Name}");
                 changes.Add(new($"Namespace/{ns.Name}", "deleted"));
             }
             return changes;
         }, cancel);
-    }
-
-    private void RemovePodResources(string key)
-    {
-        _servers.Stop(key);
-        if (_records.Remove(key, out var record))
-        {
-            _pods.Delete(record);
-            _attached.Remove(record.IfIndex);
-            Datapath.Policy.Remove((uint)record.IfIndex);
-            Datapath.Endpoints.Remove((uint)record.IfIndex);
-        }
     }
 
     /// <summary>Deletes policies by name (<c>Kind/ns/name</c>, <c>ns/name</c> or <c>name</c>), or all of them.</summary>
@@ -271,7 +297,7 @@ public sealed partial class AgentService
         foreach (var origin in targets)
         {
             _engine.RemovePolicy(origin.ToString());
-            _objects.Remove(origin.ToString());
+            _store.Remove(origin.ToString());
         }
         return targets.Select(t => new ObjectChange(t.ToString(), "deleted")).ToList();
     }, cancel);
@@ -279,8 +305,8 @@ public sealed partial class AgentService
     /// <summary>Removes every pod, namespace and policy (the sandbox is left empty; the agent keeps running).</summary>
     public Task<ApplyResponse> ResetAsync(CancellationToken cancel = default) => CommitAsync(() =>
     {
-        var changes = _objects.Keys.Select(k => new ObjectChange(k, "deleted")).ToList();
-        _objects.Clear();
+        var changes = _store.Objects.Keys.Select(k => new ObjectChange(k, "deleted")).ToList();
+        _store.Clear();
         _engine = NewEngine();
         return changes;
     }, cancel);

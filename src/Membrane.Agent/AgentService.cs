@@ -1,11 +1,12 @@
 using System.Net;
-using System.Runtime.InteropServices;
+using Membrane.Agent.Endpoints;
+using Membrane.Agent.Hosting;
 using Membrane.Agent.Monitoring;
-using Membrane.Agent.Probes;
+using Membrane.Agent.Queries;
+using Membrane.Agent.Regeneration;
 using Membrane.Agent.Sandbox;
 using Membrane.Agent.State;
 using Membrane.Datapath;
-using Membrane.Datapath.Ebpf;
 using Membrane.Policy.Api;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
@@ -23,78 +24,53 @@ public sealed class AgentInputException(string message, IReadOnlyList<PolicyErro
 }
 
 /// <summary>
-/// The agent: owns the policy engine, the sandbox and the datapath of this node. Every operation runs under one
-/// lock; a change validates everything first, then changes the sandbox, the maps and the state on disk.
+/// The agent's core: composes the object store (desired state), the policy engine, the endpoint manager (through
+/// its runtime), the regenerator and the state file, and runs every change through one commit path under one lock
+/// (AgentService.Changes.cs). Reads go through <see cref="Queries"/>.
 /// </summary>
-public sealed partial class AgentService : IDisposable
+public sealed partial class AgentService : IDisposable, IPodLookup
 {
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly AgentOptions _options;
-    private readonly NodeNetwork _node;
-    private readonly PodNetwork _pods;
-    private readonly PodServers _servers;
-    private readonly StateStore _store;
-    private readonly Dictionary<string, EndpointRecord> _records = new(StringComparer.Ordinal);
-    private Dictionary<string, string> _objects = new(StringComparer.Ordinal);
-    private readonly HashSet<int> _attached = [];
-    private PolicyEngine _engine;
-    private long _revision;
-
     private readonly ILogger _log;
+    private readonly IObjectStore _store;
+    private readonly StateStore _stateFile;
+    private readonly EndpointManager _endpoints;
+    private readonly Regenerator _regenerator;
+    private PolicyEngine _engine;
 
-    private AgentService(AgentOptions options, PolicyDatapath datapath, ILogger log)
+    private AgentService(AgentOptions options, PolicyDatapath datapath, IEndpointRuntime runtime, IObjectStore store, ILogger log)
     {
         _options = options;
         _log = log;
         Datapath = datapath;
-        _node = new NodeNetwork(options);
-        _pods = new PodNetwork(options, _node);
-        _servers = new PodServers(options);
-        _store = new StateStore(options.StateDirectory);
+        _store = store;
+        _stateFile = new StateStore(options.StateDirectory);
+        _endpoints = new EndpointManager(runtime, datapath);
+        _regenerator = new Regenerator(datapath, _endpoints);
         _engine = NewEngine();
-        Events = new EventHub(datapath, Describe);
-        Prober = new Prober(this);
+        Queries = new AgentQueries(options, datapath, _endpoints, () => _engine, store);
+        Events = new EventHub(datapath, Queries.Describe);
     }
 
     public PolicyDatapath Datapath { get; }
 
     public EventHub Events { get; }
 
-    public Prober Prober { get; }
+    /// <summary>The API's read-only views; call them under <see cref="ReadAsync{T}"/> (status needs no lock).</summary>
+    public AgentQueries Queries { get; }
 
     public AgentOptions Options => _options;
 
-    public double LastRegenerationMilliseconds { get; private set; }
-
     private PolicyEngine NewEngine() => new(new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
 
-    /// <summary>Starts the agent: adopts pinned maps, persisted objects and running pods, then enforces them.</summary>
+    /// <summary>Starts the agent: checks the machine, adopts pinned maps, persisted objects and running pods, then enforces them.</summary>
     public static AgentService Start(AgentOptions options, ILoggerFactory? logging = null)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (GetEuid() != 0)
-        {
-            throw new InvalidOperationException("the agent must run as root (it creates network namespaces and loads eBPF programs)");
-        }
-        foreach (var tool in new[] { "ip", "setsid" })
-        {
-            if (!Environment.GetEnvironmentVariable("PATH")!.Split(':').Any(d => File.Exists(Path.Combine(d, tool))))
-            {
-                throw new InvalidOperationException($"'{tool}' was not found: install iproute2 and util-linux (scripts/setup.sh)");
-            }
-        }
-        EnsureBpffs(options.PinDirectory);
-        StateStore.EnsurePrivateDirectory(options.StateDirectory);
-        PolicyDatapath datapath;
-        try
-        {
-            datapath = PolicyDatapath.Load(new LoadOptions { PinDirectory = options.PinDirectory });
-        }
-        catch (BpfException e)
-        {
-            throw new InvalidOperationException($"cannot load the eBPF datapath: {e.Message}{(e.VerifierLog is { Length: > 0 } log ? Environment.NewLine + log : "")}", e);
-        }
-        var agent = new AgentService(options, datapath, (logging ?? NullLoggerFactory.Instance).CreateLogger<AgentService>());
+        var datapath = Preflight.Run(options);
+        var log = (logging ?? NullLoggerFactory.Instance).CreateLogger<AgentService>();
+        var agent = new AgentService(options, datapath, new SandboxRuntime(options), new LocalObjectStore(), log);
         try
         {
             agent.Restore();
@@ -107,66 +83,28 @@ public sealed partial class AgentService : IDisposable
         }
     }
 
-    private static void EnsureBpffs(string pinDirectory)
-    {
-        var mounts = File.ReadAllText("/proc/mounts");
-        if (!mounts.Split('\n').Any(l => l.Split(' ') is [_, "/sys/fs/bpf", "bpf", ..]))
-        {
-            Ip.Exec("mount", ["-t", "bpf", "bpf", "/sys/fs/bpf"], null);
-        }
-        Directory.CreateDirectory(pinDirectory);
-    }
-
     private void Restore()
     {
-        _node.Ensure();
+        _endpoints.Runtime.Prepare();
         Datapath.Policy.Adopt();
         Datapath.IpCache.Adopt();
-        var state = _store.Load(EnforcedEndpoints());
-        _revision = state.Revision;
-        _objects = new Dictionary<string, string>(state.Objects, StringComparer.Ordinal);
-        foreach (var (key, record) in state.Endpoints)
-        {
-            if (!_objects.ContainsKey($"Pod/{key}"))
-            {
-                // Deleted, and the agent stopped before it removed the pod's network: finish the job.
-                _servers.Stop(key);
-                _pods.Delete(record);
-            }
-            else if (_pods.IsIntact(record))
-            {
-                _records[key] = record; // adopted: the pod kept running while the agent was away
-            }
-        }
-        _pods.RemoveOrphans(_objects.Keys.Where(k => k.StartsWith("Pod/", StringComparison.Ordinal)).Select(k => k[4..]));
+        var state = _stateFile.Load(EnforcedEndpoints());
+        _store.Restore(new ObjectStoreSnapshot(state.Objects, state.Revision));
+        var pods = _store.Objects.Keys.Where(k => k.StartsWith("Pod/", StringComparison.Ordinal)).Select(k => k[4..]).ToHashSet(StringComparer.Ordinal);
+        _endpoints.Adopt(state.Endpoints, pods);
         var addresses = state.Endpoints.ToDictionary(e => e.Key, e => (IReadOnlyList<IPAddress>)e.Value.Addresses.Select(IPAddress.Parse).ToList(), StringComparer.Ordinal);
         RebuildEngine(state.Identities.Select(i => (i.Id, LabelSet.Parse(i.Labels))).ToList(), addresses);
-        foreach (var (key, record) in _records)
-        {
-            if (!_servers.IsRunning(key))
-            {
-                _servers.Start(_engine.FindEndpoint(key)!.Pod, record.Netns);
-            }
-        }
-        // Entries of endpoints that no longer exist.
-        foreach (var ifIndex in Datapath.Policy.Endpoints().Where(i => !_records.Values.Any(r => r.IfIndex == i)).ToList())
-        {
-            Datapath.Policy.Remove((uint)ifIndex);
-        }
-        foreach (var ifIndex in Datapath.Endpoints.IfIndexes().Where(i => !_records.Values.Any(r => r.IfIndex == i)).ToList())
-        {
-            Datapath.Endpoints.Remove(ifIndex);
-        }
-        Enforce(Plan(), attachAll: true);
+        _endpoints.ResumeAdopted(key => _engine.FindEndpoint(key));
+        Enforce(_regenerator.Plan(_engine), attachAll: true);
         Save();
-        Publish();
+        Queries.Publish();
     }
 
     /// <summary>What the kernel still enforces for pods (pinned policy and address entries): never dropped silently.</summary>
     private int EnforcedEndpoints() => Datapath.Policy.Endpoints().Concat(Datapath.Endpoints.IfIndexes().Select(i => (int)i)).Distinct().Count();
 
     /// <summary>
-    /// A new engine holding exactly <see cref="_objects"/>: identities keep their numbers and pods their addresses.
+    /// A new engine holding exactly the store's objects: identities keep their numbers and pods their addresses.
     /// Used at start and to undo a change that failed half-way.
     /// </summary>
     private void RebuildEngine(IReadOnlyList<(uint Id, LabelSet Labels)> identities, Dictionary<string, IReadOnlyList<IPAddress>> addresses)
@@ -176,7 +114,8 @@ public sealed partial class AgentService : IDisposable
         {
             engine.IdentityAllocator.Restore(id, labels, IdentityKind.Pod);
         }
-        var set = _objects.Count == 0 ? ManifestSet.Empty : ManifestLoader.LoadText(string.Join("\n---\n", _objects.Values), "state.json").OrThrow();
+        var objects = _store.Objects;
+        var set = objects.Count == 0 ? ManifestSet.Empty : ManifestLoader.LoadText(string.Join("\n---\n", objects.Values), "state.json").OrThrow();
         foreach (var ns in set.Namespaces)
         {
             engine.UpsertNamespace(ns);
@@ -198,13 +137,35 @@ public sealed partial class AgentService : IDisposable
     private Dictionary<string, IReadOnlyList<IPAddress>> PodAddresses() =>
         _engine.Endpoints.ToDictionary(e => e.Key, e => e.Addresses, StringComparer.Ordinal);
 
+    /// <summary>Runs a read under the agent's lock: it sees no change half-made.</summary>
+    public async Task<T> ReadAsync<T>(Func<T> query, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        await _gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            return query();
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    /// <summary>A pod's record and endpoint (call under the lock; benchmarks call it between changes).</summary>
+    public (EndpointRecord Record, Endpoint Endpoint)? Pod(string key) =>
+        _endpoints.Find(key) is { } r && _engine.FindEndpoint(key) is { } e ? (r, e) : null;
+
+    public Task<(EndpointRecord Record, Endpoint Endpoint)?> FindPodAsync(string key, CancellationToken cancel) =>
+        ReadAsync(() => Pod(key), cancel);
+
+    public Task<IReadOnlyList<string>> PodKeysAsync(CancellationToken cancel) =>
+        ReadAsync(() => (IReadOnlyList<string>)_endpoints.Records.Keys.Order(StringComparer.Ordinal).ToList(), cancel);
+
     public void Dispose()
     {
         Events.Dispose();
         Datapath.Dispose();
         _gate.Dispose();
     }
-
-    [LibraryImport("libc", EntryPoint = "geteuid")]
-    private static partial uint GetEuid();
 }

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Membrane.Agent.Probes;
 using Membrane.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
@@ -139,24 +140,26 @@ public static partial class ApiServer
     private static void Routes(WebApplication app, AgentService agent)
     {
         var json = AgentJsonContext.Default;
+        var queries = agent.Queries;
+        var prober = new Prober(agent);
         var v1 = app.MapGroup("/v1");
-        v1.MapGet("/status", agent.Status); // never waits for the lock: status answers during a long change
+        v1.MapGet("/status", queries.Status); // never waits for the lock: status answers during a long change
         v1.MapPost("/apply", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, cancel: cancel));
         v1.MapPost("/delete", (ManifestRequest request, CancellationToken cancel) => agent.DeleteAsync(request, cancel));
         v1.MapPost("/reset", (CancellationToken cancel) => agent.ResetAsync(cancel));
-        v1.MapGet("/policies", () => agent.ReadAsync(agent.Policies));
+        v1.MapGet("/policies", (CancellationToken cancel) => agent.ReadAsync(queries.Policies, cancel));
         v1.MapPost("/policies", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, policiesOnly: true, cancel));
         v1.MapDelete("/policies", (string? name, bool? all, CancellationToken cancel) => agent.DeletePoliciesAsync(name, all == true, cancel));
-        v1.MapPost("/trace", (TraceQuery query) => agent.ReadAsync(() => agent.Trace(query)));
-        v1.MapGet("/endpoints", () => agent.ReadAsync(agent.Endpoints));
-        v1.MapGet("/endpoint", (string id) => agent.ReadAsync(() => agent.Endpoint(id)));
-        v1.MapGet("/identities", () => agent.ReadAsync(agent.Identities));
-        v1.MapGet("/bpf/policy", (string endpoint) => agent.ReadAsync(() => agent.BpfPolicy(endpoint)));
-        v1.MapGet("/bpf/ct", (string? endpoint) => agent.ReadAsync(() => agent.Conntrack(endpoint)));
-        v1.MapDelete("/bpf/ct", (string? endpoint) => agent.ReadAsync(() => agent.FlushConntrack(endpoint)));
-        v1.MapGet("/bpf/ipcache", () => agent.ReadAsync(agent.IpCache));
-        v1.MapPost("/probe", (ProbeQuery query) => agent.Prober.ProbeAsync(query));
-        v1.MapPost("/matrix", (MatrixQuery query) => agent.Prober.MatrixAsync(query));
+        v1.MapPost("/trace", (TraceQuery query, CancellationToken cancel) => agent.ReadAsync(() => queries.Trace(query), cancel));
+        v1.MapGet("/endpoints", (CancellationToken cancel) => agent.ReadAsync(queries.Endpoints, cancel));
+        v1.MapGet("/endpoint", (string id, CancellationToken cancel) => agent.ReadAsync(() => queries.Endpoint(id), cancel));
+        v1.MapGet("/identities", (CancellationToken cancel) => agent.ReadAsync(queries.Identities, cancel));
+        v1.MapGet("/bpf/policy", (string endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.BpfPolicy(endpoint), cancel));
+        v1.MapGet("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.Conntrack(endpoint), cancel));
+        v1.MapDelete("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.FlushConntrack(endpoint), cancel));
+        v1.MapGet("/bpf/ipcache", (CancellationToken cancel) => agent.ReadAsync(queries.IpCache, cancel));
+        v1.MapPost("/probe", (ProbeQuery query, CancellationToken cancel) => prober.ProbeAsync(query, cancel));
+        v1.MapPost("/matrix", (MatrixQuery query, CancellationToken cancel) => prober.MatrixAsync(query, cancel));
         v1.MapGet("/monitor", async (HttpContext context, string? type) =>
         {
             // Newline-delimited JSON, one event per line, until the client goes away.

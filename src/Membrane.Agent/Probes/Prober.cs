@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Membrane.Api;
+using Membrane.Agent.Endpoints;
 using Membrane.Agent.Sandbox;
 using Membrane.Policy.Rules;
 using Membrane.Policy.Tracing;
@@ -15,7 +16,7 @@ namespace Membrane.Agent.Probes;
 /// to the pod's echo server and its echo; ICMP echo: a request and its reply; any other ICMP type: the message is
 /// sent and looked for in the destination pod's namespace.
 /// </summary>
-public sealed class Prober(AgentService agent)
+public sealed class Prober(IPodLookup pods)
 {
     public const int DefaultTimeoutMs = 1000;
 
@@ -29,7 +30,7 @@ public sealed class Prober(AgentService agent)
         _ => throw new AgentInputException($"timeout {milliseconds} ms is out of range: give 1 to {MaxTimeoutMs} ms"),
     };
 
-    public async Task<ProbeResult> ProbeAsync(ProbeQuery query)
+    public async Task<ProbeResult> ProbeAsync(ProbeQuery query, CancellationToken cancel = default)
     {
         TraceRequest request;
         try
@@ -40,7 +41,8 @@ public sealed class Prober(AgentService agent)
         {
             throw new AgentInputException(e.Message);
         }
-        var (source, destination) = await agent.ReadAsync(() => (agent.Pod(query.From), agent.Pod(query.To))).ConfigureAwait(false);
+        var source = await pods.FindPodAsync(query.From, cancel).ConfigureAwait(false);
+        var destination = await pods.FindPodAsync(query.To, cancel).ConfigureAwait(false);
         if (source is null || destination is null)
         {
             throw new AgentInputException($"no pod {(source is null ? query.From : query.To)}");
@@ -204,14 +206,14 @@ public sealed class Prober(AgentService agent)
     }
 
     /// <summary>Probes every ordered pair of pods, in parallel, for one or several probe kinds.</summary>
-    public async Task<MatrixResponse> MatrixAsync(MatrixQuery query)
+    public async Task<MatrixResponse> MatrixAsync(MatrixQuery query, CancellationToken cancel = default)
     {
         var watch = Stopwatch.StartNew();
         Timeout(query.TimeoutMs, 800);
-        var pods = await agent.ReadAsync(() => agent.PodKeys()).ConfigureAwait(false);
+        var keys = await pods.PodKeysAsync(cancel).ConfigureAwait(false);
         if (query.Namespaces is { Count: > 0 } namespaces)
         {
-            pods = pods.Where(p => namespaces.Contains(p.Split('/')[0])).ToList();
+            keys = keys.Where(p => namespaces.Contains(p.Split('/')[0])).ToList();
         }
         var kinds = query.Protocol switch
         {
@@ -225,23 +227,23 @@ public sealed class Prober(AgentService agent)
             _ => [(query.Protocol, query.Port, null, query.Family)],
         };
         var probes = (from kind in kinds
-                      from a in pods
-                      from b in pods
+                      from a in keys
+                      from b in keys
                       where a != b
                       select new ProbeQuery(a, b, kind.Protocol, kind.Port, kind.Type, null, kind.Family, query.TimeoutMs ?? 800)).ToList();
         using var limit = new SemaphoreSlim(24);
         var results = await Task.WhenAll(probes.Select(async p =>
         {
-            await limit.WaitAsync().ConfigureAwait(false);
+            await limit.WaitAsync(cancel).ConfigureAwait(false);
             try
             {
-                return await ProbeAsync(p).ConfigureAwait(false);
+                return await ProbeAsync(p, cancel).ConfigureAwait(false);
             }
             finally
             {
                 limit.Release();
             }
         })).ConfigureAwait(false);
-        return new MatrixResponse(pods, results, Math.Round(watch.Elapsed.TotalMilliseconds, 1));
+        return new MatrixResponse(keys, results, Math.Round(watch.Elapsed.TotalMilliseconds, 1));
     }
 }

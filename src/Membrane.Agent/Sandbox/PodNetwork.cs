@@ -89,10 +89,4 @@ public sealed class PodNetwork(AgentOptions options, NodeNetwork node)
             Ip.Run("netns", "delete", netns);
         }
     }
-
-    public void SetMtu(EndpointRecord record, int mtu)
-    {
-        Ip.Run("-n", node.Name, "link", "set", record.HostInterface, "mtu", $"{mtu}");
-        Ip.Run("-n", record.Netns, "link", "set", "eth0", "mtu", $"{mtu}");
-    }
 }

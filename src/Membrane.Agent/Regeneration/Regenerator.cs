@@ -1,61 +1,55 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Agent.Sandbox;
-using Membrane.Agent.State;
-using Membrane.Datapath.Ebpf;
+using Membrane.Agent.Endpoints;
+using Membrane.Datapath;
 using Membrane.Datapath.Sync;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Resolution;
 using Membrane.Policy.Rules;
 
-namespace Membrane.Agent;
+namespace Membrane.Agent.Regeneration;
 
-/// <summary>Bringing sandbox and kernel in line with the engine: planning, map writes, identity moves, conntrack, persistence.</summary>
-public sealed partial class AgentService
+/// <summary>What a change will write: the resolved dirty endpoints and the ipcache, checked against map sizes.</summary>
+public sealed record RegenerationPlan(IReadOnlyList<EndpointPolicy> Dirty, IReadOnlyList<(IPNetwork Prefix, uint Identity)> IpCache);
+
+/// <summary>A change would not fit the BPF maps: refused before anything was written.</summary>
+public sealed class CapacityExceededException(string message) : Exception(message);
+
+/// <summary>
+/// Turns the engine's resolved policy into kernel state: plans (resolve the dirty endpoints, check capacity), then
+/// synchronises the policy maps and the ipcache without a window that allows what old and new policy both deny,
+/// attaches programs where missing, and forgets connections the new policy denies.
+/// </summary>
+public sealed class Regenerator(PolicyDatapath datapath, EndpointManager endpoints)
 {
-    /// <summary>What a change will write: the resolved dirty endpoints and the ipcache, checked against map sizes.</summary>
-    private sealed record RegenerationPlan(IReadOnlyList<EndpointPolicy> Dirty, IReadOnlyList<(IPNetwork Prefix, uint Identity)> IpCache);
-
     /// <summary>Resolves what changed and checks that it fits the maps; nothing is written, so a refusal changes nothing.</summary>
-    private RegenerationPlan Plan()
+    public RegenerationPlan Plan(PolicyEngine engine)
     {
-        var dirty = _engine.ResolveDirty();
-        var host = new[] { AgentOptions.GatewayIPv4, _options.NodeIPv4, _options.NodeIPv6 }
+        ArgumentNullException.ThrowIfNull(engine);
+        var dirty = engine.ResolveDirty();
+        var host = endpoints.Runtime.HostAddresses
             .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.Host));
-        var ipcache = _engine.IpCache().Concat(host).ToList();
+        var ipcache = engine.IpCache().Concat(host).ToList();
         try
         {
             // Pods not created yet have no interface: a placeholder index that no real interface has counts them.
             var placeholder = uint.MaxValue;
-            Datapath.Policy.CheckCapacity(dirty.Select(p => (_records.TryGetValue(p.Endpoint.Key, out var r) ? (uint)r.IfIndex : placeholder--, p.Endpoint.Key, p.State.Count)));
-            Datapath.IpCache.CheckCapacity(ipcache);
+            datapath.Policy.CheckCapacity(dirty.Select(p =>
+                (endpoints.Find(p.Endpoint.Key) is { } r ? (uint)r.IfIndex : placeholder--, p.Endpoint.Key, p.State.Count)));
+            datapath.IpCache.CheckCapacity(ipcache);
         }
         catch (MapCapacityException e)
         {
-            throw new AgentInputException($"{e.Message}; nothing was changed");
+            throw new CapacityExceededException($"{e.Message}; nothing was changed");
         }
         return new RegenerationPlan(dirty, ipcache);
     }
 
-    /// <summary>
-    /// Brings the sandbox and the kernel in line with the engine: pods created or removed, dirty endpoints' policy,
-    /// the ipcache, and programs where missing. True when pods were created (their records need saving).
-    /// </summary>
-    private bool Enforce(RegenerationPlan plan, bool attachAll)
+    /// <summary>Writes the plan: policy of dirty endpoints, the ipcache, programs where missing, then conntrack.</summary>
+    public void Regenerate(PolicyEngine engine, RegenerationPlan plan, bool attachAll)
     {
-        var watch = Stopwatch.StartNew();
-        foreach (var key in _records.Keys.Where(k => _engine.FindEndpoint(k) is null).ToList())
-        {
-            RemovePodResources(key);
-        }
-        var created = false;
-        foreach (var endpoint in _engine.Endpoints.Where(e => !_records.ContainsKey(e.Key)).ToList())
-        {
-            _records[endpoint.Key] = _pods.Create(endpoint.Key, endpoint.Addresses);
-            created = true;
-            _servers.Start(endpoint.Pod, _records[endpoint.Key].Netns);
-        }
+        ArgumentNullException.ThrowIfNull(engine);
+        ArgumentNullException.ThrowIfNull(plan);
         // Make before break for pods whose identity changes (a label change): until the ipcache says Y, their
         // packets still carry the old identity X, so the maps first hold Y's new entries under X too, then the
         // ipcache switches, then the X copies go. Those copies give X's packets exactly the new verdict of Y.
@@ -64,12 +58,12 @@ public sealed partial class AgentService
         var aliased = new List<(uint IfIndex, MapState State)>();
         foreach (var policy in plan.Dirty)
         {
-            if (!_records.TryGetValue(policy.Endpoint.Key, out var record))
+            if (endpoints.Find(policy.Endpoint.Key) is not { } record)
             {
                 continue;
             }
             var state = WithAliases(policy.State, aliases);
-            if (Datapath.Policy.Sync((uint)record.IfIndex, state).Changes > 0)
+            if (datapath.Policy.Sync((uint)record.IfIndex, state).Changes > 0)
             {
                 changed[(uint)record.IfIndex] = policy.State;
             }
@@ -78,35 +72,16 @@ public sealed partial class AgentService
                 aliased.Add(((uint)record.IfIndex, policy.State));
             }
         }
-        Datapath.IpCache.Sync(plan.IpCache);
+        datapath.IpCache.Sync(plan.IpCache);
         foreach (var (ifIndex, state) in aliased)
         {
-            Datapath.Policy.Sync(ifIndex, state);
+            datapath.Policy.Sync(ifIndex, state);
         }
-        var toAttach = _records.Values.Where(r => attachAll || !_attached.Contains(r.IfIndex)).ToList();
-        if (toAttach.Count > 0)
-        {
-            // The addresses a pod may send from go in before its programs: without them it may send nothing.
-            foreach (var record in toAttach)
-            {
-                Datapath.Endpoints.Set((uint)record.IfIndex, record.Addresses.Select(IPAddress.Parse));
-            }
-            NetworkNamespace.Run(_node.Name, () =>
-            {
-                foreach (var record in toAttach)
-                {
-                    TcAttachment.Attach(record.IfIndex, TcDirection.Ingress, Datapath.FromPod);
-                    TcAttachment.Attach(record.IfIndex, TcDirection.Egress, Datapath.ToPod);
-                }
-            });
-            _attached.UnionWith(toAttach.Select(r => r.IfIndex));
-        }
+        endpoints.Attach(attachAll);
         if (changed.Count > 0)
         {
-            RevalidateConnections(changed);
+            RevalidateConnections(engine, changed);
         }
-        LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
-        return created;
     }
 
     /// <summary>
@@ -118,7 +93,7 @@ public sealed partial class AgentService
         var nextByPrefix = next.ToDictionary(e => e.Prefix, e => e.Identity);
         var staying = next.Select(e => e.Identity).ToHashSet();
         var moves = new Dictionary<uint, HashSet<uint>>();
-        foreach (var (prefix, identity) in Datapath.IpCache.Written())
+        foreach (var (prefix, identity) in datapath.IpCache.Written())
         {
             if (!staying.Contains(identity) && nextByPrefix.TryGetValue(prefix, out var successor))
             {
@@ -160,9 +135,9 @@ public sealed partial class AgentService
     /// Connections opened under the old policy that the new one denies are forgotten, so their next packet meets
     /// the new policy: a narrowing change takes effect on established traffic too, not only on new connections.
     /// </summary>
-    private void RevalidateConnections(Dictionary<uint, MapState> changed)
+    private void RevalidateConnections(PolicyEngine engine, Dictionary<uint, MapState> changed)
     {
-        foreach (var (key, value) in Datapath.Conntrack.Entries().ToList())
+        foreach (var (key, value) in datapath.Conntrack.Entries().ToList())
         {
             if (!changed.TryGetValue(key.IfIndex, out var state))
             {
@@ -170,33 +145,13 @@ public sealed partial class AgentService
             }
             var (source, destination, port) = value.OpenedLo == 1 ? (key.Lo, key.Hi, key.HiPort) : (key.Hi, key.Lo, key.LoPort);
             var direction = (TrafficDirection)value.Direction;
-            var peer = _engine.IdentityOf(direction == TrafficDirection.Egress ? destination : source);
+            var peer = engine.IdentityOf(direction == TrafficDirection.Egress ? destination : source);
             // An ICMP query's key carries the request's type where a port would be (see icmp_ports in bpf/parse.h).
             var keyPort = IpProtocol.IsIcmp(key.Protocol) ? (ushort)(port << 8) : port;
             if (!state.Lookup(direction, peer, key.Protocol, keyPort).Allowed)
             {
-                Datapath.Conntrack.Delete(key);
+                datapath.Conntrack.Delete(key);
             }
         }
     }
-
-    private void Save()
-    {
-        try
-        {
-            SaveState();
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new InvalidOperationException($"cannot write the state file {_store.FilePath}: {e.Message}; the change was undone", e);
-        }
-    }
-
-    private void SaveState() => _store.Save(new PersistedState
-    {
-        Objects = new(_objects),
-        Endpoints = new(_records),
-        Identities = _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => new IdentityRecord(i.Id, i.Labels.Canonical)).ToList(),
-        Revision = _revision,
-    });
 }

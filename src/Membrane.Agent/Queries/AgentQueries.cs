@@ -1,7 +1,10 @@
 using System.Net;
 using System.Net.Sockets;
 using Membrane.Api;
+using Membrane.Agent.Endpoints;
 using Membrane.Agent.State;
+using Membrane.Datapath;
+using Membrane.Policy.Resolution;
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
 using Membrane.Policy.Identity;
@@ -9,25 +12,19 @@ using Membrane.Policy.Rules;
 using Membrane.Policy.Tracing;
 using Membrane.Policy.Workloads;
 
-namespace Membrane.Agent;
+namespace Membrane.Agent.Queries;
 
-/// <summary>Read-only views of the agent for the API: status, policies, endpoints, identities, maps, conntrack.</summary>
-public sealed partial class AgentService
+/// <summary>
+/// The API's read-only views of the agent: status, policies, trace, endpoints, identities, maps, conntrack. Nothing
+/// here changes the engine, the endpoints or the kernel's policy. All but <see cref="Status"/> run under the agent's
+/// lock (<see cref="AgentService.ReadAsync{T}"/>).
+/// </summary>
+public sealed class AgentQueries(AgentOptions options, PolicyDatapath datapath, EndpointManager endpoints, Func<PolicyEngine> engine, IObjectStore store)
 {
-    // ---- queries ----
+    private PolicyEngine Engine => engine();
 
-    public async Task<T> ReadAsync<T>(Func<T> query)
-    {
-        await _gate.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            return query();
-        }
-        finally
-        {
-            _gate.Release();
-        }
-    }
+    /// <summary>How long the last regeneration took (endpoints, maps, programs, conntrack).</summary>
+    public double LastRegenerationMilliseconds { get; set; }
 
     /// <summary>What status reports, published after every change: status never waits behind a long change.</summary>
     private sealed record Published(long Revision, int Endpoints, int Identities, int Policies, int Namespaces, double RegenerationMilliseconds,
@@ -35,28 +32,29 @@ public sealed partial class AgentService
 
     private volatile Published? _published;
 
-    private void Publish() => _published = new(_revision, _records.Count, _engine.Identities.Count(), _engine.Policies.Count(),
-        _engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
+    /// <summary>Takes a new status snapshot; the agent calls it after every change, under its lock.</summary>
+    public void Publish() => _published = new(store.Revision, endpoints.Records.Count, Engine.Identities.Count(), Engine.Policies.Count(),
+        Engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
 
     /// <summary>Safe without the lock: the last published state and the kernel's counters.</summary>
     public StatusResponse Status()
     {
         var p = _published ?? throw new InvalidOperationException("the agent is still starting");
-        var drops = Datapath.DropCounters().ToDictionary(d => DropReasons.Describe(d.Key), d => d.Value.Packets);
-        return new StatusResponse(typeof(AgentService).Assembly.GetName().Version?.ToString() ?? "0", p.Revision,
+        var drops = datapath.DropCounters().ToDictionary(d => DropReasons.Describe(d.Key), d => d.Value.Packets);
+        return new StatusResponse(typeof(AgentQueries).Assembly.GetName().Version?.ToString() ?? "0", p.Revision,
             File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), p.Endpoints, p.Identities, p.Policies, p.Namespaces,
-            _options.StateDirectory, _options.PinDirectory, _options.NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps);
+            options.StateDirectory, options.PinDirectory, options.NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps);
     }
 
     private List<MapFillOutput> MapFill()
     {
-        var (v4, v6) = Datapath.IpCache.Count;
+        var (v4, v6) = datapath.IpCache.Count;
         MapFillOutput Fill(BpfMap map, long entries) => new(map.Name, entries, map.MaxEntries, Math.Round(100.0 * entries / map.MaxEntries, 2));
-        return [Fill(Datapath.PolicyMap, Datapath.Policy.Count), Fill(Datapath.IpCache4Map, v4), Fill(Datapath.IpCache6Map, v6),
-            Fill(Datapath.EndpointMap, _records.Count)];
+        return [Fill(datapath.PolicyMap, datapath.Policy.Count), Fill(datapath.IpCache4Map, v4), Fill(datapath.IpCache6Map, v6),
+            Fill(datapath.EndpointMap, endpoints.Records.Count)];
     }
 
-    public PolicyListResponse Policies() => new(_revision, _engine.Policies
+    public PolicyListResponse Policies() => new(store.Revision, Engine.Policies
         .OrderBy(p => p.Origin.ToString(), StringComparer.Ordinal)
         .Select(p => new PolicyItem(p.Origin.Kind, p.Origin.Namespace, p.Origin.Name, p.SourceYaml)).ToList());
 
@@ -73,17 +71,17 @@ public sealed partial class AgentService
         }
         foreach (var pod in new[] { request.From, request.To }.Where(p => !Tracer.IsLabels(p)))
         {
-            if (_engine.FindEndpoint(pod) is null)
+            if (Engine.FindEndpoint(pod) is null)
             {
                 throw new AgentInputException($"no pod {pod}");
             }
         }
-        var result = Tracer.Trace(_engine, request);
-        return TraceJson.From(result) with { Text = Tracer.Format(_engine, result) };
+        var result = Tracer.Trace(Engine, request);
+        return TraceJson.From(result) with { Text = Tracer.Format(Engine, result) };
     }
 
     public List<EndpointOutput> Endpoints() =>
-        _records.Values.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => Endpoint(r)).ToList();
+        endpoints.Records.Values.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => Endpoint(r)).ToList();
 
     public EndpointOutput Endpoint(string idOrPod)
     {
@@ -91,12 +89,12 @@ public sealed partial class AgentService
     }
 
     private EndpointRecord FindRecord(string idOrPod) =>
-        (int.TryParse(idOrPod, out var id) ? _records.Values.FirstOrDefault(r => r.IfIndex == id) : _records.GetValueOrDefault(idOrPod))
+        (int.TryParse(idOrPod, out var id) ? endpoints.Records.Values.FirstOrDefault(r => r.IfIndex == id) : endpoints.Find(idOrPod))
         ?? throw new AgentInputException($"no endpoint \"{idOrPod}\" (use an id from 'membrane endpoint list' or NAMESPACE/POD)");
 
     private EndpointOutput Endpoint(EndpointRecord record)
     {
-        var policy = _engine.Resolve(record.Key);
+        var policy = Engine.Resolve(record.Key);
         var e = policy.Endpoint;
         return new EndpointOutput(record.IfIndex, record.Key, e.Identity.Id, e.Labels.Labels.Select(l => l.ToString()).ToList(),
             e.Address(AddressFamily.InterNetwork)?.ToString(), e.Address(AddressFamily.InterNetworkV6)?.ToString(),
@@ -104,28 +102,28 @@ public sealed partial class AgentService
             policy.State.Count, policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList());
     }
 
-    public List<IdentityOutput> Identities() => _engine.Identities.Select(i => new IdentityOutput(i.Id, i.Kind.ToString().ToLowerInvariant(),
+    public List<IdentityOutput> Identities() => Engine.Identities.Select(i => new IdentityOutput(i.Id, i.Kind.ToString().ToLowerInvariant(),
         i.Labels.Labels.Select(l => l.ToString()).ToList(),
-        _engine.Endpoints.Where(e => e.Identity.Id == i.Id).Select(e => e.Key).Order(StringComparer.Ordinal).ToList())).ToList();
+        Engine.Endpoints.Where(e => e.Identity.Id == i.Id).Select(e => e.Key).Order(StringComparer.Ordinal).ToList())).ToList();
 
     public BpfPolicyOutput BpfPolicy(string idOrPod)
     {
         var record = FindRecord(idOrPod);
-        var entries = Datapath.Policy.Dump((uint)record.IfIndex)
+        var entries = datapath.Policy.Dump((uint)record.IfIndex)
             .OrderBy(e => e.Key.Direction).ThenBy(e => e.Key.Identity).ThenBy(e => e.Key.Protocol).ThenBy(e => e.Key.Port)
             .Select(e => new BpfPolicyEntryOutput(e.Key.Direction.ToString(), e.Key.Identity, IdentityName(e.Key.Identity),
                 e.Key.PortProtocol, e.Value.Deny == 1 ? "deny" : "allow", e.Key.Kind.ToString(), e.Value.Packets, e.Value.Bytes,
-                Datapath.Rules.Describe(e.Value.RuleId))).ToList();
+                datapath.Rules.Describe(e.Value.RuleId))).ToList();
         return new BpfPolicyOutput(record.IfIndex, record.Key, entries);
     }
 
     /// <summary>The kernel's ipcache: every address prefix the datapath maps to an identity (anything else is world).</summary>
-    public List<IpCacheOutput> IpCache() => Datapath.IpCache.Dump()
+    public List<IpCacheOutput> IpCache() => datapath.IpCache.Dump()
         .OrderBy(e => e.Prefix.BaseAddress.AddressFamily).ThenBy(e => Convert.ToHexString(e.Prefix.BaseAddress.GetAddressBytes()), StringComparer.Ordinal).ThenBy(e => e.Prefix.PrefixLength)
         .Select(e => new IpCacheOutput(e.Prefix.ToString(), e.Identity, IdentityName(e.Identity))).ToList();
 
     /// <summary>Removes tracked connections (of one endpoint, or all): their next packets meet policy as new ones.</summary>
-    public ConntrackFlushOutput FlushConntrack(string? endpoint) => new(Datapath.Conntrack.Flush(EndpointIfIndex(endpoint)));
+    public ConntrackFlushOutput FlushConntrack(string? endpoint) => new(datapath.Conntrack.Flush(EndpointIfIndex(endpoint)));
 
     private uint? EndpointIfIndex(string? endpoint) =>
         endpoint is null ? null : (uint)FindRecord(endpoint).IfIndex;
@@ -134,8 +132,8 @@ public sealed partial class AgentService
     {
         var now = KernelTicks.Now();
         var ifIndex = EndpointIfIndex(endpoint);
-        var pods = _records.Values.ToDictionary(r => (uint)r.IfIndex, r => r.Key);
-        return Datapath.Conntrack.Entries().Where(e => ifIndex is null || e.Key.IfIndex == ifIndex).Select(e =>
+        var pods = endpoints.Records.Values.ToDictionary(r => (uint)r.IfIndex, r => r.Key);
+        return datapath.Conntrack.Entries().Where(e => ifIndex is null || e.Key.IfIndex == ifIndex).Select(e =>
         {
             var (k, v) = (e.Key, e.Value);
             var (src, sport, dst, dport) = v.OpenedLo == 1 ? (k.Lo, k.LoPort, k.Hi, k.HiPort) : (k.Hi, k.HiPort, k.Lo, k.LoPort);
@@ -165,8 +163,8 @@ public sealed partial class AgentService
     }
 
     /// <summary>What the monitor shows for an interface index and an identity.</summary>
-    private (string Endpoint, string Peer) Describe(uint ifIndex, uint identity) =>
-        (_records.Values.FirstOrDefault(r => r.IfIndex == ifIndex)?.Key ?? $"ifindex {ifIndex}", IdentityName(identity));
+    public (string Endpoint, string Peer) Describe(uint ifIndex, uint identity) =>
+        (endpoints.KeyOf(ifIndex) ?? $"ifindex {ifIndex}", IdentityName(identity));
 
     private string IdentityName(uint identity)
     {
@@ -174,19 +172,11 @@ public sealed partial class AgentService
         {
             return "ANY";
         }
-        var pods = _engine.Endpoints.Where(e => e.Identity.Id == identity).Select(e => e.Key).Order(StringComparer.Ordinal).ToList();
+        var pods = Engine.Endpoints.Where(e => e.Identity.Id == identity).Select(e => e.Key).Order(StringComparer.Ordinal).ToList();
         if (pods.Count > 0)
         {
             return string.Join(",", pods.Take(3)) + (pods.Count > 3 ? $",+{pods.Count - 3}" : "");
         }
-        return _engine.IdentityAllocator.Get(identity)?.Labels.Canonical ?? "?";
+        return Engine.IdentityAllocator.Get(identity)?.Labels.Canonical ?? "?";
     }
-
-    /// <summary>Pods, with their namespaces and addresses, for probes.</summary>
-    internal (EndpointRecord Record, Endpoint Endpoint)? Pod(string key) =>
-        _records.TryGetValue(key, out var r) && _engine.FindEndpoint(key) is { } e ? (r, e) : null;
-
-    internal IReadOnlyList<string> PodKeys() => _records.Keys.Order(StringComparer.Ordinal).ToList();
-
-    internal void SetMtu(string pod, int mtu) => _pods.SetMtu(_records[pod], mtu);
 }

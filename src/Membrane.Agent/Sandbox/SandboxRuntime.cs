@@ -1,0 +1,61 @@
+using System.Net;
+using Membrane.Agent.Endpoints;
+using Membrane.Agent.State;
+using Membrane.Policy.Workloads;
+
+namespace Membrane.Agent.Sandbox;
+
+/// <summary>
+/// Endpoints as the built-in sandbox makes them: a network namespace per pod joined to the node namespace by a veth
+/// pair, and a pod server echoing on the pod's container ports.
+/// </summary>
+public sealed class SandboxRuntime : IEndpointRuntime
+{
+    private readonly NodeNetwork _node;
+    private readonly PodNetwork _pods;
+    private readonly PodServers _servers;
+
+    public SandboxRuntime(AgentOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        HostAddresses = [AgentOptions.GatewayIPv4, options.NodeIPv4, options.NodeIPv6];
+        _node = new NodeNetwork(options);
+        _pods = new PodNetwork(options, _node);
+        _servers = new PodServers(options);
+    }
+
+    public string NodeNamespace => _node.Name;
+
+    /// <summary>The pods' IPv4 gateway and the node's address in each pod range (all on the node namespace's loopback).</summary>
+    public IReadOnlyList<IPAddress> HostAddresses { get; }
+
+    public void Prepare() => _node.Ensure();
+
+    public EndpointRecord Create(Endpoint endpoint)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        var record = _pods.Create(endpoint.Key, endpoint.Addresses);
+        _servers.Start(endpoint.Pod, record.Netns);
+        return record;
+    }
+
+    public bool IsIntact(EndpointRecord record) => _pods.IsIntact(record);
+
+    public void Adopt(Endpoint endpoint, EndpointRecord record)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(record);
+        if (!_servers.IsRunning(endpoint.Key))
+        {
+            _servers.Start(endpoint.Pod, record.Netns);
+        }
+    }
+
+    public void Delete(string key, EndpointRecord record)
+    {
+        _servers.Stop(key);
+        _pods.Delete(record);
+    }
+
+    public void RemoveOrphans(IEnumerable<string> keep) => _pods.RemoveOrphans(keep);
+}
