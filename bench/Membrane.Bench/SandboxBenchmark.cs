@@ -5,9 +5,9 @@ using System.Net.Sockets;
 using System.Text;
 using System.Text.RegularExpressions;
 using Membrane.Agent;
-using Membrane.Api;
 using Membrane.Agent.Http;
 using Membrane.Agent.Sandbox;
+using Membrane.Api;
 using Membrane.Cli;
 using Membrane.Datapath.Ebpf;
 

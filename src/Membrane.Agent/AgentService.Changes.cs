@@ -1,12 +1,12 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Api;
 using Membrane.Agent.Regeneration;
 using Membrane.Agent.State;
+using Membrane.Api;
 using Membrane.Datapath.Ebpf;
-using Membrane.Policy.Identity;
 using Membrane.Policy.Api;
+using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
 using Membrane.Policy.Rules;
 using Membrane.Policy.Workloads;

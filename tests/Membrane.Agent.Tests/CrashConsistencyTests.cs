@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
-using Membrane.Api;
 using Membrane.Agent.Sandbox;
+using Membrane.Api;
 
 namespace Membrane.Agent.Tests;
 

@@ -1,6 +1,6 @@
 using System.Text.Json;
-using Membrane.Api;
 using Membrane.Agent.Sandbox;
+using Membrane.Api;
 
 namespace Membrane.Agent.Tests;
 

@@ -2,8 +2,8 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
-using Membrane.Api;
 using Membrane.Agent.Sandbox;
+using Membrane.Api;
 
 namespace Membrane.Agent.Tests;
 

@@ -1,8 +1,8 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
-using Membrane.Api;
 using Membrane.Agent.Sandbox;
+using Membrane.Api;
 using Membrane.Datapath.Maps;
 
 namespace Membrane.Agent.Tests;

@@ -1,8 +1,8 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Api;
 using Membrane.Agent.Sandbox;
+using Membrane.Api;
 using Membrane.Cli;
 
 namespace Membrane.Agent.Tests;

@@ -2,9 +2,9 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Api;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.Sandbox;
+using Membrane.Api;
 using Membrane.Policy.Rules;
 using Membrane.Policy.Tracing;
 

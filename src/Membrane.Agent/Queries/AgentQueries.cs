@@ -1,13 +1,13 @@
 using System.Net;
 using System.Net.Sockets;
-using Membrane.Api;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.State;
+using Membrane.Api;
 using Membrane.Datapath;
-using Membrane.Policy.Resolution;
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
 using Membrane.Policy.Identity;
+using Membrane.Policy.Resolution;
 using Membrane.Policy.Rules;
 using Membrane.Policy.Tracing;
 using Membrane.Policy.Workloads;
