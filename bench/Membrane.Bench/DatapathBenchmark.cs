@@ -55,7 +55,7 @@ public static class DatapathBenchmark
               - icmps: [{fields: [{type: 13}]}]
             """, "bench.yaml").OrThrow();
         var engine = new PolicyEngine();
-        engine.Apply(manifests);
+        engine.Apply(BenchAddresses.Assign(manifests));
         datapath.IpCache.Sync(engine.IpCache());
         datapath.Policy.Sync(IfIndex, engine.Resolve("bench/server").State);
 

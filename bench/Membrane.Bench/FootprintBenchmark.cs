@@ -40,8 +40,9 @@ public static class FootprintBenchmark
                   - fromEndpoints: [{matchLabels: {role: peer}}]
                     icmps: [{fields: [{type: 8}]}]
                 """);
-            var engine = new PolicyEngine(new Policy.Workloads.PodAddressAllocator(System.Net.IPNetwork.Parse("10.0.0.0/8"), System.Net.IPNetwork.Parse("fd00::/64")));
-            engine.Apply(ManifestLoader.LoadText(yaml.ToString(), "fp.yaml").OrThrow());
+            var engine = new PolicyEngine();
+            engine.Apply(BenchAddresses.Assign(ManifestLoader.LoadText(yaml.ToString(), "fp.yaml").OrThrow(),
+                System.Net.IPNetwork.Parse("10.0.0.0/8"), System.Net.IPNetwork.Parse("fd00::/64")));
             var state = engine.Resolve("fp/target").State;
             using var datapath = PolicyDatapath.Load();
             var before = KernelBytes(datapath.PolicyMap.Fd);

@@ -83,11 +83,11 @@ internal static class ResolutionWorkload
 
     public static PolicyEngine Engine(ManifestSet set)
     {
-        var engine = new PolicyEngine(new PodAddressAllocator(System.Net.IPNetwork.Parse("10.0.0.0/8"), System.Net.IPNetwork.Parse("fd00::/64")))
+        var engine = new PolicyEngine
         {
             IsLocal = Local.Contains,
         };
-        engine.Apply(set);
+        engine.Apply(BenchAddresses.Assign(set, System.Net.IPNetwork.Parse("10.0.0.0/8"), System.Net.IPNetwork.Parse("fd00::/64")));
         return engine;
     }
 }

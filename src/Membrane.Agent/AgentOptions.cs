@@ -1,6 +1,6 @@
 using System.Net;
+using Membrane.Agent.Ipam;
 using Membrane.Api;
-using Membrane.Policy.Workloads;
 
 namespace Membrane.Agent;
 

@@ -179,7 +179,7 @@ public sealed partial class AgentService
             var key = $"Pod/{pod.Key}";
             changes.Add(new(key, _store.Put(key, pod.SourceYaml)));
             // A running pod keeps its addresses (a pod's addresses never change while it runs).
-            _engine.UpsertPod(_engine.FindEndpoint(pod.Key) is { } running ? pod with { Addresses = running.Addresses } : pod);
+            _engine.UpsertPod(WithAddresses(pod, _engine.FindEndpoint(pod.Key)?.Addresses));
         }
         foreach (var policy in set.Policies)
         {
@@ -258,6 +258,7 @@ public sealed partial class AgentService
                 .Distinct().ToList();
             foreach (var key in pods)
             {
+                ReleaseAddresses(key);
                 _engine.RemovePod(key);
                 _store.Remove($"Pod/{key}");
                 changes.Add(new($"Pod/{key}", "deleted"));
@@ -307,7 +308,15 @@ public sealed partial class AgentService
     {
         var changes = _store.Objects.Keys.Select(k => new ObjectChange(k, "deleted")).ToList();
         _store.Clear();
-        _engine = NewEngine();
+        (_engine, _ipam) = NewEngine();
         return changes;
     }, cancel);
+
+    private void ReleaseAddresses(string pod)
+    {
+        foreach (var address in _engine.FindEndpoint(pod)?.Addresses ?? [])
+        {
+            _ipam.Release(address);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 using System.Net;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.Hosting;
+using Membrane.Agent.Ipam;
 using Membrane.Agent.Monitoring;
 using Membrane.Agent.Queries;
 using Membrane.Agent.Regeneration;
@@ -38,6 +39,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     private readonly EndpointManager _endpoints;
     private readonly Regenerator _regenerator;
     private PolicyEngine _engine;
+    private PodAddressAllocator _ipam;
 
     private AgentService(AgentOptions options, PolicyDatapath datapath, IEndpointRuntime runtime, IObjectStore store, ILogger log)
     {
@@ -48,7 +50,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         _stateFile = new StateStore(options.StateDirectory);
         _endpoints = new EndpointManager(runtime, datapath);
         _regenerator = new Regenerator(datapath, _endpoints);
-        _engine = NewEngine();
+        (_engine, _ipam) = NewEngine();
         Queries = new AgentQueries(options, datapath, _endpoints, () => _engine, store);
         Events = new EventHub(datapath, Queries.Describe);
     }
@@ -62,7 +64,23 @@ public sealed partial class AgentService : IDisposable, IPodLookup
 
     public AgentOptions Options => _options;
 
-    private PolicyEngine NewEngine() => new(new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
+    /// <summary>An empty engine and the IPAM that gives its pods their addresses.</summary>
+    private (PolicyEngine Engine, PodAddressAllocator Ipam) NewEngine() =>
+        (new PolicyEngine(), new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
+
+    /// <summary>
+    /// The pod with addresses: those it asks for or keeps (reserved), else new ones. A running pod keeps its
+    /// addresses (they never change while it runs).
+    /// </summary>
+    private PodManifest WithAddresses(PodManifest pod, IReadOnlyList<IPAddress>? current)
+    {
+        var addresses = current ?? (pod.Addresses.Count > 0 ? pod.Addresses : _ipam.Allocate());
+        foreach (var address in addresses)
+        {
+            _ipam.Reserve(address);
+        }
+        return pod with { Addresses = addresses };
+    }
 
     /// <summary>Starts the agent: checks the machine, adopts pinned maps, persisted objects and running pods, then enforces them.</summary>
     public static AgentService Start(AgentOptions options, ILoggerFactory? logging = null)
@@ -109,7 +127,8 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     /// </summary>
     private void RebuildEngine(IReadOnlyList<(uint Id, LabelSet Labels)> identities, Dictionary<string, IReadOnlyList<IPAddress>> addresses)
     {
-        var engine = NewEngine();
+        var (engine, ipam) = NewEngine();
+        _ipam = ipam;
         foreach (var (id, labels) in identities)
         {
             engine.IdentityAllocator.Restore(id, labels, IdentityKind.Pod);
@@ -122,7 +141,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         }
         foreach (var pod in set.Pods)
         {
-            engine.UpsertPod(addresses.TryGetValue(pod.Key, out var a) ? pod with { Addresses = a } : pod);
+            engine.UpsertPod(WithAddresses(pod, addresses.GetValueOrDefault(pod.Key)));
         }
         foreach (var policy in set.Policies)
         {

@@ -2,7 +2,7 @@ using System.Net;
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
 using static Membrane.Datapath.Tests.Packets;
-using static Membrane.Policy.Tests.Cluster;
+using static Membrane.TestSupport.Cluster;
 
 namespace Membrane.Datapath.Tests;
 

@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using Membrane.Datapath.Ebpf;
 using Membrane.Policy.Resolution;
-using Membrane.Policy.Tests;
 
 namespace Membrane.Datapath.Tests;
 

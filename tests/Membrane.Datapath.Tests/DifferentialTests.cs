@@ -2,8 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using Membrane.Policy.Resolution;
 using Membrane.Policy.Rules;
-using Membrane.Policy.Tests;
-using Membrane.Policy.Tests.Tracing;
 using Membrane.Policy.Tracing;
 using static Membrane.Datapath.Tests.Packets;
 

@@ -1,6 +1,6 @@
 using System.Net;
 using static Membrane.Datapath.Tests.Packets;
-using static Membrane.Policy.Tests.Cluster;
+using static Membrane.TestSupport.Cluster;
 
 namespace Membrane.Datapath.Tests;
 

@@ -1,8 +1,7 @@
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
-using Membrane.Policy.Tests;
 using static Membrane.Datapath.Tests.Packets;
-using static Membrane.Policy.Tests.Cluster;
+using static Membrane.TestSupport.Cluster;
 
 namespace Membrane.Datapath.Tests;
 

@@ -1,9 +1,8 @@
 using Membrane.Datapath.Maps;
 using Membrane.Datapath.Sync;
 using Membrane.Policy.Rules;
-using Membrane.Policy.Tests;
 using static Membrane.Datapath.Tests.Packets;
-using static Membrane.Policy.Tests.Cluster;
+using static Membrane.TestSupport.Cluster;
 
 namespace Membrane.Datapath.Tests;
 

@@ -50,35 +50,27 @@ public static class Tracer
 
     public static TraceResult Trace(PolicyEngine engine, TraceRequest request)
     {
+        ArgumentNullException.ThrowIfNull(engine);
+        ArgumentNullException.ThrowIfNull(request);
         if (!IsLabels(request.From) && !IsLabels(request.To))
         {
             return TraceEndpoints(engine, request);
         }
-        // Endpoints given as labels become transient pods: same identity rules, namespace-derived labels and
-        // selector matching as real ones. They are removed again afterwards.
-        var added = new List<string>();
-        try
+        // Endpoints given as labels become pods of a fork of the engine: same identity rules, namespace-derived labels
+        // and selector matching as real ones, and the live engine is not touched.
+        var scratch = engine.Fork();
+        var from = IsLabels(request.From) ? AddTransient(scratch, request.From, "source") : request.From;
+        var to = IsLabels(request.To) ? AddTransient(scratch, request.To, "destination") : request.To;
+        var result = TraceEndpoints(scratch, request with { From = from, To = to });
+        return result with
         {
-            var from = IsLabels(request.From) ? AddTransient(engine, request.From, "source", added) : request.From;
-            var to = IsLabels(request.To) ? AddTransient(engine, request.To, "destination", added) : request.To;
-            var result = TraceEndpoints(engine, request with { From = from, To = to });
-            return result with
-            {
-                Request = request,
-                Egress = result.Egress with { Endpoint = request.From },
-                Ingress = result.Ingress with { Endpoint = request.To },
-            };
-        }
-        finally
-        {
-            foreach (var key in added)
-            {
-                engine.RemovePod(key);
-            }
-        }
+            Request = request,
+            Egress = result.Egress with { Endpoint = request.From },
+            Ingress = result.Ingress with { Endpoint = request.To },
+        };
     }
 
-    private static string AddTransient(PolicyEngine engine, string labelText, string role, List<string> added)
+    private static string AddTransient(PolicyEngine engine, string labelText, string role)
     {
         var labels = LabelSet.Parse(labelText);
         var ns = labels.ValueOf(WellKnownLabels.PodNamespace) ?? "default";
@@ -88,7 +80,6 @@ public static class Tracer
         var serviceAccount = labels.ValueOf(WellKnownLabels.ServiceAccount) ?? "default";
         var pod = new PodManifest(ns, $"trace-{role}-{Guid.NewGuid():N}"[..30], own, serviceAccount, [], [], "(trace)");
         engine.UpsertPod(pod);
-        added.Add(pod.Key);
         return pod.Key;
     }
 

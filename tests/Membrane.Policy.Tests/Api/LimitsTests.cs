@@ -1,5 +1,3 @@
-using System.Text;
-using Membrane.Cli;
 using Membrane.Policy.Api;
 
 namespace Membrane.Policy.Tests.Api;
@@ -10,21 +8,9 @@ namespace Membrane.Policy.Tests.Api;
 /// </summary>
 public sealed class LimitsTests
 {
-    private const string CyclicAlias = "items: &a [ {apiVersion: v1, kind: List, items: *a} ]\nkind: List\napiVersion: v1\n";
+    private const string CyclicAlias = HostileYaml.CyclicAlias;
 
-    /// <summary>926 bytes of Lists repeated through aliases: 10^9 objects once expanded.</summary>
-    private static string BillionLaughs()
-    {
-        var yaml = new StringBuilder("apiVersion: v1\nkind: List\nx0: &a0 {apiVersion: v1, kind: Namespace, metadata: {name: n}}\n");
-        for (var i = 1; i <= 9; i++)
-        {
-            yaml.Append($"x{i}: &a{i} [");
-            yaml.AppendJoin(", ", Enumerable.Repeat($"*a{i - 1}", 10));
-            yaml.Append("]\n");
-        }
-        yaml.Append("items: *a9\n");
-        return yaml.ToString();
-    }
+    private static string BillionLaughs() => HostileYaml.BillionLaughs();
 
     private static PolicyError SingleError(string yaml)
     {
@@ -84,26 +70,5 @@ public sealed class LimitsTests
 
         var huge = new string('#', YamlLimits.MaxTextLength + 1);
         Assert.Contains("a file or request may have", SingleError(huge).Message, StringComparison.Ordinal);
-    }
-
-    [Fact]
-    public void ValidateReportsHostileFilesWithExitOne()
-    {
-        var file = Path.Combine(Path.GetTempPath(), $"membrane-limits-{Guid.NewGuid():N}.yaml");
-        try
-        {
-            foreach (var yaml in new[] { CyclicAlias, BillionLaughs() })
-            {
-                File.WriteAllText(file, yaml);
-                var stdout = new StringWriter();
-                var stderr = new StringWriter();
-                Assert.Equal(CliApp.Failure, CliApp.Run(["policy", "validate", file], stdout, stderr));
-                Assert.Contains("nothing was loaded", stderr.ToString(), StringComparison.Ordinal);
-            }
-        }
-        finally
-        {
-            File.Delete(file);
-        }
     }
 }

@@ -1,6 +1,6 @@
 using Membrane.Policy.Labels;
 using Membrane.Policy.Rules;
-using static Membrane.Policy.Tests.Cluster;
+using static Membrane.TestSupport.Cluster;
 
 namespace Membrane.Policy.Tests.Resolution;
 

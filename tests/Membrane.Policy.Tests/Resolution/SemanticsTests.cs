@@ -1,5 +1,5 @@
 using Membrane.Policy.Rules;
-using static Membrane.Policy.Tests.Cluster;
+using static Membrane.TestSupport.Cluster;
 
 namespace Membrane.Policy.Tests.Resolution;
 

@@ -1,7 +1,7 @@
 using System.Text.Json;
 using Membrane.Cli;
 
-namespace Membrane.Policy.Tests.Cli;
+namespace Membrane.Cli.Tests;
 
 public sealed class CliTests
 {
@@ -106,5 +106,26 @@ public sealed class CliTests
             "--from", "demo/nobody", "--to", "demo/web", "--protocol", "tcp", "--port", "80");
         Assert.Equal(2, code);
         Assert.Contains("no pod demo/nobody", err, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateReportsHostileFilesWithExitOne()
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"membrane-limits-{Guid.NewGuid():N}.yaml");
+        try
+        {
+            foreach (var yaml in new[] { HostileYaml.CyclicAlias, HostileYaml.BillionLaughs() })
+            {
+                File.WriteAllText(file, yaml);
+                var stdout = new StringWriter();
+                var stderr = new StringWriter();
+                Assert.Equal(CliApp.Failure, CliApp.Run(["policy", "validate", file], stdout, stderr));
+                Assert.Contains("nothing was loaded", stderr.ToString(), StringComparison.Ordinal);
+            }
+        }
+        finally
+        {
+            File.Delete(file);
+        }
     }
 }

@@ -4,51 +4,30 @@ using Membrane.Policy.Workloads;
 
 namespace Membrane.Policy.Resolution;
 
-/// <summary>Resolution: rules to per-endpoint map state, incrementally for the dirty endpoints.</summary>
-public sealed partial class PolicyEngine
+/// <summary>One endpoint's resolved policy and what it read: the selectors, and whether egress named ports.</summary>
+internal sealed record Resolution(EndpointPolicy Policy, IReadOnlySet<string> SelectorKeys, bool UsesNamedPorts);
+
+/// <summary>
+/// Rules → an endpoint's map state, with deny precedence, fromRequires narrowing and named ports. Pure: it reads the
+/// repository, the selector cache and the endpoint index and changes none of them, so a result can be cached until
+/// one of the selectors it read changes.
+/// </summary>
+internal sealed class Resolver(PolicyRepository repository, SelectorCache cache, EndpointIndex index)
 {
-    // ---- resolution ----
-
-    /// <summary>The endpoints whose policy changed since they were last resolved.</summary>
-    public IReadOnlyCollection<string> Dirty => _dirty;
-
-    public EndpointPolicy Resolve(string endpointKey)
+    /// <summary>What one resolution read.</summary>
+    private sealed class Reads
     {
-        var endpoint = _endpoints.GetValueOrDefault(endpointKey)
-            ?? throw new KeyNotFoundException($"no pod {endpointKey}");
-        if (!_dirty.Contains(endpointKey) && _resolved.TryGetValue(endpointKey, out var cached))
-        {
-            return cached;
-        }
-        var resolved = Compute(endpoint);
-        _resolved[endpointKey] = resolved;
-        _dirty.Remove(endpointKey);
-        return resolved;
+        public HashSet<string> SelectorKeys { get; } = new(StringComparer.Ordinal);
+
+        public bool NamedPorts { get; set; }
     }
 
-    /// <summary>
-    /// Which endpoints this node enforces; only they are resolved by <see cref="ResolveDirty"/>. Pods of other
-    /// nodes still have identities and are peers. All pods are local in the single-node sandbox.
-    /// </summary>
-    public Predicate<string> IsLocal { get; init; } = _ => true;
-
-    /// <summary>Resolves every dirty local endpoint and returns those that were recomputed.</summary>
-    public IReadOnlyList<EndpointPolicy> ResolveDirty()
+    public Resolution Compute(Endpoint endpoint, long revision)
     {
-        _dirty.RemoveWhere(k => !IsLocal(k));
-        return _dirty.ToList().Select(Resolve).ToList();
-    }
-
-    public IReadOnlyList<EndpointPolicy> ResolveAll() => _endpoints.Keys.Order(StringComparer.Ordinal).Select(Resolve).ToList();
-
-    private EndpointPolicy Compute(Endpoint endpoint)
-    {
-        ResolutionCount++;
-        ForgetDependencies(endpoint.Key);
-        _namedPortDependents.Remove(endpoint.Key);
-        var dependencies = new HashSet<string>(StringComparer.Ordinal);
-        var specs = _policies.Values.SelectMany(p => p.Document.Specs)
-            .Where(s => _cache.Selected(SelectorCache.SubjectKey(s.Subject)).Contains(endpoint.Identity.Id))
+        var reads = new Reads();
+        var selectorKeys = reads.SelectorKeys;
+        var specs = repository.Specs
+            .Where(s => cache.Selected(SelectorCache.SubjectKey(s.Subject)).Contains(endpoint.Identity.Id))
             .ToList();
         var builder = new MapStateBuilder();
         var enforced = new HashSet<TrafficDirection>();
@@ -68,29 +47,19 @@ public sealed partial class PolicyEngine
             foreach (var requirement in rules.SelectMany(r => r.Requires))
             {
                 var key = SelectorCache.RequiresKey(requirement);
-                dependencies.Add(key);
-                var selected = _cache.Selected(key);
+                selectorKeys.Add(key);
+                var selected = cache.Selected(key);
                 required = required is null ? [.. selected] : [.. required.Intersect(selected)];
             }
             foreach (var rule in rules.Where(r => !r.AllowsNothing))
             {
-                AddRule(builder, endpoint, rule, required, dependencies);
+                AddRule(builder, endpoint, rule, required, reads);
             }
         }
-        foreach (var key in dependencies)
-        {
-            if (!_dependents.TryGetValue(key, out var set))
-            {
-                set = new HashSet<string>(StringComparer.Ordinal);
-                _dependents[key] = set;
-            }
-            set.Add(endpoint.Key);
-        }
-        _dependencies[endpoint.Key] = dependencies;
-        return new EndpointPolicy(endpoint, builder.Build(), specs, enforced, Revision);
+        return new Resolution(new EndpointPolicy(endpoint, builder.Build(), specs, enforced, revision), selectorKeys, reads.NamedPorts);
     }
 
-    private void AddRule(MapStateBuilder builder, Endpoint endpoint, PolicyRule rule, HashSet<uint>? required, HashSet<string> dependencies)
+    private void AddRule(MapStateBuilder builder, Endpoint endpoint, PolicyRule rule, HashSet<uint>? required, Reads reads)
     {
         var peers = new HashSet<uint>();
         if (rule.Peers is null)
@@ -102,14 +71,14 @@ public sealed partial class PolicyEngine
             foreach (var peer in rule.Peers)
             {
                 var key = SelectorCache.PeerKey(peer);
-                dependencies.Add(key);
-                if (_cache.IsWildcard(key))
+                reads.SelectorKeys.Add(key);
+                if (cache.IsWildcard(key))
                 {
                     peers.Add(ReservedIdentities.Any);
                 }
                 else
                 {
-                    peers.UnionWith(_cache.Selected(key));
+                    peers.UnionWith(cache.Selected(key));
                 }
             }
         }
@@ -127,15 +96,15 @@ public sealed partial class PolicyEngine
         {
             // An egress named port means the port of that name on the destination: to "any peer" it can only
             // reach the pods that declare it, so the wildcard expands into their identities for named ports.
-            var named = rule with { Icmps = null, Ports = rule.Ports.Where(p => p.Name is not null).ToList() };
-            foreach (var identity in _endpointsByIdentity.Keys)
+            var named = rule with { Icmps = null, Ports = rule.Ports!.Where(p => p.Name is not null).ToList() };
+            foreach (var identity in index.EndpointIdentities)
             {
-                foreach (var (protocol, port, prefix) in L4Keys(endpoint, named, identity))
+                foreach (var (protocol, port, prefix) in L4Keys(endpoint, named, identity, reads))
                 {
                     builder.Add(PolicyKey.Create(rule.Direction, identity, protocol, port, prefix), rule.Action, reference);
                 }
             }
-            rule = rule with { Ports = rule.Ports.Where(p => p.Name is null).ToList() };
+            rule = rule with { Ports = rule.Ports!.Where(p => p.Name is null).ToList() };
             if (rule.Ports.Count == 0 && rule.Icmps is null)
             {
                 return;
@@ -143,7 +112,7 @@ public sealed partial class PolicyEngine
         }
         foreach (var peer in peers)
         {
-            foreach (var (protocol, port, prefix) in L4Keys(endpoint, rule, peer))
+            foreach (var (protocol, port, prefix) in L4Keys(endpoint, rule, peer, reads))
             {
                 builder.Add(PolicyKey.Create(rule.Direction, peer, protocol, port, prefix), rule.Action, reference);
             }
@@ -151,7 +120,7 @@ public sealed partial class PolicyEngine
     }
 
     /// <summary>The protocol/port/ICMP part of a rule's keys for one peer; named ports resolve on the destination.</summary>
-    private IEnumerable<(byte Protocol, ushort Port, byte Prefix)> L4Keys(Endpoint endpoint, PolicyRule rule, uint peer)
+    private IEnumerable<(byte Protocol, ushort Port, byte Prefix)> L4Keys(Endpoint endpoint, PolicyRule rule, uint peer, Reads reads)
     {
         if (rule.IsL3Only)
         {
@@ -168,7 +137,7 @@ public sealed partial class PolicyEngine
         {
             if (port.Name is not null)
             {
-                foreach (var resolved in ResolveNamedPort(endpoint, rule, peer, port))
+                foreach (var resolved in ResolveNamedPort(endpoint, rule, peer, port, reads))
                 {
                     yield return resolved;
                 }
@@ -189,7 +158,7 @@ public sealed partial class PolicyEngine
         }
     }
 
-    private IEnumerable<(byte, ushort, byte)> ResolveNamedPort(Endpoint endpoint, PolicyRule rule, uint peer, PortMatch port)
+    private IEnumerable<(byte, ushort, byte)> ResolveNamedPort(Endpoint endpoint, PolicyRule rule, uint peer, PortMatch port, Reads reads)
     {
         IEnumerable<Endpoint> destinations;
         if (rule.Direction == TrafficDirection.Ingress)
@@ -198,8 +167,8 @@ public sealed partial class PolicyEngine
         }
         else
         {
-            _namedPortDependents.Add(endpoint.Key);
-            destinations = (_endpointsByIdentity.GetValueOrDefault(peer) ?? []).Select(k => _endpoints[k]);
+            reads.NamedPorts = true; // the destination pods' ports: a change of any pod's ports may change this
+            destinations = index.Members(peer).Select(k => index.Find(k)!);
         }
         var allowed = port.Protocols.ToHashSet();
         var seen = new HashSet<(byte, ushort)>();

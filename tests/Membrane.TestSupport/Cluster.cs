@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Sockets;
 using Membrane.Policy.Api;
 using Membrane.Policy.Resolution;
@@ -5,10 +6,10 @@ using Membrane.Policy.Rules;
 using Membrane.Policy.Tracing;
 using Membrane.Policy.Workloads;
 
-namespace Membrane.Policy.Tests;
+namespace Membrane.TestSupport;
 
 /// <summary>A policy engine loaded from YAML, with helpers that ask the trace whether a flow is allowed.</summary>
-internal sealed class Cluster
+public sealed class Cluster
 {
     /// <summary>Namespaces a (env=prod) and b (env=dev); a/client, a/server (http 80/TCP, dns 53/UDP), b/client, b/other.</summary>
     public const string Workloads = """
@@ -52,8 +53,46 @@ internal sealed class Cluster
     public static Cluster With(string policies, string workloads = Workloads)
     {
         var cluster = new Cluster();
-        cluster.Engine.Apply(Load(workloads + "\n---\n" + policies));
+        cluster.Engine.Apply(WithAddresses(Load(workloads + "\n---\n" + policies)));
         return cluster;
+    }
+
+    /// <summary>
+    /// Gives pods without addresses an IPv4 and an IPv6 address, as the agent's IPAM would: host numbers 2, 3, … of
+    /// 10.200.0.0/16 and fd00:200::/64 in the order of the pods, skipping addresses pods ask for.
+    /// </summary>
+    public static ManifestSet WithAddresses(ManifestSet set)
+    {
+        ArgumentNullException.ThrowIfNull(set);
+        var taken = set.Pods.SelectMany(p => p.Addresses).ToHashSet();
+        var next = 2;
+        IPAddress Next(byte[] prefix)
+        {
+            while (true)
+            {
+                var bytes = (byte[])prefix.Clone();
+                bytes[^1] = (byte)(next & 0xff);
+                bytes[^2] = (byte)(next >> 8);
+                var address = new IPAddress(bytes);
+                if (!taken.Contains(address))
+                {
+                    return address;
+                }
+                next++;
+            }
+        }
+        var pods = set.Pods.Select(pod =>
+        {
+            if (pod.Addresses.Count > 0)
+            {
+                return pod;
+            }
+            var v4 = Next(IPAddress.Parse("10.200.0.0").GetAddressBytes());
+            var v6 = Next(IPAddress.Parse("fd00:200::").GetAddressBytes());
+            next++;
+            return pod with { Addresses = [v4, v6] };
+        }).ToList();
+        return set with { Pods = pods };
     }
 
     public static ManifestSet Load(string yaml, string file = "test.yaml")

@@ -2,10 +2,10 @@ using System.Globalization;
 using System.Text;
 using Membrane.Policy.Rules;
 
-namespace Membrane.Policy.Tests.Tracing;
+namespace Membrane.TestSupport;
 
 /// <summary>Generates random but valid CNP/CCNP YAML over the test cluster's labels, ports and ICMP types.</summary>
-internal sealed class RandomPolicies(int seed)
+public sealed class RandomPolicies(int seed)
 {
     private readonly Random _random = new(seed);
     private static readonly string[] Apps = ["client", "server", "other", "nobody"];
