@@ -57,7 +57,7 @@ public static class DatapathBenchmark
         var engine = new PolicyEngine();
         engine.Apply(BenchAddresses.Assign(manifests));
         datapath.IpCache.Sync(engine.IpCache());
-        datapath.Policy.Sync(IfIndex, engine.Resolve("bench/server").State);
+        new Membrane.Datapath.Sync.PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules).Sync(IfIndex, engine.Resolve("bench/server").State);
 
         var c = engine.FindEndpoint("bench/client")!.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
         var s = engine.FindEndpoint("bench/server")!.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;

@@ -46,7 +46,7 @@ public static class FootprintBenchmark
             var state = engine.Resolve("fp/target").State;
             using var datapath = PolicyDatapath.Load();
             var before = KernelBytes(datapath.PolicyMap.Fd);
-            datapath.Policy.Sync(1, state);
+            new Membrane.Datapath.Sync.PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules).Sync(1, state);
             var bytes = KernelBytes(datapath.PolicyMap.Fd) - before;
             results.Add(new FootprintResult(peers, state.Count, bytes, (double)bytes / state.Count, state.Count <= ReferenceDefaultEntries));
         }

@@ -8,6 +8,7 @@ using Membrane.Agent.Regeneration;
 using Membrane.Agent.Sandbox;
 using Membrane.Agent.State;
 using Membrane.Datapath;
+using Membrane.Datapath.Sync;
 using Membrane.Policy.Api;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
@@ -46,16 +47,20 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         _options = options;
         _log = log;
         Datapath = datapath;
+        PolicyMap = new PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules);
         _store = store;
         _stateFile = new StateStore(options.StateDirectory);
-        _endpoints = new EndpointManager(runtime, datapath);
-        _regenerator = new Regenerator(datapath, _endpoints);
+        _endpoints = new EndpointManager(runtime, datapath, PolicyMap);
+        _regenerator = new Regenerator(datapath, PolicyMap, _endpoints);
         (_engine, _ipam) = NewEngine();
-        Queries = new AgentQueries(options, datapath, _endpoints, () => _engine, store);
+        Queries = new AgentQueries(options, datapath, PolicyMap, _endpoints, () => _engine, store);
         Events = new EventHub(datapath, Queries.Describe);
     }
 
     public PolicyDatapath Datapath { get; }
+
+    /// <summary>Writes resolved policy into the policy map (safe order, capacity checks); the one writer of that map.</summary>
+    public PolicyMapSynchronizer PolicyMap { get; }
 
     public EventHub Events { get; }
 
@@ -104,7 +109,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     private void Restore()
     {
         _endpoints.Runtime.Prepare();
-        Datapath.Policy.Adopt();
+        PolicyMap.Adopt();
         Datapath.IpCache.Adopt();
         var state = _stateFile.Load(EnforcedEndpoints());
         _store.Restore(new ObjectStoreSnapshot(state.Objects, state.Revision));
@@ -119,7 +124,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     }
 
     /// <summary>What the kernel still enforces for pods (pinned policy and address entries): never dropped silently.</summary>
-    private int EnforcedEndpoints() => Datapath.Policy.Endpoints().Concat(Datapath.Endpoints.IfIndexes().Select(i => (int)i)).Distinct().Count();
+    private int EnforcedEndpoints() => PolicyMap.Endpoints().Concat(Datapath.Endpoints.IfIndexes().Select(i => (int)i)).Distinct().Count();
 
     /// <summary>
     /// A new engine holding exactly the store's objects: identities keep their numbers and pods their addresses.

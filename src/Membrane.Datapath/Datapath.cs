@@ -5,7 +5,8 @@ using Membrane.Datapath.Sync;
 namespace Membrane.Datapath;
 
 /// <summary>
-/// The loaded policy datapath: the two tc programs, their shared maps and the synchronisers that fill them.
+/// The loaded policy datapath: the two tc programs and their shared maps, each bound once by name at load. It needs
+/// no policy library: the policy map is written by <c>PolicyMapSynchronizer</c> (Membrane.Datapath.Sync).
 /// </summary>
 public sealed class PolicyDatapath : IDisposable
 {
@@ -18,18 +19,18 @@ public sealed class PolicyDatapath : IDisposable
         Bpf = obj;
         FromPod = obj.Program(FromPodProgram);
         ToPod = obj.Program(ToPodProgram);
-        PolicyMap = obj.Map("mb_policy");
-        Conntrack = new ConntrackTable(obj.Map("mb_ct4"), obj.Map("mb_ct6"));
-        Drops = obj.Map("mb_drops");
+        // Each map bound once, to its C struct mirrors: a size mismatch fails here, at load.
+        PolicyMap = obj.Map<PolicyMapKey, PolicyMapValue>("mb_policy");
+        Conntrack = new ConntrackTable(obj.Map<Conntrack4Key, ConntrackValue>("mb_ct4"), obj.Map<Conntrack6Key, ConntrackValue>("mb_ct6"));
+        Drops = obj.Map<uint, Counter>("mb_drops");
         Events = obj.Map("mb_events");
-        Config = obj.Map("mb_config");
-        Fragments = obj.Map("mb_frag");
-        EndpointMap = obj.Map("mb_endpoints");
+        Config = obj.Map<uint, DatapathConfig>("mb_config");
+        Fragments = obj.Map<FragmentKey, byte>("mb_frag");
+        EndpointMap = obj.Map<EndpointKey, EndpointValue>("mb_endpoints");
         Endpoints = new EndpointTable(EndpointMap);
-        IpCache4Map = obj.Map("mb_ipcache4");
-        IpCache6Map = obj.Map("mb_ipcache6");
+        IpCache4Map = obj.Map<IpCache4Key, IpCacheValue>("mb_ipcache4");
+        IpCache6Map = obj.Map<IpCache6Key, IpCacheValue>("mb_ipcache6");
         Rules = new RuleRegistry();
-        Policy = new PolicyMapSynchronizer(PolicyMap, Rules);
         IpCache = new IpCacheSynchronizer(IpCache4Map, IpCache6Map);
     }
 
@@ -41,30 +42,30 @@ public sealed class PolicyDatapath : IDisposable
     /// <summary>Runs on the pod's host-side veth tc egress: what the pod receives (its ingress policy).</summary>
     public BpfProgram ToPod { get; }
 
-    public BpfMap PolicyMap { get; }
+    public BpfMap<PolicyMapKey, PolicyMapValue> PolicyMap { get; }
 
     public ConntrackTable Conntrack { get; }
 
-    public BpfMap Drops { get; }
+    /// <summary>Per-CPU drop counters by reason.</summary>
+    public BpfMap<uint, Counter> Drops { get; }
 
+    /// <summary>The ring buffer of events (no keys or values).</summary>
     public BpfMap Events { get; }
 
-    public BpfMap Config { get; }
+    public BpfMap<uint, DatapathConfig> Config { get; }
 
-    public BpfMap Fragments { get; }
+    public BpfMap<FragmentKey, byte> Fragments { get; }
 
-    public BpfMap EndpointMap { get; }
+    public BpfMap<EndpointKey, EndpointValue> EndpointMap { get; }
 
-    public BpfMap IpCache4Map { get; }
+    public BpfMap<IpCache4Key, IpCacheValue> IpCache4Map { get; }
 
-    public BpfMap IpCache6Map { get; }
+    public BpfMap<IpCache6Key, IpCacheValue> IpCache6Map { get; }
 
     /// <summary>The addresses each endpoint may send from (source validation).</summary>
     public EndpointTable Endpoints { get; }
 
     public RuleRegistry Rules { get; }
-
-    public PolicyMapSynchronizer Policy { get; }
 
     public IpCacheSynchronizer IpCache { get; }
 

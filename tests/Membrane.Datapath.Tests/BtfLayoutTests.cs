@@ -146,5 +146,15 @@ public sealed partial class BtfLayoutTests
             var kind = Enum.GetValues<Policy.Resolution.MatchKind>().Single(k => Normalise(k.ToString()) == Normalise(name["MATCH_".Length..]));
             Assert.Equal(value, PolicyMapSynchronizer.MatchKindCode(kind));
         }
+        foreach (var (name, value) in enums["match_kind"])
+        {
+            Assert.Equal(value, (long)Enum.GetValues<WireMatchKind>().Single(k => Normalise(k.ToString()) == Normalise(name["MATCH_".Length..])));
+        }
+        Assert.Equal(enums["match_kind"].Count, Enum.GetValues<WireMatchKind>().Length);
+        foreach (var (name, value) in enums["traffic_direction"])
+        {
+            Assert.Equal(value, (long)Enum.Parse<WireDirection>(Normalise(name["DIR_".Length..]), ignoreCase: true));
+        }
+        Assert.Equal(enums["traffic_direction"].Count, Enum.GetValues<WireDirection>().Length);
     }
 }

@@ -18,6 +18,10 @@ public sealed class CapacityTests : IDisposable
         MaxEntries = new Dictionary<string, uint> { ["mb_policy"] = 100, ["mb_ipcache4"] = 10, ["mb_ipcache6"] = 10 },
     });
 
+    private readonly PolicyMapSynchronizer _policy;
+
+    public CapacityTests() => _policy = new PolicyMapSynchronizer(_datapath.PolicyMap, _datapath.Rules);
+
     public void Dispose() => _datapath.Dispose();
 
     private static MapState Ports(int count)
@@ -33,13 +37,13 @@ public sealed class CapacityTests : IDisposable
     [Fact]
     public void PolicyMapChangesThatDoNotFitAreRefusedBeforeWriting()
     {
-        _datapath.Policy.Sync(7, Ports(60));
-        _datapath.Policy.CheckCapacity([(8, "b/pod", 40)]);
-        var refused = Assert.Throws<MapCapacityException>(() => _datapath.Policy.CheckCapacity([(8, "b/pod", 41)]));
+        _policy.Sync(7, Ports(60));
+        _policy.CheckCapacity([(8, "b/pod", 40)]);
+        var refused = Assert.Throws<MapCapacityException>(() => _policy.CheckCapacity([(8, "b/pod", 41)]));
         Assert.Contains("mb_policy would need 101 entries and holds 100 (largest change: endpoint b/pod with 41 entries)", refused.Message, StringComparison.Ordinal);
         // Replacing an endpoint's entries briefly holds old and new: 60 + 50 does not fit even though 50 alone would.
-        Assert.Throws<MapCapacityException>(() => _datapath.Policy.CheckCapacity([(7, "a/pod", 50)]));
-        Assert.Equal(60, _datapath.Policy.Count);
+        Assert.Throws<MapCapacityException>(() => _policy.CheckCapacity([(7, "a/pod", 50)]));
+        Assert.Equal(60, _policy.Count);
         Assert.Equal(60, _datapath.PolicyMap.Keys<Maps.PolicyMapKey>().Count());
     }
 

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Sync;
 using Membrane.Policy.Resolution;
 
 namespace Membrane.Datapath.Tests;
@@ -13,7 +14,15 @@ internal sealed class DatapathHarness : IDisposable
 {
     public const uint TestIfIndex = 1;
 
+    public DatapathHarness()
+    {
+        Policy = new PolicyMapSynchronizer(Datapath.PolicyMap, Datapath.Rules);
+    }
+
     public PolicyDatapath Datapath { get; } = PolicyDatapath.Load();
+
+    /// <summary>The policy map's writer, as the agent has it.</summary>
+    public PolicyMapSynchronizer Policy { get; }
 
     public PolicyEngine Engine { get; private set; } = new();
 
@@ -30,7 +39,7 @@ internal sealed class DatapathHarness : IDisposable
     {
         Datapath.FlushConntrack();
         Datapath.IpCache.Sync(Engine.IpCache());
-        Datapath.Policy.Sync(TestIfIndex, Engine.Resolve(endpoint).State);
+        Policy.Sync(TestIfIndex, Engine.Resolve(endpoint).State);
         Datapath.Endpoints.Set(TestIfIndex, Engine.FindEndpoint(endpoint)!.Addresses);
     }
 

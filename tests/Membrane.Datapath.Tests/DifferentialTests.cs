@@ -33,7 +33,7 @@ public sealed class DifferentialTests : IDisposable
             foreach (var subject in RandomPolicies.Pods)
             {
                 var policy = engine.Resolve(subject);
-                _h.Datapath.Policy.Sync(DatapathHarness.TestIfIndex, policy.State);
+                _h.Policy.Sync(DatapathHarness.TestIfIndex, policy.State);
                 _h.Datapath.Endpoints.Set(DatapathHarness.TestIfIndex, engine.FindEndpoint(subject)!.Addresses);
                 foreach (var peer in RandomPolicies.Pods.Where(p => p != subject).Append("world"))
                 {

@@ -412,7 +412,7 @@ public sealed class EnforcementTests : IDisposable
         _h.Use(Cnp("p", "a", ServerTcp80AndRange), "a/server");
         Assert.True(_h.Receives(ToServer(Tcp, TcpSegment(40000, 80))));
         Assert.True(_h.Receives(ToServer(Tcp, TcpSegment(40001, 80))));
-        var entry = _h.Datapath.Policy.Dump(DatapathHarness.TestIfIndex).Single(e => e.Key.PortProtocol == "80/TCP");
+        var entry = _h.Policy.Dump(DatapathHarness.TestIfIndex).Single(e => e.Key.PortProtocol == "80/TCP");
         Assert.Equal(2ul, entry.Value.Packets);
         Assert.True(entry.Value.Bytes > 100);
     }

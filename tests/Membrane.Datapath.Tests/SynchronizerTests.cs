@@ -20,13 +20,13 @@ public sealed class SynchronizerTests : IDisposable
             ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
             """), "a/server");
         var state = _h.Engine.Resolve("a/server").State;
-        var dumped = _h.Datapath.Policy.Dump(DatapathHarness.TestIfIndex);
+        var dumped = _h.Policy.Dump(DatapathHarness.TestIfIndex);
         Assert.Equal(state.Entries.Keys.Select(k => k.ToString()).Order(), dumped.Select(d => d.Key.ToString()).Order());
 
         Assert.True(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1, 80))));
-        var again = _h.Datapath.Policy.Sync(DatapathHarness.TestIfIndex, state);
+        var again = _h.Policy.Sync(DatapathHarness.TestIfIndex, state);
         Assert.Equal(0, again.Changes);
-        var entry = _h.Datapath.Policy.Dump(DatapathHarness.TestIfIndex).Single(e => e.Key.PortProtocol == "80/TCP");
+        var entry = _h.Policy.Dump(DatapathHarness.TestIfIndex).Single(e => e.Key.PortProtocol == "80/TCP");
         Assert.Equal(1ul, entry.Value.Packets); // unchanged entries keep their counters
     }
 
@@ -34,9 +34,9 @@ public sealed class SynchronizerTests : IDisposable
     public void RemovingAnEndpointEmptiesItsEntries()
     {
         _h.Use("", "a/server");
-        Assert.NotEmpty(_h.Datapath.Policy.Dump(DatapathHarness.TestIfIndex));
-        _h.Datapath.Policy.Remove(DatapathHarness.TestIfIndex);
-        Assert.Empty(_h.Datapath.Policy.Dump(DatapathHarness.TestIfIndex));
+        Assert.NotEmpty(_h.Policy.Dump(DatapathHarness.TestIfIndex));
+        _h.Policy.Remove(DatapathHarness.TestIfIndex);
+        Assert.Empty(_h.Policy.Dump(DatapathHarness.TestIfIndex));
         Assert.False(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1, 80))), "no entries: default deny");
     }
 

@@ -3,6 +3,7 @@ using Membrane.Agent.Sandbox;
 using Membrane.Agent.State;
 using Membrane.Datapath;
 using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Sync;
 using Membrane.Policy.Workloads;
 
 namespace Membrane.Agent.Endpoints;
@@ -11,7 +12,7 @@ namespace Membrane.Agent.Endpoints;
 /// The endpoints this node has: one record per pod whose interface exists, made and removed through the runtime, and
 /// their presence in the datapath (address map entry, programs attached). Not thread-safe: the agent's lock serialises it.
 /// </summary>
-public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath datapath)
+public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath datapath, PolicyMapSynchronizer policyMap)
 {
     private readonly Dictionary<string, EndpointRecord> _records = new(StringComparer.Ordinal);
     private readonly HashSet<int> _attached = [];
@@ -57,9 +58,9 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
             runtime.Adopt(endpoints(key) ?? throw new InvalidOperationException($"adopted endpoint {key} has no pod"), record);
         }
         var known = _records.Values.Select(r => r.IfIndex).ToHashSet();
-        foreach (var ifIndex in datapath.Policy.Endpoints().Where(i => !known.Contains(i)).ToList())
+        foreach (var ifIndex in policyMap.Endpoints().Where(i => !known.Contains(i)).ToList())
         {
-            datapath.Policy.Remove((uint)ifIndex);
+            policyMap.Remove((uint)ifIndex);
         }
         foreach (var ifIndex in datapath.Endpoints.IfIndexes().Where(i => !known.Contains((int)i)).ToList())
         {
@@ -93,7 +94,7 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         {
             runtime.Delete(key, record);
             _attached.Remove(record.IfIndex);
-            datapath.Policy.Remove((uint)record.IfIndex);
+            policyMap.Remove((uint)record.IfIndex);
             datapath.Endpoints.Remove((uint)record.IfIndex);
         }
     }

@@ -79,22 +79,12 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
         var family = e.Family == 4 ? IcmpFamily.IPv4 : IcmpFamily.IPv6;
         var drop = e.Type == (byte)EventType.Drop;
         return new MonitorEvent(
-            DateTimeOffset.UtcNow, drop ? "drop" : "verdict", endpoint, e.Direction == 0 ? "ingress" : "egress", e.PeerIdentity, peer,
+            DateTimeOffset.UtcNow, drop ? "drop" : "verdict", endpoint, WireNames.Of((WireDirection)e.Direction), e.PeerIdentity, peer,
             IpProtocol.Name(e.Protocol), e.SourceAddress.ToString(), e.DestinationAddress.ToString(),
             icmp ? null : e.SourcePort, icmp ? null : e.DestinationPort, icmp ? e.IcmpType : null, icmp ? e.IcmpCode : null,
             icmp ? IcmpTypes.NameOf(family, e.IcmpType) : null, drop ? "DROPPED" : "ALLOWED", DropReasons.Describe((DropReason)e.Reason),
-            MatchKindName(e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId));
+            WireNames.Of((WireMatchKind)e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId));
     }
-
-    private static string MatchKindName(byte kind) => kind switch
-    {
-        1 => "any",
-        2 => "L3-only",
-        3 => "L4-only",
-        4 => "L3+L4",
-        5 => "ICMP",
-        _ => "none",
-    };
 
     public void Dispose()
     {

@@ -6,6 +6,7 @@ using Membrane.Api;
 using Membrane.Datapath;
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
+using Membrane.Datapath.Sync;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Resolution;
 using Membrane.Policy.Rules;
@@ -19,7 +20,8 @@ namespace Membrane.Agent.Queries;
 /// here changes the engine, the endpoints or the kernel's policy. All but <see cref="Status"/> run under the agent's
 /// lock (<see cref="AgentService.ReadAsync{T}"/>).
 /// </summary>
-public sealed class AgentQueries(AgentOptions options, PolicyDatapath datapath, EndpointManager endpoints, Func<PolicyEngine> engine, IObjectStore store)
+public sealed class AgentQueries(
+    AgentOptions options, PolicyDatapath datapath, PolicyMapSynchronizer policyMap, EndpointManager endpoints, Func<PolicyEngine> engine, IObjectStore store)
 {
     private PolicyEngine Engine => engine();
 
@@ -50,7 +52,7 @@ public sealed class AgentQueries(AgentOptions options, PolicyDatapath datapath, 
     {
         var (v4, v6) = datapath.IpCache.Count;
         MapFillOutput Fill(BpfMap map, long entries) => new(map.Name, entries, map.MaxEntries, Math.Round(100.0 * entries / map.MaxEntries, 2));
-        return [Fill(datapath.PolicyMap, datapath.Policy.Count), Fill(datapath.IpCache4Map, v4), Fill(datapath.IpCache6Map, v6),
+        return [Fill(datapath.PolicyMap, policyMap.Count), Fill(datapath.IpCache4Map, v4), Fill(datapath.IpCache6Map, v6),
             Fill(datapath.EndpointMap, endpoints.Records.Count)];
     }
 
@@ -109,7 +111,7 @@ public sealed class AgentQueries(AgentOptions options, PolicyDatapath datapath, 
     public BpfPolicyOutput BpfPolicy(string idOrPod)
     {
         var record = FindRecord(idOrPod);
-        var entries = datapath.Policy.Dump((uint)record.IfIndex)
+        var entries = policyMap.Dump((uint)record.IfIndex)
             .OrderBy(e => e.Key.Direction).ThenBy(e => e.Key.Identity).ThenBy(e => e.Key.Protocol).ThenBy(e => e.Key.Port)
             .Select(e => new BpfPolicyEntryOutput(e.Key.Direction.ToString(), e.Key.Identity, IdentityName(e.Key.Identity),
                 e.Key.PortProtocol, e.Value.Deny == 1 ? "deny" : "allow", e.Key.Kind.ToString(), e.Value.Packets, e.Value.Bytes,
@@ -157,7 +159,7 @@ public sealed class AgentQueries(AgentOptions options, PolicyDatapath datapath, 
             }
 
             var id = IpProtocol.IsIcmp(k.Protocol) ? $" type={dport} id={sport}" : ""; // the request's type and identifier
-            return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, v.Direction == 0 ? "ingress" : "egress",
+            return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, WireNames.Of((WireDirection)v.Direction),
                 now is { } n ? Math.Round(ConntrackTable.SecondsSince(v.Created, n), 1) : null, now is { } m ? Math.Round(ConntrackTable.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));
         }).OrderBy(c => c.Endpoint, StringComparer.Ordinal).ToList();
     }

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Membrane.Agent.Endpoints;
 using Membrane.Datapath;
+using Membrane.Datapath.Maps;
 using Membrane.Datapath.Sync;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Resolution;
@@ -20,7 +21,7 @@ public sealed class CapacityExceededException(string message) : Exception(messag
 /// synchronises the policy maps and the ipcache without a window that allows what old and new policy both deny,
 /// attaches programs where missing, and forgets connections the new policy denies.
 /// </summary>
-public sealed class Regenerator(PolicyDatapath datapath, EndpointManager endpoints)
+public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer policyMap, EndpointManager endpoints)
 {
     /// <summary>Resolves what changed and checks that it fits the maps; nothing is written, so a refusal changes nothing.</summary>
     public RegenerationPlan Plan(PolicyEngine engine)
@@ -34,7 +35,7 @@ public sealed class Regenerator(PolicyDatapath datapath, EndpointManager endpoin
         {
             // Pods not created yet have no interface: a placeholder index that no real interface has counts them.
             var placeholder = uint.MaxValue;
-            datapath.Policy.CheckCapacity(dirty.Select(p =>
+            policyMap.CheckCapacity(dirty.Select(p =>
                 (endpoints.Find(p.Endpoint.Key) is { } r ? (uint)r.IfIndex : placeholder--, p.Endpoint.Key, p.State.Count)));
             datapath.IpCache.CheckCapacity(ipcache);
         }
@@ -63,7 +64,7 @@ public sealed class Regenerator(PolicyDatapath datapath, EndpointManager endpoin
                 continue;
             }
             var state = WithAliases(policy.State, aliases);
-            if (datapath.Policy.Sync((uint)record.IfIndex, state).Changes > 0)
+            if (policyMap.Sync((uint)record.IfIndex, state).Changes > 0)
             {
                 changed[(uint)record.IfIndex] = policy.State;
             }
@@ -75,7 +76,7 @@ public sealed class Regenerator(PolicyDatapath datapath, EndpointManager endpoin
         datapath.IpCache.Sync(plan.IpCache);
         foreach (var (ifIndex, state) in aliased)
         {
-            datapath.Policy.Sync(ifIndex, state);
+            policyMap.Sync(ifIndex, state);
         }
         endpoints.Attach(attachAll);
         if (changed.Count > 0)
@@ -144,7 +145,7 @@ public sealed class Regenerator(PolicyDatapath datapath, EndpointManager endpoin
                 continue;
             }
             var (source, destination, port) = value.OpenedLo == 1 ? (key.Lo, key.Hi, key.HiPort) : (key.Hi, key.Lo, key.LoPort);
-            var direction = (TrafficDirection)value.Direction;
+            var direction = PolicyMapSynchronizer.FromWire((WireDirection)value.Direction);
             var peer = engine.IdentityOf(direction == TrafficDirection.Egress ? destination : source);
             // An ICMP query's key carries the request's type where a port would be (see icmp_ports in bpf/parse.h).
             var keyPort = IpProtocol.IsIcmp(key.Protocol) ? (ushort)(port << 8) : port;

@@ -23,11 +23,11 @@ public sealed record LoadOptions
 public sealed unsafe partial class BpfObject : IDisposable
 {
     private const int LogSize = 16 * 1024 * 1024;
-    private nint _object;
+    private readonly SafeBpfObjectHandle _handle;
     private readonly Dictionary<string, BpfProgram> _programs = new(StringComparer.Ordinal);
     private readonly Dictionary<string, BpfMap> _maps = new(StringComparer.Ordinal);
 
-    private BpfObject(nint obj) => _object = obj;
+    private BpfObject(nint obj) => _handle = new SafeBpfObjectHandle(obj);
 
     public IReadOnlyDictionary<string, BpfProgram> Programs => _programs;
 
@@ -38,6 +38,11 @@ public sealed unsafe partial class BpfObject : IDisposable
 
     public BpfMap Map(string name) =>
         _maps.GetValueOrDefault(name) ?? throw new KeyNotFoundException($"no map {name} in the object");
+
+    /// <summary>A map bound to its key and value types; throws when their sizes are not the map's.</summary>
+    public BpfMap<TKey, TValue> Map<TKey, TValue>(string name)
+        where TKey : unmanaged
+        where TValue : unmanaged => new(Map(name));
 
     /// <summary>The directory holding the compiled objects shipped with this assembly.</summary>
     public static string ObjectDirectory => Path.Combine(AppContext.BaseDirectory, "bpf");
@@ -95,7 +100,7 @@ public sealed unsafe partial class BpfObject : IDisposable
                 var name = Marshal.PtrToStringUTF8(LibBpf.ProgramName(program))!;
                 var log = Marshal.PtrToStringUTF8(buffer) ?? "";
                 var stats = ParseStats(name, log, (int)LibBpf.ProgramInstructionCount(program), watch.Elapsed / Math.Max(1, logs.Count));
-                collection._programs[name] = new BpfProgram(name, LibBpf.ProgramFd(program), stats);
+                collection._programs[name] = new BpfProgram(name, new OwnedFd(collection._handle, LibBpf.ProgramFd(program), $"program {name}"), stats);
             }
             for (var map = LibBpf.NextMap(obj, 0); map != 0; map = LibBpf.NextMap(obj, map))
             {
@@ -109,7 +114,8 @@ public sealed unsafe partial class BpfObject : IDisposable
                     Directory.CreateDirectory(dir);
                     BpfException.Check(LibBpf.MapPin(map, Path.Combine(dir, name)), $"pinning of map {name} in {dir}");
                 }
-                collection._maps[name] = new BpfMap(name, LibBpf.MapFd(map), LibBpf.MapKeySize(map), LibBpf.MapValueSize(map), LibBpf.MapMaxEntries(map));
+                collection._maps[name] = new BpfMap(name, new OwnedFd(collection._handle, LibBpf.MapFd(map), $"map {name}"),
+                    LibBpf.MapKeySize(map), LibBpf.MapValueSize(map), LibBpf.MapMaxEntries(map));
             }
             LibBpfLog.Take();
             return collection;
@@ -188,12 +194,6 @@ public sealed unsafe partial class BpfObject : IDisposable
         return new VerifierStats(program, Group(1), instructions, Group(2), Group(3), loadTime);
     }
 
-    public void Dispose()
-    {
-        if (_object != 0)
-        {
-            LibBpf.ObjectClose(_object);
-            _object = 0;
-        }
-    }
+    /// <summary>Closes the object and with it every program and map descriptor (pins stay); later use of them throws.</summary>
+    public void Dispose() => _handle.Dispose();
 }

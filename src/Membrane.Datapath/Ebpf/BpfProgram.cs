@@ -14,16 +14,19 @@ public sealed unsafe class BpfProgram
     public const uint TcActOk = 0;
     public const uint TcActShot = 2;
 
-    internal BpfProgram(string name, int fd, VerifierStats stats)
+    private readonly OwnedFd _fd;
+
+    internal BpfProgram(string name, OwnedFd fd, VerifierStats stats)
     {
         Name = name;
-        Fd = fd;
+        _fd = fd;
         Stats = stats;
     }
 
     public string Name { get; }
 
-    public int Fd { get; }
+    /// <summary>The program's descriptor; throws once the object that loaded it is disposed.</summary>
+    public int Fd => _fd.Value;
 
     public VerifierStats Stats { get; }
 
@@ -46,6 +49,7 @@ public sealed unsafe class BpfProgram
     public TestRunResult TestRun(ReadOnlySpan<byte> packet, int repeat = 1)
     {
         var output = new byte[Math.Max(packet.Length + 256, 512)];
+        using var fd = _fd.Borrow();
         fixed (byte* data = packet)
         fixed (byte* outData = output)
         {
@@ -58,7 +62,7 @@ public sealed unsafe class BpfProgram
                 DataSizeOut = (uint)output.Length,
                 Repeat = repeat,
             };
-            BpfException.Check(LibBpf.ProgramTestRun(Fd, &options), $"test run of {Name}");
+            BpfException.Check(LibBpf.ProgramTestRun(fd.Fd, &options), $"test run of {Name}");
             return new TestRunResult(options.ReturnValue, options.Duration);
         }
     }

@@ -6,8 +6,11 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define DIR_INGRESS 0 /* traffic entering the pod: the pod's ingress policy */
-#define DIR_EGRESS 1  /* traffic leaving the pod: the pod's egress policy */
+/* Which side of the pod a packet is on: the policy key's, conntrack's and events' direction byte. */
+enum traffic_direction {
+	DIR_INGRESS = 0, /* traffic entering the pod: the pod's ingress policy */
+	DIR_EGRESS = 1,  /* traffic leaving the pod: the pod's egress policy */
+};
 
 #define IDENTITY_ANY 0
 #define IDENTITY_WORLD 2

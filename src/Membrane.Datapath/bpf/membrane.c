@@ -108,9 +108,10 @@ int to_pod(struct __sk_buff *skb)
 /* Puts into the object's BTF the types the programs use only through sizes and casts (the event record, the enums
  * mirrored in C#), so the layout test (BtfLayoutTests) can check the C# mirrors against them. Never called, so
  * never loaded. */
-__attribute__((noinline)) int btf_layout_anchor(struct event *e, enum drop_reason r, enum event_type t, enum match_kind k)
+__attribute__((noinline)) int btf_layout_anchor(struct event *e, enum drop_reason r, enum event_type t, enum match_kind k,
+						  enum traffic_direction d)
 {
-	return e ? (int)r + (int)t + (int)k : 0;
+	return e ? (int)r + (int)t + (int)k + (int)d : 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

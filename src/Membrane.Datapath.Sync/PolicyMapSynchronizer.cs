@@ -6,12 +6,6 @@ using Membrane.Policy.Rules;
 
 namespace Membrane.Datapath.Sync;
 
-/// <summary>Counts of one synchronisation.</summary>
-public readonly record struct SyncResult(int Added, int Updated, int Removed, int Unchanged)
-{
-    public int Changes => Added + Updated + Removed;
-}
-
 /// <summary>
 /// Writes an endpoint's <see cref="MapState"/> into the policy map as a diff against what is there. The order
 /// guarantees that no packet is ever allowed that both the old and the new policy deny:
@@ -28,14 +22,14 @@ public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
     {
         IfIndex = ifIndex,
         Identity = key.Identity,
-        Direction = (byte)key.Direction,
+        Direction = (byte)ToWire(key.Direction),
         Protocol = key.Protocol,
         PortNetworkOrder = BinaryPrimitives.ReverseEndianness(key.Port),
         PrefixLength = key.Protocol == IpProtocol.Any ? PolicyMapKey.L3PrefixLength : 80u + key.PortPrefixLength,
     };
 
     public static PolicyKey FromMapKey(PolicyMapKey key) => PolicyKey.Create(
-        (TrafficDirection)key.Direction, key.Identity, key.Protocol, key.Port,
+        FromWire((WireDirection)key.Direction), key.Identity, key.Protocol, key.Port,
         key.PrefixLength <= PolicyMapKey.L3PrefixLength ? (byte)0 : (byte)(key.PrefixLength - 80));
 
     public SyncResult Sync(uint ifIndex, MapState state)
@@ -46,7 +40,7 @@ public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
             desired[ToMapKey(ifIndex, key)] = new PolicyMapValue
             {
                 Deny = entry.IsDeny ? (byte)1 : (byte)0,
-                Kind = (byte)MatchKindCode(key.Kind),
+                Kind = (byte)ToWire(key.Kind),
                 RuleId = rules.Intern(entry.DerivedFrom),
             };
         }
@@ -164,12 +158,20 @@ public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
         map.Entries<PolicyMapKey, PolicyMapValue>().Where(e => e.Key.IfIndex == ifIndex)
             .Select(e => (FromMapKey(e.Key), e.Value)).ToList();
 
-    public static int MatchKindCode(MatchKind kind) => kind switch
+    public static int MatchKindCode(MatchKind kind) => (int)ToWire(kind);
+
+    public static WireMatchKind ToWire(MatchKind kind) => kind switch
     {
-        MatchKind.Any => 1,
-        MatchKind.L3Only => 2,
-        MatchKind.L4Only => 3,
-        MatchKind.L3L4 => 4,
-        _ => 5,
+        MatchKind.Any => WireMatchKind.Any,
+        MatchKind.L3Only => WireMatchKind.L3Only,
+        MatchKind.L4Only => WireMatchKind.L4Only,
+        MatchKind.L3L4 => WireMatchKind.L3L4,
+        _ => WireMatchKind.Icmp,
     };
+
+    public static WireDirection ToWire(TrafficDirection direction) =>
+        direction == TrafficDirection.Ingress ? WireDirection.Ingress : WireDirection.Egress;
+
+    public static TrafficDirection FromWire(WireDirection direction) =>
+        direction == WireDirection.Ingress ? TrafficDirection.Ingress : TrafficDirection.Egress;
 }
