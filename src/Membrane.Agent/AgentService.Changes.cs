@@ -125,6 +125,7 @@ public sealed partial class AgentService
 
     public Task<ApplyResponse> ApplyAsync(ManifestRequest request, bool policiesOnly = false, CancellationToken cancel = default)
     {
+        ArgumentNullException.ThrowIfNull(request);
         var set = Parse(request);
         if (policiesOnly && (set.Pods.Count > 0 || set.Namespaces.Count > 0))
         {
@@ -235,6 +236,7 @@ public sealed partial class AgentService
 
     public Task<ApplyResponse> DeleteAsync(ManifestRequest request, CancellationToken cancel = default)
     {
+        ArgumentNullException.ThrowIfNull(request);
         var set = Parse(request);
         return CommitAsync(() =>
         {

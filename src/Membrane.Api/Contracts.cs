@@ -7,7 +7,7 @@ namespace Membrane.Api;
 
 public sealed record ErrorDetail(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message, int Line, int Column)
 {
-    public static ErrorDetail From(PolicyError e) => new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
+    public static ErrorDetail From(PolicyError e) => e is null ? throw new ArgumentNullException(nameof(e)) : new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
 }
 
 public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Errors);

@@ -9,6 +9,7 @@ public static class TraceJson
 {
     public static TraceOutput From(TraceResult r)
     {
+        ArgumentNullException.ThrowIfNull(r);
         static TraceSideOutput Side(DirectionTrace s) => new(s.Direction.ToString().ToLowerInvariant(), s.Endpoint, s.PeerIdentity,
             s.Enforced, s.SelectingPolicies, s.Allowed ? "ALLOWED" : "DENIED", s.Reason, s.MatchedKey, s.MatchKind, s.Rules);
         var q = r.Request;

@@ -13,6 +13,8 @@ public static class CliApp
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
+        ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(stderr);
         var output = new CliOutput(stdout, stderr);
         if (args is ["agent", ..] or ["cleanup", ..])
         {

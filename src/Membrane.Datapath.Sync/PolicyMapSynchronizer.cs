@@ -34,6 +34,7 @@ public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
 
     public SyncResult Sync(uint ifIndex, MapState state)
     {
+        ArgumentNullException.ThrowIfNull(state);
         var desired = new Dictionary<PolicyMapKey, PolicyMapValue>(state.Count);
         foreach (var (key, entry) in state.Entries)
         {
@@ -93,6 +94,7 @@ public sealed class PolicyMapSynchronizer(BpfMap map, RuleRegistry rules)
     /// </summary>
     public void CheckCapacity(IEnumerable<(uint IfIndex, string Endpoint, int Entries)> changes)
     {
+        ArgumentNullException.ThrowIfNull(changes);
         lock (_gate)
         {
             var total = (long)_written.Values.Sum(e => e.Count);

@@ -17,6 +17,7 @@ public static partial class AgentProcess
 {
     public static async Task<int> RunAsync(AgentOptions options)
     {
+        ArgumentNullException.ThrowIfNull(options);
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(c =>

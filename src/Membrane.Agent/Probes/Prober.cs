@@ -32,6 +32,7 @@ public sealed class Prober(IPodLookup pods)
 
     public async Task<ProbeResult> ProbeAsync(ProbeQuery query, CancellationToken cancel = default)
     {
+        ArgumentNullException.ThrowIfNull(query);
         TraceRequest request;
         try
         {
@@ -208,6 +209,7 @@ public sealed class Prober(IPodLookup pods)
     /// <summary>Probes every ordered pair of pods, in parallel, for one or several probe kinds.</summary>
     public async Task<MatrixResponse> MatrixAsync(MatrixQuery query, CancellationToken cancel = default)
     {
+        ArgumentNullException.ThrowIfNull(query);
         var watch = Stopwatch.StartNew();
         Timeout(query.TimeoutMs, 800);
         var keys = await pods.PodKeysAsync(cancel).ConfigureAwait(false);

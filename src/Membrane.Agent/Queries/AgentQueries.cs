@@ -62,6 +62,7 @@ public sealed class AgentQueries(
 
     public TraceOutput Trace(TraceQuery query)
     {
+        ArgumentNullException.ThrowIfNull(query);
         TraceRequest request;
         try
         {

@@ -30,7 +30,9 @@ public static partial class NetworkNamespace
                 }
                 result = action();
             }
+#pragma warning disable CA1031 // not swallowed: carried to the calling thread and rethrown there
             catch (Exception e)
+#pragma warning restore CA1031
             {
                 error = e;
             }
@@ -69,6 +71,7 @@ public static class Ip
 
     public static string Exec(string file, IEnumerable<string> args, string? input)
     {
+        ArgumentNullException.ThrowIfNull(args);
         var start = new ProcessStartInfo(file)
         {
             RedirectStandardOutput = true,

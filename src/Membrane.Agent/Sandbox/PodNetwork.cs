@@ -51,10 +51,17 @@ public sealed class PodNetwork(AgentOptions options, NodeNetwork node)
     }
 
     /// <summary>True when the namespace and the veth of a recorded endpoint still exist with the same index.</summary>
-    public bool IsIntact(EndpointRecord record) =>
-        NetworkNamespace.Exists(record.Netns) && node.IfIndex(record.HostInterface) == record.IfIndex;
+    public bool IsIntact(EndpointRecord record)
+    {
+        ArgumentNullException.ThrowIfNull(record);
+        return NetworkNamespace.Exists(record.Netns) && node.IfIndex(record.HostInterface) == record.IfIndex;
+    }
 
-    public void Delete(EndpointRecord record) => Remove(record.Netns, record.HostInterface);
+    public void Delete(EndpointRecord record)
+    {
+        ArgumentNullException.ThrowIfNull(record);
+        Remove(record.Netns, record.HostInterface);
+    }
 
     /// <summary>
     /// Removes pod namespaces of this sandbox that belong to none of <paramref name="podKeys"/>: left by an agent

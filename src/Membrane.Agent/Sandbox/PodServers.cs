@@ -31,6 +31,7 @@ public sealed class PodServers(AgentOptions options)
 
     public void Start(PodManifest pod, string netns)
     {
+        ArgumentNullException.ThrowIfNull(pod);
         Stop(pod.Key);
         var tcp = pod.Ports.Where(p => p.Protocol == PortProtocol.Tcp).Select(p => p.Port).Distinct().ToList();
         var udp = pod.Ports.Where(p => p.Protocol == PortProtocol.Udp).Select(p => p.Port).Distinct().ToList();

@@ -4,7 +4,7 @@ using System.Text.Json.Serialization;
 namespace Membrane.Agent.State;
 
 /// <summary>What the sandbox created for one pod.</summary>
-public sealed record EndpointRecord(string Key, string Netns, string HostInterface, int IfIndex, string[] Addresses);
+public sealed record EndpointRecord(string Key, string Netns, string HostInterface, int IfIndex, IReadOnlyList<string> Addresses);
 
 /// <summary>An identity number the agent handed out, so a restart keeps the numbers the maps use.</summary>
 public sealed record IdentityRecord(uint Id, string Labels);

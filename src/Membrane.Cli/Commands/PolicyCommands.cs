@@ -215,6 +215,7 @@ public sealed class FlowOptions
 
     public void AddTo(Command command)
     {
+        ArgumentNullException.ThrowIfNull(command);
         _protocol.AcceptOnlyFromAmong("tcp", "udp", "sctp", "icmp", "icmpv6");
         _family.AcceptOnlyFromAmong("ipv4", "ipv6");
         command.Options.Add(_protocol);
@@ -226,6 +227,7 @@ public sealed class FlowOptions
 
     public TraceRequest Build(ParseResult parse, string from, string to)
     {
+        ArgumentNullException.ThrowIfNull(parse);
         try
         {
             return FlowSpec.Parse(from, to, parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType), parse.GetValue(_icmpCode), parse.GetValue(_family));
@@ -236,6 +238,9 @@ public sealed class FlowOptions
         }
     }
 
-    public (string Protocol, int? Port, string? IcmpType, int? IcmpCode, string? Family) Values(ParseResult parse) =>
-        (parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType), parse.GetValue(_icmpCode), parse.GetValue(_family));
+    public (string Protocol, int? Port, string? IcmpType, int? IcmpCode, string? Family) Values(ParseResult parse)
+    {
+        ArgumentNullException.ThrowIfNull(parse);
+        return (parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType), parse.GetValue(_icmpCode), parse.GetValue(_family));
+    }
 }

@@ -8,7 +8,7 @@ public sealed record ValidateOutput(bool Valid, int Policies, int Namespaces, in
 
 public sealed record ErrorOutput(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message, int Line, int Column)
 {
-    public static ErrorOutput From(PolicyError e) => new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
+    public static ErrorOutput From(PolicyError e) => e is null ? throw new ArgumentNullException(nameof(e)) : new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
 }
 
 public sealed record VerifyProgramOutput([property: JsonPropertyName("object")] string ObjectFile, string Program, int ProcessedInstructions, int Instructions, int PeakStates, double LoadMilliseconds);

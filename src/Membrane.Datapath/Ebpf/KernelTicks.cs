@@ -40,6 +40,7 @@ public static class KernelTicks
     /// <summary>The CONFIG_HZ line of a kernel config, or null when it has none.</summary>
     public static uint? FromConfig(TextReader config)
     {
+        ArgumentNullException.ThrowIfNull(config);
         for (var line = config.ReadLine(); line is not null; line = config.ReadLine())
         {
             if (line.StartsWith("CONFIG_HZ=", StringComparison.Ordinal)

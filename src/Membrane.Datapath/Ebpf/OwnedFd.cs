@@ -40,7 +40,7 @@ public sealed class OwnedFd
     public int Value => _owner.IsClosed ? throw Disposed() : _fd;
 
     /// <summary>Keeps the owning object open until the lease is disposed.</summary>
-    public Lease Borrow()
+    public FdLease Borrow()
     {
         var added = false;
         try
@@ -51,24 +51,24 @@ public sealed class OwnedFd
         {
             throw Disposed();
         }
-        return new Lease(_owner, _fd);
+        return new FdLease(_owner, _fd);
     }
 
     private ObjectDisposedException Disposed() => new(_name, $"{_name} belongs to a BPF object that was disposed");
+}
 
-    /// <summary>A borrowed descriptor: valid until disposed.</summary>
-    public readonly struct Lease : IDisposable
+/// <summary>A borrowed descriptor: valid until disposed.</summary>
+public readonly struct FdLease : IDisposable
+{
+    private readonly SafeHandle _owner;
+
+    internal FdLease(SafeHandle owner, int fd)
     {
-        private readonly SafeHandle _owner;
-
-        internal Lease(SafeHandle owner, int fd)
-        {
-            _owner = owner;
-            Fd = fd;
-        }
-
-        public int Fd { get; }
-
-        public void Dispose() => _owner.DangerousRelease();
+        _owner = owner;
+        Fd = fd;
     }
+
+    public int Fd { get; }
+
+    public void Dispose() => _owner.DangerousRelease();
 }

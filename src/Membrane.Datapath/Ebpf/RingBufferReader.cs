@@ -13,6 +13,7 @@ public sealed unsafe class RingBufferReader : IDisposable
 
     public RingBufferReader(BpfMap map, Action<ReadOnlySpan<byte>> onRecord)
     {
+        ArgumentNullException.ThrowIfNull(map);
         _onRecord = onRecord;
         _self = GCHandle.Alloc(this);
         _ring = LibBpf.RingBufferNew(map.Fd, &OnSample, GCHandle.ToIntPtr(_self), 0);

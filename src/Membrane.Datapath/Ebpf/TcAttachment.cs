@@ -17,6 +17,7 @@ public static unsafe class TcAttachment
     /// <summary>Attaches (or replaces) the program on the device; creates the clsact qdisc when missing.</summary>
     public static void Attach(int ifIndex, TcDirection direction, BpfProgram program)
     {
+        ArgumentNullException.ThrowIfNull(program);
         var hook = Hook(ifIndex, direction);
         var created = LibBpf.TcHookCreate(&hook);
         if (created < 0 && created != -17)

@@ -13,6 +13,7 @@ public sealed unsafe class EndpointTable(BpfMap map)
 {
     public void Set(uint ifIndex, IEnumerable<IPAddress> addresses)
     {
+        ArgumentNullException.ThrowIfNull(addresses);
         var value = new EndpointValue();
         foreach (var address in addresses)
         {

@@ -13,6 +13,7 @@ public sealed class IpCacheSynchronizer(BpfMap v4, BpfMap v6)
 
     public SyncResult Sync(IEnumerable<(IPNetwork Prefix, uint Identity)> entries)
     {
+        ArgumentNullException.ThrowIfNull(entries);
         var desired = new Dictionary<IPNetwork, uint>();
         foreach (var (prefix, identity) in entries)
         {

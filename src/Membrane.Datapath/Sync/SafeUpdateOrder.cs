@@ -18,6 +18,10 @@ public static class SafeUpdateOrder
         Func<TValue, TValue, bool> equivalent)
         where TKey : notnull
     {
+        ArgumentNullException.ThrowIfNull(current);
+        ArgumentNullException.ThrowIfNull(desired);
+        ArgumentNullException.ThrowIfNull(isDeny);
+        ArgumentNullException.ThrowIfNull(equivalent);
         var steps = new List<UpdateStep<TKey, TValue>>();
         void Writes(bool deny)
         {

@@ -26,6 +26,7 @@ public static class ManifestLoader
 
     public static LoadResult LoadPaths(IEnumerable<string> paths)
     {
+        ArgumentNullException.ThrowIfNull(paths);
         var errors = new List<PolicyError>();
         var builder = new Builder(errors);
         foreach (var path in paths)

@@ -29,6 +29,7 @@ public static class YamlLimits
     /// <summary>Null when the text is within every bound, else what is wrong, with its position.</summary>
     public static PolicyError? Check(string text, string file)
     {
+        ArgumentNullException.ThrowIfNull(text);
         if (text.Length > MaxTextLength)
         {
             return new PolicyError(file, "", "", $"{text.Length:N0} characters is more than the {MaxTextLength:N0} a file or request may have", 0, 0);

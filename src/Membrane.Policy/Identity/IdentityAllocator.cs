@@ -31,6 +31,7 @@ public sealed class IdentityAllocator
     /// <summary>Takes a reference; returns the identity and whether it was newly created.</summary>
     public (SecurityIdentity Identity, bool Created) Acquire(LabelSet labels, IdentityKind kind, IPNetwork? prefix = null)
     {
+        ArgumentNullException.ThrowIfNull(labels);
         if (_byLabels.TryGetValue(labels.Canonical, out var existing))
         {
             _byLabels[labels.Canonical] = (existing.Identity, existing.Refs + 1);
@@ -52,6 +53,7 @@ public sealed class IdentityAllocator
     /// <summary>Drops a reference; returns true when the identity is gone.</summary>
     public bool Release(SecurityIdentity identity)
     {
+        ArgumentNullException.ThrowIfNull(identity);
         if (!_byLabels.TryGetValue(identity.Labels.Canonical, out var existing))
         {
             return false;
@@ -69,6 +71,7 @@ public sealed class IdentityAllocator
     /// <summary>Pre-assigns a number to a label set (from persisted state) without taking a reference.</summary>
     public void Restore(uint id, LabelSet labels, IdentityKind kind, IPNetwork? prefix = null)
     {
+        ArgumentNullException.ThrowIfNull(labels);
         if (_byId.ContainsKey(id) || _byLabels.ContainsKey(labels.Canonical))
         {
             return;

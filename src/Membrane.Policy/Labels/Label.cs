@@ -14,6 +14,7 @@ public static class LabelSource
     /// <summary>Splits <c>source:key</c>; a prefix that is not a known source stays part of the key.</summary>
     public static (string Source, string Key) Split(string text, string defaultSource)
     {
+        ArgumentNullException.ThrowIfNull(text);
         var colon = text.IndexOf(':', StringComparison.Ordinal);
         if (colon > 0 && Known.Contains(text[..colon]))
         {

@@ -13,6 +13,7 @@ public sealed record SelectorRequirement(string Source, string Key, SelectorOper
 {
     public bool Matches(LabelSet labels)
     {
+        ArgumentNullException.ThrowIfNull(labels);
         var present = labels.TryGet(Key, out var label) && (Source == LabelSource.Any || label.Source == Source);
         return Operator switch
         {
@@ -78,7 +79,11 @@ public sealed class LabelSelector : IEquatable<LabelSelector>
 
     public LabelSelector And(params SelectorRequirement[] more) => new(Requirements.Concat(more));
 
-    public LabelSelector And(LabelSelector other) => new(Requirements.Concat(other.Requirements));
+    public LabelSelector And(LabelSelector other)
+    {
+        ArgumentNullException.ThrowIfNull(other);
+        return new(Requirements.Concat(other.Requirements));
+    }
 
     public static SelectorRequirement Equal(string source, string key, string value) =>
         new(source, key, SelectorOperator.In, [value]);

@@ -9,6 +9,7 @@ public sealed class LabelSet : IEquatable<LabelSet>
 
     public LabelSet(IEnumerable<Label> labels)
     {
+        ArgumentNullException.ThrowIfNull(labels);
         _byKey = new Dictionary<string, Label>(StringComparer.Ordinal);
         foreach (var label in labels)
         {
@@ -34,6 +35,7 @@ public sealed class LabelSet : IEquatable<LabelSet>
     /// <summary>Parses <c>k8s:app=web,env=prod</c> (source defaults to k8s).</summary>
     public static LabelSet Parse(string text)
     {
+        ArgumentNullException.ThrowIfNull(text);
         var labels = new List<Label>();
         foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {

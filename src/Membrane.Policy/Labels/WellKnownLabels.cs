@@ -19,6 +19,9 @@ public static class WellKnownLabels
         "statefulset.kubernetes.io/pod-name", "batch.kubernetes.io/controller-uid", "controller-uid",
     };
 
-    public static bool IsNamespaceKey(string key) =>
-        key == PodNamespace || key.StartsWith(NamespaceLabelPrefix, StringComparison.Ordinal);
+    public static bool IsNamespaceKey(string key)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        return key == PodNamespace || key.StartsWith(NamespaceLabelPrefix, StringComparison.Ordinal);
+    }
 }

@@ -46,7 +46,11 @@ public sealed record TraceResult(TraceRequest Request, uint SourceIdentity, uint
 public static class Tracer
 {
     /// <summary>True when a trace endpoint is given as labels (<c>k8s:app=web,io.kubernetes.pod.namespace=demo</c>).</summary>
-    public static bool IsLabels(string endpoint) => endpoint.Contains('=', StringComparison.Ordinal);
+    public static bool IsLabels(string endpoint)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        return endpoint.Contains('=', StringComparison.Ordinal);
+    }
 
     public static TraceResult Trace(PolicyEngine engine, TraceRequest request)
     {
@@ -97,6 +101,8 @@ public static class Tracer
 
     public static DirectionTrace Side(EndpointPolicy policy, TrafficDirection direction, uint peer, TraceRequest request)
     {
+        ArgumentNullException.ThrowIfNull(policy);
+        ArgumentNullException.ThrowIfNull(request);
         var selecting = policy.SpecsFor(direction).Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList();
         var result = policy.State.Lookup(direction, peer, request.Protocol, request.KeyPort);
         // Neighbour discovery is exempt only on the pod's own link (hop limit 255, to or from the node); a message of
@@ -110,6 +116,8 @@ public static class Tracer
 
     public static string Format(PolicyEngine engine, TraceResult result)
     {
+        ArgumentNullException.ThrowIfNull(engine);
+        ArgumentNullException.ThrowIfNull(result);
         var w = new StringWriter();
         string Name(uint id) => engine.IdentityAllocator.Get(id)?.Labels.Canonical ?? "?";
         w.WriteLine($"Tracing {result.Request.Describe()} ({(result.Request.Family == AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")}) from {result.Request.From} to {result.Request.To}");

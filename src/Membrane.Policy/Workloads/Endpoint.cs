@@ -14,6 +14,7 @@ public sealed record Endpoint(PodManifest Pod, LabelSet Labels, SecurityIdentity
     /// <summary>The labels a pod carries: its own (minus rollout labels) and those derived from its namespace.</summary>
     public static LabelSet DeriveLabels(PodManifest pod, NamespaceManifest? ns, string cluster = WellKnownLabels.DefaultCluster)
     {
+        ArgumentNullException.ThrowIfNull(pod);
         var labels = new List<Label>();
         foreach (var (key, value) in pod.Labels)
         {

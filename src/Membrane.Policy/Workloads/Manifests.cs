@@ -29,8 +29,11 @@ public sealed record PodManifest(
     public string SourceYaml { get; init; } = "";
 
     /// <summary>Same pod apart from labels: the sandbox can keep it running and only re-identify it.</summary>
-    public bool SameShape(PodManifest other) =>
-        Key == other.Key && ServiceAccount == other.ServiceAccount && Ports.SequenceEqual(other.Ports);
+    public bool SameShape(PodManifest other)
+    {
+        ArgumentNullException.ThrowIfNull(other);
+        return Key == other.Key && ServiceAccount == other.ServiceAccount && Ports.SequenceEqual(other.Ports);
+    }
 }
 
 /// <summary>Everything one load produced: policies and workloads, all validated.</summary>
