@@ -10,6 +10,13 @@ if ! dotnet format Membrane.slnx --verify-no-changes -v quiet; then
   echo "test: 'dotnet format --verify-no-changes' found deviations; run 'dotnet format Membrane.slnx' and commit" >&2
   exit 1
 fi
+# Lines of C# are at most 140 characters (.editorconfig's max_line_length; dotnet format does not wrap lines).
+long=$(find src tests bench -name '*.cs' -not -path '*/obj/*' -not -path '*/bin/*' -exec awk 'length > 140 {print FILENAME ":" FNR ": " length " characters"}' {} +)
+if [ -n "$long" ]; then
+  echo "$long" >&2
+  echo "test: C# lines longer than 140 characters; wrap them" >&2
+  exit 1
+fi
 log=$(mktemp)
 set +e
 dotnet test Membrane.slnx -c Release --no-build -nologo 2>&1 | tee "$log"

@@ -57,7 +57,8 @@ public static class DatapathBenchmark
         var engine = new PolicyEngine();
         engine.Apply(BenchAddresses.Assign(manifests));
         datapath.IpCache.Sync(engine.IpCache());
-        new Membrane.Datapath.Sync.PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules).Sync(IfIndex, engine.Resolve("bench/server").State);
+        new Membrane.Datapath.Sync.PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules).Sync(IfIndex,
+            engine.Resolve("bench/server").State);
 
         var c = engine.FindEndpoint("bench/client")!.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
         var s = engine.FindEndpoint("bench/server")!.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
@@ -131,7 +132,8 @@ public static class DatapathBenchmark
         var floorSingleNs = Median(floorSingle);
         results.Add(new("empty program (floor), single-shot", floorSingleNs, 1, $"{singles:N0} single runs"));
         var newAllowedNs = Median(newAllowed);
-        results.Add(new("new ICMP echo, allowed (incl. conntrack insert)", newAllowedNs, newAllowedNs / floorSingleNs, $"{singles:N0} single runs"));
+        results.Add(new("new ICMP echo, allowed (incl. conntrack insert)", newAllowedNs, newAllowedNs / floorSingleNs,
+            $"{singles:N0} single runs"));
         return results;
     }
 

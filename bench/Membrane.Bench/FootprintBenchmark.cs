@@ -22,11 +22,14 @@ public static class FootprintBenchmark
         foreach (var peers in new[] { 10, 1000, 10_000 })
         {
             var yaml = new StringBuilder("apiVersion: v1\nkind: Namespace\nmetadata: {name: fp}\n---\n");
-            yaml.Append("apiVersion: v1\nkind: Pod\nmetadata: {name: target, namespace: fp, labels: {app: target}}\nspec: {containers: [{name: c}]}\n---\n");
+            yaml.Append("apiVersion: v1\nkind: Pod\nmetadata: {name: target, namespace: fp, labels: {app: target}}\nspec: {containers: " +
+                "[{name: c}]}\n---\n");
             for (var i = 0; i < peers; i++)
             {
                 // Distinct labels: one identity per peer pod.
-                yaml.Append(CultureInfo.InvariantCulture, $"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: fp, labels: {{role: peer, n: \"{i}\"}}}}\nspec: {{containers: [{{name: c}}]}}\n---\n");
+                yaml.Append(CultureInfo.InvariantCulture,
+                    $"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: fp, labels: {{role: peer, n: \"{i}\"}}}}\nspec: " +
+                    $"{{containers: [{{name: c}}]}}\n---\n");
             }
             yaml.Append("""
                 apiVersion: cilium.io/v2
@@ -48,7 +51,8 @@ public static class FootprintBenchmark
             var before = KernelBytes(datapath.PolicyMap.Fd);
             new Membrane.Datapath.Sync.PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules).Sync(1, state);
             var bytes = KernelBytes(datapath.PolicyMap.Fd) - before;
-            results.Add(new FootprintResult(peers, state.Count, bytes, (double)bytes / state.Count, state.Count <= ReferenceDefaultEntries));
+            results.Add(new FootprintResult(peers, state.Count, bytes, (double)bytes / state.Count,
+                state.Count <= ReferenceDefaultEntries));
         }
         return results;
     }

@@ -16,7 +16,8 @@ switch (what)
         Console.Write(DatapathBenchmark.Format(DatapathBenchmark.Run(repeat, runs, singles)));
         return 0;
     case "resolution":
-        var config = DefaultConfig.Instance.AddJob(Job.ShortRun.WithWarmupCount(1).WithIterationCount(5)).WithOptions(ConfigOptions.DisableOptimizationsValidator);
+        var config = DefaultConfig.Instance.AddJob(Job.ShortRun.WithWarmupCount(1).WithIterationCount(5))
+            .WithOptions(ConfigOptions.DisableOptimizationsValidator);
         BenchmarkRunner.Run<ResolutionBenchmarks>(config);
         return 0;
     case "phases":
@@ -36,7 +37,8 @@ switch (what)
         {
             foreach (var t in await sandbox.ThroughputAsync(pings: 50_000, repeats: 3))
             {
-                Console.WriteLine($"{t.Scenario,-40} {t.PingPerSecond,10:N0} {t.PingRatio,6:F2} {t.TcpMegabytesPerSecond,8:N0} {t.TcpRatio,6:F2}");
+                Console.WriteLine($"{t.Scenario,-40} {t.PingPerSecond,10:N0} {t.PingRatio,6:F2} {t.TcpMegabytesPerSecond,8:N0} " +
+                    $"{t.TcpRatio,6:F2}");
             }
         }
         return 0;

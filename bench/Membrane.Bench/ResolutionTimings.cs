@@ -3,7 +3,8 @@ using Membrane.Policy.Api;
 
 namespace Membrane.Bench;
 
-public sealed record ResolutionResult(double FullMilliseconds, double FullAllocatedMegabytes, double IncrementalMilliseconds, int Identities, int Entries);
+public sealed record ResolutionResult(double FullMilliseconds, double FullAllocatedMegabytes, double IncrementalMilliseconds,
+    int Identities, int Entries);
 
 /// <summary>The control-plane figures for the report: median wall time and allocation of full and incremental resolution.</summary>
 public static class ResolutionTimings
@@ -39,6 +40,7 @@ public static class ResolutionTimings
             live.RemovePolicy(extra.Origin.ToString());
             live.ResolveDirty();
         }
-        return new ResolutionResult(SandboxBenchmark.Median(full), SandboxBenchmark.Median(allocated), SandboxBenchmark.Median(incremental), identities, entries);
+        return new ResolutionResult(SandboxBenchmark.Median(full), SandboxBenchmark.Median(allocated),
+            SandboxBenchmark.Median(incremental), identities, entries);
     }
 }

@@ -24,12 +24,15 @@ internal static class ResolutionWorkload
         var yaml = new StringBuilder();
         for (var n = 0; n < Namespaces; n++)
         {
-            yaml.Append(CultureInfo.InvariantCulture, $"apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{tier: t{n % 5}}}}}\n---\n");
+            yaml.Append(CultureInfo.InvariantCulture,
+                $"apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{tier: t{n % 5}}}}}\n---\n");
             for (var p = 0; p < PodsPerNamespace; p++)
             {
                 var app = p % AppsPerNamespace;
                 yaml.Append(CultureInfo.InvariantCulture,
-                    $"apiVersion: v1\nkind: Pod\nmetadata: {{name: pod{p}, namespace: ns{n}, labels: {{app: app{app}, role: r{app % 4}}}}}\nspec: {{containers: [{{name: c, ports: [{{name: http, containerPort: {8000 + app}}}]}}]}}\n---\n");
+                    $"apiVersion: v1\nkind: Pod\nmetadata: {{name: pod{p}, namespace: ns{n}, labels: {{app: app{app}, role: " +
+                        $"r{app % 4}}}}}\nspec: {{containers: [{{name: c, ports: [{{name: http, containerPort: " +
+                        $"{8000 + app}}}]}}]}}\n---\n");
             }
         }
         for (var i = 0; i < Policies; i++)
@@ -50,17 +53,22 @@ internal static class ResolutionWorkload
         var rule = kind switch
         {
             0 => $"ingress: [{{fromEndpoints: [{{matchLabels: {{app: app{peerApp}}}}}]}}]",
-            1 or 2 => $"ingress: [{{fromEndpoints: [{{matchLabels: {{role: r{peerApp % 4}}}}}], toPorts: [{{ports: [{{port: \"{8000 + peerApp}\", protocol: TCP}}, {{port: \"9000\", endPort: 9100, protocol: UDP}}]}}]}}]",
-            3 or 4 => $"ingress: [{{fromEndpoints: [{{matchLabels: {{app: app{peerApp}}}}}], icmps: [{{fields: [{{type: 8}}, {{type: EchoRequest, family: IPv6}}, {{type: 3, code: 4}}]}}]}}]",
-            5 => $"ingressDeny: [{{fromEndpoints: [{{matchLabels: {{io.cilium.k8s.namespace.labels.tier: t{random.Next(5)}}}}}], icmps: [{{fields: [{{type: 13}}]}}]}}]",
+            1 or 2 => $"ingress: [{{fromEndpoints: [{{matchLabels: {{role: r{peerApp % 4}}}}}], toPorts: [{{ports: [{{port: " +
+                $"\"{8000 + peerApp}\", protocol: TCP}}, {{port: \"9000\", endPort: 9100, protocol: UDP}}]}}]}}]",
+            3 or 4 => $"ingress: [{{fromEndpoints: [{{matchLabels: {{app: app{peerApp}}}}}], icmps: [{{fields: [{{type: 8}}, {{type: " +
+                $"EchoRequest, family: IPv6}}, {{type: 3, code: 4}}]}}]}}]",
+            5 => $"ingressDeny: [{{fromEndpoints: [{{matchLabels: {{io.cilium.k8s.namespace.labels.tier: t{random.Next(5)}}}}}], icmps: " +
+                $"[{{fields: [{{type: 13}}]}}]}}]",
             6 => $"egress: [{{toEndpoints: [{{matchLabels: {{app: app{peerApp}}}}}], toPorts: [{{ports: [{{port: http}}]}}]}}]",
             7 => $"egressDeny: [{{toCIDR: [192.0.{random.Next(256)}.0/24]}}]",
             8 => $"egress: [{{toEntities: [world], toPorts: [{{ports: [{{port: \"443\", protocol: TCP}}]}}]}}]",
             _ => $"ingress: [{{fromEntities: [cluster], icmps: [{{fields: [{{type: 128, family: IPv6}}]}}]}}]",
         };
         return i % 25 == 0
-            ? $"apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: p{i}}}\nspec:\n  endpointSelector: {subject}\n  {rule}\n---\n"
-            : $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p{i}, namespace: ns{ns}}}\nspec:\n  endpointSelector: {subject}\n  {rule}\n---\n";
+            ? $"apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: p{i}}}\nspec:\n  endpointSelector: " +
+                $"{subject}\n  {rule}\n---\n"
+            : $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p{i}, namespace: ns{ns}}}\nspec:\n  " +
+                $"endpointSelector: {subject}\n  {rule}\n---\n";
     }
 
     /// <summary>The 100 "local" endpoints resolved: one namespace's worth of pods spread over the cluster.</summary>

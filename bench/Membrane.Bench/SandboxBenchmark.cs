@@ -13,9 +13,11 @@ using Membrane.Datapath.Ebpf;
 
 namespace Membrane.Bench;
 
-public sealed record ThroughputResult(string Scenario, double PingPerSecond, double PingRatio, double TcpMegabytesPerSecond, double TcpRatio, double PingSpread, double TcpSpread);
+public sealed record ThroughputResult(string Scenario, double PingPerSecond, double PingRatio, double TcpMegabytesPerSecond,
+    double TcpRatio, double PingSpread, double TcpSpread);
 
-public sealed record LatencyResult(int Changes, double ImportP50, double ImportP99, double EnforcedAfterReturnP50, double EnforcedAfterReturnP99, int NotYetEnforcedAtReturn);
+public sealed record LatencyResult(int Changes, double ImportP50, double ImportP99, double EnforcedAfterReturnP50,
+    double EnforcedAfterReturnP99, int NotYetEnforcedAtReturn);
 
 /// <summary>
 /// Measurements on a real sandbox: an agent of its own (prefix mbbench), two pods, ping floods and TCP bulk
@@ -32,7 +34,12 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     private SandboxBenchmark()
     {
         Cleanup();
-        _agent = AgentService.Start(new AgentOptions { StateDirectory = _state, NamePrefix = Prefix, PinDirectory = $"/sys/fs/bpf/{Prefix}" });
+        _agent = AgentService.Start(new AgentOptions
+        {
+            StateDirectory = _state,
+            NamePrefix = Prefix,
+            PinDirectory = $"/sys/fs/bpf/{Prefix}"
+        });
         _host = ApiServer.RunAsync(_agent, _stop.Token);
     }
 
@@ -88,7 +95,9 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
             text.Append("  ingressDeny:\n");
             for (var i = 0; i < rules - 2; i++)
             {
-                text.Append(CultureInfo.InvariantCulture, $"  - {{fromCIDR: [198.18.{i / 250}.{i % 250 + 1}/32], toPorts: [{{ports: [{{port: \"{10000 + i}\", protocol: TCP}}]}}]}}\n");
+                text.Append(CultureInfo.InvariantCulture,
+                    $"  - {{fromCIDR: [198.18.{i / 250}.{i % 250 + 1}/32], toPorts: [{{ports: [{{port: \"{10000 + i}\", protocol: " +
+                    $"TCP}}]}}]}}\n");
             }
         }
         return text.ToString();
@@ -96,12 +105,15 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
 
     private string NftablesRules(int rules, IPAddress b)
     {
-        var text = new StringBuilder($"table inet mbbench {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n");
+        var text = new StringBuilder($"table inet mbbench {{\n  chain forward {{\n    type filter hook forward priority 0; policy " +
+            $"accept;\n");
         for (var i = 0; i < rules - 2; i++)
         {
-            text.Append(CultureInfo.InvariantCulture, $"    ip saddr 198.18.{i / 250}.{i % 250 + 1} ip daddr {b} tcp dport {10000 + i} drop\n");
+            text.Append(CultureInfo.InvariantCulture,
+                $"    ip saddr 198.18.{i / 250}.{i % 250 + 1} ip daddr {b} tcp dport {10000 + i} drop\n");
         }
-        text.Append(CultureInfo.InvariantCulture, $"    ip daddr {b} icmp type echo-request accept\n    ip daddr {b} tcp dport 80 accept\n  }}\n}}\n");
+        text.Append(CultureInfo.InvariantCulture,
+            $"    ip daddr {b} icmp type echo-request accept\n    ip daddr {b} tcp dport 80 accept\n  }}\n}}\n");
         return text.ToString();
     }
 
@@ -134,7 +146,9 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         }
 
         // An iperf3 server in pod b for the TCP measurements (standard tool, no JIT warming up underneath).
-        using var iperfServer = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", b.Netns, "iperf3", "-s", "-p", "5201"]) { RedirectStandardOutput = true, UseShellExecute = false })!;
+        using var iperfServer = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", b.Netns, "iperf3", "-s", "-p",
+            "5201"])
+        { RedirectStandardOutput = true, UseShellExecute = false })!;
         Thread.Sleep(300);
         PingFlood(a.Netns, b.Address, pings);
         Iperf(a.Netns, b.Address, seconds: 1);
@@ -161,7 +175,8 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
             });
             foreach (var rules in new[] { 10, 1000, 5000 })
             {
-                await _agent.ApplyAsync(new ManifestRequest(MembranePolicy(rules), "bench-policy.yaml"), policiesOnly: true).ConfigureAwait(false);
+                await _agent.ApplyAsync(new ManifestRequest(MembranePolicy(rules), "bench-policy.yaml"), policiesOnly: true)
+                    .ConfigureAwait(false);
                 await Measure($"Membrane, {rules:N0} rules").ConfigureAwait(false);
             }
             await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
@@ -208,7 +223,8 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         // Spread: how far the baseline's own runs lie from their median, as a fraction — the noise floor of the ratios.
         var pingSpread = results[0].Ping.Max(v => Math.Abs(v - basePing)) / basePing;
         var tcpSpread = results[0].Tcp.Max(v => Math.Abs(v - baseTcp)) / baseTcp;
-        return results.Select(r => new ThroughputResult(r.Name, Median(r.Ping), Median(r.Ping) / basePing, Median(r.Tcp), Median(r.Tcp) / baseTcp, pingSpread, tcpSpread)).ToList();
+        return results.Select(r => new ThroughputResult(r.Name, Median(r.Ping), Median(r.Ping) / basePing, Median(r.Tcp),
+            Median(r.Tcp) / baseTcp, pingSpread, tcpSpread)).ToList();
     }
 
     [GeneratedRegex(@"(\d+) received.*time (\d+)ms")]
@@ -217,7 +233,8 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     private static double PingFlood(string netns, IPAddress target, int count)
     {
         // Pinned to the second CPU: the flood (and its softirq work) does not share a core with this process.
-        var output = Ip.Exec("taskset", ["-c", $"{Environment.ProcessorCount - 1}", "ip", "netns", "exec", netns, "ping", "-f", "-q", "-c", $"{count}", "-W", "1", "-w", "60", target.ToString()], null);
+        var output = Ip.Exec("taskset", ["-c", $"{Environment.ProcessorCount - 1}", "ip", "netns", "exec", netns, "ping", "-f", "-q", "-c",
+            $"{count}", "-W", "1", "-w", "60", target.ToString()], null);
         var m = PingSummary().Match(output);
         if (!m.Success)
         {
@@ -234,7 +251,8 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     /// <summary>TCP throughput in MiB/s from iperf3 (a client in one pod, the server in the other).</summary>
     private static double Iperf(string netns, IPAddress target, int seconds)
     {
-        var json = Ip.Exec("taskset", ["-c", $"{Environment.ProcessorCount - 1}", "ip", "netns", "exec", netns, "iperf3", "-c", target.ToString(), "-p", "5201", "-t", $"{seconds}", "-J"], null);
+        var json = Ip.Exec("taskset", ["-c", $"{Environment.ProcessorCount - 1}", "ip", "netns", "exec", netns, "iperf3", "-c",
+            target.ToString(), "-p", "5201", "-t", $"{seconds}", "-J"], null);
         using var doc = System.Text.Json.JsonDocument.Parse(json);
         return doc.RootElement.GetProperty("end").GetProperty("sum_received").GetProperty("bits_per_second").GetDouble() / 8 / 1048576;
     }
@@ -256,13 +274,16 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         socket.ReceiveTimeout = 1;
         ushort sequence = 0;
         // One unmeasured import first: the first request through the API pays for JIT compilation.
-        await client.Post("v1/policies", new ManifestRequest(MembranePolicy(2), "warm-up.yaml"), AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+        await client.Post("v1/policies", new ManifestRequest(MembranePolicy(2), "warm-up.yaml"), AgentJsonContext.Default.ManifestRequest,
+            AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
         for (var i = 0; i < changes; i++)
         {
             var allow = i % 2 == 0;
-            var policy = allow ? MembranePolicy(2) : MembranePolicy(2).Replace("icmps: [{fields: [{type: 8}]}]", "icmps: [{fields: [{type: 13}]}]", StringComparison.Ordinal);
+            var policy = allow ? MembranePolicy(2) : MembranePolicy(2).Replace("icmps: [{fields: [{type: 8}]}]",
+                "icmps: [{fields: [{type: 13}]}]", StringComparison.Ordinal);
             var watch = Stopwatch.StartNew();
-            await client.Post("v1/policies", new ManifestRequest(policy, "flip.yaml"), AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            await client.Post("v1/policies", new ManifestRequest(policy, "flip.yaml"), AgentJsonContext.Default.ManifestRequest,
+                AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
             import.Add(watch.Elapsed.TotalMilliseconds);
             var returned = Stopwatch.StartNew();
             var first = true;
@@ -287,7 +308,8 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
             }
         }
         await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
-        return new LatencyResult(changes, Percentile(import, 50), Percentile(import, 99), Percentile(after, 50), Percentile(after, 99), late);
+        return new LatencyResult(changes, Percentile(import, 50), Percentile(import, 99), Percentile(after, 50), Percentile(after, 99),
+            late);
     }
 
     /// <summary>One echo request; true when its reply arrives within 20 ms.</summary>

@@ -98,7 +98,8 @@ public sealed partial class AgentService
                 Save();
             }
         }
-        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or BpfException or AgentInputException)
+        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or BpfException
+                                   or AgentInputException)
         {
             // Memory is back; the kernel or the disk refused to follow. Say so loudly: a restart restores from disk.
             Log.RollbackIncomplete(_log, e);
@@ -113,13 +114,15 @@ public sealed partial class AgentService
             {
                 Objects = new(_store.Objects),
                 Endpoints = new(_endpoints.Records),
-                Identities = _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => new IdentityRecord(i.Id, i.Labels.Canonical)).ToList(),
+                Identities = _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => new IdentityRecord(i.Id,
+                    i.Labels.Canonical)).ToList(),
                 Revision = _store.Revision,
             });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new InvalidOperationException($"cannot write the state file {_stateFile.FilePath}: {e.Message}; the change was undone", e);
+            throw new InvalidOperationException($"cannot write the state file {_stateFile.FilePath}: {e.Message}; the change was undone",
+                e);
         }
     }
 
@@ -160,11 +163,13 @@ public sealed partial class AgentService
         {
             if (!namespaces.Contains(pod.Namespace))
             {
-                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: namespace \"{pod.Namespace}\" does not exist; apply the Namespace first (or in the same file)");
+                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: namespace \"{pod.Namespace}\" does not exist; apply the " +
+                    $"Namespace first (or in the same file)");
             }
             if (_engine.FindEndpoint(pod.Key) is { } existing && !existing.Pod.SameShape(pod))
             {
-                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: conflicts with the running pod (only labels of a pod can change); delete it first");
+                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: conflicts with the running pod (only labels of a pod can " +
+                    $"change); delete it first");
             }
         }
         CheckRequestedAddresses(set.Pods);
@@ -203,15 +208,18 @@ public sealed partial class AgentService
         foreach (var pod in pods.Where(p => p.Addresses.Count > 0))
         {
             var where = $"{pod.File}: Pod/{pod.Key}: status.podIPs";
-            if (pod.Addresses.Count(a => a.AddressFamily == AddressFamily.InterNetwork) != 1 || pod.Addresses.Count(a => a.AddressFamily == AddressFamily.InterNetworkV6) != 1)
+            if (pod.Addresses.Count(a => a.AddressFamily == AddressFamily.InterNetwork) != 1 || pod.Addresses.Count(a =>
+                a.AddressFamily == AddressFamily.InterNetworkV6) != 1)
             {
-                throw new AgentInputException($"{where} must name one IPv4 and one IPv6 address (every pod has both), or be left out for the agent to choose");
+                throw new AgentInputException($"{where} must name one IPv4 and one IPv6 address (every pod has both), or be left out " +
+                    $"for the agent to choose");
             }
             if (_engine.FindEndpoint(pod.Key) is { } running)
             {
                 if (!running.Addresses.ToHashSet().SetEquals(pod.Addresses))
                 {
-                    throw new AgentInputException($"{where}: the running pod has {string.Join(", ", running.Addresses)}; a pod's addresses cannot change (delete it first)");
+                    throw new AgentInputException($"{where}: the running pod has {string.Join(", ", running.Addresses)}; a pod's " +
+                        $"addresses cannot change (delete it first)");
                 }
                 continue;
             }
@@ -219,9 +227,11 @@ public sealed partial class AgentService
             {
                 if (!_options.PodIPv4Range.Contains(address) && !_options.PodIPv6Range.Contains(address))
                 {
-                    throw new AgentInputException($"{where}: {address} is outside the pod ranges {_options.PodIPv4Range} / {_options.PodIPv6Range}");
+                    throw new AgentInputException($"{where}: {address} is outside the pod ranges {_options.PodIPv4Range} / " +
+                        $"{_options.PodIPv6Range}");
                 }
-                if (node.Contains(address) || address.Equals(_options.PodIPv4Range.BaseAddress) || address.Equals(_options.PodIPv6Range.BaseAddress))
+                if (node.Contains(address) || address.Equals(_options.PodIPv4Range.BaseAddress)
+                    || address.Equals(_options.PodIPv6Range.BaseAddress))
                 {
                     throw new AgentInputException($"{where}: {address} is the node's own address");
                 }
@@ -256,7 +266,8 @@ public sealed partial class AgentService
                 changes.Add(new(policy.Origin.ToString(), "deleted"));
             }
             var pods = set.Pods.Select(p => p.Key)
-                .Concat(set.Namespaces.SelectMany(n => _engine.Endpoints.Select(e => e.Key).Where(k => k.StartsWith(n.Name + "/", StringComparison.Ordinal))))
+                .Concat(set.Namespaces.SelectMany(n => _engine.Endpoints.Select(e => e.Key).Where(k => k.StartsWith(n.Name + "/",
+                    StringComparison.Ordinal))))
                 .Distinct().ToList();
             foreach (var key in pods)
             {

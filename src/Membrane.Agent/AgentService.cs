@@ -113,9 +113,11 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         Datapath.IpCache.Adopt();
         var state = _stateFile.Load(EnforcedEndpoints());
         _store.Restore(new ObjectStoreSnapshot(state.Objects, state.Revision));
-        var pods = _store.Objects.Keys.Where(k => k.StartsWith("Pod/", StringComparison.Ordinal)).Select(k => k[4..]).ToHashSet(StringComparer.Ordinal);
+        var pods = _store.Objects.Keys.Where(k => k.StartsWith("Pod/", StringComparison.Ordinal)).Select(k => k[4..])
+            .ToHashSet(StringComparer.Ordinal);
         _endpoints.Adopt(state.Endpoints, pods);
-        var addresses = state.Endpoints.ToDictionary(e => e.Key, e => (IReadOnlyList<IPAddress>)e.Value.Addresses.Select(IPAddress.Parse).ToList(), StringComparer.Ordinal);
+        var addresses = state.Endpoints.ToDictionary(e => e.Key, e => (IReadOnlyList<IPAddress>)e.Value.Addresses.Select(IPAddress.Parse)
+            .ToList(), StringComparer.Ordinal);
         RebuildEngine(state.Identities.Select(i => (i.Id, LabelSet.Parse(i.Labels))).ToList(), addresses);
         _endpoints.ResumeAdopted(key => _engine.FindEndpoint(key));
         Enforce(_regenerator.Plan(_engine), attachAll: true);
@@ -139,7 +141,8 @@ public sealed partial class AgentService : IDisposable, IPodLookup
             engine.IdentityAllocator.Restore(id, labels, IdentityKind.Pod);
         }
         var objects = _store.Objects;
-        var set = objects.Count == 0 ? ManifestSet.Empty : ManifestLoader.LoadText(string.Join("\n---\n", objects.Values), "state.json").OrThrow();
+        var set = objects.Count == 0 ? ManifestSet.Empty : ManifestLoader.LoadText(string.Join("\n---\n", objects.Values), "state.json")
+            .OrThrow();
         foreach (var ns in set.Namespaces)
         {
             engine.UpsertNamespace(ns);

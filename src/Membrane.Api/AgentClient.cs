@@ -38,7 +38,8 @@ public sealed class AgentClient : IDisposable
 
     /// <summary>The socket: $MEMBRANE_SOCKET, or the default state directory's.</summary>
     public static AgentClient FromEnvironment() =>
-        new(Environment.GetEnvironmentVariable("MEMBRANE_SOCKET") is { Length: > 0 } s ? s : AgentDefaults.SocketPath(AgentDefaults.StateDirectory));
+        new(Environment.GetEnvironmentVariable("MEMBRANE_SOCKET") is { Length: > 0 } s ? s
+            : AgentDefaults.SocketPath(AgentDefaults.StateDirectory));
 
     public Task<T> Get<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Get, path), type);
 
@@ -46,7 +47,11 @@ public sealed class AgentClient : IDisposable
 
     /// <summary>Posts with Expect: 100-continue, so a body the agent refuses (too large) is answered before it is sent.</summary>
     public Task<T> Post<TBody, T>(string path, TBody body, JsonTypeInfo<TBody> bodyType, JsonTypeInfo<T> type) =>
-        Send(new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body, bodyType), Headers = { ExpectContinue = true } }, type);
+        Send(new HttpRequestMessage(HttpMethod.Post, path)
+        {
+            Content = JsonContent.Create(body, bodyType),
+            Headers = { ExpectContinue = true }
+        }, type);
 
     public Task<T> Post<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Post, path), type);
 
@@ -73,7 +78,8 @@ public sealed class AgentClient : IDisposable
     }
 
     /// <summary>Streams newline-delimited JSON until cancelled.</summary>
-    public async IAsyncEnumerable<T> Stream<T>(string path, JsonTypeInfo<T> type, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel)
+    public async IAsyncEnumerable<T> Stream<T>(string path, JsonTypeInfo<T> type,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel)
     {
         using var response = await _http.GetAsync(path, HttpCompletionOption.ResponseHeadersRead, cancel).ConfigureAwait(false);
         response.EnsureSuccessStatusCode();

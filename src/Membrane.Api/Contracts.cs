@@ -5,9 +5,11 @@ namespace Membrane.Api;
 
 // The agent's API, used by the CLI over the Unix socket. Property names are the CLI's `-o json` contract too.
 
-public sealed record ErrorDetail(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message, int Line, int Column)
+public sealed record ErrorDetail(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message,
+    int Line, int Column)
 {
-    public static ErrorDetail From(PolicyError e) => e is null ? throw new ArgumentNullException(nameof(e)) : new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
+    public static ErrorDetail From(PolicyError e) => e is null ? throw new ArgumentNullException(nameof(e)) : new(e.File, e.ObjectName,
+        e.Path, e.Message, e.Line, e.Column);
 }
 
 public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Errors);

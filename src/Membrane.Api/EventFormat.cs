@@ -10,7 +10,8 @@ public static class EventFormat
             ? $"{e.Protocol} type {t}{(e.IcmpName is { } n ? $" ({n})" : "")} code {e.IcmpCode}"
             : $"{e.Protocol} {Endpoint(e.Source, e.SourcePort)} -> {Endpoint(e.Destination, e.DestinationPort)}";
         var addresses = e.IcmpType is null ? "" : $" {e.Source} -> {e.Destination}";
-        return $"{e.Time:HH:mm:ss.fff} {e.Verdict,-8} {e.Endpoint} {e.Direction} peer {e.PeerIdentity} ({e.Peer}) {what}{addresses}: {e.Reason}"
+        return $"{e.Time:HH:mm:ss.fff} {e.Verdict,-8} {e.Endpoint} {e.Direction} peer {e.PeerIdentity} ({e.Peer}) {what}{addresses}: " +
+            $"{e.Reason}"
             + (e.Rule is { Length: > 0 } r ? $" [{e.MatchKind}: {r}]" : "");
     }
 

@@ -27,7 +27,8 @@ internal static partial class AgentLauncher
         var candidates = new[]
         {
             Path.Combine(here, FileName + ".dll"),
-            Path.GetFullPath(Path.Combine(here, "..", "..", "..", "..", "Membrane.Agent", "bin", configuration, framework, FileName + ".dll")),
+            Path.GetFullPath(Path.Combine(here, "..", "..", "..", "..", "Membrane.Agent", "bin", configuration, framework, FileName
+                + ".dll")),
         };
         foreach (var candidate in candidates.Where(File.Exists))
         {
@@ -41,7 +42,8 @@ internal static partial class AgentLauncher
                 return (onPath, []);
             }
         }
-        throw new CliException($"cannot find the agent ({FileName}): build src/Membrane.Agent, put {FileName} on PATH, or set MEMBRANE_AGENT");
+        throw new CliException($"cannot find the agent ({FileName}): build src/Membrane.Agent, put {FileName} on PATH, or set " +
+            $"MEMBRANE_AGENT");
     }
 
     private static (string File, string[] Prefix) Command(string path) =>

@@ -50,7 +50,12 @@ public static class CliApp
         }
         try
         {
-            return parse.InvokeAsync(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false }).GetAwaiter().GetResult();
+            return parse.InvokeAsync(new InvocationConfiguration
+            {
+                Output = stdout,
+                Error = stderr,
+                EnableDefaultExceptionHandler = false
+            }).GetAwaiter().GetResult();
         }
         catch (CliException e)
         {
@@ -66,7 +71,8 @@ public static class CliApp
         {
             foreach (var detail in e.Response.Errors)
             {
-                stderr.WriteLine(detail.Path.Length == 0 ? $"{detail.File}: {detail.ObjectName}: {detail.Message}" : $"{detail.File}: {detail.ObjectName}: {detail.Path}: {detail.Message}");
+                stderr.WriteLine(detail.Path.Length == 0 ? $"{detail.File}: {detail.ObjectName}: {detail.Message}"
+                    : $"{detail.File}: {detail.ObjectName}: {detail.Path}: {detail.Message}");
             }
             stderr.WriteLine($"error: {e.Message}");
             return Failure;
@@ -84,7 +90,8 @@ public static class CliApp
         catch (HttpRequestException e)
         {
             // The agent closed the connection mid-request (for instance on a request over its size limit).
-            stderr.WriteLine($"error: the request to the agent failed: {e.Message}{(e.InnerException is { } inner ? $" ({inner.Message})" : "")}");
+            stderr.WriteLine($"error: the request to the agent failed: " +
+                $"{e.Message}{(e.InnerException is { } inner ? $" ({inner.Message})" : "")}");
             return Error;
         }
     }

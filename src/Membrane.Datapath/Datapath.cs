@@ -74,7 +74,11 @@ public sealed class PolicyDatapath : IDisposable
 
     /// <summary>Turns event emission on or off (a monitor turns it on while it listens).</summary>
     public void SetEvents(bool drops, bool verdicts) =>
-        Config.Update(0u, new DatapathConfig { Flags = (drops ? DatapathConfig.DropEvents : 0) | (verdicts ? DatapathConfig.VerdictEvents : 0) });
+        Config.Update(0u, new DatapathConfig
+        {
+            Flags = (drops ? DatapathConfig.DropEvents : 0) | (verdicts ? DatapathConfig.VerdictEvents
+            : 0)
+        });
 
     /// <summary>Drop counters by reason, summed over CPUs.</summary>
     public IReadOnlyDictionary<DropReason, Counter> DropCounters()
@@ -83,7 +87,12 @@ public sealed class PolicyDatapath : IDisposable
         foreach (var reason in Enum.GetValues<DropReason>().Where(r => r != DropReason.Allowed))
         {
             var perCpu = Drops.LookupPerCpu<uint, Counter>((uint)reason);
-            result[reason] = new Counter { Packets = (ulong)perCpu.Sum(c => (decimal)c.Packets), Bytes = (ulong)perCpu.Sum(c => (decimal)c.Bytes) };
+            result[reason] = new Counter
+            {
+                Packets = (ulong)perCpu.Sum(c => (decimal)c.Packets),
+                Bytes = (ulong)perCpu.Sum(c =>
+                (decimal)c.Bytes)
+            };
         }
         return result;
     }

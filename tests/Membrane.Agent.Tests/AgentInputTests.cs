@@ -35,7 +35,11 @@ public sealed class AgentInputTests
     private static async Task<(HttpStatusCode Status, string Error)> Post(HttpClient http, string path, string body)
     {
         // Expect: 100-continue, as the CLI sends it: a body the agent refuses is answered before it is sent.
-        using var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+        using var request = new HttpRequestMessage(HttpMethod.Post, path)
+        {
+            Content = new StringContent(body, Encoding.UTF8,
+            "application/json")
+        };
         request.Headers.ExpectContinue = true;
         using var response = await http.SendAsync(request);
         var text = await response.Content.ReadAsStringAsync();
@@ -70,7 +74,8 @@ public sealed class AgentInputTests
         var matrix = await Post(http, "v1/matrix", """{"timeoutMs": -5}""");
         Assert.Equal(HttpStatusCode.BadRequest, matrix.Status);
         Assert.Contains("timeout -5 ms is out of range", matrix.Error, StringComparison.Ordinal);
-        var probe = await Post(http, "v1/probe", """{"from": "e2e-a/client", "to": "e2e-a/server", "protocol": "tcp", "port": 80, "timeoutMs": -1}""");
+        var probe = await Post(http, "v1/probe",
+            """{"from": "e2e-a/client", "to": "e2e-a/server", "protocol": "tcp", "port": 80, "timeoutMs": -1}""");
         Assert.Equal(HttpStatusCode.BadRequest, probe.Status);
         Assert.Contains("timeout -1 ms is out of range", probe.Error, StringComparison.Ordinal);
 
@@ -102,7 +107,8 @@ public sealed class AgentInputTests
             Assert.Contains(expected, await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         }
 
-        var huge = JsonSerializer.Serialize(new ManifestRequest(new string('#', 20 * 1024 * 1024), "huge.yaml"), AgentJsonContext.Default.ManifestRequest);
+        var huge = JsonSerializer.Serialize(new ManifestRequest(new string('#', 20 * 1024 * 1024), "huge.yaml"),
+            AgentJsonContext.Default.ManifestRequest);
         var tooBig = await Post(http, "v1/apply", huge);
         Assert.Equal(HttpStatusCode.RequestEntityTooLarge, tooBig.Status);
         Assert.Contains("larger than the 16,777,216 bytes", tooBig.Error, StringComparison.Ordinal);

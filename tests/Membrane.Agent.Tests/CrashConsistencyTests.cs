@@ -21,11 +21,13 @@ public sealed class CrashConsistencyTests
     }
 
     private static string Pod(int n) =>
-        $"apiVersion: v1\nkind: Pod\nmetadata: {{name: crash-{n}, namespace: e2e-a, labels: {{app: crash, n: \"{n}\"}}}}\nspec: {{containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n";
+        $"apiVersion: v1\nkind: Pod\nmetadata: {{name: crash-{n}, namespace: e2e-a, labels: {{app: crash, n: \"{n}\"}}}}\nspec: " +
+            $"{{containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n";
 
     private static string Policy(int n) =>
         $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: crash-{n}, namespace: e2e-a}}\nspec:\n"
-        + $"  endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{n: \"{n}\"}}}}], toPorts: [{{ports: [{{port: \"{8000 + n}\", protocol: TCP}}]}}]}}]\n";
+        + $"  endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{n: \"{n}\"}}}}], " +
+            $"toPorts: [{{ports: [{{port: \"{8000 + n}\", protocol: TCP}}]}}]}}]\n";
 
     /// <summary>Starts a CLI command without waiting for it.</summary>
     private static Process Start(params string[] args)
@@ -78,29 +80,37 @@ public sealed class CrashConsistencyTests
     /// <summary>API, kernel, state file and the sandbox's namespaces describe the same pods and policies.</summary>
     private void AssertInAgreement(int round)
     {
-        var endpoints = JsonSerializer.Deserialize(_s.CliOk("endpoint", "list", "-o", "json").Out, AgentJsonContext.Default.ListEndpointOutput)!;
-        var policies = JsonSerializer.Deserialize(_s.CliOk("policy", "get", "-o", "json").Out, AgentJsonContext.Default.PolicyListResponse)!;
-        var ipcache = JsonSerializer.Deserialize(_s.CliOk("bpf", "ipcache", "list", "-o", "json").Out, AgentJsonContext.Default.ListIpCacheOutput)!;
+        var endpoints = JsonSerializer.Deserialize(_s.CliOk("endpoint", "list", "-o", "json").Out,
+            AgentJsonContext.Default.ListEndpointOutput)!;
+        var policies = JsonSerializer.Deserialize(_s.CliOk("policy", "get", "-o", "json").Out,
+            AgentJsonContext.Default.PolicyListResponse)!;
+        var ipcache = JsonSerializer.Deserialize(_s.CliOk("bpf", "ipcache", "list", "-o", "json").Out,
+            AgentJsonContext.Default.ListIpCacheOutput)!;
         using var state = JsonDocument.Parse(File.ReadAllText(Path.Combine(SandboxFixture.StateDirectory, "state.json")));
         var objects = state.RootElement.GetProperty("objects").EnumerateObject().Select(o => o.Name).ToHashSet();
 
         var pods = endpoints.Select(e => e.Pod).Order(StringComparer.Ordinal).ToList();
-        Assert.Equal(objects.Where(o => o.StartsWith("Pod/", StringComparison.Ordinal)).Select(o => o[4..]).Order(StringComparer.Ordinal), pods);
+        Assert.Equal(objects.Where(o => o.StartsWith("Pod/", StringComparison.Ordinal)).Select(o => o[4..]).Order(StringComparer.Ordinal),
+            pods);
         Assert.Equal(objects.Where(o => o.StartsWith("CiliumNetworkPolicy/", StringComparison.Ordinal)).Order(StringComparer.Ordinal),
             policies.Policies.Select(p => $"{p.Kind}/{p.Namespace}/{p.Name}").Order(StringComparer.Ordinal));
         // Nothing orphaned: every sandbox namespace is a pod's (or the node's), and every pod has its namespace.
         var namespaces = Ip.Run("netns", "list").Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split(' ')[0])
-            .Where(n => n.StartsWith(SandboxFixture.Prefix + "-", StringComparison.Ordinal) && n != $"{SandboxFixture.Prefix}-node").Order(StringComparer.Ordinal);
+            .Where(n => n.StartsWith(SandboxFixture.Prefix + "-", StringComparison.Ordinal) && n != $"{SandboxFixture.Prefix}-node")
+                .Order(StringComparer.Ordinal);
         Assert.Equal(endpoints.Select(e => e.Netns).Order(StringComparer.Ordinal), namespaces);
         foreach (var endpoint in endpoints)
         {
             // The kernel holds exactly the endpoint's resolved policy, and maps its addresses to its identity.
-            var kernel = JsonSerializer.Deserialize(_s.CliOk("bpf", "policy", "get", endpoint.Pod, "-o", "json").Out, AgentJsonContext.Default.BpfPolicyOutput)!;
-            Assert.True(kernel.Entries.Count == endpoint.PolicyEntries, $"round {round}: {endpoint.Pod} has {kernel.Entries.Count} entries in the kernel, {endpoint.PolicyEntries} resolved");
+            var kernel = JsonSerializer.Deserialize(_s.CliOk("bpf", "policy", "get", endpoint.Pod, "-o", "json").Out,
+                AgentJsonContext.Default.BpfPolicyOutput)!;
+            Assert.True(kernel.Entries.Count == endpoint.PolicyEntries,
+                $"round {round}: {endpoint.Pod} has {kernel.Entries.Count} entries in the kernel, {endpoint.PolicyEntries} resolved");
             Assert.Contains(ipcache, e => e.Prefix == $"{endpoint.IPv4}/32" && e.Identity == endpoint.Identity);
             Assert.Contains(ipcache, e => e.Prefix == $"{endpoint.IPv6}/128" && e.Identity == endpoint.Identity);
         }
         // The pods' addresses, the node's three and the two world prefixes (0.0.0.0/0, ::/0), nothing else.
-        Assert.True(endpoints.Count * 2 + 5 == ipcache.Count, $"round {round}: ipcache {string.Join(", ", ipcache.Select(e => $"{e.Prefix}={e.Identity}"))}");
+        Assert.True(endpoints.Count * 2 + 5 == ipcache.Count,
+            $"round {round}: ipcache {string.Join(", ", ipcache.Select(e => $"{e.Prefix}={e.Identity}"))}");
     }
 }

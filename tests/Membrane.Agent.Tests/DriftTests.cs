@@ -23,7 +23,8 @@ public sealed class DriftTests
     private static string StateFile => Path.Combine(SandboxFixture.StateDirectory, "state.json");
 
     private static string Pod(string name, params string[] ips) =>
-        $"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: e2e-a, labels: {{app: {name}}}}}\nspec: {{containers: [{{name: c}}]}}\n"
+        $"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: e2e-a, labels: {{app: {name}}}}}\nspec: {{containers: " +
+            $"[{{name: c}}]}}\n"
         + $"status: {{podIPs: [{string.Join(", ", ips.Select(ip => $"{{ip: \"{ip}\"}}"))}]}}\n";
 
     private static string Cnp(string name, string spec) => SandboxFixture.Cnp(name, spec);
@@ -48,7 +49,8 @@ public sealed class DriftTests
             (Pod("gateway", "10.200.0.1", "fd00:200::7778"), "10.200.0.1 is the node's own address"),
             (Pod("v4only", "10.200.77.78"), "must name one IPv4 and one IPv6 address"),
             (Pod("outside", "192.0.2.5", "fd00:200::7779"), "outside the pod ranges"),
-            (Pod("twins-a", "10.200.77.80", "fd00:200::7780") + "---\n" + Pod("twins-b", "10.200.77.80", "fd00:200::7781"), "10.200.77.80 is already used by Pod/e2e-a/twins-a"),
+            (Pod("twins-a", "10.200.77.80", "fd00:200::7780") + "---\n" + Pod("twins-b", "10.200.77.80", "fd00:200::7781"),
+                "10.200.77.80 is already used by Pod/e2e-a/twins-a"),
         })
         {
             var r = _s.Apply(yaml);
@@ -161,7 +163,8 @@ public sealed class DriftTests
     {
         const UnixFileMode others = UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.GroupExecute
             | UnixFileMode.OtherRead | UnixFileMode.OtherWrite | UnixFileMode.OtherExecute;
-        foreach (var path in new[] { SandboxFixture.StateDirectory, StateFile, StateFile + ".bak", Path.Combine(SandboxFixture.StateDirectory, "logs") })
+        foreach (var path in new[] { SandboxFixture.StateDirectory, StateFile, StateFile + ".bak",
+            Path.Combine(SandboxFixture.StateDirectory, "logs") })
         {
             Assert.True((File.GetUnixFileMode(path) & others) == 0, $"{path} is {File.GetUnixFileMode(path)}");
         }

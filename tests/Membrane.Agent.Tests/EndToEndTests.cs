@@ -25,7 +25,8 @@ public sealed class EndToEndTests
     private const string Client = "e2e-a/client", Server = "e2e-a/server", Other = "e2e-b/other";
 
     private static string[] Icmp(int type, int? code = null, bool v6 = false) =>
-        [.. new[] { "--protocol", v6 ? "icmpv6" : "icmp", "--icmp-type", $"{type}" }, .. code is { } c ? new[] { "--icmp-code", $"{c}" } : []];
+        [.. new[] { "--protocol", v6 ? "icmpv6" : "icmp", "--icmp-type", $"{type}" }, .. code is { } c ? new[] { "--icmp-code", $"{c}" }
+            : []];
 
     private static string[] Tcp(int port) => ["--protocol", "tcp", "--port", $"{port}"];
 
@@ -112,14 +113,17 @@ public sealed class EndToEndTests
         {
             foreach (var protocol in new[] { "ICMP", "ICMPv6" })
             {
-                Assert.Contains(ct, c => c.GetProperty("endpoint").GetString() == endpoint && c.GetProperty("protocol").GetString() == protocol
+                Assert.Contains(ct, c => c.GetProperty("endpoint").GetString() == endpoint && c.GetProperty("protocol")
+                    .GetString() == protocol
                     && c.GetProperty("direction").GetString() == direction && c.GetProperty("ageSeconds").GetDouble() is >= 0 and < 60);
             }
         }
         List<JsonElement> CtOf(string endpoint) =>
-            JsonDocument.Parse(_s.CliOk("bpf", "ct", "list", "--endpoint", endpoint, "-o", "json").Out).RootElement.EnumerateArray().ToList();
+            JsonDocument.Parse(_s.CliOk("bpf", "ct", "list", "--endpoint", endpoint, "-o", "json").Out).RootElement.EnumerateArray()
+                .ToList();
         var server = CtOf(Server);
-        Assert.True(server.Count >= 2 && server.All(c => c.GetProperty("endpoint").GetString() == Server), "--endpoint shows that endpoint only");
+        Assert.True(server.Count >= 2 && server.All(c => c.GetProperty("endpoint").GetString() == Server),
+            "--endpoint shows that endpoint only");
         var flushed = JsonDocument.Parse(_s.CliOk("bpf", "ct", "flush", "--endpoint", Client, "-o", "json").Out).RootElement;
         Assert.True(flushed.GetProperty("removed").GetInt32() >= 2);
         Assert.Empty(CtOf(Client));
@@ -130,7 +134,8 @@ public sealed class EndToEndTests
         // The kernel's ipcache maps each pod's /32 and /128 to the pod's identity.
         var ipcache = JsonDocument.Parse(_s.CliOk("bpf", "ipcache", "list", "-o", "json").Out).RootElement.EnumerateArray().ToList();
         var client = ipcache.Where(e => e.GetProperty("name").GetString() == Client).ToList();
-        Assert.Equal(["/128", "/32"], client.Select(e => e.GetProperty("prefix").GetString()![e.GetProperty("prefix").GetString()!.IndexOf('/', StringComparison.Ordinal)..]).Order(StringComparer.Ordinal));
+        Assert.Equal(["/128", "/32"], client.Select(e => e.GetProperty("prefix").GetString()![e.GetProperty("prefix")
+            .GetString()!.IndexOf('/', StringComparison.Ordinal)..]).Order(StringComparer.Ordinal));
         Assert.Single(client.Select(e => e.GetProperty("identity").GetUInt32()).Distinct());
         Flow(Client, Server, true, Icmp(8));
         Flow(Client, Server, true, Udp(53));
@@ -157,8 +162,11 @@ public sealed class EndToEndTests
     [Fact]
     public void DenyRuleForIcmpBeatsAnL3Allow()
     {
-        Import(Cnp("allow-all-from-client", "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {app: client}}]}]"));
-        Import(Cnp("deny-ping", "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: EchoRequest}, {type: EchoRequest, family: IPv6}]}]}]"));
+        Import(Cnp("allow-all-from-client",
+            "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {app: client}}]}]"));
+        Import(Cnp("deny-ping",
+            "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: EchoRequest}, {type: EchoRequest, " +
+            "family: IPv6}]}]}]"));
         Assert.False(Ping(Client, Server));
         Assert.False(Ping(Client, Server, v6: true));
         Flow(Client, Server, false, Icmp(8));
@@ -222,7 +230,8 @@ public sealed class EndToEndTests
             """));
         var client = _s.Endpoint(Client);
         var target = IPAddress.Parse(_s.Endpoint(Server).IPv4!);
-        using var socket = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp));
+        using var socket = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw,
+            ProtocolType.Icmp));
         socket.ReceiveTimeout = 1500;
         bool Answered(byte type, ushort id)
         {
@@ -277,7 +286,8 @@ public sealed class EndToEndTests
             var target = IPAddress.Parse(v6 ? server.IPv6! : server.IPv4!);
             var payload = new byte[1 << 20];
             Random.Shared.NextBytes(payload);
-            using var socket = NetworkNamespace.Run(client.Netns, () => new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
+            using var socket = NetworkNamespace.Run(client.Netns, () => new Socket(target.AddressFamily, SocketType.Stream,
+                ProtocolType.Tcp));
             socket.ReceiveTimeout = 20_000;
             socket.SendTimeout = 20_000;
             socket.Connect(target, 80);
@@ -314,7 +324,8 @@ public sealed class EndToEndTests
     {
         var client = _s.Endpoint(Client);
         var server = _s.Endpoint(Server);
-        var ping = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client.Netns, "ping", "-D", "-i", "0.05", "-c", "80", "-W", "1", server.IPv4!])
+        var ping = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client.Netns, "ping", "-D", "-i", "0.05", "-c", "80", "-W",
+            "1", server.IPv4!])
         { RedirectStandardOutput = true, UseShellExecute = false })!;
         var lines = new List<string>();
         ping.OutputDataReceived += (_, e) => { if (e.Data is not null) { lock (lines) { lines.Add(e.Data); } } };
@@ -333,7 +344,8 @@ public sealed class EndToEndTests
         lock (lines)
         {
             replies = lines.Where(l => l.Contains("bytes from", StringComparison.Ordinal))
-                .Select(l => double.Parse(l[1..l.IndexOf(']', StringComparison.Ordinal)], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+                .Select(l => double.Parse(l[1..l.IndexOf(']', StringComparison.Ordinal)],
+                    System.Globalization.CultureInfo.InvariantCulture)).ToList();
         }
         Assert.True(replies.Count(t => t < enforcedAt) >= 10, "ping worked before the change");
         Assert.DoesNotContain(replies, t => t > enforcedAt + 0.01);
@@ -343,15 +355,19 @@ public sealed class EndToEndTests
     [Fact]
     public void PodAndNamespaceLabelChangesReIdentifyLive()
     {
-        Import(Cnp("trusted-only", "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {trust: high}}]}]"));
+        Import(Cnp("trusted-only",
+            "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {trust: high}}]}]"));
         Flow(Client, Server, false, Icmp(8));
         var before = _s.Endpoint(Client).Identity;
-        Assert.Equal(0, _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: e2e-a, labels: {app: client, trust: high}}\nspec: {containers: [{name: c, image: busybox}]}\n").Code);
+        Assert.Equal(0, _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: e2e-a, labels: {app: client, trust: " +
+            "high}}\nspec: {containers: [{name: c, image: busybox}]}\n").Code);
         Assert.NotEqual(before, _s.Endpoint(Client).Identity);
         Assert.True(Ping(Client, Server));
         Flow(Client, Server, true, Icmp(8));
 
-        var fromTeamB = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: team-b-vip, namespace: e2e-a}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress: [{fromEndpoints: [{matchLabels: {io.cilium.k8s.namespace.labels.vip: \"yes\"}}]}]\n";
+        var fromTeamB = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: team-b-vip, namespace: e2e-a}\nspec:\n  " +
+            "endpointSelector: {matchLabels: {app: server}}\n  ingress: [{fromEndpoints: [{matchLabels: " +
+            "{io.cilium.k8s.namespace.labels.vip: \"yes\"}}]}]\n";
         Import(fromTeamB);
         Flow(Other, Server, false, Icmp(8));
         Assert.Equal(0, _s.Apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: e2e-b, labels: {team: b, vip: \"yes\"}}\n").Code);
@@ -366,8 +382,12 @@ public sealed class EndToEndTests
         var client = _s.Endpoint(Client);
         var server = _s.Endpoint(Server);
         var other = _s.Endpoint(Other);
-        var allowed = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client.Netns, "ping", "-i", "0.1", "-c", "50", "-W", "1", server.IPv4!]) { RedirectStandardOutput = true, UseShellExecute = false })!;
-        var denied = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", other.Netns, "ping", "-i", "0.1", "-c", "50", "-W", "1", server.IPv4!]) { RedirectStandardOutput = true, UseShellExecute = false })!;
+        var allowed = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client.Netns, "ping", "-i", "0.1", "-c", "50", "-W", "1",
+            server.IPv4!])
+        { RedirectStandardOutput = true, UseShellExecute = false })!;
+        var denied = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", other.Netns, "ping", "-i", "0.1", "-c", "50", "-W", "1",
+            server.IPv4!])
+        { RedirectStandardOutput = true, UseShellExecute = false })!;
         var replies = 0;
         var allowedOut = new System.Text.StringBuilder();
         allowed.OutputDataReceived += (_, e) =>
@@ -410,17 +430,20 @@ public sealed class EndToEndTests
 
         var invalid = _s.Apply(Cnp("bad", "endpointSelector: {}\ningress: [{icmps: [{fields: [{type: Nope}]}]}]"), "import");
         Assert.Equal(1, invalid.Code);
-        Assert.Contains("spec.ingress[0].icmps[0].fields[0].type: \"Nope\" is not an ICMP type of family IPv4", invalid.Err, StringComparison.Ordinal);
+        Assert.Contains("spec.ingress[0].icmps[0].fields[0].type: \"Nope\" is not an ICMP type of family IPv4", invalid.Err,
+            StringComparison.Ordinal);
 
         var malformed = _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: x\n");
         Assert.Equal(1, malformed.Code);
         Assert.Contains("malformed YAML", malformed.Err, StringComparison.Ordinal);
 
-        var conflicting = _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: e2e-a, labels: {app: server}}\nspec: {containers: [{name: s, ports: [{containerPort: 9999}]}]}\n");
+        var conflicting = _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: e2e-a, labels: {app: server}}\nspec: " +
+            "{containers: [{name: s, ports: [{containerPort: 9999}]}]}\n");
         Assert.Equal(1, conflicting.Code);
         Assert.Contains("conflicts with the running pod", conflicting.Err, StringComparison.Ordinal);
 
-        var noNamespace = _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: lost, namespace: nowhere}\nspec: {containers: [{name: c}]}\n");
+        var noNamespace = _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: lost, namespace: nowhere}\nspec: {containers: [{name: " +
+            "c}]}\n");
         Assert.Equal(1, noNamespace.Code);
         Assert.Contains("namespace \"nowhere\" does not exist", noNamespace.Err, StringComparison.Ordinal);
 
@@ -433,7 +456,8 @@ public sealed class EndToEndTests
         Assert.Contains("not found", missing.Err, StringComparison.Ordinal);
 
         Assert.Equal(before, _s.CliOk("policy", "get", "-o", "json").Out);
-        Assert.Equal(3, JsonSerializer.Deserialize(_s.CliOk("endpoint", "list", "-o", "json").Out, AgentJsonContext.Default.ListEndpointOutput)!.Count);
+        Assert.Equal(3, JsonSerializer.Deserialize(_s.CliOk("endpoint", "list", "-o", "json").Out,
+            AgentJsonContext.Default.ListEndpointOutput)!.Count);
         Flow(Client, Server, true, Tcp(80));
     }
 
@@ -442,7 +466,9 @@ public sealed class EndToEndTests
     {
         using var client = new AgentClient(SandboxFixture.Socket);
         var before = (await client.Get("v1/status", AgentJsonContext.Default.StatusResponse)).Revision;
-        var error = await Assert.ThrowsAsync<AgentRequestException>(() => client.Post("v1/apply", new ManifestRequest("kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"99999\"}]}]}]}\n", "api.yaml"),
+        var error = await Assert.ThrowsAsync<AgentRequestException>(() => client.Post("v1/apply",
+            new ManifestRequest("kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, " +
+            "ingress: [{toPorts: [{ports: [{port: \"99999\"}]}]}]}\n", "api.yaml"),
             AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse));
         Assert.Equal("spec.ingress[0].toPorts[0].ports[0].port", Assert.Single(error.Response.Errors).Path);
         Assert.Equal(before, (await client.Get("v1/status", AgentJsonContext.Default.StatusResponse)).Revision);
@@ -452,13 +478,15 @@ public sealed class EndToEndTests
     public void MatrixOfNinePodsAndFourProbeKindsIsFastAndAgreesWithTrace()
     {
         var extra = string.Join("\n---\n", Enumerable.Range(1, 6).Select(i =>
-            $"apiVersion: v1\nkind: Pod\nmetadata: {{name: m{i}, namespace: e2e-b, labels: {{app: m{i % 2}}}}}\nspec: {{containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]}}]}}"));
+            $"apiVersion: v1\nkind: Pod\nmetadata: {{name: m{i}, namespace: e2e-b, labels: {{app: m{i % 2}}}}}\nspec: {{containers: " +
+                $"[{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]}}]}}"));
         Assert.Equal(0, _s.Apply(extra).Code);
         try
         {
             Import(Cnp("http-only", HttpOnly));
             var watch = Stopwatch.StartNew();
-            var matrix = JsonSerializer.Deserialize(_s.CliOk("connectivity", "matrix", "-o", "json").Out, AgentJsonContext.Default.MatrixResponse)!;
+            var matrix = JsonSerializer.Deserialize(_s.CliOk("connectivity", "matrix", "-o", "json").Out,
+                AgentJsonContext.Default.MatrixResponse)!;
             watch.Stop();
             Assert.Equal(9, matrix.Pods.Count);
             Assert.Equal(9 * 8 * 4, matrix.Results.Count);

@@ -77,7 +77,8 @@ public sealed class HostilePodTests
     {
         EndpointOutput client = _s.Endpoint(Client), server = _s.Endpoint(Server);
         using var capture = RawFrames.Listen(server.Netns);
-        byte[] Echo(byte[] marker) => FromPod(client, 0x0800, RawFrames.IpPacket(V4(client), V4(server), 1, RawFrames.Icmp(8, 0, [0, 7, 0, 1, .. marker])));
+        byte[] Echo(byte[] marker) => FromPod(client, 0x0800, RawFrames.IpPacket(V4(client), V4(server), 1, RawFrames.Icmp(8, 0, [0, 7, 0,
+            1, .. marker])));
 
         var plain = RawFrames.NewMarker();
         RawFrames.Send(client.Netns, Echo(plain));
@@ -131,10 +132,12 @@ public sealed class HostilePodTests
             egress: [{toEndpoints: [{matchLabels: {app: server}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
             """);
         EndpointOutput client = _s.Endpoint(Client), server = _s.Endpoint(Server), other = _s.Endpoint(Other);
-        using var connection = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+        using var connection = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Stream,
+            ProtocolType.Tcp));
         connection.Connect(V4(server), 80);
         var localPort = (ushort)((IPEndPoint)connection.LocalEndPoint!).Port;
-        using var listener = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp));
+        using var listener = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw,
+            ProtocolType.Icmp));
         listener.ReceiveTimeout = 1000;
 
         bool Delivered(string fromNetns)
@@ -143,7 +146,8 @@ public sealed class HostilePodTests
             // Destination unreachable (host) about the client's segment: its IP header, 8 bytes of TCP, then data.
             var embedded = RawFrames.IpPacket(V4(client), V4(server), 6, RawFrames.TcpSyn(localPort, 80, marker));
             var error = RawFrames.Icmp(3, 1, [0, 0, 0, 0, .. embedded]);
-            using var sender = NetworkNamespace.Run(fromNetns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp));
+            using var sender = NetworkNamespace.Run(fromNetns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw,
+                ProtocolType.Icmp));
             sender.SendTo(error, new IPEndPoint(V4(client), 0));
             var buffer = new byte[2048];
             var deadline = DateTime.UtcNow.AddMilliseconds(1000);

@@ -58,7 +58,8 @@ internal static class RawFrames
     public static Capture Listen(string podNetns)
     {
         var (ifIndex, _) = Link(podNetns, "eth0");
-        var socket = NetworkNamespace.Run(podNetns, () => new Socket(AddressFamily.Packet, SocketType.Raw, (ProtocolType)BinaryPrimitives.ReverseEndianness(EthPAll)));
+        var socket = NetworkNamespace.Run(podNetns, () => new Socket(AddressFamily.Packet, SocketType.Raw,
+            (ProtocolType)BinaryPrimitives.ReverseEndianness(EthPAll)));
         socket.Bind(new LinkLayerEndPoint(ifIndex, EthPAll));
         return new Capture(socket);
     }

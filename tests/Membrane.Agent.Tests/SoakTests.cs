@@ -146,7 +146,8 @@ public sealed class SoakTests
         var target = IPAddress.Parse(server.IPv4!);
         using var allowed = new EchoStream(client.Netns, target, 1);
         using var denied = new EchoStream(other.Netns, target, 1);
-        using var tcp = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+        using var tcp = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Stream,
+            ProtocolType.Tcp));
         tcp.ReceiveTimeout = 5000;
         tcp.Connect(target, 80);
 
@@ -168,12 +169,19 @@ public sealed class SoakTests
         {
             var yaml = (i % 4) switch
             {
-                0 => Cnp($"soak-churn-{i % 16}", $"endpointSelector: {{matchLabels: {{app: server}}}}\ningress: [{{fromEndpoints: [{{matchLabels: {{app: other}}}}], toPorts: [{{ports: [{{port: \"{9000 + i % 50}\", protocol: TCP}}]}}]}}]"),
-                1 => $"apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: e2e-a, labels: {{app: client, round: \"r{i % 7}\"}}}}\nspec: {{containers: [{{name: c, image: busybox}}]}}\n",
-                2 => $"apiVersion: v1\nkind: Pod\nmetadata: {{name: other, namespace: e2e-b, labels: {{app: other, round: \"r{i % 5}\"}}}}\nspec: {{containers: [{{name: o, image: busybox, ports: [{{containerPort: 80}}]}}]}}\n",
-                _ => Cnp("soak-denyish", $"endpointSelector: {{matchLabels: {{app: server}}}}\ningressDeny: [{{fromEndpoints: [{{matchLabels: {{app: other}}}}], toPorts: [{{ports: [{{port: \"{7000 + i % 30}\", protocol: TCP}}]}}]}}]"),
+                0 => Cnp($"soak-churn-{i % 16}",
+                    $"endpointSelector: {{matchLabels: {{app: server}}}}\ningress: [{{fromEndpoints: [{{matchLabels: {{app: other}}}}], " +
+                    $"toPorts: [{{ports: [{{port: \"{9000 + i % 50}\", protocol: TCP}}]}}]}}]"),
+                1 => $"apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: e2e-a, labels: {{app: client, round: " +
+                    $"\"r{i % 7}\"}}}}\nspec: {{containers: [{{name: c, image: busybox}}]}}\n",
+                2 => $"apiVersion: v1\nkind: Pod\nmetadata: {{name: other, namespace: e2e-b, labels: {{app: other, round: " +
+                    $"\"r{i % 5}\"}}}}\nspec: {{containers: [{{name: o, image: busybox, ports: [{{containerPort: 80}}]}}]}}\n",
+                _ => Cnp("soak-denyish",
+                    $"endpointSelector: {{matchLabels: {{app: server}}}}\ningressDeny: [{{fromEndpoints: [{{matchLabels: {{app: " +
+                    $"other}}}}], toPorts: [{{ports: [{{port: \"{7000 + i % 30}\", protocol: TCP}}]}}]}}]"),
             };
-            await api.Post(i % 4 is 0 or 3 ? "v1/policies" : "v1/apply", new ManifestRequest(yaml, "soak.yaml"), AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse);
+            await api.Post(i % 4 is 0 or 3 ? "v1/policies" : "v1/apply", new ManifestRequest(yaml, "soak.yaml"),
+                AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse);
             if (i % 10 == 0)
             {
                 // The established TCP connection keeps working through every change.
@@ -194,10 +202,12 @@ public sealed class SoakTests
         allowed.Drain(() => allowed.Answered == allowed.Sent);
         denied.Drain(() => false); // the full deadline: a late answer would still count
 
-        var drops = System.Text.Json.JsonSerializer.Deserialize(_s.CliOk("status", "-o", "json").Out, AgentJsonContext.Default.StatusResponse)!.Drops
+        var drops = System.Text.Json.JsonSerializer.Deserialize(_s.CliOk("status", "-o", "json").Out,
+            AgentJsonContext.Default.StatusResponse)!.Drops
             .Where(d => d.Value > 0).Select(d => $"{d.Key} {d.Value}");
         Assert.True(allowed.Answered == allowed.Sent,
-            $"allowed echo: {allowed.Sent - allowed.Answered} of {allowed.Sent} lost during {changes} changes; drops since the agent started: {string.Join(", ", drops)}");
+            $"allowed echo: {allowed.Sent - allowed.Answered} of {allowed.Sent} lost during {changes} changes; drops since the agent " +
+                $"started: {string.Join(", ", drops)}");
         Assert.True(denied.Answered == 0, $"denied echo: {denied.Answered} of {denied.Sent} answered during {changes} changes");
         Assert.Equal(changes / 10 + (changes % 10 == 0 ? 0 : 1), tcpRounds);
     }

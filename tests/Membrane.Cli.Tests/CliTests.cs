@@ -29,7 +29,8 @@ public sealed class CliTests
     {
         var (code, _, err) = Run("policy", "validate", Path.Combine(Corpus, "01-icmp-unknown-name-v4.yaml"));
         Assert.Equal(1, code);
-        Assert.Contains("CiliumNetworkPolicy/default/bad: spec.egress[0].icmps[0].fields[1].type: \"Foo\" is not an ICMP type of family IPv4", err, StringComparison.Ordinal);
+        Assert.Contains("CiliumNetworkPolicy/default/bad: spec.egress[0].icmps[0].fields[1].type: \"Foo\" is not an ICMP type of family " +
+            "IPv4", err, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -54,7 +55,8 @@ public sealed class CliTests
     public void TraceExitsZeroForAllowedOneForDenied(string policy, string protocol, string option, string value, int expected)
     {
         var (code, output, err) = Run("policy", "trace", "--policies", Path.Combine(Examples, "policies", policy),
-            "--workloads", Path.Combine(Examples, "workloads"), "--from", "demo/client", "--to", "demo/web", "--protocol", protocol, option, value);
+            "--workloads", Path.Combine(Examples, "workloads"), "--from", "demo/client", "--to", "demo/web", "--protocol", protocol,
+                option, value);
         Assert.True(expected == code, output + err);
         Assert.Contains($"Final verdict: {(expected == 0 ? "ALLOWED" : "DENIED")}", output, StringComparison.Ordinal);
     }
@@ -63,11 +65,13 @@ public sealed class CliTests
     public void TraceJsonCarriesBothSidesAndTheRule()
     {
         var (code, output, _) = Run("policy", "trace", "--policies", Path.Combine(Examples, "policies", "l4-http-only.yaml"),
-            "--workloads", Path.Combine(Examples, "workloads"), "--from", "demo/client", "--to", "demo/web", "--protocol", "tcp", "--port", "80", "-o", "json");
+            "--workloads", Path.Combine(Examples, "workloads"), "--from", "demo/client", "--to", "demo/web", "--protocol", "tcp", "--port",
+                "80", "-o", "json");
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(output);
         Assert.Equal("ALLOWED", doc.RootElement.GetProperty("verdict").GetString());
-        Assert.Contains("CiliumNetworkPolicy/demo/web-http-only: spec.ingress[0]", doc.RootElement.GetProperty("ingress").GetProperty("rules")[0].GetString(), StringComparison.Ordinal);
+        Assert.Contains("CiliumNetworkPolicy/demo/web-http-only: spec.ingress[0]", doc.RootElement.GetProperty("ingress")
+            .GetProperty("rules")[0].GetString(), StringComparison.Ordinal);
     }
 
     [Theory]
@@ -79,7 +83,8 @@ public sealed class CliTests
     [InlineData("--protocol", "gre")]
     public void TraceRejectsBadFlowsWithExitTwo(params string[] flow)
     {
-        var args = new[] { "policy", "trace", "--policies", Path.Combine(Examples, "policies"), "--workloads", Path.Combine(Examples, "workloads"),
+        var args = new[] { "policy", "trace", "--policies", Path.Combine(Examples, "policies"), "--workloads", Path.Combine(Examples,
+            "workloads"),
             "--from", "demo/client", "--to", "demo/web" }.Concat(flow).ToArray();
         var (code, _, err) = Run(args);
         Assert.Equal(2, code);
@@ -93,7 +98,8 @@ public sealed class CliTests
     public void TraceAcceptsRawLabels(string from, string protocol, int expected)
     {
         string[] flow = protocol == "icmp" ? ["--protocol", "icmp", "--icmp-type", "8"] : ["--protocol", "tcp", "--port", "80"];
-        var (code, output, err) = Run(["policy", "trace", "--policies", Path.Combine(Examples, "policies", "l4-http-only.yaml"), Path.Combine(Examples, "policies", "icmp-echo.yaml"),
+        var (code, output, err) = Run(["policy", "trace", "--policies", Path.Combine(Examples, "policies", "l4-http-only.yaml"),
+            Path.Combine(Examples, "policies", "icmp-echo.yaml"),
             "--workloads", Path.Combine(Examples, "workloads"), "--from", from, "--to", "demo/web", .. flow]);
         Assert.True(expected == code, output + err);
         Assert.Contains($"from {from} to demo/web", output, StringComparison.Ordinal);
@@ -102,7 +108,8 @@ public sealed class CliTests
     [Fact]
     public void TraceOfUnknownPodIsAnError()
     {
-        var (code, _, err) = Run("policy", "trace", "--policies", Path.Combine(Examples, "policies"), "--workloads", Path.Combine(Examples, "workloads"),
+        var (code, _, err) = Run("policy", "trace", "--policies", Path.Combine(Examples, "policies"), "--workloads", Path.Combine(Examples,
+            "workloads"),
             "--from", "demo/nobody", "--to", "demo/web", "--protocol", "tcp", "--port", "80");
         Assert.Equal(2, code);
         Assert.Contains("no pod demo/nobody", err, StringComparison.Ordinal);

@@ -19,12 +19,14 @@ public sealed partial class BtfLayoutTests
 
     private sealed record BtfStruct(int Size, List<Member> Members);
 
-    private static readonly Lazy<(Dictionary<string, BtfStruct> Structs, Dictionary<string, Dictionary<string, long>> Enums)> Btf = new(Read);
+    private static readonly Lazy<(Dictionary<string, BtfStruct> Structs, Dictionary<string, Dictionary<string,
+        long>> Enums)> Btf = new(Read);
 
     /// <summary>Structs and enums of membrane.o, from <c>bpftool btf dump file … format raw</c>.</summary>
     private static (Dictionary<string, BtfStruct>, Dictionary<string, Dictionary<string, long>>) Read()
     {
-        var psi = new ProcessStartInfo("bpftool", ["btf", "dump", "file", Path.Combine(BpfObject.ObjectDirectory, PolicyDatapath.ObjectName), "format", "raw"])
+        var psi = new ProcessStartInfo("bpftool", ["btf", "dump", "file", Path.Combine(BpfObject.ObjectDirectory,
+            PolicyDatapath.ObjectName), "format", "raw"])
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -50,7 +52,8 @@ public sealed partial class BtfLayoutTests
                 }
                 if (header.Groups["kind"].Value == "STRUCT")
                 {
-                    currentStruct = new BtfStruct(int.Parse(header.Groups["size"].Value, System.Globalization.CultureInfo.InvariantCulture), []);
+                    currentStruct = new BtfStruct(int.Parse(header.Groups["size"].Value,
+                        System.Globalization.CultureInfo.InvariantCulture), []);
                     structs[name] = currentStruct;
                 }
                 else if (header.Groups["kind"].Value == "ENUM")
@@ -61,11 +64,13 @@ public sealed partial class BtfLayoutTests
             }
             else if (currentStruct is not null && StructMember().Match(line) is { Success: true } member)
             {
-                currentStruct.Members.Add(new(member.Groups["name"].Value, int.Parse(member.Groups["bits"].Value, System.Globalization.CultureInfo.InvariantCulture) / 8));
+                currentStruct.Members.Add(new(member.Groups["name"].Value, int.Parse(member.Groups["bits"].Value,
+                    System.Globalization.CultureInfo.InvariantCulture) / 8));
             }
             else if (currentEnum is not null && EnumValue().Match(line) is { Success: true } value)
             {
-                currentEnum[value.Groups["name"].Value] = long.Parse(value.Groups["value"].Value, System.Globalization.CultureInfo.InvariantCulture);
+                currentEnum[value.Groups["name"].Value] = long.Parse(value.Groups["value"].Value,
+                    System.Globalization.CultureInfo.InvariantCulture);
             }
         }
         return (structs, enums);
@@ -122,7 +127,8 @@ public sealed partial class BtfLayoutTests
         {
             var name = Normalise(member.Name);
             var expected = fields.ContainsKey(name) ? name : Aliases.GetValueOrDefault(name, name);
-            Assert.True(fields.TryGetValue(expected, out var offset), $"{cName}.{member.Name} has no field {expected} in {mirror.Name} ({string.Join(", ", fields.Keys)})");
+            Assert.True(fields.TryGetValue(expected, out var offset),
+                $"{cName}.{member.Name} has no field {expected} in {mirror.Name} ({string.Join(", ", fields.Keys)})");
             Assert.True(offset == member.Offset, $"{cName}.{member.Name} is at byte {member.Offset}, {mirror.Name} has it at {offset}");
         }
     }
@@ -143,12 +149,14 @@ public sealed partial class BtfLayoutTests
         }
         foreach (var (name, value) in enums["match_kind"].Where(e => e.Key != "MATCH_NONE"))
         {
-            var kind = Enum.GetValues<Policy.Resolution.MatchKind>().Single(k => Normalise(k.ToString()) == Normalise(name["MATCH_".Length..]));
+            var kind = Enum.GetValues<Policy.Resolution.MatchKind>().Single(k =>
+                Normalise(k.ToString()) == Normalise(name["MATCH_".Length..]));
             Assert.Equal(value, PolicyMapSynchronizer.MatchKindCode(kind));
         }
         foreach (var (name, value) in enums["match_kind"])
         {
-            Assert.Equal(value, (long)Enum.GetValues<WireMatchKind>().Single(k => Normalise(k.ToString()) == Normalise(name["MATCH_".Length..])));
+            Assert.Equal(value, (long)Enum.GetValues<WireMatchKind>().Single(k =>
+                Normalise(k.ToString()) == Normalise(name["MATCH_".Length..])));
         }
         Assert.Equal(enums["match_kind"].Count, Enum.GetValues<WireMatchKind>().Length);
         foreach (var (name, value) in enums["traffic_direction"])

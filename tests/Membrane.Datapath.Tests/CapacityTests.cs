@@ -29,7 +29,8 @@ public sealed class CapacityTests : IDisposable
         var entries = new Dictionary<PolicyKey, PolicyEntry>();
         for (var port = 1; port <= count; port++)
         {
-            entries[PolicyKey.Create(TrafficDirection.Ingress, 300, IpProtocol.Tcp, (ushort)port, 16)] = new PolicyEntry(RuleAction.Allow, ["test"]);
+            entries[PolicyKey.Create(TrafficDirection.Ingress, 300, IpProtocol.Tcp, (ushort)port, 16)] = new PolicyEntry(RuleAction.Allow,
+                ["test"]);
         }
         return new MapState(entries);
     }
@@ -40,7 +41,8 @@ public sealed class CapacityTests : IDisposable
         _policy.Sync(7, Ports(60));
         _policy.CheckCapacity([(8, "b/pod", 40)]);
         var refused = Assert.Throws<MapCapacityException>(() => _policy.CheckCapacity([(8, "b/pod", 41)]));
-        Assert.Contains("mb_policy would need 101 entries and holds 100 (largest change: endpoint b/pod with 41 entries)", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("mb_policy would need 101 entries and holds 100 (largest change: endpoint b/pod with 41 entries)", refused.Message,
+            StringComparison.Ordinal);
         // Replacing an endpoint's entries briefly holds old and new: 60 + 50 does not fit even though 50 alone would.
         Assert.Throws<MapCapacityException>(() => _policy.CheckCapacity([(7, "a/pod", 50)]));
         Assert.Equal(60, _policy.Count);

@@ -38,7 +38,8 @@ public sealed class ConntrackTests : IDisposable
             Assert.Equal(DatapathHarness.TestIfIndex, tuple.IfIndex);
             Assert.Equal(Tcp, tuple.Protocol);
             // Normalised: the opening side is lo or hi as the value says, with its own port.
-            var (opener, openerPort, other, otherPort) = value.OpenedLo == 1 ? (tuple.Lo, tuple.LoPort, tuple.Hi, tuple.HiPort) : (tuple.Hi, tuple.HiPort, tuple.Lo, tuple.LoPort);
+            var (opener, openerPort, other, otherPort) = value.OpenedLo == 1 ? (tuple.Lo, tuple.LoPort, tuple.Hi, tuple.HiPort)
+                : (tuple.Hi, tuple.HiPort, tuple.Lo, tuple.LoPort);
             Assert.Equal((client, (ushort)port, server, (ushort)80), (opener, openerPort, other, otherPort));
             Assert.Equal(1, value.Direction); // opened by the endpoint's egress
             Assert.Equal(1UL, value.Packets);

@@ -56,12 +56,14 @@ public sealed class DifferentialTests : IDisposable
                         };
                         foreach (var direction in new[] { TrafficDirection.Egress, TrafficDirection.Ingress })
                         {
-                            var frame = direction == TrafficDirection.Egress ? Frame(mine, theirs, flow.Protocol, l4) : Frame(theirs, mine, flow.Protocol, l4);
+                            var frame = direction == TrafficDirection.Egress ? Frame(mine, theirs, flow.Protocol, l4) : Frame(theirs, mine,
+                                flow.Protocol, l4);
                             var expected = Tracer.Side(policy, direction, engine.IdentityOf(theirs), request).Allowed;
                             var actual = direction == TrafficDirection.Egress ? _h.Sends(frame) : _h.Receives(frame);
                             _h.Datapath.FlushConntrack();
                             Assert.True(expected == actual,
-                                $"seed {seed}: {subject} {direction} {peer} {request.Describe()} {family}: engine {(expected ? "allows" : "denies")}, kernel {(actual ? "allows" : "denies")}\n{yaml}");
+                                $"seed {seed}: {subject} {direction} {peer} {request.Describe()} {family}: engine " +
+                                    $"{(expected ? "allows" : "denies")}, kernel {(actual ? "allows" : "denies")}\n{yaml}");
                             compared++;
                             allowed += actual ? 1 : 0;
                         }

@@ -90,8 +90,10 @@ public sealed class EnforcementTests : IDisposable
     [Fact]
     public void DenyIcmpTypeFromAnyPeerBeatsL3OnlyAllow()
     {
-        _h.Use(Cnp("allow", "a", "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {app: client}}]}]")
-            + Cnp("deny", "a", "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: 8}]}]}]"), "a/server");
+        _h.Use(Cnp("allow", "a",
+            "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {app: client}}]}]")
+            + Cnp("deny", "a", "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: 8}]}]}]"),
+                "a/server");
         Assert.False(_h.Receives(ToServer(Icmp, IcmpMessage(8, 0))));
         Assert.True(_h.Receives(ToServer(Icmp, IcmpMessage(13, 0))));
         Assert.True(_h.Receives(ToServer(Tcp, TcpSegment(5, 6))));
@@ -239,7 +241,8 @@ public sealed class EnforcementTests : IDisposable
     {
         _h.Use(Cnp("lock", "a", "endpointSelector: {matchLabels: {app: client}}\ningress: [{}]\negress: [{}]"), "a/client");
         IPAddress c6 = _h.V6("a/client"), s6 = _h.V6("a/server");
-        IPAddress multicast = IPAddress.Parse("ff02::1:ff00:2"), gateway = IPAddress.Parse("fe80::1"), linkLocal = IPAddress.Parse("fe80::42");
+        IPAddress multicast = IPAddress.Parse("ff02::1:ff00:2"), gateway = IPAddress.Parse("fe80::1"),
+            linkLocal = IPAddress.Parse("fe80::42");
         foreach (var type in new byte[] { 133, 134, 135, 136 })
         {
             // As the kernel sends it: hop limit 255, from a link-local (or the pod's own) address, to the link.
@@ -247,7 +250,8 @@ public sealed class EnforcementTests : IDisposable
             Assert.True(_h.Sends(HopLimit(Frame(c6, gateway, IcmpV6, IcmpMessage(type, 0)), 255)), $"sends ND type {type} to the gateway");
             Assert.True(_h.Receives(HopLimit(Frame(gateway, c6, IcmpV6, IcmpMessage(type, 0)), 255)), $"receives ND type {type}");
         }
-        Assert.True(_h.Sends(HopLimit(Frame(IPAddress.IPv6Any, multicast, IcmpV6, IcmpMessage(135, 0)), 255)), "duplicate address detection");
+        Assert.True(_h.Sends(HopLimit(Frame(IPAddress.IPv6Any, multicast, IcmpV6, IcmpMessage(135, 0)), 255)),
+            "duplicate address detection");
         Assert.False(_h.Sends(Frame(c6, s6, IcmpV6, IcmpMessage(128, 0))));
         Assert.False(_h.Receives(HopLimit(Frame(s6, c6, IcmpV6, IcmpMessage(137, 0)), 255)), "redirect is not neighbour discovery");
     }
@@ -310,7 +314,9 @@ public sealed class EnforcementTests : IDisposable
     [Fact]
     public void ReversedTupleDoesNotRideOnAConnection()
     {
-        _h.Use(Cnp("lock", "a", "endpointSelector: {matchLabels: {app: client}}\ningress: [{}]\negress: [{toEndpoints: [{matchLabels: {app: server}}], toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]}]"), "a/client");
+        _h.Use(Cnp("lock", "a",
+            "endpointSelector: {matchLabels: {app: client}}\ningress: [{}]\negress: [{toEndpoints: [{matchLabels: {app: server}}], " +
+            "toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]}]"), "a/client");
         IPAddress c = _h.V4("a/client"), s = _h.V4("a/server");
         Assert.True(_h.Sends(Frame(c, s, Tcp, TcpSegment(40000, 80))));
         Assert.True(_h.Receives(Frame(s, c, Tcp, TcpSegment(80, 40000, TcpAck))), "the reply");
@@ -403,7 +409,8 @@ public sealed class EnforcementTests : IDisposable
     {
         _h.Use(Cnp("p", "a", ServerTcp80AndRange), "a/server");
         Assert.True(_h.Sends(Frame(_h.V4("a/server"), IPAddress.Parse("203.0.113.5"), Udp, UdpDatagram(1, 53))), "egress is not enforced");
-        Assert.False(_h.Receives(Frame(IPAddress.Parse("203.0.113.5"), _h.V4("a/server"), Tcp, TcpSegment(1, 80))), "world is not the client");
+        Assert.False(_h.Receives(Frame(IPAddress.Parse("203.0.113.5"), _h.V4("a/server"), Tcp, TcpSegment(1, 80))),
+            "world is not the client");
     }
 
     [Fact]

@@ -22,7 +22,9 @@ public sealed class EventTests : IDisposable
     [Fact]
     public void DropEventNamesPeerIcmpTypeReasonAndRule()
     {
-        _h.Use(Cnp("deny", "a", "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: 13}]}]}]\ningress: [{fromEntities: [cluster]}]"), "a/server");
+        _h.Use(Cnp("deny", "a",
+            "endpointSelector: {matchLabels: {app: server}}\ningressDeny: [{icmps: [{fields: [{type: 13}]}]}]\ningress: [{fromEntities: " +
+            "[cluster]}]"), "a/server");
         _h.Datapath.SetEvents(drops: true, verdicts: false);
         Assert.False(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Icmp, IcmpMessage(13, 0))));
         var e = Assert.Single(Collect());

@@ -20,7 +20,8 @@ internal static class Packets
     }
 
     /// <summary>IPv4 packet; <paramref name="fragment"/> is the raw flags+offset field (0x2000 = more fragments).</summary>
-    public static byte[] IPv4Packet(IPAddress source, IPAddress destination, byte protocol, ReadOnlySpan<byte> l4, ushort id = 1, ushort fragment = 0, int optionBytes = 0)
+    public static byte[] IPv4Packet(IPAddress source, IPAddress destination, byte protocol, ReadOnlySpan<byte> l4, ushort id = 1,
+        ushort fragment = 0, int optionBytes = 0)
     {
         var header = 20 + optionBytes;
         var ip = new byte[header + l4.Length];
@@ -41,7 +42,8 @@ internal static class Packets
     }
 
     /// <summary>IPv6 packet with optional extension headers given as (type, body) with body padded to 8-byte units.</summary>
-    public static byte[] IPv6Packet(IPAddress source, IPAddress destination, byte protocol, ReadOnlySpan<byte> l4, params (byte Type, byte[] Body)[] extensions)
+    public static byte[] IPv6Packet(IPAddress source, IPAddress destination, byte protocol, ReadOnlySpan<byte> l4, params (byte Type,
+        byte[] Body)[] extensions)
     {
         var ext = new List<byte>();
         for (var i = 0; i < extensions.Length; i++)

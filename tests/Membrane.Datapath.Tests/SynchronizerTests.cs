@@ -46,7 +46,8 @@ public sealed class SynchronizerTests : IDisposable
         _h.Use("", "a/server");
         var fresh = new PolicyMapSynchronizer(_h.Datapath.PolicyMap, new RuleRegistry());
         fresh.Adopt();
-        var lockdown = Cluster.With(Cnp("p", "a", "endpointSelector: {matchLabels: {app: server}}\ningress: [{}]")).Engine.Resolve("a/server").State;
+        var lockdown = Cluster.With(Cnp("p", "a",
+            "endpointSelector: {matchLabels: {app: server}}\ningress: [{}]")).Engine.Resolve("a/server").State;
         var result = fresh.Sync(DatapathHarness.TestIfIndex, lockdown);
         Assert.Equal(1, result.Removed); // the ingress allow-all entry
         Assert.False(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1, 80))));
@@ -88,7 +89,8 @@ public sealed class SynchronizerTests : IDisposable
             {
                 var denyBoth = !before.Lookup(TrafficDirection.Ingress, 999, IpProtocol.Tcp, port).Allowed
                     && !after.Lookup(TrafficDirection.Ingress, 999, IpProtocol.Tcp, port).Allowed;
-                Assert.False(denyBoth && intermediate.Lookup(TrafficDirection.Ingress, 999, IpProtocol.Tcp, port).Allowed, $"port {port} leaked after writing {key}");
+                Assert.False(denyBoth && intermediate.Lookup(TrafficDirection.Ingress, 999, IpProtocol.Tcp, port).Allowed,
+                    $"port {port} leaked after writing {key}");
             }
         }
         Assert.Equal(after.Entries.Keys.Select(k => k.ToString()).Order(), shadow.Keys.Select(k => k.ToString()).Order());

@@ -33,7 +33,8 @@ public sealed class VerifierTests
         using var datapath = PolicyDatapath.Load();
         foreach (var program in new[] { datapath.FromPod, datapath.ToPod })
         {
-            var psi = new System.Diagnostics.ProcessStartInfo("bpftool", ["prog", "dump", "xlated", "id", program.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+            var psi = new System.Diagnostics.ProcessStartInfo("bpftool", ["prog", "dump", "xlated", "id",
+                program.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])
             {
                 RedirectStandardOutput = true,
                 RedirectStandardError = true,
@@ -47,7 +48,8 @@ public sealed class VerifierTests
             Assert.Contains("__htab_map_lookup_elem", calls); // conntrack lookups inlined
             Assert.Contains("trie_lookup_elem", calls);       // ipcache and policy: direct calls
             var generic = calls.Where(c => c is "bpf_map_lookup_elem" or "bpf_map_update_elem" or "bpf_map_delete_elem").ToList();
-            Assert.True(generic.Count == 0, $"{program.Name}: {generic.Count} map calls not bound to one map ({string.Join(", ", generic.Distinct())})");
+            Assert.True(generic.Count == 0,
+                $"{program.Name}: {generic.Count} map calls not bound to one map ({string.Join(", ", generic.Distinct())})");
         }
     }
 
@@ -79,7 +81,8 @@ public sealed class VerifierTests
                 char LICENSE[] SEC("license") = "GPL";
                 """);
             var obj = Path.Combine(dir.FullName, "bad.o");
-            using (var clang = System.Diagnostics.Process.Start("clang-14", ["-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", source, "-o", obj])!)
+            using (var clang = System.Diagnostics.Process.Start("clang-14", ["-O2", "-g", "-target", "bpf",
+                "-I/usr/include/x86_64-linux-gnu", "-c", source, "-o", obj])!)
             {
                 clang.WaitForExit();
                 Assert.Equal(0, clang.ExitCode);

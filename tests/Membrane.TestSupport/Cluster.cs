@@ -112,7 +112,8 @@ public sealed class Cluster
 
     public bool Ping(string from, string to, byte type = 8, byte? code = null) => Trace(from, to, IpProtocol.Icmp, 0, type, code).Allowed;
 
-    public bool Ping6(string from, string to, byte type = 128, byte? code = null) => Trace(from, to, IpProtocol.IcmpV6, 0, type, code).Allowed;
+    public bool Ping6(string from, string to, byte type = 128, byte? code = null) => Trace(from, to, IpProtocol.IcmpV6, 0, type,
+        code).Allowed;
 
     public static string Cnp(string name, string ns, string spec) =>
         $"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{Indent(spec)}\n---\n";

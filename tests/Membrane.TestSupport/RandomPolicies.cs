@@ -10,13 +10,15 @@ public sealed class RandomPolicies(int seed)
     private readonly Random _random = new(seed);
     private static readonly string[] Apps = ["client", "server", "other", "nobody"];
     private static readonly int[] Ports = [53, 80, 443, 8080];
-    private static readonly (string Family, int Type)[] IcmpTypes = [("IPv4", 0), ("IPv4", 8), ("IPv4", 3), ("IPv4", 13), ("IPv6", 128), ("IPv6", 129), ("IPv6", 1)];
+    private static readonly (string Family, int Type)[] IcmpTypes = [("IPv4", 0), ("IPv4", 8), ("IPv4", 3), ("IPv4", 13), ("IPv6", 128),
+        ("IPv6", 129), ("IPv6", 1)];
 
     public static readonly (byte Protocol, ushort Port, byte Type, byte? Code)[] Flows =
     [
         (IpProtocol.Tcp, 80, 0, null), (IpProtocol.Tcp, 443, 0, null), (IpProtocol.Tcp, 22, 0, null), (IpProtocol.Tcp, 8080, 0, null),
         (IpProtocol.Udp, 53, 0, null), (IpProtocol.Udp, 80, 0, null), (IpProtocol.Sctp, 80, 0, null),
-        (IpProtocol.Icmp, 0, 8, 0), (IpProtocol.Icmp, 0, 0, 0), (IpProtocol.Icmp, 0, 3, 4), (IpProtocol.Icmp, 0, 3, 1), (IpProtocol.Icmp, 0, 13, 0),
+        (IpProtocol.Icmp, 0, 8, 0), (IpProtocol.Icmp, 0, 0, 0), (IpProtocol.Icmp, 0, 3, 4), (IpProtocol.Icmp, 0, 3, 1), (IpProtocol.Icmp,
+            0, 13, 0),
         (IpProtocol.IcmpV6, 0, 128, 0), (IpProtocol.IcmpV6, 0, 129, 0), (IpProtocol.IcmpV6, 0, 1, 4), (IpProtocol.IcmpV6, 0, 2, 0),
         (IpProtocol.IcmpV6, 0, 135, 0), (IpProtocol.IcmpV6, 0, 136, 0), (IpProtocol.IcmpV6, 0, 137, 0),
     ];
@@ -67,7 +69,8 @@ public sealed class RandomPolicies(int seed)
         return choice switch
         {
             0 => $"{{matchLabels: {{app: {Apps[_random.Next(Apps.Length)]}}}}}",
-            1 => $"{{matchExpressions: [{{key: app, operator: In, values: [{Apps[_random.Next(Apps.Length)]}, {Apps[_random.Next(Apps.Length)]}]}}]}}",
+            1 => $"{{matchExpressions: [{{key: app, operator: In, values: [{Apps[_random.Next(Apps.Length)]}, " +
+                $"{Apps[_random.Next(Apps.Length)]}]}}]}}",
             2 => $"{{matchLabels: {{io.kubernetes.pod.namespace: {(_random.Next(2) == 0 ? "a" : "b")}}}}}",
             3 => $"{{matchExpressions: [{{key: app, operator: NotIn, values: [{Apps[_random.Next(Apps.Length)]}]}}]}}",
             _ => "{}",

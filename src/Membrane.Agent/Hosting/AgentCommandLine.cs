@@ -22,7 +22,12 @@ public static class AgentCommandLine
             Description = "State directory (objects, endpoints, API socket)",
             DefaultValueFactory = _ => AgentDefaults.StateDirectory,
         };
-        var pinDir = new Option<string>("--pin-dir") { Description = "bpffs directory for pinned maps", DefaultValueFactory = _ => AgentDefaults.PinDirectory };
+        var pinDir = new Option<string>("--pin-dir")
+        {
+            Description = "bpffs directory for pinned maps",
+            DefaultValueFactory = _ =>
+            AgentDefaults.PinDirectory
+        };
         var prefix = new Option<string>("--name-prefix")
         {
             Description = "Prefix of the network namespaces the sandbox creates",
@@ -43,7 +48,8 @@ public static class AgentCommandLine
         {
             if (!IPNetwork.TryParse(parse.GetValue(v4)!, out var r4) || !IPNetwork.TryParse(parse.GetValue(v6)!, out var r6))
             {
-                await Console.Error.WriteLineAsync("error: --pod-ipv4-range and --pod-ipv6-range must be CIDR prefixes").ConfigureAwait(false);
+                await Console.Error.WriteLineAsync("error: --pod-ipv4-range and --pod-ipv6-range must be CIDR prefixes")
+                    .ConfigureAwait(false);
                 return Error;
             }
             var options = new AgentOptions

@@ -62,7 +62,8 @@ public static partial class ApiServer
             }
             catch (AgentInputException e)
             {
-                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(ErrorDetail.From).ToList()).ConfigureAwait(false);
+                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(ErrorDetail.From).ToList())
+                    .ConfigureAwait(false);
             }
             catch (BadHttpRequestException e)
             {
@@ -116,7 +117,8 @@ public static partial class ApiServer
         return socketPath;
     }
 
-    [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "membrane agent: listening on {Socket}; state in {StateDirectory}; maps pinned in {PinDirectory}")]
+    [LoggerMessage(EventId = 1, Level = LogLevel.Information,
+        Message = "membrane agent: listening on {Socket}; state in {StateDirectory}; maps pinned in {PinDirectory}")]
     private static partial void Listening(ILogger logger, string socket, string stateDirectory, string pinDirectory);
 
     [LoggerMessage(EventId = 2, Level = LogLevel.Error, Message = "{Method} {Path} failed")]
@@ -134,7 +136,8 @@ public static partial class ApiServer
         }
         context.Response.Clear();
         context.Response.StatusCode = status;
-        await context.Response.WriteAsJsonAsync(new ErrorResponse(message, details), AgentJsonContext.Default.ErrorResponse).ConfigureAwait(false);
+        await context.Response.WriteAsJsonAsync(new ErrorResponse(message, details), AgentJsonContext.Default.ErrorResponse)
+            .ConfigureAwait(false);
     }
 
     private static void Routes(WebApplication app, AgentService agent)
@@ -148,15 +151,18 @@ public static partial class ApiServer
         v1.MapPost("/delete", (ManifestRequest request, CancellationToken cancel) => agent.DeleteAsync(request, cancel));
         v1.MapPost("/reset", (CancellationToken cancel) => agent.ResetAsync(cancel));
         v1.MapGet("/policies", (CancellationToken cancel) => agent.ReadAsync(queries.Policies, cancel));
-        v1.MapPost("/policies", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, policiesOnly: true, cancel));
-        v1.MapDelete("/policies", (string? name, bool? all, CancellationToken cancel) => agent.DeletePoliciesAsync(name, all == true, cancel));
+        v1.MapPost("/policies", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, policiesOnly: true,
+            cancel));
+        v1.MapDelete("/policies", (string? name, bool? all, CancellationToken cancel) => agent.DeletePoliciesAsync(name, all == true,
+            cancel));
         v1.MapPost("/trace", (TraceQuery query, CancellationToken cancel) => agent.ReadAsync(() => queries.Trace(query), cancel));
         v1.MapGet("/endpoints", (CancellationToken cancel) => agent.ReadAsync(queries.Endpoints, cancel));
         v1.MapGet("/endpoint", (string id, CancellationToken cancel) => agent.ReadAsync(() => queries.Endpoint(id), cancel));
         v1.MapGet("/identities", (CancellationToken cancel) => agent.ReadAsync(queries.Identities, cancel));
         v1.MapGet("/bpf/policy", (string endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.BpfPolicy(endpoint), cancel));
         v1.MapGet("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.Conntrack(endpoint), cancel));
-        v1.MapDelete("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.FlushConntrack(endpoint), cancel));
+        v1.MapDelete("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.FlushConntrack(endpoint),
+            cancel));
         v1.MapGet("/bpf/ipcache", (CancellationToken cancel) => agent.ReadAsync(queries.IpCache, cancel));
         v1.MapPost("/probe", (ProbeQuery query, CancellationToken cancel) => prober.ProbeAsync(query, cancel));
         v1.MapPost("/matrix", (MatrixQuery query, CancellationToken cancel) => prober.MatrixAsync(query, cancel));
@@ -174,7 +180,8 @@ public static partial class ApiServer
                     {
                         continue;
                     }
-                    await context.Response.WriteAsync(JsonSerializer.Serialize(e, json.MonitorEvent).ReplaceLineEndings("") + "\n", context.RequestAborted).ConfigureAwait(false);
+                    await context.Response.WriteAsync(JsonSerializer.Serialize(e, json.MonitorEvent).ReplaceLineEndings("") + "\n",
+                        context.RequestAborted).ConfigureAwait(false);
                     await context.Response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
                 }
             }

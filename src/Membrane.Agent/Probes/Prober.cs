@@ -50,20 +50,24 @@ public sealed class Prober(IPodLookup pods)
         }
         if (request.Protocol == IpProtocol.Sctp)
         {
-            throw new AgentInputException("SCTP probes are unsupported: this kernel has no SCTP (CONFIG_IP_SCTP is not set); SCTP policy is still enforced and tested on crafted packets");
+            throw new AgentInputException("SCTP probes are unsupported: this kernel has no SCTP (CONFIG_IP_SCTP is not set); SCTP " +
+                "policy is still enforced and tested on crafted packets");
         }
         var timeout = Timeout(query.TimeoutMs, DefaultTimeoutMs);
-        var target = destination.Value.Endpoint.Address(request.Family) ?? throw new AgentInputException($"{query.To} has no {request.Family} address");
+        var target = destination.Value.Endpoint.Address(request.Family)
+            ?? throw new AgentInputException($"{query.To} has no {request.Family} address");
         var netns = source.Value.Record.Netns;
         var watch = Stopwatch.StartNew();
         var (allowed, detail) = request.Protocol switch
         {
             IpProtocol.Tcp => await Tcp(netns, target, request.Port, timeout).ConfigureAwait(false),
             IpProtocol.Udp => await Udp(netns, target, request.Port, timeout).ConfigureAwait(false),
-            _ when request.IcmpType is 8 or 128 && request.IcmpCode is null or 0 => await Echo(netns, target, timeout).ConfigureAwait(false),
+            _ when request.IcmpType is 8 or 128 && request.IcmpCode is null or 0 => await Echo(netns, target, timeout)
+                .ConfigureAwait(false),
             _ => await IcmpDelivery(netns, destination.Value.Record.Netns, target, request, timeout).ConfigureAwait(false),
         };
-        return new ProbeResult(query.From, query.To, IpProtocol.Name(request.Protocol).ToLowerInvariant(), request.IsIcmp ? null : request.Port,
+        return new ProbeResult(query.From, query.To, IpProtocol.Name(request.Protocol).ToLowerInvariant(), request.IsIcmp ? null
+            : request.Port,
             request.IsIcmp ? request.IcmpType : null, request.Family == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4",
             allowed ? "allowed" : "denied", detail, Math.Round(watch.Elapsed.TotalMilliseconds, 1));
     }
@@ -130,8 +134,10 @@ public sealed class Prober(IPodLookup pods)
         {
             while (true)
             {
-                var r = await socket.ReceiveFromAsync(buffer, new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0), cancel.Token).ConfigureAwait(false);
-                var icmp = v6 ? buffer.AsSpan(0, r.ReceivedBytes) : buffer.AsSpan((buffer[0] & 0x0f) * 4, r.ReceivedBytes - (buffer[0] & 0x0f) * 4);
+                var r = await socket.ReceiveFromAsync(buffer, new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0), cancel.Token)
+                    .ConfigureAwait(false);
+                var icmp = v6 ? buffer.AsSpan(0, r.ReceivedBytes) : buffer.AsSpan((buffer[0] & 0x0f) * 4,
+                    r.ReceivedBytes - (buffer[0] & 0x0f) * 4);
                 if (icmp.Length >= 8 && icmp[0] == (v6 ? 129 : 0) && BinaryPrimitives.ReadUInt16BigEndian(icmp[4..]) == id
                     && ((IPEndPoint)r.RemoteEndPoint).Address.Equals(target))
                 {
@@ -146,7 +152,8 @@ public sealed class Prober(IPodLookup pods)
     }
 
     /// <summary>Sends one ICMP message of any type and watches for it inside the destination's namespace.</summary>
-    private static async Task<(bool, string)> IcmpDelivery(string sourceNetns, string destinationNetns, IPAddress target, TraceRequest request, TimeSpan timeout)
+    private static async Task<(bool, string)> IcmpDelivery(string sourceNetns, string destinationNetns, IPAddress target,
+        TraceRequest request, TimeSpan timeout)
     {
         var v6 = target.AddressFamily == AddressFamily.InterNetworkV6;
         var protocol = v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp;
@@ -160,15 +167,18 @@ public sealed class Prober(IPodLookup pods)
         {
             while (true)
             {
-                var r = await listener.ReceiveFromAsync(buffer, new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0), cancel.Token).ConfigureAwait(false);
-                var icmp = v6 ? buffer.AsSpan(0, r.ReceivedBytes) : buffer.AsSpan((buffer[0] & 0x0f) * 4, r.ReceivedBytes - (buffer[0] & 0x0f) * 4);
+                var r = await listener.ReceiveFromAsync(buffer, new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0), cancel.Token)
+                    .ConfigureAwait(false);
+                var icmp = v6 ? buffer.AsSpan(0, r.ReceivedBytes) : buffer.AsSpan((buffer[0] & 0x0f) * 4,
+                    r.ReceivedBytes - (buffer[0] & 0x0f) * 4);
                 if (icmp.Length >= 8 && icmp[0] == request.IcmpType && BinaryPrimitives.ReadUInt16BigEndian(icmp[4..]) == id)
                 {
                     return true;
                 }
             }
         });
-        await sender.SendToAsync(IcmpPacket(request.IcmpType, request.IcmpCode ?? 0, id, v6), new IPEndPoint(target, 0)).ConfigureAwait(false);
+        await sender.SendToAsync(IcmpPacket(request.IcmpType, request.IcmpCode ?? 0, id, v6), new IPEndPoint(target, 0))
+            .ConfigureAwait(false);
         try
         {
             await receive.ConfigureAwait(false);
@@ -221,9 +231,11 @@ public sealed class Prober(IPodLookup pods)
         {
             null => new List<(string Protocol, int? Port, string? Type, string? Family)>
             {
-                ("icmp", null, "8", "ipv4"), ("icmpv6", null, "128", "ipv6"), ("tcp", query.Port ?? 80, null, query.Family), ("udp", query.Port ?? 53, null, query.Family),
+                ("icmp", null, "8", "ipv4"), ("icmpv6", null, "128", "ipv6"), ("tcp", query.Port ?? 80, null, query.Family), ("udp",
+                    query.Port ?? 53, null, query.Family),
             },
-            "icmp" or "icmpv6" => [(query.Protocol, null, query.Protocol == "icmpv6" || query.Family == "ipv6" ? "128" : "8", query.Family)],
+            "icmp" or "icmpv6" => [(query.Protocol, null, query.Protocol == "icmpv6" || query.Family == "ipv6" ? "128" : "8",
+                query.Family)],
             "tcp" => [("tcp", query.Port ?? 80, null, query.Family)],
             "udp" => [("udp", query.Port ?? 53, null, query.Family)],
             _ => [(query.Protocol, query.Port, null, query.Family)],

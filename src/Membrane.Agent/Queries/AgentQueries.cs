@@ -21,7 +21,8 @@ namespace Membrane.Agent.Queries;
 /// lock (<see cref="AgentService.ReadAsync{T}"/>).
 /// </summary>
 public sealed class AgentQueries(
-    AgentOptions options, PolicyDatapath datapath, PolicyMapSynchronizer policyMap, EndpointManager endpoints, Func<PolicyEngine> engine, IObjectStore store)
+    AgentOptions options, PolicyDatapath datapath, PolicyMapSynchronizer policyMap, EndpointManager endpoints, Func<PolicyEngine> engine,
+        IObjectStore store)
 {
     private PolicyEngine Engine => engine();
 
@@ -29,7 +30,8 @@ public sealed class AgentQueries(
     public double LastRegenerationMilliseconds { get; set; }
 
     /// <summary>What status reports, published after every change: status never waits behind a long change.</summary>
-    private sealed record Published(long Revision, int Endpoints, int Identities, int Policies, int Namespaces, double RegenerationMilliseconds,
+    private sealed record Published(long Revision, int Endpoints, int Identities, int Policies, int Namespaces,
+        double RegenerationMilliseconds,
         List<MapFillOutput> Maps);
 
     private volatile Published? _published;
@@ -51,7 +53,8 @@ public sealed class AgentQueries(
     private List<MapFillOutput> MapFill()
     {
         var (v4, v6) = datapath.IpCache.Count;
-        MapFillOutput Fill(BpfMap map, long entries) => new(map.Name, entries, map.MaxEntries, Math.Round(100.0 * entries / map.MaxEntries, 2));
+        MapFillOutput Fill(BpfMap map, long entries) => new(map.Name, entries, map.MaxEntries, Math.Round(100.0 * entries / map.MaxEntries,
+            2));
         return [Fill(datapath.PolicyMap, policyMap.Count), Fill(datapath.IpCache4Map, v4), Fill(datapath.IpCache6Map, v6),
             Fill(datapath.EndpointMap, endpoints.Records.Count)];
     }
@@ -101,7 +104,8 @@ public sealed class AgentQueries(
         var e = policy.Endpoint;
         return new EndpointOutput(record.IfIndex, record.Key, e.Identity.Id, e.Labels.Labels.Select(l => l.ToString()).ToList(),
             e.Address(AddressFamily.InterNetwork)?.ToString(), e.Address(AddressFamily.InterNetworkV6)?.ToString(),
-            record.HostInterface, record.Netns, policy.Enforced.Contains(TrafficDirection.Ingress), policy.Enforced.Contains(TrafficDirection.Egress),
+            record.HostInterface, record.Netns, policy.Enforced.Contains(TrafficDirection.Ingress),
+                policy.Enforced.Contains(TrafficDirection.Egress),
             policy.State.Count, policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList());
     }
 
@@ -122,7 +126,8 @@ public sealed class AgentQueries(
 
     /// <summary>The kernel's ipcache: every address prefix the datapath maps to an identity (anything else is world).</summary>
     public List<IpCacheOutput> IpCache() => datapath.IpCache.Dump()
-        .OrderBy(e => e.Prefix.BaseAddress.AddressFamily).ThenBy(e => Convert.ToHexString(e.Prefix.BaseAddress.GetAddressBytes()), StringComparer.Ordinal).ThenBy(e => e.Prefix.PrefixLength)
+        .OrderBy(e => e.Prefix.BaseAddress.AddressFamily).ThenBy(e => Convert.ToHexString(e.Prefix.BaseAddress.GetAddressBytes()),
+            StringComparer.Ordinal).ThenBy(e => e.Prefix.PrefixLength)
         .Select(e => new IpCacheOutput(e.Prefix.ToString(), e.Identity, IdentityName(e.Identity))).ToList();
 
     /// <summary>Removes tracked connections (of one endpoint, or all): their next packets meet policy as new ones.</summary>
@@ -142,7 +147,8 @@ public sealed class AgentQueries(
             var (src, sport, dst, dport) = v.OpenedLo == 1 ? (k.Lo, k.LoPort, k.Hi, k.HiPort) : (k.Hi, k.HiPort, k.Lo, k.LoPort);
             var endpoint = pods.GetValueOrDefault(k.IfIndex) ?? $"ifindex {k.IfIndex}";
             var proto = IpProtocol.Name(k.Protocol);
-            string Addr(IPAddress a, ushort port) => IpProtocol.IsIcmp(k.Protocol) ? a.ToString() : a.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{a}]:{port}" : $"{a}:{port}";
+            string Addr(IPAddress a, ushort port) => IpProtocol.IsIcmp(k.Protocol) ? a.ToString()
+                : a.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{a}]:{port}" : $"{a}:{port}";
             var flags = new List<string>();
             if ((v.Flags & ConntrackValue.SeenReply) != 0)
             {
@@ -161,7 +167,8 @@ public sealed class AgentQueries(
 
             var id = IpProtocol.IsIcmp(k.Protocol) ? $" type={dport} id={sport}" : ""; // the request's type and identifier
             return new ConntrackOutput(endpoint, proto, Addr(src, sport), Addr(dst, dport) + id, WireNames.Of((WireDirection)v.Direction),
-                now is { } n ? Math.Round(ConntrackTable.SecondsSince(v.Created, n), 1) : null, now is { } m ? Math.Round(ConntrackTable.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));
+                now is { } n ? Math.Round(ConntrackTable.SecondsSince(v.Created, n), 1) : null, now is { } m
+                    ? Math.Round(ConntrackTable.SecondsSince(v.LastSeen, m), 1) : null, v.Packets, v.Bytes, string.Join(",", flags));
         }).OrderBy(c => c.Endpoint, StringComparer.Ordinal).ToList();
     }
 

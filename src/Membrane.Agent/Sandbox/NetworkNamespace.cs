@@ -42,7 +42,8 @@ public static partial class NetworkNamespace
         thread.Join();
         if (error is not null)
         {
-            throw error is InvalidOperationException or Datapath.Ebpf.BpfException ? error : new InvalidOperationException(error.Message, error);
+            throw error is InvalidOperationException or Datapath.Ebpf.BpfException ? error : new InvalidOperationException(error.Message,
+                error);
         }
         return result;
     }

@@ -22,7 +22,8 @@ public sealed class PodNetwork(AgentOptions options, NodeNetwork node)
         Ip.Run("netns", "add", netns);
         try
         {
-            Ip.Run("-n", node.Name, "link", "add", host, "mtu", $"{mtu}", "type", "veth", "peer", "name", "eth0", "netns", netns, "mtu", $"{mtu}");
+            Ip.Run("-n", node.Name, "link", "add", host, "mtu", $"{mtu}", "type", "veth", "peer", "name", "eth0", "netns", netns, "mtu",
+                $"{mtu}");
             Ip.Batch(netns,
             [
                 "link set lo up",

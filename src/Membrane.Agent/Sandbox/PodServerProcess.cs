@@ -16,14 +16,16 @@ public static class PodServerProcess
         var pod = new Option<string>("--pod") { Required = true };
         var tcp = new Option<string?>("--tcp");
         var udp = new Option<string?>("--udp");
-        var command = new Command("pod-server", "Echo on a pod's container ports (runs inside the pod's namespace)") { instance, pod, tcp, udp };
+        var command = new Command("pod-server", "Echo on a pod's container ports (runs inside the pod's namespace)") { instance, pod, tcp,
+            udp };
         command.Hidden = true;
         command.SetAction(async (parse, cancel) =>
         {
             static IEnumerable<int> Ports(string? list) => (list ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse);
             var tasks = Ports(parse.GetValue(tcp)).Select(p => TcpEcho(p, cancel))
                 .Concat(Ports(parse.GetValue(udp)).Select(p => UdpEcho(p, cancel))).ToList();
-            await Console.Error.WriteLineAsync($"pod-server {parse.GetValue(pod)}: tcp {parse.GetValue(tcp)} udp {parse.GetValue(udp)}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"pod-server {parse.GetValue(pod)}: tcp {parse.GetValue(tcp)} udp {parse.GetValue(udp)}")
+                .ConfigureAwait(false);
             await Task.WhenAll(tasks).ConfigureAwait(false);
             return 0;
         });

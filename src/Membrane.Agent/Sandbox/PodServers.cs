@@ -105,7 +105,8 @@ public sealed class PodServers(AgentOptions options)
                 continue;
             }
             var i = Array.IndexOf(args, "pod-server");
-            if (i < 0 || args.ElementAtOrDefault(Array.IndexOf(args, "--instance") + 1) != options.NamePrefix || args[0] is "ip" or "/bin/sh" or "setsid")
+            if (i < 0 || args.ElementAtOrDefault(Array.IndexOf(args, "--instance") + 1) != options.NamePrefix
+                || args[0] is "ip" or "/bin/sh" or "setsid")
             {
                 continue;
             }

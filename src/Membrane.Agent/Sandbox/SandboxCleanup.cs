@@ -8,8 +8,16 @@ public static class SandboxCleanup
 {
     public static Command Command()
     {
-        var prefix = new Option<string>("--name-prefix") { DefaultValueFactory = _ => AgentDefaults.NamePrefix, Description = "Prefix of the sandbox's namespaces" };
-        var pinDir = new Option<string>("--pin-dir") { DefaultValueFactory = _ => AgentDefaults.PinDirectory, Description = "Pinned maps to remove" };
+        var prefix = new Option<string>("--name-prefix")
+        {
+            DefaultValueFactory = _ => AgentDefaults.NamePrefix,
+            Description = "Prefix of the sandbox's namespaces"
+        };
+        var pinDir = new Option<string>("--pin-dir")
+        {
+            DefaultValueFactory = _ => AgentDefaults.PinDirectory,
+            Description = "Pinned maps to remove"
+        };
         var stateDir = new Option<string?>("--state-dir") { Description = "Also remove this state directory" };
         var command = new Command("cleanup", "Remove the sandbox's namespaces, pod servers and pinned maps (stop the agent first)")
         {
@@ -18,13 +26,15 @@ public static class SandboxCleanup
         command.SetAction(parse =>
         {
             var removed = Run(parse.GetValue(prefix)!, parse.GetValue(pinDir)!, parse.GetValue(stateDir));
-            Console.WriteLine($"removed {removed} network namespaces of prefix \"{parse.GetValue(prefix)}\", their pod servers and pinned maps");
+            Console.WriteLine($"removed {removed} network namespaces of prefix \"{parse.GetValue(prefix)}\", their pod servers and " +
+                $"pinned maps");
             return 0;
         });
         return command;
     }
 
-    /// <summary>Stops the pod servers, deletes the namespaces, the pins and (if named) the state; the number of namespaces removed.</summary>
+    /// <summary>Stops the pod servers, deletes the namespaces, the pins and (if named) the state; the number of namespaces
+    /// removed.</summary>
     public static int Run(string namePrefix, string pinDirectory, string? stateDirectory)
     {
         var servers = new PodServers(new AgentOptions { NamePrefix = namePrefix });

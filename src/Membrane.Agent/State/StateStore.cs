@@ -57,7 +57,8 @@ public sealed class StateStore(string directory)
             if (File.Exists(BackupPath))
             {
                 throw new InvalidOperationException($"the state file {FilePath} is missing but its backup exists: restore it with " +
-                    $"'cp {BackupPath} {FilePath}' and start again (or remove the backup to start empty, which stops enforcing every pod's policy)");
+                    $"'cp {BackupPath} {FilePath}' and start again (or remove the backup to start empty, which stops enforcing every " +
+                        $"pod's policy)");
             }
             if (enforcedEndpoints > 0)
             {
@@ -86,13 +87,20 @@ public sealed class StateStore(string directory)
     private InvalidOperationException Corrupt(string why) => new(
         $"the state file {FilePath} cannot be read ({why}). " + (File.Exists(BackupPath)
             ? $"Its previous version is {BackupPath}: restore it with 'cp {BackupPath} {FilePath}' and start again"
-            : "There is no backup: remove the sandbox with 'membrane cleanup' (same --name-prefix, --pin-dir and --state-dir) and start again"));
+            : "There is no backup: remove the sandbox with 'membrane cleanup' (same --name-prefix, --pin-dir and --state-dir) and start " +
+                "again"));
 
     public void Save(PersistedState state)
     {
         EnsurePrivateDirectory(directory);
         var temp = FilePath + ".tmp";
-        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, Share = FileShare.None, UnixCreateMode = PrivateFile };
+        var options = new FileStreamOptions
+        {
+            Mode = FileMode.Create,
+            Access = FileAccess.Write,
+            Share = FileShare.None,
+            UnixCreateMode = PrivateFile
+        };
         using (var stream = new FileStream(temp, options))
         {
             JsonSerializer.Serialize(stream, state, StateJsonContext.Default.PersistedState);

@@ -41,11 +41,13 @@ public static class AgentCommands
             output.Out.WriteLine($"Agent:       running (revision {s.Revision}), kernel {s.Kernel}");
             output.Out.WriteLine($"Endpoints:   {s.Endpoints} pods in {s.Namespaces} namespaces, {s.Identities} identities");
             output.Out.WriteLine($"Policies:    {s.Policies}");
-            output.Out.WriteLine($"Datapath:    maps pinned in {s.PinDirectory}; node namespace {s.NodeNamespace}; last regeneration {s.LastRegenerationMilliseconds} ms");
+            output.Out.WriteLine($"Datapath:    maps pinned in {s.PinDirectory}; node namespace {s.NodeNamespace}; last regeneration " +
+                $"{s.LastRegenerationMilliseconds} ms");
             output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
             if (s.Maps is { Count: > 0 } maps)
             {
-                output.Out.WriteLine($"Maps:        {string.Join(", ", maps.Select(m => $"{m.Name} {m.Entries:N0}/{m.MaxEntries:N0} ({m.Percent}%)"))}");
+                output.Out.WriteLine($"Maps:        " +
+                    $"{string.Join(", ", maps.Select(m => $"{m.Name} {m.Entries:N0}/{m.MaxEntries:N0} ({m.Percent}%)"))}");
             }
             return CliApp.Success;
         });
@@ -68,21 +70,29 @@ public static class AgentCommands
         var yaml = string.Join("\n---\n", files.Select(File.ReadAllText));
         if (yaml.Length > YamlLimits.MaxTextLength)
         {
-            throw new InvalidInputException($"invalid: {yaml.Length:N0} characters in one request, more than the {YamlLimits.MaxTextLength:N0} the agent accepts; apply the files in smaller groups");
+            throw new InvalidInputException($"invalid: {yaml.Length:N0} characters in one request, more than the " +
+                $"{YamlLimits.MaxTextLength:N0} the agent accepts; apply the files in smaller groups");
         }
         return new ManifestRequest(yaml, string.Join(",", paths));
     }
 
     private static Command Apply(CliOutput output, bool delete)
     {
-        var files = new Option<string[]>("--filename", "-f") { Description = "Files or directories of Namespace, Pod and policy documents", Required = true, AllowMultipleArgumentsPerToken = true };
+        var files = new Option<string[]>("--filename", "-f")
+        {
+            Description = "Files or directories of Namespace, Pod and policy documents",
+            Required = true,
+            AllowMultipleArgumentsPerToken = true
+        };
         var format = CliOutput.CreateFormatOption();
-        var command = new Command(delete ? "delete" : "apply", delete ? "Remove the objects named in the files" : "Create or update Namespaces, Pods and policies") { files, format };
+        var command = new Command(delete ? "delete" : "apply", delete ? "Remove the objects named in the files"
+            : "Create or update Namespaces, Pods and policies") { files, format };
         command.SetAction(async parse =>
         {
             var request = ReadManifests(parse.GetValue(files)!, output);
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Post(delete ? "v1/delete" : "v1/apply", request, AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            var result = await client.Post(delete ? "v1/delete" : "v1/apply", request, AgentJsonContext.Default.ManifestRequest,
+                AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
             PrintChanges(output, result, parse.GetValue(format) == "json");
             return CliApp.Success;
         });
@@ -141,14 +151,16 @@ public static class AgentCommands
         get.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var e = await client.Get($"v1/endpoint?id={Uri.EscapeDataString(parse.GetValue(id)!)}", AgentJsonContext.Default.EndpointOutput).ConfigureAwait(false);
+            var e = await client.Get($"v1/endpoint?id={Uri.EscapeDataString(parse.GetValue(id)!)}",
+                AgentJsonContext.Default.EndpointOutput).ConfigureAwait(false);
             if (parse.GetValue(format2) == "json")
             {
                 output.Out.WriteLine(JsonSerializer.Serialize(e, AgentJsonContext.Default.EndpointOutput));
                 return CliApp.Success;
             }
             output.Out.WriteLine($"Endpoint {e.Id}: {e.Pod}");
-            output.Out.WriteLine($"  identity {e.Identity}; ingress {(e.IngressEnforced ? "enforced" : "open")}, egress {(e.EgressEnforced ? "enforced" : "open")}; {e.PolicyEntries} map entries");
+            output.Out.WriteLine($"  identity {e.Identity}; ingress {(e.IngressEnforced ? "enforced" : "open")}, egress " +
+                $"{(e.EgressEnforced ? "enforced" : "open")}; {e.PolicyEntries} map entries");
             output.Out.WriteLine($"  addresses {e.IPv4}, {e.IPv6}; veth {e.Interface} (node side), namespace {e.Netns}");
             output.Out.WriteLine($"  labels: {string.Join(", ", e.Labels)}");
             foreach (var s in e.SelectedBy)
@@ -177,7 +189,8 @@ public static class AgentCommands
                 return CliApp.Success;
             }
             Table.Write(output.Out, ["ID", "KIND", "ENDPOINTS", "LABELS"],
-                identities.Select(i => (IReadOnlyList<string>)[$"{i.Id}", i.Kind, string.Join(",", i.Endpoints), string.Join(",", i.Labels)]));
+                identities.Select(i => (IReadOnlyList<string>)[$"{i.Id}", i.Kind, string.Join(",", i.Endpoints), string.Join(",",
+                    i.Labels)]));
             return CliApp.Success;
         });
         identity.Subcommands.Add(list);
@@ -190,7 +203,8 @@ public static class AgentCommands
         type.AcceptOnlyFromAmong("drop", "verdict", "all");
         var format = CliOutput.CreateFormatOption();
         var count = new Option<int?>("--count") { Description = "Stop after this many events" };
-        var command = new Command("monitor", "Stream datapath events: one line per dropped packet (or allowed new connection)") { type, format, count };
+        var command = new Command("monitor", "Stream datapath events: one line per dropped packet (or allowed new connection)") { type,
+            format, count };
         command.SetAction(async (parse, cancel) =>
         {
             using var client = AgentClient.FromEnvironment();
@@ -198,9 +212,11 @@ public static class AgentCommands
             output.Err.WriteLine($"Listening for {parse.GetValue(type)} events... (Ctrl-C to stop)");
             try
             {
-                await foreach (var e in client.Stream($"v1/monitor?type={parse.GetValue(type)}", AgentJsonContext.Default.MonitorEvent, cancel).ConfigureAwait(false))
+                await foreach (var e in client.Stream($"v1/monitor?type={parse.GetValue(type)}", AgentJsonContext.Default.MonitorEvent,
+                    cancel).ConfigureAwait(false))
                 {
-                    output.Out.WriteLine(parse.GetValue(format) == "json" ? JsonSerializer.Serialize(e, AgentJsonContext.Default.MonitorEvent).ReplaceLineEndings("") : EventFormat.Line(e));
+                    output.Out.WriteLine(parse.GetValue(format) == "json" ? JsonSerializer.Serialize(e,
+                        AgentJsonContext.Default.MonitorEvent).ReplaceLineEndings("") : EventFormat.Line(e));
                     await output.Out.FlushAsync(cancel).ConfigureAwait(false);
                     if (parse.GetValue(count) is { } max && ++seen >= max)
                     {

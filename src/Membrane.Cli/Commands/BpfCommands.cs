@@ -35,7 +35,8 @@ public static class BpfCommands
                 output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.ListIpCacheOutput));
                 return CliApp.Success;
             }
-            Table.Write(output.Out, ["PREFIX", "IDENTITY", "NAME"], result.Select(e => (IReadOnlyList<string>)[e.Prefix, $"{e.Identity}", e.Name]));
+            Table.Write(output.Out, ["PREFIX", "IDENTITY", "NAME"], result.Select(e => (IReadOnlyList<string>)[e.Prefix, $"{e.Identity}",
+                e.Name]));
             return CliApp.Success;
         });
         ipcache.Subcommands.Add(list);
@@ -51,15 +52,18 @@ public static class BpfCommands
         get.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Get($"v1/bpf/policy?endpoint={Uri.EscapeDataString(parse.GetValue(endpoint)!)}", AgentJsonContext.Default.BpfPolicyOutput).ConfigureAwait(false);
+            var result = await client.Get($"v1/bpf/policy?endpoint={Uri.EscapeDataString(parse.GetValue(endpoint)!)}",
+                AgentJsonContext.Default.BpfPolicyOutput).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
                 output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.BpfPolicyOutput));
                 return CliApp.Success;
             }
             output.Out.WriteLine($"Endpoint {result.Endpoint} ({result.Pod}): {result.Entries.Count} entries");
-            Table.Write(output.Out, ["DIRECTION", "IDENTITY", "LABELS", "PORT/PROTO", "VERDICT", "MATCH", "PACKETS", "BYTES", "DERIVED FROM"],
-                result.Entries.Select(e => (IReadOnlyList<string>)[e.Direction, e.Identity == 0 ? "ANY" : $"{e.Identity}", e.Labels, e.PortProtocol,
+            Table.Write(output.Out, ["DIRECTION", "IDENTITY", "LABELS", "PORT/PROTO", "VERDICT", "MATCH", "PACKETS", "BYTES",
+                "DERIVED FROM"],
+                result.Entries.Select(e => (IReadOnlyList<string>)[e.Direction, e.Identity == 0 ? "ANY" : $"{e.Identity}", e.Labels,
+                    e.PortProtocol,
                     e.Verdict, e.MatchKind, $"{e.Packets}", $"{e.Bytes}", e.DerivedFrom]));
             return CliApp.Success;
         });
@@ -72,7 +76,8 @@ public static class BpfCommands
         var ct = new Command("ct", "The connection-tracking table");
         var endpoint = new Option<string?>("--endpoint") { Description = "Only this endpoint (id or NAMESPACE/POD)" };
         var format = CliOutput.CreateFormatOption();
-        string Query(ParseResult parse) => parse.GetValue(endpoint) is { } e ? $"v1/bpf/ct?endpoint={Uri.EscapeDataString(e)}" : "v1/bpf/ct";
+        string Query(ParseResult parse) => parse.GetValue(endpoint) is { } e ? $"v1/bpf/ct?endpoint={Uri.EscapeDataString(e)}"
+            : "v1/bpf/ct";
 
         var list = new Command("list", "List tracked connections") { endpoint, format };
         list.SetAction(async parse =>
@@ -84,13 +89,17 @@ public static class BpfCommands
                 output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.ListConntrackOutput));
                 return CliApp.Success;
             }
-            Table.Write(output.Out, ["ENDPOINT", "PROTO", "OPENED", "SOURCE", "DESTINATION", "AGE s", "IDLE s", "PACKETS", "BYTES", "FLAGS"],
-                result.Select(c => (IReadOnlyList<string>)[c.Endpoint, c.Protocol, c.Direction, c.Source, c.Destination, c.AgeSeconds?.ToString(CultureInfo.InvariantCulture) ?? "-", c.IdleSeconds?.ToString(CultureInfo.InvariantCulture) ?? "-", $"{c.Packets}", $"{c.Bytes}", c.Flags]));
+            Table.Write(output.Out, ["ENDPOINT", "PROTO", "OPENED", "SOURCE", "DESTINATION", "AGE s", "IDLE s", "PACKETS", "BYTES",
+                "FLAGS"],
+                result.Select(c => (IReadOnlyList<string>)[c.Endpoint, c.Protocol, c.Direction, c.Source, c.Destination,
+                    c.AgeSeconds?.ToString(CultureInfo.InvariantCulture) ?? "-", c.IdleSeconds?.ToString(CultureInfo.InvariantCulture)
+                    ?? "-", $"{c.Packets}", $"{c.Bytes}", c.Flags]));
             return CliApp.Success;
         });
         ct.Subcommands.Add(list);
 
-        var flush = new Command("flush", "Forget tracked connections (all, or one endpoint's): their next packets meet policy as new ones") { endpoint, format };
+        var flush = new Command("flush",
+            "Forget tracked connections (all, or one endpoint's): their next packets meet policy as new ones") { endpoint, format };
         flush.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
@@ -107,7 +116,8 @@ public static class BpfCommands
     private static Command Verify(CliOutput output)
     {
         var format = CliOutput.CreateFormatOption();
-        var command = new Command("verify", "Load every program on this kernel and report the verifier's figures (needs root, no agent)") { format };
+        var command = new Command("verify",
+            "Load every program on this kernel and report the verifier's figures (needs root, no agent)") { format };
         command.SetAction(parse =>
         {
             var rows = new List<VerifyProgramOutput>();
@@ -142,10 +152,13 @@ public static class BpfCommands
                 return CliApp.Success;
             }
             output.Out.WriteLine($"kernel {kernel}; verifier limit {VerifierLimit:N0} processed instructions per program");
-            output.Out.WriteLine($"{"OBJECT",-12} {"PROGRAM",-10} {"PROCESSED",10} {"% LIMIT",8} {"INSNS",7} {"PEAK STATES",12} {"LOAD ms",8}");
+            output.Out.WriteLine($"{"OBJECT",-12} {"PROGRAM",-10} {"PROCESSED",10} {"% LIMIT",8} {"INSNS",7} {"PEAK STATES",12} " +
+                $"{"LOAD ms",8}");
             foreach (var r in rows)
             {
-                output.Out.WriteLine($"{r.ObjectFile,-12} {r.Program,-10} {r.ProcessedInstructions,10:N0} {100.0 * r.ProcessedInstructions / VerifierLimit,7:F2}% {r.Instructions,7:N0} {r.PeakStates,12:N0} {r.LoadMilliseconds,8:F1}");
+                output.Out.WriteLine($"{r.ObjectFile,-12} {r.Program,-10} {r.ProcessedInstructions,10:N0} " +
+                    $"{100.0 * r.ProcessedInstructions / VerifierLimit,7:F2}% {r.Instructions,7:N0} {r.PeakStates,12:N0} " +
+                    $"{r.LoadMilliseconds,8:F1}");
             }
             output.Out.WriteLine($"{"total",-23} {total,10:N0}");
             return CliApp.Success;

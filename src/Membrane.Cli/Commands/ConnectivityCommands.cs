@@ -23,14 +23,16 @@ public static class ConnectivityCommands
         var timeout = new Option<int?>("--timeout") { Description = "Milliseconds to wait for an answer (default 1000)" };
         var flow = new FlowOptions();
         var format = CliOutput.CreateFormatOption();
-        var command = new Command("probe", "Probe one flow from inside the source pod; exit 0 allowed, 1 denied") { from, to, timeout, format };
+        var command = new Command("probe", "Probe one flow from inside the source pod; exit 0 allowed, 1 denied") { from, to, timeout,
+            format };
         flow.AddTo(command);
         command.SetAction(async parse =>
         {
             var (protocol, port, type, code, family) = flow.Values(parse);
             flow.Build(parse, parse.GetValue(from)!, parse.GetValue(to)!); // validates the flow before asking the agent
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Post("v1/probe", new ProbeQuery(parse.GetValue(from)!, parse.GetValue(to)!, protocol, port, type, code, family, parse.GetValue(timeout)),
+            var result = await client.Post("v1/probe", new ProbeQuery(parse.GetValue(from)!, parse.GetValue(to)!, protocol, port, type,
+                code, family, parse.GetValue(timeout)),
                 AgentJsonContext.Default.ProbeQuery, AgentJsonContext.Default.ProbeResult).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
@@ -39,7 +41,8 @@ public static class ConnectivityCommands
             else
             {
                 var what = result.IcmpType is { } t ? $"{result.Protocol} type {t}" : $"{result.Protocol}/{result.Port}";
-                output.Out.WriteLine($"{result.From} -> {result.To} {what} ({result.Family}): {result.Result} ({result.Detail}, {result.Milliseconds} ms)");
+                output.Out.WriteLine($"{result.From} -> {result.To} {what} ({result.Family}): {result.Result} ({result.Detail}, " +
+                    $"{result.Milliseconds} ms)");
             }
             return result.Result == "allowed" ? CliApp.Success : CliApp.Failure;
         });
@@ -48,19 +51,29 @@ public static class ConnectivityCommands
 
     private static Command Matrix(CliOutput output)
     {
-        var protocol = new Option<string?>("--protocol") { Description = "tcp, udp, icmp or icmpv6 (default: icmp, icmpv6, tcp 80 and udp 53)" };
+        var protocol = new Option<string?>("--protocol")
+        {
+            Description = "tcp, udp, icmp or icmpv6 (default: icmp, icmpv6, tcp 80 and " +
+            "udp 53)"
+        };
         protocol.AcceptOnlyFromAmong("tcp", "udp", "icmp", "icmpv6");
         var port = new Option<int?>("--port") { Description = "Port for tcp/udp" };
         var family = new Option<string?>("--family") { Description = "ipv4 or ipv6" };
         family.AcceptOnlyFromAmong("ipv4", "ipv6");
-        var namespaces = new Option<string[]>("--namespace") { Description = "Only pods of these namespaces", AllowMultipleArgumentsPerToken = true };
+        var namespaces = new Option<string[]>("--namespace")
+        {
+            Description = "Only pods of these namespaces",
+            AllowMultipleArgumentsPerToken = true
+        };
         var timeout = new Option<int?>("--timeout") { Description = "Milliseconds per probe (default 800)" };
         var format = CliOutput.CreateFormatOption();
-        var command = new Command("matrix", "Probe every ordered pair of pods in parallel; '.' allowed, 'X' denied") { protocol, port, family, namespaces, timeout, format };
+        var command = new Command("matrix", "Probe every ordered pair of pods in parallel; '.' allowed, 'X' denied") { protocol, port,
+            family, namespaces, timeout, format };
         command.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Post("v1/matrix", new MatrixQuery(parse.GetValue(protocol), parse.GetValue(port), parse.GetValue(family), parse.GetValue(namespaces), parse.GetValue(timeout)),
+            var result = await client.Post("v1/matrix", new MatrixQuery(parse.GetValue(protocol), parse.GetValue(port),
+                parse.GetValue(family), parse.GetValue(namespaces), parse.GetValue(timeout)),
                 AgentJsonContext.Default.MatrixQuery, AgentJsonContext.Default.MatrixResponse).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
@@ -69,15 +82,18 @@ public static class ConnectivityCommands
             }
             foreach (var kind in result.Results.GroupBy(r => (r.Protocol, r.Port, r.IcmpType, r.Family)))
             {
-                var title = kind.Key.IcmpType is { } t ? $"{kind.Key.Protocol} type {t}" : $"{kind.Key.Protocol}/{kind.Key.Port} ({kind.Key.Family})";
+                var title = kind.Key.IcmpType is { } t ? $"{kind.Key.Protocol} type {t}"
+                    : $"{kind.Key.Protocol}/{kind.Key.Port} ({kind.Key.Family})";
                 output.Out.WriteLine($"{title}: rows from, columns to");
                 var index = result.Pods.Select((p, i) => (p, i)).ToDictionary(x => x.p, x => x.i);
                 var rows = result.Pods.Select(from => (IReadOnlyList<string>)[from, .. result.Pods.Select(to =>
                     from == to ? "-" : kind.FirstOrDefault(r => r.From == from && r.To == to)?.Result == "allowed" ? "." : "X")]);
-                Table.Write(output.Out, ["", .. result.Pods.Select(p => $"{index[p] + 1}")], rows.Select(r => (IReadOnlyList<string>)[$"{index[r[0]] + 1} {r[0]}", .. r.Skip(1)]));
+                Table.Write(output.Out, ["", .. result.Pods.Select(p => $"{index[p] + 1}")], rows.Select(r =>
+                    (IReadOnlyList<string>)[$"{index[r[0]] + 1} {r[0]}", .. r.Skip(1)]));
                 output.Out.WriteLine();
             }
-            output.Out.WriteLine($"{result.Results.Count} probes in {result.Milliseconds / 1000:F1} s: {result.Results.Count(r => r.Result == "allowed")} allowed, {result.Results.Count(r => r.Result != "allowed")} denied");
+            output.Out.WriteLine($"{result.Results.Count} probes in {result.Milliseconds / 1000:F1} s: " +
+                $"{result.Results.Count(r => r.Result == "allowed")} allowed, {result.Results.Count(r => r.Result != "allowed")} denied");
             return CliApp.Success;
         });
         return command;

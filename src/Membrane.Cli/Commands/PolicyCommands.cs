@@ -26,7 +26,11 @@ public static class PolicyCommands
 
     private static Command Validate(CliOutput output)
     {
-        var paths = new Argument<string[]>("path") { Arity = ArgumentArity.OneOrMore, Description = "Files or directories of YAML documents" };
+        var paths = new Argument<string[]>("path")
+        {
+            Arity = ArgumentArity.OneOrMore,
+            Description = "Files or directories of YAML documents"
+        };
         var format = CliOutput.CreateFormatOption();
         var command = new Command("validate", "Check policy (and workload) files without applying them") { paths, format };
         command.SetAction(parse =>
@@ -57,9 +61,22 @@ public static class PolicyCommands
 
     private static Command Trace(CliOutput output)
     {
-        var policies = new Option<string[]>("--policies") { Description = "Policy files or directories (offline trace)", AllowMultipleArgumentsPerToken = true };
-        var workloads = new Option<string[]>("--workloads") { Description = "Namespace/Pod files or directories (offline trace)", AllowMultipleArgumentsPerToken = true };
-        var from = new Option<string>("--from") { Description = "Source: NAMESPACE/POD, or labels such as k8s:app=client,io.kubernetes.pod.namespace=demo", Required = true };
+        var policies = new Option<string[]>("--policies")
+        {
+            Description = "Policy files or directories (offline trace)",
+            AllowMultipleArgumentsPerToken = true
+        };
+        var workloads = new Option<string[]>("--workloads")
+        {
+            Description = "Namespace/Pod files or directories (offline trace)",
+            AllowMultipleArgumentsPerToken = true
+        };
+        var from = new Option<string>("--from")
+        {
+            Description = "Source: NAMESPACE/POD, or labels such as " +
+            "k8s:app=client,io.kubernetes.pod.namespace=demo",
+            Required = true
+        };
         var to = new Option<string>("--to") { Description = "Destination: NAMESPACE/POD, or labels", Required = true };
         var flow = new FlowOptions();
         var format = CliOutput.CreateFormatOption();
@@ -73,7 +90,8 @@ public static class PolicyCommands
             var paths = (parse.GetValue(policies) ?? []).Concat(parse.GetValue(workloads) ?? []).ToList();
             if (paths.Count == 0)
             {
-                return await TraceWithAgent(output, parse, flow, Endpoint(parse.GetValue(from)!, "--from"), Endpoint(parse.GetValue(to)!, "--to"), parse.GetValue(format) == "json").ConfigureAwait(false);
+                return await TraceWithAgent(output, parse, flow, Endpoint(parse.GetValue(from)!, "--from"), Endpoint(parse.GetValue(to)!,
+                    "--to"), parse.GetValue(format) == "json").ConfigureAwait(false);
             }
             var load = ManifestLoader.LoadPaths(paths);
             if (!load.IsValid)
@@ -117,7 +135,8 @@ public static class PolicyCommands
             AgentJsonContext.Default.TraceQuery, AgentJsonContext.Default.TraceOutput).ConfigureAwait(false);
         if (json)
         {
-            output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result with { Text = null }, AgentJsonContext.Default.TraceOutput));
+            output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result with { Text = null },
+                AgentJsonContext.Default.TraceOutput));
         }
         else
         {
@@ -135,7 +154,8 @@ public static class PolicyCommands
         {
             var request = AgentCommands.ReadManifests(parse.GetValue(path)!, output);
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Post("v1/policies", request, AgentJsonContext.Default.ManifestRequest, AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            var result = await client.Post("v1/policies", request, AgentJsonContext.Default.ManifestRequest,
+                AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
             AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
             return CliApp.Success;
         });
@@ -169,7 +189,11 @@ public static class PolicyCommands
 
     private static Command Delete(CliOutput output)
     {
-        var name = new Argument<string?>("name") { Arity = ArgumentArity.ZeroOrOne, Description = "Kind/namespace/name, namespace/name or name" };
+        var name = new Argument<string?>("name")
+        {
+            Arity = ArgumentArity.ZeroOrOne,
+            Description = "Kind/namespace/name, namespace/name or name"
+        };
         var all = new Option<bool>("--all") { Description = "Delete every policy" };
         var format = CliOutput.CreateFormatOption();
         var command = new Command("delete", "Delete a policy (or all) from the running agent") { name, all, format };
@@ -230,7 +254,8 @@ public sealed class FlowOptions
         ArgumentNullException.ThrowIfNull(parse);
         try
         {
-            return FlowSpec.Parse(from, to, parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType), parse.GetValue(_icmpCode), parse.GetValue(_family));
+            return FlowSpec.Parse(from, to, parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType),
+                parse.GetValue(_icmpCode), parse.GetValue(_family));
         }
         catch (ArgumentException e)
         {
@@ -241,6 +266,7 @@ public sealed class FlowOptions
     public (string Protocol, int? Port, string? IcmpType, int? IcmpCode, string? Family) Values(ParseResult parse)
     {
         ArgumentNullException.ThrowIfNull(parse);
-        return (parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType), parse.GetValue(_icmpCode), parse.GetValue(_family));
+        return (parse.GetValue(_protocol)!, parse.GetValue(_port), parse.GetValue(_icmpType), parse.GetValue(_icmpCode),
+            parse.GetValue(_family));
     }
 }

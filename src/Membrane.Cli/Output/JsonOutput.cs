@@ -6,12 +6,15 @@ namespace Membrane.Cli.Output;
 
 public sealed record ValidateOutput(bool Valid, int Policies, int Namespaces, int Pods, IReadOnlyList<ErrorOutput> Errors);
 
-public sealed record ErrorOutput(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message, int Line, int Column)
+public sealed record ErrorOutput(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message,
+    int Line, int Column)
 {
-    public static ErrorOutput From(PolicyError e) => e is null ? throw new ArgumentNullException(nameof(e)) : new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
+    public static ErrorOutput From(PolicyError e) => e is null ? throw new ArgumentNullException(nameof(e)) : new(e.File, e.ObjectName,
+        e.Path, e.Message, e.Line, e.Column);
 }
 
-public sealed record VerifyProgramOutput([property: JsonPropertyName("object")] string ObjectFile, string Program, int ProcessedInstructions, int Instructions, int PeakStates, double LoadMilliseconds);
+public sealed record VerifyProgramOutput([property: JsonPropertyName("object")] string ObjectFile, string Program,
+    int ProcessedInstructions, int Instructions, int PeakStates, double LoadMilliseconds);
 
 public sealed record VerifyOutput(string Kernel, IReadOnlyList<VerifyProgramOutput> Programs, int TotalProcessedInstructions, int Limit);
 

@@ -142,7 +142,8 @@ public unsafe class BpfMap
     {
         if (sizeof(TKey) != KeySize || sizeof(TValue) != ValueSize && ValueSize != 0)
         {
-            throw new ArgumentException($"map {Name} has {KeySize}-byte keys and {ValueSize}-byte values, not {sizeof(TKey)} and {sizeof(TValue)}");
+            throw new ArgumentException($"map {Name} has {KeySize}-byte keys and {ValueSize}-byte values, not {sizeof(TKey)} and " +
+                $"{sizeof(TValue)}");
         }
     }
 }
@@ -161,7 +162,8 @@ public sealed class BpfMap<TKey, TValue> : BpfMap
         if (sizeof(TKey) != KeySize || sizeof(TValue) != ValueSize)
         {
             throw new BpfException($"map {Name} has {KeySize}-byte keys and {ValueSize}-byte values; " +
-                $"{typeof(TKey).Name} is {sizeof(TKey)} bytes and {typeof(TValue).Name} {sizeof(TValue)}: the C# mirror and bpf/maps.h disagree");
+                $"{typeof(TKey).Name} is {sizeof(TKey)} bytes and {typeof(TValue).Name} {sizeof(TValue)}: the C# mirror and bpf/maps.h " +
+                    $"disagree");
         }
     }
 

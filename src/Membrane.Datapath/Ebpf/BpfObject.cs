@@ -93,14 +93,16 @@ public sealed unsafe partial class BpfObject : IDisposable
             if (result < 0)
             {
                 var libbpf = LibBpfLog.Take().Trim();
-                throw new BpfException($"loading {Path.GetFileName(objectFile)} failed{Environment.NewLine}{libbpf}", -result, FullVerifierLog(objectFile));
+                throw new BpfException($"loading {Path.GetFileName(objectFile)} failed{Environment.NewLine}{libbpf}", -result,
+                    FullVerifierLog(objectFile));
             }
             foreach (var (program, buffer) in logs)
             {
                 var name = Marshal.PtrToStringUTF8(LibBpf.ProgramName(program))!;
                 var log = Marshal.PtrToStringUTF8(buffer) ?? "";
                 var stats = ParseStats(name, log, (int)LibBpf.ProgramInstructionCount(program), watch.Elapsed / Math.Max(1, logs.Count));
-                collection._programs[name] = new BpfProgram(name, new OwnedFd(collection._handle, LibBpf.ProgramFd(program), $"program {name}"), stats);
+                collection._programs[name] = new BpfProgram(name, new OwnedFd(collection._handle, LibBpf.ProgramFd(program),
+                    $"program {name}"), stats);
             }
             for (var map = LibBpf.NextMap(obj, 0); map != 0; map = LibBpf.NextMap(obj, map))
             {

@@ -3,7 +3,8 @@ using Membrane.Datapath.Interop;
 namespace Membrane.Datapath.Ebpf;
 
 /// <summary>What the verifier reported for one program.</summary>
-public sealed record VerifierStats(string Program, int ProcessedInstructions, int Instructions, int TotalStates, int PeakStates, TimeSpan LoadTime);
+public sealed record VerifierStats(string Program, int ProcessedInstructions, int Instructions, int TotalStates, int PeakStates,
+    TimeSpan LoadTime);
 
 /// <summary>The result of one BPF_PROG_TEST_RUN.</summary>
 public readonly record struct TestRunResult(uint ReturnValue, uint DurationNs);

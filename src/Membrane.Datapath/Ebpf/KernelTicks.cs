@@ -83,13 +83,15 @@ public static class KernelTicks
                 continue;
             }
             using var file = File.OpenRead(path);
-            using var text = new StreamReader(path.EndsWith(".gz", StringComparison.Ordinal) ? new GZipStream(file, CompressionMode.Decompress) : file);
+            using var text = new StreamReader(path.EndsWith(".gz", StringComparison.Ordinal) ? new GZipStream(file,
+                CompressionMode.Decompress) : file);
             if (FromConfig(text) is { } hz)
             {
                 return hz;
             }
         }
         return Measure(TimeSpan.FromMilliseconds(300))
-            ?? throw new BpfException("cannot tell the kernel's tick rate: no kernel config (/boot/config-RELEASE or /proc/config.gz) and no /proc/timer_list to measure it");
+            ?? throw new BpfException("cannot tell the kernel's tick rate: no kernel config (/boot/config-RELEASE or /proc/config.gz) " +
+                "and no /proc/timer_list to measure it");
     }
 }

@@ -24,7 +24,14 @@ public static unsafe class TcAttachment
         {
             throw new BpfException($"creating clsact on ifindex {ifIndex}", -created);
         }
-        var options = new TcOptions { Size = (nuint)sizeof(TcOptions), ProgramFd = program.Fd, Handle = Handle, Priority = Priority, Flags = 1 /* BPF_TC_F_REPLACE */ };
+        var options = new TcOptions
+        {
+            Size = (nuint)sizeof(TcOptions),
+            ProgramFd = program.Fd,
+            Handle = Handle,
+            Priority = Priority,
+            Flags = 1 /* BPF_TC_F_REPLACE */
+        };
         BpfException.Check(LibBpf.TcAttach(&hook, &options), $"attaching {program.Name} to ifindex {ifIndex} ({direction})");
     }
 

@@ -99,7 +99,8 @@ internal static unsafe partial class LibBpf
     public static partial int TcQuery(TcHook* hook, TcOptions* options);
 
     [LibraryImport(Library, EntryPoint = "ring_buffer__new")]
-    public static partial nint RingBufferNew(int mapFd, delegate* unmanaged[Cdecl]<nint, nint, nuint, int> callback, nint context, nint options);
+    public static partial nint RingBufferNew(int mapFd, delegate* unmanaged[Cdecl]<nint, nint, nuint, int> callback, nint context,
+        nint options);
 
     [LibraryImport(Library, EntryPoint = "ring_buffer__poll")]
     public static partial int RingBufferPoll(nint ringBuffer, int timeoutMs);

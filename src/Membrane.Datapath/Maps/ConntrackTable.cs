@@ -24,7 +24,8 @@ public sealed unsafe class ConntrackTable
     }
 
     /// <summary>Seconds from a conntrack timestamp (kernel ticks) to <paramref name="now"/> (see <see cref="KernelTicks.Now"/>).</summary>
-    public static double SecondsSince(ulong timestamp, ulong now) => now >= timestamp ? (now - timestamp) / (double)KernelTicks.PerSecond : 0;
+    public static double SecondsSince(ulong timestamp, ulong now) => now >= timestamp ? (now - timestamp) / (double)KernelTicks.PerSecond
+        : 0;
 
     public IEnumerable<KeyValuePair<ConntrackTuple, ConntrackValue>> Entries()
     {

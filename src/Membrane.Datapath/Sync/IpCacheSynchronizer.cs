@@ -90,8 +90,10 @@ public sealed class IpCacheSynchronizer(BpfMap v4, BpfMap v6)
                 var peak = desired.Count + _written.Keys.Count(p => p.BaseAddress.AddressFamily == family && !desired.Contains(p));
                 if (peak > map.MaxEntries)
                 {
-                    throw new MapCapacityException($"the ipcache map {map.Name} would need {peak:N0} entries and holds {map.MaxEntries:N0} " +
-                        $"({desired.Count:N0} {(family == AddressFamily.InterNetwork ? "IPv4" : "IPv6")} prefixes: pod addresses and the CIDRs policies name)");
+                    throw new MapCapacityException($"the ipcache map {map.Name} would need {peak:N0} entries and holds " +
+                        $"{map.MaxEntries:N0} " +
+                        $"({desired.Count:N0} {(family == AddressFamily.InterNetwork ? "IPv4" : "IPv6")} prefixes: pod addresses and " +
+                            $"the CIDRs policies name)");
                 }
             }
         }

@@ -80,7 +80,15 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
         map.Finish();
         return subject is null
             ? null
-            : new PolicySpec { Origin = origin, Path = path, Subject = subject, Rules = rules, Enforces = enforces, Description = description };
+            : new PolicySpec
+            {
+                Origin = origin,
+                Path = path,
+                Subject = subject,
+                Rules = rules,
+                Enforces = enforces,
+                Description = description
+            };
     }
 
     private object? RuleLabel(YamlNode node, string path)
@@ -195,7 +203,8 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
         return cidr is { } c ? Build(ctx, map, c, except.Select(e => e!.Value).ToList(), MatchesPods: false) : null;
     }
 
-    internal static CidrPeer? Build(ParseContext ctx, MapReader map, System.Net.IPNetwork cidr, List<System.Net.IPNetwork> except, bool MatchesPods)
+    internal static CidrPeer? Build(ParseContext ctx, MapReader map, System.Net.IPNetwork cidr, List<System.Net.IPNetwork> except,
+        bool MatchesPods)
     {
         for (var i = 0; i < except.Count; i++)
         {
@@ -253,7 +262,8 @@ internal sealed class CiliumPolicyParser(ParseContext ctx, PolicyOrigin origin)
         map.Finish();
         if (fieldsNode is YamlSequenceNode seq && seq.Children.Count > MaxIcmpFields)
         {
-            ctx.Error(map.PathOf("fields"), fieldsNode, $"has {seq.Children.Count} entries; at most {MaxIcmpFields} are allowed in one icmps entry");
+            ctx.Error(map.PathOf("fields"), fieldsNode,
+                $"has {seq.Children.Count} entries; at most {MaxIcmpFields} are allowed in one icmps entry");
             return null;
         }
         var fields = new List<IcmpMatch>();
@@ -374,7 +384,8 @@ internal static class PortParsing
         return network;
     }
 
-    public static PortMatch? Port(ParseContext ctx, MapReader map, YamlNode? portNode, YamlNode? endNode, string protocolText, bool allowAny)
+    public static PortMatch? Port(ParseContext ctx, MapReader map, YamlNode? portNode, YamlNode? endNode, string protocolText,
+        bool allowAny)
     {
         PortProtocol? protocol = protocolText switch
         {
@@ -386,7 +397,8 @@ internal static class PortParsing
         };
         if (protocol is null)
         {
-            var hint = protocolText.StartsWith("ICMP", StringComparison.OrdinalIgnoreCase) ? "; ICMP is matched with icmps, not toPorts" : "";
+            var hint = protocolText.StartsWith("ICMP", StringComparison.OrdinalIgnoreCase) ? "; ICMP is matched with icmps, not toPorts"
+                : "";
             ctx.Error(map.PathOf("protocol"), map.Node,
                 $"\"{protocolText}\" is not a valid protocol ({(allowAny ? "TCP, UDP, SCTP or ANY" : "TCP, UDP or SCTP")}){hint}");
             return null;
@@ -414,7 +426,8 @@ internal static class PortParsing
                 if (!Names.IsPortName(text))
                 {
                     ctx.Error(map.PathOf("port"), portNode,
-                        $"\"{text}\" is neither a port number (0-65535) nor a valid port name (at most 15 lowercase letters, digits and '-')");
+                        $"\"{text}\" is neither a port number (0-65535) nor a valid port name (at most 15 lowercase letters, digits and " +
+                            $"'-')");
                     return null;
                 }
                 name = text;

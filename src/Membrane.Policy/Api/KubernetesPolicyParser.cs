@@ -138,13 +138,15 @@ internal sealed class KubernetesPolicyParser(ParseContext ctx, PolicyOrigin orig
         {
             var ns = nsNode is null
                 ? LabelSelector.All
-                : SelectorParser.Parse(ctx, nsNode, map.PathOf("namespaceSelector"), LabelSource.Kubernetes, WellKnownLabels.NamespaceLabelPrefix);
+                : SelectorParser.Parse(ctx, nsNode, map.PathOf("namespaceSelector"), LabelSource.Kubernetes,
+                    WellKnownLabels.NamespaceLabelPrefix);
             if (ns is null)
             {
                 return null;
             }
             // Any pod of the matching namespaces: require the pod-namespace label so reserved identities never match.
-            selector = selector.And(ns).And(new SelectorRequirement(LabelSource.Kubernetes, WellKnownLabels.PodNamespace, SelectorOperator.Exists, []));
+            selector = selector.And(ns).And(new SelectorRequirement(LabelSource.Kubernetes, WellKnownLabels.PodNamespace,
+                SelectorOperator.Exists, []));
         }
         else
         {

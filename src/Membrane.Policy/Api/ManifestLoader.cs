@@ -40,7 +40,8 @@ public static class ManifestLoader
         {
             if (new FileInfo(file).Length > YamlLimits.MaxTextLength)
             {
-                errors.Add(new PolicyError(file, "", "", $"{new FileInfo(file).Length:N0} bytes is more than the {YamlLimits.MaxTextLength:N0} a file may have", 0, 0));
+                errors.Add(new PolicyError(file, "", "",
+                    $"{new FileInfo(file).Length:N0} bytes is more than the {YamlLimits.MaxTextLength:N0} a file may have", 0, 0));
                 continue;
             }
             builder.AddText(File.ReadAllText(file), file);
@@ -48,10 +49,12 @@ public static class ManifestLoader
         return builder.Result();
     }
 
-    /// <summary>The files a set of paths stands for: files as given, directories recursively (*.yaml, *.yml, *.json) in name order.</summary>
+    /// <summary>The files a set of paths stands for: files as given, directories recursively (*.yaml, *.yml, *.json) in name
+    /// order.</summary>
     public static IEnumerable<string> Files(IEnumerable<string> paths) => paths.SelectMany<string, string>(path => Directory.Exists(path)
         ? Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories)
-            .Where(f => f.EndsWith(".yaml", StringComparison.Ordinal) || f.EndsWith(".yml", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal))
+            .Where(f => f.EndsWith(".yaml", StringComparison.Ordinal) || f.EndsWith(".yml", StringComparison.Ordinal)
+                || f.EndsWith(".json", StringComparison.Ordinal))
             .Order(StringComparer.Ordinal)
         : File.Exists(path) ? [path] : []);
 
@@ -70,7 +73,8 @@ public static class ManifestLoader
         private readonly Dictionary<string, string> _seen = new(StringComparer.Ordinal);
 
         public LoadResult Result() =>
-            errors.Count == 0 ? new LoadResult(new ManifestSet(_policies, _namespaces, _pods), []) : new LoadResult(ManifestSet.Empty, errors);
+            errors.Count == 0 ? new LoadResult(new ManifestSet(_policies, _namespaces, _pods), []) : new LoadResult(ManifestSet.Empty,
+                errors);
 
         public void AddText(string text, string file)
         {
@@ -86,14 +90,17 @@ public static class ManifestLoader
             }
             catch (YamlException e)
             {
-                errors.Add(new PolicyError(file, "", "", $"malformed YAML at line {e.Start.Line}, column {e.Start.Column}: {e.InnerException?.Message ?? e.Message}", (int)e.Start.Line, (int)e.Start.Column));
+                errors.Add(new PolicyError(file, "", "",
+                    $"malformed YAML at line {e.Start.Line}, column {e.Start.Column}: {e.InnerException?.Message ?? e.Message}",
+                    (int)e.Start.Line, (int)e.Start.Column));
                 return;
             }
             catch (Exception e) when (e is InvalidOperationException or ArgumentException)
             {
                 // YamlDotNet throws these (without a position) on some malformed input: unterminated flow collections,
                 // control characters, tags that are not URIs (found by fuzzing; see Corpus/fuzz).
-                errors.Add(new PolicyError(file, "", "", $"malformed YAML at line ?: {e.Message} (check for an unclosed '{{' or '[', control characters or a bad tag)", 0, 0));
+                errors.Add(new PolicyError(file, "", "",
+                    $"malformed YAML at line ?: {e.Message} (check for an unclosed '{{' or '[', control characters or a bad tag)", 0, 0));
                 return;
             }
             for (var i = 0; i < stream.Documents.Count; i++)
@@ -150,7 +157,9 @@ public static class ManifestLoader
             };
             if (expectedApi is null)
             {
-                ctx.Error("kind", node, $"unknown kind \"{kind}\" (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace, Pod or List)");
+                ctx.Error("kind", node,
+                    $"unknown kind \"{kind}\" (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace, " +
+                    $"Pod or List)");
                 return;
             }
             if (apiVersion != expectedApi)
@@ -235,7 +244,8 @@ public static class ManifestLoader
             var yaml = ToYaml(node);
             if (yaml.Length > YamlLimits.MaxObjectLength)
             {
-                ctx.Error("", node, $"the object is {yaml.Length:N0} characters of YAML, more than the {YamlLimits.MaxObjectLength:N0} one object may have");
+                ctx.Error("", node, $"the object is {yaml.Length:N0} characters of YAML, more than the {YamlLimits.MaxObjectLength:N0} " +
+                    $"one object may have");
             }
             return yaml;
         }
@@ -262,7 +272,8 @@ public static class ManifestLoader
             if (meta.StringMap("annotations") is { } annotations
                 && annotations.Sum(a => (long)a.Key.Length + a.Value.Length) is var size && size > YamlLimits.MaxAnnotationBytes)
             {
-                ctx.Error("metadata.annotations", meta.Node, $"annotations total {size:N0} characters, more than the {YamlLimits.MaxAnnotationBytes:N0} an object may have");
+                ctx.Error("metadata.annotations", meta.Node,
+                    $"annotations total {size:N0} characters, more than the {YamlLimits.MaxAnnotationBytes:N0} an object may have");
             }
             meta.Ignore("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
                 "finalizers", "ownerReferences", "generateName", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds");

@@ -50,7 +50,8 @@ internal static partial class Names
 
     /// <summary>IANA service name, as container port names and named ports must be.</summary>
     public static bool IsPortName(string name) =>
-        name.Length is > 0 and <= 15 && ServiceName().IsMatch(name) && name.Any(char.IsAsciiLetter) && !name.Contains("--", StringComparison.Ordinal);
+        name.Length is > 0 and <= 15 && ServiceName().IsMatch(name) && name.Any(char.IsAsciiLetter) && !name.Contains("--",
+            StringComparison.Ordinal);
 
     /// <summary>Parses <c>10.0.0.0/8</c>, <c>fd00::/64</c> or a bare address (a host prefix); host bits are masked.</summary>
     public static bool TryParseCidr(string text, out IPNetwork network)
@@ -64,7 +65,8 @@ internal static partial class Names
         }
         var max = address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128;
         var length = max;
-        if (slash >= 0 && (!int.TryParse(text[(slash + 1)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out length) || length > max))
+        if (slash >= 0 && (!int.TryParse(text[(slash + 1)..], System.Globalization.NumberStyles.None,
+            System.Globalization.CultureInfo.InvariantCulture, out length) || length > max))
         {
             return false;
         }

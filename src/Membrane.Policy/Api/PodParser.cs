@@ -9,7 +9,8 @@ namespace Membrane.Policy.Api;
 /// <summary>The spec and status of a Pod manifest: ports, service account, requested addresses.</summary>
 internal static class PodParser
 {
-    public static PodManifest? Pod(ParseContext ctx, MapReader map, string ns, string name, IReadOnlyDictionary<string, string> labels, string file)
+    public static PodManifest? Pod(ParseContext ctx, MapReader map, string ns, string name, IReadOnlyDictionary<string, string> labels,
+        string file)
     {
         var errorsBefore = ctx.ErrorCount;
         var spec = MapReader.Of(ctx, map.Take("spec"), "spec");
@@ -47,7 +48,8 @@ internal static class PodParser
                 return ip;
             }) ?? [];
             status.Finish();
-            foreach (var (text, path) in (podIp is null ? [] : new[] { (podIp, "status.podIP") }).Concat(podIps.Select((t, i) => (t!, $"status.podIPs[{i}].ip"))))
+            foreach (var (text, path) in (podIp is null ? [] : new[] { (podIp, "status.podIP") }).Concat(podIps.Select((t, i) => (t!,
+                $"status.podIPs[{i}].ip"))))
             {
                 if (IPAddress.TryParse(text, out var address))
                 {

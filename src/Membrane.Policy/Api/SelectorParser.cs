@@ -41,7 +41,8 @@ internal static class SelectorParser
         return ctx.ErrorCount == errorsBefore ? new LabelSelector(requirements) : null;
     }
 
-    private static (string Source, string Key)? Key(ParseContext ctx, YamlNode node, string path, string text, string defaultSource, string keyPrefix)
+    private static (string Source, string Key)? Key(ParseContext ctx, YamlNode node, string path, string text, string defaultSource,
+        string keyPrefix)
     {
         var (source, key) = LabelSource.Split(text, defaultSource);
         if (Names.CheckLabelKey(key) is { } error)

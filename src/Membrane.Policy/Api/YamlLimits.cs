@@ -32,7 +32,8 @@ public static class YamlLimits
         ArgumentNullException.ThrowIfNull(text);
         if (text.Length > MaxTextLength)
         {
-            return new PolicyError(file, "", "", $"{text.Length:N0} characters is more than the {MaxTextLength:N0} a file or request may have", 0, 0);
+            return new PolicyError(file, "", "",
+                $"{text.Length:N0} characters is more than the {MaxTextLength:N0} a file or request may have", 0, 0);
         }
         try
         {
@@ -108,5 +109,6 @@ public static class YamlLimits
     }
 
     private static PolicyError Error(string file, ParsingEvent at, string message) =>
-        new(file, "", "", $"{message} (line {at.Start.Line}, column {at.Start.Column}); nothing was loaded", (int)at.Start.Line, (int)at.Start.Column);
+        new(file, "", "", $"{message} (line {at.Start.Line}, column {at.Start.Column}); nothing was loaded", (int)at.Start.Line,
+            (int)at.Start.Column);
 }

@@ -14,7 +14,8 @@ public enum IdentityKind
 public sealed record SecurityIdentity(uint Id, LabelSet Labels, IdentityKind Kind, IPNetwork? Prefix = null)
 {
     /// <summary>Outside the cluster: world identities and CIDR identities.</summary>
-    public bool IsWorld => Kind == IdentityKind.Cidr || Id is ReservedIdentities.World or ReservedIdentities.WorldIPv4 or ReservedIdentities.WorldIPv6;
+    public bool IsWorld => Kind == IdentityKind.Cidr
+        || Id is ReservedIdentities.World or ReservedIdentities.WorldIPv4 or ReservedIdentities.WorldIPv6;
 
     public override string ToString() => $"{Id} ({Labels})";
 }

@@ -75,7 +75,8 @@ public sealed class LabelSelector : IEquatable<LabelSelector>
 
     /// <summary>The single namespace this selector pins, if it has an equality requirement on it (used to index).</summary>
     public string? PinnedNamespace =>
-        Requirements.FirstOrDefault(r => r.Key == WellKnownLabels.PodNamespace && r.Operator == SelectorOperator.In && r.Values.Count == 1)?.Values[0];
+        Requirements.FirstOrDefault(r => r.Key == WellKnownLabels.PodNamespace && r.Operator == SelectorOperator.In
+            && r.Values.Count == 1)?.Values[0];
 
     public LabelSelector And(params SelectorRequirement[] more) => new(Requirements.Concat(more));
 

@@ -107,7 +107,8 @@ public sealed class EndpointIndex
         {
             return pod;
         }
-        var best = (Length: -1, Identity: address.AddressFamily == AddressFamily.InterNetwork ? ReservedIdentities.WorldIPv4 : ReservedIdentities.WorldIPv6);
+        var best = (Length: -1, Identity: address.AddressFamily == AddressFamily.InterNetwork ? ReservedIdentities.WorldIPv4
+            : ReservedIdentities.WorldIPv6);
         foreach (var identity in _cidrIdentities.Values)
         {
             var prefix = identity.Prefix!.Value;

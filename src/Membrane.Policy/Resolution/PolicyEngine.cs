@@ -123,7 +123,8 @@ public sealed partial class PolicyEngine
         {
             copy._identities.Restore(identity.Id, identity.Labels, identity.Kind, identity.Prefix);
         }
-        copy.Apply(new ManifestSet(_repository.Policies.ToList(), _index.Namespaces.ToList(), _index.Endpoints.Select(e => e.Pod).ToList()));
+        copy.Apply(new ManifestSet(_repository.Policies.ToList(), _index.Namespaces.ToList(), _index.Endpoints.Select(e => e.Pod)
+            .ToList()));
         return copy;
     }
 

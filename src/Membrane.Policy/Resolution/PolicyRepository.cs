@@ -15,7 +15,8 @@ internal sealed class PolicyRepository(IdentityAllocator identities, SelectorCac
 {
     private readonly Dictionary<string, StoredPolicy> _policies = new(StringComparer.Ordinal);
 
-    private sealed record StoredPolicy(PolicyDocument Document, IReadOnlyList<string> SelectorKeys, IReadOnlyList<SecurityIdentity> CidrIdentities);
+    private sealed record StoredPolicy(PolicyDocument Document, IReadOnlyList<string> SelectorKeys,
+        IReadOnlyList<SecurityIdentity> CidrIdentities);
 
     public IEnumerable<PolicyDocument> Policies => _policies.Values.Select(p => p.Document);
 
@@ -151,7 +152,8 @@ internal sealed class PolicyRepository(IdentityAllocator identities, SelectorCac
                 // A /0 covers everything outside the cluster that no narrower prefix names.
                 var v4 = peer.Cidr.BaseAddress.AddressFamily == AddressFamily.InterNetwork;
                 return peer.Cidr.PrefixLength == 0 && peer.Except.Count == 0
-                    && (identity.Id == ReservedIdentities.World || identity.Id == (v4 ? ReservedIdentities.WorldIPv4 : ReservedIdentities.WorldIPv6));
+                    && (identity.Id == ReservedIdentities.World || identity.Id == (v4 ? ReservedIdentities.WorldIPv4
+                        : ReservedIdentities.WorldIPv6));
             default:
                 // KNP ipBlock: a pod identity matches when every pod of it has an address inside the block.
                 var members = index.Members(identity.Id);

@@ -92,7 +92,8 @@ internal sealed class Resolver(PolicyRepository repository, SelectorCache cache,
             peers.IntersectWith(required);
         }
         var reference = rule.Reference;
-        if (rule.Direction == TrafficDirection.Egress && peers.Contains(ReservedIdentities.Any) && rule.Ports?.Any(p => p.Name is not null) == true)
+        if (rule.Direction == TrafficDirection.Egress && peers.Contains(ReservedIdentities.Any) && rule.Ports?.Any(p =>
+            p.Name is not null) == true)
         {
             // An egress named port means the port of that name on the destination: to "any peer" it can only
             // reach the pods that declare it, so the wildcard expands into their identities for named ports.

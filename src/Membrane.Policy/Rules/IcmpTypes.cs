@@ -60,6 +60,7 @@ public static class IcmpTypes
     public static string Describe(IcmpFamily family, byte type) =>
         NameOf(family, type) is { } name ? $"{type}({name})" : type.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
-    /// <summary>ICMPv6 router and neighbour solicitation/advertisement, which the datapath never subjects to policy (redirect, 137, is).</summary>
+    /// <summary>ICMPv6 router and neighbour solicitation/advertisement, which the datapath never subjects to policy (redirect, 137,
+    /// is).</summary>
     public static bool IsNeighbourDiscovery(byte icmpv6Type) => icmpv6Type is >= 133 and <= 136;
 }

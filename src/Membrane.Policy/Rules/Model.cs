@@ -99,7 +99,8 @@ public sealed record PortMatch(PortProtocol Protocol, int Port, int EndPort, str
 
     public override string ToString()
     {
-        var port = Name ?? (Port == 0 ? "*" : EndPort > Port ? $"{Port}-{EndPort}" : Port.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var port = Name ?? (Port == 0 ? "*" : EndPort > Port ? $"{Port}-{EndPort}"
+            : Port.ToString(System.Globalization.CultureInfo.InvariantCulture));
         return $"{port}/{Protocol.ToString().ToUpperInvariant()}";
     }
 }

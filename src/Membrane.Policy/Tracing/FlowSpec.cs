@@ -8,7 +8,8 @@ namespace Membrane.Policy.Tracing;
 public static class FlowSpec
 {
     /// <exception cref="ArgumentException">The description is incomplete or inconsistent; the message says how.</exception>
-    public static TraceRequest Parse(string? from, string? to, string? protocolText, int? port, string? icmpTypeText, int? icmpCode, string? familyText)
+    public static TraceRequest Parse(string? from, string? to, string? protocolText, int? port, string? icmpTypeText, int? icmpCode,
+        string? familyText)
     {
         if (string.IsNullOrEmpty(from) || string.IsNullOrEmpty(to))
         {
@@ -43,7 +44,8 @@ public static class FlowSpec
             byte type;
             if (int.TryParse(typeText, NumberStyles.None, CultureInfo.InvariantCulture, out var number))
             {
-                type = number is >= 0 and <= 255 ? (byte)number : throw new ArgumentException($"--icmp-type {number} is out of range (0-255)");
+                type = number is >= 0 and <= 255 ? (byte)number
+                    : throw new ArgumentException($"--icmp-type {number} is out of range (0-255)");
             }
             else if (!IcmpTypes.TryParse(icmpFamily, typeText, out type))
             {

@@ -15,7 +15,9 @@ public sealed record TraceRequest(string From, string To, byte Protocol, ushort 
     public ushort KeyPort => IsIcmp ? (ushort)(IcmpType << 8 | (IcmpCode ?? 0)) : Port;
 
     public string Describe() => IsIcmp
-        ? $"{IpProtocol.Name(Protocol)} type {IcmpTypes.Describe(Protocol == IpProtocol.Icmp ? IcmpFamily.IPv4 : IcmpFamily.IPv6, IcmpType)}{(IcmpCode is { } c ? $" code {c}" : "")}"
+        ? $"{IpProtocol.Name(Protocol)} type " +
+            $"{IcmpTypes.Describe(Protocol == IpProtocol.Icmp ? IcmpFamily.IPv4 : IcmpFamily.IPv6, IcmpType)}" +
+            $"{(IcmpCode is { } c ? $" code {c}" : "")}"
         : $"{IpProtocol.Name(Protocol)} port {Port}";
 }
 
@@ -32,7 +34,8 @@ public sealed record DirectionTrace(
     string? MatchKind,
     IReadOnlyList<string> Rules);
 
-public sealed record TraceResult(TraceRequest Request, uint SourceIdentity, uint DestinationIdentity, DirectionTrace Egress, DirectionTrace Ingress)
+public sealed record TraceResult(TraceRequest Request, uint SourceIdentity, uint DestinationIdentity, DirectionTrace Egress,
+    DirectionTrace Ingress)
 {
     public bool Allowed => Egress.Allowed && Ingress.Allowed;
 
@@ -120,7 +123,8 @@ public static class Tracer
         ArgumentNullException.ThrowIfNull(result);
         var w = new StringWriter();
         string Name(uint id) => engine.IdentityAllocator.Get(id)?.Labels.Canonical ?? "?";
-        w.WriteLine($"Tracing {result.Request.Describe()} ({(result.Request.Family == AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")}) from {result.Request.From} to {result.Request.To}");
+        w.WriteLine($"Tracing {result.Request.Describe()} ({(result.Request.Family == AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")}) " +
+            $"from {result.Request.From} to {result.Request.To}");
         w.WriteLine($"  source identity {result.SourceIdentity}: {Name(result.SourceIdentity)}");
         w.WriteLine($"  destination identity {result.DestinationIdentity}: {Name(result.DestinationIdentity)}");
         foreach (var side in new[] { result.Egress, result.Ingress })

@@ -13,7 +13,8 @@ public sealed class FuzzRegressionTests
 {
     private static string Corpus(string kind) => Path.Combine(AppContext.BaseDirectory, "Corpus", "fuzz", kind);
 
-    public static TheoryData<string> Files(string kind) => [.. Directory.EnumerateFiles(Corpus(kind)).Select(f => Path.GetFileName(f)).Order()];
+    public static TheoryData<string> Files(string kind) => [.. Directory.EnumerateFiles(Corpus(kind)).Select(f => Path.GetFileName(f))
+        .Order()];
 
     public static TheoryData<string> YamlFiles => Files("yaml");
 
@@ -33,7 +34,8 @@ public sealed class FuzzRegressionTests
     [MemberData(nameof(ApiFiles))]
     public void RequestsThatCrashedTheLoaderAreAnError(string name)
     {
-        var request = JsonSerializer.Deserialize(File.ReadAllText(Path.Combine(Corpus("api"), name)), AgentJsonContext.Default.ManifestRequest);
+        var request = JsonSerializer.Deserialize(File.ReadAllText(Path.Combine(Corpus("api"), name)),
+            AgentJsonContext.Default.ManifestRequest);
         Assert.NotNull(request?.Yaml);
         var result = ManifestLoader.LoadText(request.Yaml, name);
         Assert.False(result.IsValid);

@@ -59,7 +59,8 @@ public sealed class LimitsTests
     [Fact]
     public void HugeAnnotationsAndObjectsAreRefused()
     {
-        var annotation = $"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: big\n  annotations: {{note: \"{new string('x', 300_000)}\"}}\n";
+        var annotation = $"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: big\n  annotations: {{note: " +
+            $"\"{new string('x', 300_000)}\"}}\n";
         var error = SingleError(annotation);
         Assert.Equal("metadata.annotations", error.Path);
         Assert.Contains("more than the 262,144", error.Message, StringComparison.Ordinal);

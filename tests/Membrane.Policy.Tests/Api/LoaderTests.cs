@@ -62,7 +62,8 @@ public sealed class LoaderTests
               - endpointSelector: {matchLabels: {app: x}}
                 egress: [{toEntities: [cluster]}]
             ---
-            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "two", "namespace": "x"}, "spec": {"podSelector": {}}}
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "two", "namespace": "x"},
+             "spec": {"podSelector": {}}}
             ---
             """);
         Assert.Equal(2, set.Policies.Count);

@@ -76,12 +76,15 @@ public sealed class IncrementalTests
     [Fact]
     public void TraceByLabelsMatchesTheSamePodAndLeavesNoTrace()
     {
-        var c = With(Cnp("p", "a", "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {app: client}}], icmps: [{fields: [{type: 8}]}]}]"));
+        var c = With(Cnp("p", "a",
+            "endpointSelector: {matchLabels: {app: server}}\ningress: [{fromEndpoints: [{matchLabels: {app: client}}], icmps: [{fields: " +
+            "[{type: 8}]}]}]"));
         var pods = c.Engine.Endpoints.Count();
         var identities = c.Engine.Identities.Count();
         var byPod = c.Trace("a/client", "a/server", Membrane.Policy.Rules.IpProtocol.Icmp, type: 8);
         var byLabels = c.Trace("app=client,io.kubernetes.pod.namespace=a", "a/server", Membrane.Policy.Rules.IpProtocol.Icmp, type: 8);
-        var otherNamespace = c.Trace("app=client,io.kubernetes.pod.namespace=b", "a/server", Membrane.Policy.Rules.IpProtocol.Icmp, type: 8);
+        var otherNamespace = c.Trace("app=client,io.kubernetes.pod.namespace=b", "a/server", Membrane.Policy.Rules.IpProtocol.Icmp,
+            type: 8);
         Assert.True(byPod.Allowed);
         Assert.True(byLabels.Allowed);
         Assert.Equal(byPod.SourceIdentity, byLabels.SourceIdentity);
@@ -120,7 +123,8 @@ public sealed class IncrementalTests
         foreach (var e in full.Engine.ResolveAll())
         {
             var other = incremental.Engine.Resolve(e.Endpoint.Key).State.Entries;
-            Assert.Equal(e.State.Entries.Keys.Select(k => k.ToString()).Order().ToList(), other.Keys.Select(k => k.ToString()).Order().ToList());
+            Assert.Equal(e.State.Entries.Keys.Select(k => k.ToString()).Order().ToList(), other.Keys.Select(k => k.ToString()).Order()
+                .ToList());
         }
     }
 }
@@ -142,8 +146,11 @@ public sealed class BulkCidrTests
         Assert.InRange(engine.SelectorEvaluations, 20_000, 2_000_000);
         Assert.Equal(20_001, engine.Identities.Count(i => i.Kind == Membrane.Policy.Identity.IdentityKind.Cidr));
         Assert.True(engine.SelectorEvaluations - before < 1_000);
-        Assert.True(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress, engine.IdentityOf(System.Net.IPAddress.Parse("100.64.78.31")), 6, 80).Allowed);
-        Assert.False(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress, engine.IdentityOf(System.Net.IPAddress.Parse("100.65.250.1")), 6, 80).Allowed);
-        Assert.True(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress, engine.IdentityOf(System.Net.IPAddress.Parse("100.64.15.255")), 6, 80).Allowed);
+        Assert.True(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress,
+            engine.IdentityOf(System.Net.IPAddress.Parse("100.64.78.31")), 6, 80).Allowed);
+        Assert.False(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress,
+            engine.IdentityOf(System.Net.IPAddress.Parse("100.65.250.1")), 6, 80).Allowed);
+        Assert.True(state.Lookup(Membrane.Policy.Rules.TrafficDirection.Egress,
+            engine.IdentityOf(System.Net.IPAddress.Parse("100.64.15.255")), 6, 80).Allowed);
     }
 }

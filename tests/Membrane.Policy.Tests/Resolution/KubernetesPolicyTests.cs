@@ -115,7 +115,8 @@ public sealed class KubernetesPolicyTests
     {
         var c = With(Knp("and", "a", """
             podSelector: {matchLabels: {app: server}}
-            ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: b}}, podSelector: {matchLabels: {app: client}}}]}]
+            ingress:
+            - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: b}}, podSelector: {matchLabels: {app: client}}}]
             """));
         Assert.True(c.Ping("b/client", "a/server"));
         Assert.False(c.Ping("b/other", "a/server"));

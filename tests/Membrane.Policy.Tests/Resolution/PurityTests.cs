@@ -14,8 +14,10 @@ public sealed class PurityTests
 
     private static string Fingerprint(PolicyEngine engine) =>
         $"{engine.Revision}|{string.Join(",", engine.Identities.Select(i => $"{i.Id}={i.Labels.Canonical}"))}|"
-        + $"{string.Join(",", engine.Endpoints.Select(e => $"{e.Key}:{e.Identity.Id}:{string.Join("/", e.Addresses)}").Order(StringComparer.Ordinal))}|"
-        + $"{string.Join(",", engine.Dirty.Order(StringComparer.Ordinal))}|{string.Join(",", engine.IpCache().Select(e => $"{e.Prefix}={e.Identity}"))}";
+        + string.Join(",", engine.Endpoints.Select(e => $"{e.Key}:{e.Identity.Id}:{string.Join("/", e.Addresses)}")
+            .Order(StringComparer.Ordinal))
+        + $"|{string.Join(",", engine.Dirty.Order(StringComparer.Ordinal))}|"
+        + string.Join(",", engine.IpCache().Select(e => $"{e.Prefix}={e.Identity}"));
 
     [Fact]
     public void ResolvingADirtyEndpointLeavesItDirty()
@@ -45,7 +47,8 @@ public sealed class PurityTests
         // The next real pod gets the identity it would have had without the traces.
         var fresh = With(Cnp("p", "a", Policy));
         fresh.Engine.ResolveDirty();
-        var pod = Load("apiVersion: v1\nkind: Pod\nmetadata: {name: n, namespace: a, labels: {role: trusted}}\nspec: {containers: [{name: c}]}\n").Pods[0];
+        var pod = Load("apiVersion: v1\nkind: Pod\nmetadata: {name: n, namespace: a, labels: {role: trusted}}\nspec: {containers: " +
+            "[{name: c}]}\n").Pods[0];
         Assert.Equal(fresh.Engine.UpsertPod(pod).Identity.Id, c.Engine.UpsertPod(pod).Identity.Id);
     }
 }

@@ -381,7 +381,8 @@ public sealed class SemanticsTests
         var client = c.Engine.FindEndpoint("a/client")!;
         Assert.Equal(System.Net.IPAddress.Parse("10.200.0.2"), client.Address(System.Net.Sockets.AddressFamily.InterNetwork));
         Assert.Equal(client.Identity.Id, c.Engine.IdentityOf(System.Net.IPAddress.Parse("10.200.0.2")));
-        Assert.Equal(client.Identity.Id, c.Engine.IpCache().Last(e => e.Prefix.BaseAddress.Equals(System.Net.IPAddress.Parse("10.200.0.2"))).Identity);
+        Assert.Equal(client.Identity.Id, c.Engine.IpCache().Last(e =>
+            e.Prefix.BaseAddress.Equals(System.Net.IPAddress.Parse("10.200.0.2"))).Identity);
         Assert.False(c.Ping("a/client", "a/server"));
     }
 
@@ -393,9 +394,12 @@ public sealed class SemanticsTests
             egress: [{toCIDRSet: [{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}]}]
             """));
         var state = c.Engine.Resolve("a/client").State;
-        Assert.True(state.Lookup(TrafficDirection.Egress, c.Engine.IdentityOf(System.Net.IPAddress.Parse("192.0.2.1")), IpProtocol.Tcp, 443).Allowed);
-        Assert.False(state.Lookup(TrafficDirection.Egress, c.Engine.IdentityOf(System.Net.IPAddress.Parse("192.0.2.200")), IpProtocol.Tcp, 443).Allowed);
-        Assert.False(state.Lookup(TrafficDirection.Egress, c.Engine.IdentityOf(System.Net.IPAddress.Parse("198.51.100.1")), IpProtocol.Tcp, 443).Allowed);
+        Assert.True(state.Lookup(TrafficDirection.Egress, c.Engine.IdentityOf(System.Net.IPAddress.Parse("192.0.2.1")), IpProtocol.Tcp,
+            443).Allowed);
+        Assert.False(state.Lookup(TrafficDirection.Egress, c.Engine.IdentityOf(System.Net.IPAddress.Parse("192.0.2.200")), IpProtocol.Tcp,
+            443).Allowed);
+        Assert.False(state.Lookup(TrafficDirection.Egress, c.Engine.IdentityOf(System.Net.IPAddress.Parse("198.51.100.1")), IpProtocol.Tcp,
+            443).Allowed);
     }
 
     [Fact]

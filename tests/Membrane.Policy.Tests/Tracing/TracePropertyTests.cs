@@ -37,8 +37,10 @@ public sealed class TracePropertyTests
                     var scan = Scan(cluster.Engine.Resolve(from).State, TrafficDirection.Egress, trace.DestinationIdentity, request)
                         && Scan(cluster.Engine.Resolve(to).State, TrafficDirection.Ingress, trace.SourceIdentity, request);
                     var oracle = RuleOracle.Allowed(cluster.Engine, from, to, request);
-                    Assert.True(scan == trace.Allowed, $"seed {seed} {from}->{to} {request.Describe()}: trace {trace.Verdict}, map scan {scan}\n{yaml}");
-                    Assert.True(oracle == trace.Allowed, $"seed {seed} {from}->{to} {request.Describe()}: trace {trace.Verdict}, rule oracle {oracle}\n{yaml}");
+                    Assert.True(scan == trace.Allowed,
+                        $"seed {seed} {from}->{to} {request.Describe()}: trace {trace.Verdict}, map scan {scan}\n{yaml}");
+                    Assert.True(oracle == trace.Allowed,
+                        $"seed {seed} {from}->{to} {request.Describe()}: trace {trace.Verdict}, rule oracle {oracle}\n{yaml}");
                     checkedFlows++;
                 }
             }
@@ -65,7 +67,8 @@ internal static class RuleOracle
             && Side(engine, destination, source, TrafficDirection.Ingress, destination, request);
     }
 
-    private static bool Side(PolicyEngine engine, Endpoint subject, Endpoint peer, TrafficDirection direction, Endpoint destination, TraceRequest request)
+    private static bool Side(PolicyEngine engine, Endpoint subject, Endpoint peer, TrafficDirection direction, Endpoint destination,
+        TraceRequest request)
     {
         var specs = engine.Policies.SelectMany(p => p.Specs).Where(s => s.Subject.Matches(subject.Labels)).ToList();
         var rules = specs.SelectMany(s => s.Rules).Where(r => r.Direction == direction && !r.AllowsNothing).ToList();
@@ -98,7 +101,8 @@ internal static class RuleOracle
         {
             return true;
         }
-        if (rule.Icmps?.Any(i => i.Protocol == request.Protocol && i.Type == request.IcmpType && (i.Code is null || i.Code == request.IcmpCode)) == true)
+        if (rule.Icmps?.Any(i => i.Protocol == request.Protocol && i.Type == request.IcmpType && (i.Code is null
+            || i.Code == request.IcmpCode)) == true)
         {
             return true;
         }
