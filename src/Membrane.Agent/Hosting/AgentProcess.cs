@@ -20,12 +20,8 @@ public static partial class AgentProcess
         ArgumentNullException.ThrowIfNull(options);
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
-        builder.Logging.AddSimpleConsole(c =>
-        {
-            c.SingleLine = true;
-            c.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
-            c.UseUtcTimestamp = true;
-        });
+        builder.Logging.AddConsole(c => c.FormatterName = PlainConsoleFormatter.Name)
+            .AddConsoleFormatter<PlainConsoleFormatter, ConsoleFormatterOptions>();
         // Every log line goes to stderr: stdout stays free for whoever runs the agent.
         builder.Services.Configure<ConsoleLoggerOptions>(c => c.LogToStandardErrorThreshold = LogLevel.Trace);
         builder.Logging.SetMinimumLevel(LogLevel.Information);
