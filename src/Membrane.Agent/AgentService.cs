@@ -13,6 +13,7 @@ using Membrane.Policy.Api;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
 using Membrane.Policy.Resolution;
+using Membrane.Policy.Tracing;
 using Membrane.Policy.Workloads;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -23,6 +24,19 @@ namespace Membrane.Agent;
 public sealed class AgentInputException(string message, IReadOnlyList<PolicyError>? errors = null) : Exception(message)
 {
     public IReadOnlyList<PolicyError> Errors { get; } = errors ?? [];
+
+    /// <summary>A flow as trace and probe requests give it; what is wrong with it is the caller's error.</summary>
+    public static TraceRequest Flow(string from, string to, string protocol, int? port, string? icmpType, int? icmpCode, string? family)
+    {
+        try
+        {
+            return FlowSpec.Parse(from, to, protocol, port, icmpType, icmpCode, family);
+        }
+        catch (ArgumentException e)
+        {
+            throw new AgentInputException(e.Message);
+        }
+    }
 }
 
 /// <summary>

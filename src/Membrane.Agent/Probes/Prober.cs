@@ -33,15 +33,8 @@ public sealed class Prober(IPodLookup pods)
     public async Task<ProbeResult> ProbeAsync(ProbeQuery query, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(query);
-        TraceRequest request;
-        try
-        {
-            request = FlowSpec.Parse(query.From, query.To, query.Protocol, query.Port, query.IcmpType, query.IcmpCode, query.Family);
-        }
-        catch (ArgumentException e)
-        {
-            throw new AgentInputException(e.Message);
-        }
+        var request = AgentInputException.Flow(
+            query.From, query.To, query.Protocol, query.Port, query.IcmpType, query.IcmpCode, query.Family);
         var source = await pods.FindPodAsync(query.From, cancel).ConfigureAwait(false);
         var destination = await pods.FindPodAsync(query.To, cancel).ConfigureAwait(false);
         if (source is null || destination is null)

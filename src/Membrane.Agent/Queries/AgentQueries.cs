@@ -66,15 +66,8 @@ public sealed class AgentQueries(
     public TraceOutput Trace(TraceQuery query)
     {
         ArgumentNullException.ThrowIfNull(query);
-        TraceRequest request;
-        try
-        {
-            request = FlowSpec.Parse(query.From, query.To, query.Protocol, query.Port, query.IcmpType, query.IcmpCode, query.Family);
-        }
-        catch (ArgumentException e)
-        {
-            throw new AgentInputException(e.Message);
-        }
+        var request = AgentInputException.Flow(
+            query.From, query.To, query.Protocol, query.Port, query.IcmpType, query.IcmpCode, query.Family);
         foreach (var pod in new[] { request.From, request.To }.Where(p => !Tracer.IsLabels(p)))
         {
             if (Engine.FindEndpoint(pod) is null)
