@@ -101,13 +101,22 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         return pod with { Addresses = addresses };
     }
 
-    /// <summary>Starts the agent: checks the machine, adopts pinned maps, persisted objects and running pods, then enforces them.</summary>
-    public static AgentService Start(AgentOptions options, ILoggerFactory? logging = null)
+    /// <summary>Starts an agent with the sandbox runtime and the local object store (benchmarks host it this way).</summary>
+    public static AgentService Start(AgentOptions options, ILoggerFactory? logging = null) =>
+        Start(options, new SandboxRuntime(options), new LocalObjectStore(), logging);
+
+    /// <summary>
+    /// Starts the agent: checks the machine, adopts pinned maps, persisted objects and running endpoints, then enforces
+    /// them. <paramref name="runtime"/> makes endpoints' interfaces; <paramref name="store"/> holds the desired objects.
+    /// </summary>
+    public static AgentService Start(AgentOptions options, IEndpointRuntime runtime, IObjectStore store, ILoggerFactory? logging = null)
     {
         ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(runtime);
+        ArgumentNullException.ThrowIfNull(store);
         var datapath = Preflight.Run(options);
         var log = (logging ?? NullLoggerFactory.Instance).CreateLogger<AgentService>();
-        var agent = new AgentService(options, datapath, new SandboxRuntime(options), new LocalObjectStore(), log);
+        var agent = new AgentService(options, datapath, runtime, store, log);
         try
         {
             agent.Restore();

@@ -1,4 +1,7 @@
+using Membrane.Agent.Endpoints;
 using Membrane.Agent.Http;
+using Membrane.Agent.Sandbox;
+using Membrane.Agent.State;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -27,8 +30,13 @@ public static partial class AgentProcess
         builder.Logging.SetMinimumLevel(LogLevel.Information);
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
         builder.Services.AddSingleton(Options.Create(options));
+        // The two seams: how endpoints' interfaces come to exist, and where the desired objects live.
+        builder.Services.AddSingleton<IEndpointRuntime>(services =>
+            new SandboxRuntime(services.GetRequiredService<IOptions<AgentOptions>>().Value));
+        builder.Services.AddSingleton<IObjectStore, LocalObjectStore>();
         builder.Services.AddSingleton(services => AgentService.Start(
-            services.GetRequiredService<IOptions<AgentOptions>>().Value, services.GetRequiredService<ILoggerFactory>()));
+            services.GetRequiredService<IOptions<AgentOptions>>().Value, services.GetRequiredService<IEndpointRuntime>(),
+            services.GetRequiredService<IObjectStore>(), services.GetRequiredService<ILoggerFactory>()));
         ApiServer.Configure(builder, options.SocketPath);
         await using var app = builder.Build();
         AgentService agent;
