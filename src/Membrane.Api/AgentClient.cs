@@ -71,7 +71,8 @@ public sealed class AgentClient : IDisposable
                 catch (JsonException)
                 {
                 }
-                throw new AgentRequestException(error ?? new ErrorResponse($"the agent answered {(int)response.StatusCode}: {text}", []));
+                throw new AgentRequestException(error ?? new ErrorResponse($"the agent answered {(int)response.StatusCode}: {text}", []),
+                    (int)response.StatusCode);
             }
             return JsonSerializer.Deserialize(text, type) ?? throw new AgentUnreachableException("the agent sent an empty answer");
         }
@@ -97,9 +98,12 @@ public sealed class AgentClient : IDisposable
 }
 
 /// <summary>The agent refused a request; carries its error list.</summary>
-public sealed class AgentRequestException(ErrorResponse error) : Exception(error.Error)
+public sealed class AgentRequestException(ErrorResponse error, int statusCode = 400) : Exception(error.Error)
 {
     public ErrorResponse Response { get; } = error;
+
+    /// <summary>The HTTP status the agent answered with (404: the agent has no such endpoint).</summary>
+    public int StatusCode { get; } = statusCode;
 }
 
 /// <summary>The agent could not be reached or did not answer in the API's shape: one line for the user.</summary>

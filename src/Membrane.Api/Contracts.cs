@@ -100,4 +100,19 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(ProbeResult))]
 [JsonSerializable(typeof(MatrixQuery))]
 [JsonSerializable(typeof(MatrixResponse))]
+[JsonSerializable(typeof(CniAttachmentRequest))]
+[JsonSerializable(typeof(CniAddResponse))]
+[JsonSerializable(typeof(CniGcRequest))]
 public sealed partial class AgentJsonContext : JsonSerializerContext;
+
+/// <summary>One container's attachment as a CNI plugin reports it to the agent (container id + interface name).</summary>
+public sealed record CniAttachmentRequest(
+    string ContainerId, string InterfaceName, string? Netns, string PodNamespace, string? PodName, string? PrevResult);
+
+/// <summary>The CNI result JSON the plugin prints for an ADD.</summary>
+public sealed record CniAddResponse(string Result);
+
+public sealed record CniAttachmentKey(string ContainerId, string InterfaceName);
+
+/// <summary>GC: every attachment not in <see cref="ValidAttachments"/> is removed.</summary>
+public sealed record CniGcRequest(IReadOnlyList<CniAttachmentKey> ValidAttachments);
