@@ -1,16 +1,11 @@
 using System.Text.Json.Serialization;
-using Membrane.Policy.Api;
 
 namespace Membrane.Api;
 
 // The agent's API, used by the CLI over the Unix socket. Property names are the CLI's `-o json` contract too.
 
 public sealed record ErrorDetail(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message,
-    int Line, int Column)
-{
-    public static ErrorDetail From(PolicyError e) => e is null ? throw new ArgumentNullException(nameof(e)) : new(e.File, e.ObjectName,
-        e.Path, e.Message, e.Line, e.Column);
-}
+    int Line, int Column);
 
 public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Errors);
 

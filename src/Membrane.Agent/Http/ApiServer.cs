@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Membrane.Agent.Probes;
 using Membrane.Api;
+using Membrane.Policy.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
@@ -62,7 +63,7 @@ public static partial class ApiServer
             }
             catch (AgentInputException e)
             {
-                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(ErrorDetail.From).ToList())
+                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(Detail).ToList())
                     .ConfigureAwait(false);
             }
             catch (BadHttpRequestException e)
@@ -106,6 +107,8 @@ public static partial class ApiServer
         }
         await app.StopAsync(CancellationToken.None).ConfigureAwait(false);
     }
+
+    private static ErrorDetail Detail(PolicyError e) => new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
 
     /// <summary>A socket file left by an agent that was killed would stop Kestrel from listening.</summary>
     public static string PrepareSocket(string socketPath)

@@ -1,10 +1,10 @@
 using System.Net.Sockets;
+using Membrane.Api;
 using Membrane.Policy.Rules;
-using Membrane.Policy.Tracing;
 
-namespace Membrane.Api;
+namespace Membrane.Policy.Tracing;
 
-/// <summary>Trace results in the API's JSON shape.</summary>
+/// <summary>Trace results in the API's JSON shape (the agent's answer and the CLI's <c>-o json</c>).</summary>
 public static class TraceJson
 {
     public static TraceOutput From(TraceResult r)
