@@ -135,4 +135,21 @@ public sealed class CliTests
             File.Delete(file);
         }
     }
+
+    [Fact]
+    public void AgentWithoutItsExecutableSaysWhereItLookedAndExitsTwo()
+    {
+        var missing = Path.Combine(Path.GetTempPath(), $"membrane-agent-{Guid.NewGuid():N}");
+        Environment.SetEnvironmentVariable("MEMBRANE_AGENT", missing);
+        try
+        {
+            var (code, _, err) = Run("agent", "--state-dir", "/nonexistent");
+            Assert.Equal(CliApp.Error, code);
+            Assert.Contains($"MEMBRANE_AGENT names {missing}, which does not exist", err, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("MEMBRANE_AGENT", null);
+        }
+    }
 }
