@@ -39,7 +39,7 @@ public sealed partial class AgentService
             try
             {
                 var changes = change();
-                var plan = Plan();
+                var plan = _regenerator.Plan(_engine);
                 cancel.ThrowIfCancellationRequested();
                 var revision = _store.Commit();
                 Save();
@@ -64,18 +64,6 @@ public sealed partial class AgentService
         }
     }
 
-    private RegenerationPlan Plan()
-    {
-        try
-        {
-            return _regenerator.Plan(_engine);
-        }
-        catch (CapacityExceededException e)
-        {
-            throw new AgentInputException(e.Message);
-        }
-    }
-
     /// <summary>Endpoints created or removed as the engine says, then the kernel: true when endpoints were created.</summary>
     private bool Enforce(RegenerationPlan plan, bool attachAll)
     {
@@ -92,7 +80,7 @@ public sealed partial class AgentService
         try
         {
             RebuildEngine(before.Identities, before.Addresses);
-            Enforce(Plan(), attachAll: false);
+            Enforce(_regenerator.Plan(_engine), attachAll: false);
             if (persisted)
             {
                 Save();

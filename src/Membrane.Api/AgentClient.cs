@@ -59,7 +59,7 @@ public sealed class AgentClient : IDisposable
     {
         using (request)
         {
-            using var response = await _http.SendAsync(request).ConfigureAwait(false);
+            using var response = await Unwrapped(_http.SendAsync(request)).ConfigureAwait(false);
             var text = await response.Content.ReadAsStringAsync().ConfigureAwait(false);
             if (!response.IsSuccessStatusCode)
             {
@@ -82,7 +82,7 @@ public sealed class AgentClient : IDisposable
     public async IAsyncEnumerable<T> Stream<T>(string path, JsonTypeInfo<T> type,
         [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel)
     {
-        using var response = await _http.GetAsync(path, HttpCompletionOption.ResponseHeadersRead, cancel).ConfigureAwait(false);
+        using var response = await Unwrapped(_http.GetAsync(path, HttpCompletionOption.ResponseHeadersRead, cancel)).ConfigureAwait(false);
         response.EnsureSuccessStatusCode();
         using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(cancel).ConfigureAwait(false));
         while (await reader.ReadLineAsync(cancel).ConfigureAwait(false) is { } line)
@@ -91,6 +91,19 @@ public sealed class AgentClient : IDisposable
             {
                 yield return item;
             }
+        }
+    }
+
+    /// <summary>A failed connection reaches callers as itself, not wrapped in the HTTP client's exception.</summary>
+    private static async Task<HttpResponseMessage> Unwrapped(Task<HttpResponseMessage> send)
+    {
+        try
+        {
+            return await send.ConfigureAwait(false);
+        }
+        catch (HttpRequestException e) when (e.InnerException is AgentUnreachableException unreachable)
+        {
+            throw unreachable;
         }
     }
 

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Runtime.InteropServices;
 
 namespace Membrane.Cli;
@@ -10,6 +11,13 @@ namespace Membrane.Cli;
 internal static partial class AgentLauncher
 {
     public const string FileName = "membrane-agent";
+
+    /// <summary>Help entries only: <see cref="CliApp"/> hands these commands, with their arguments, to the agent's executable.</summary>
+    public static Command AgentHelp() =>
+        new("agent", "Run the agent (root): the sandbox, the datapath and the API ('membrane agent --help' for its options)");
+
+    public static Command CleanupHelp() =>
+        new("cleanup", "Remove the sandbox's namespaces, pod servers and pinned maps (stop the agent first)");
 
     /// <summary>Where the agent is: $MEMBRANE_AGENT, beside this CLI, in the source tree beside it, or on PATH.</summary>
     public static (string File, string[] Prefix) Locate()

@@ -32,12 +32,13 @@ public static class CliApp
         var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF");
         root.Subcommands.Add(PolicyCommands.Create(output));
         root.Subcommands.Add(BpfCommands.Create(output));
+        root.Subcommands.Add(AgentLauncher.AgentHelp());
         foreach (var command in AgentCommands.Create(output))
         {
             root.Subcommands.Add(command);
         }
         root.Subcommands.Add(ConnectivityCommands.Create(output));
-        root.Subcommands.Add(new Command("cleanup", "Remove the sandbox's namespaces, pod servers and pinned maps (stop the agent first)"));
+        root.Subcommands.Add(AgentLauncher.CleanupHelp());
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
@@ -80,11 +81,6 @@ public static class CliApp
         catch (AgentUnreachableException e)
         {
             stderr.WriteLine($"error: {e.Message}");
-            return Error;
-        }
-        catch (HttpRequestException e) when (e.InnerException is AgentUnreachableException inner)
-        {
-            stderr.WriteLine($"error: {inner.Message}");
             return Error;
         }
         catch (HttpRequestException e)

@@ -73,7 +73,7 @@ public static class CniPlugin
                     return null;
             }
         }
-        catch (Exception e) when (Unreachable(e))
+        catch (AgentUnreachableException)
         {
             return request.Command switch
             {
@@ -96,9 +96,6 @@ public static class CniPlugin
                 string.Join("; ", e.Response.Errors.Select(d => d.Message)));
         }
     }
-
-    private static bool Unreachable(Exception e) =>
-        e is AgentUnreachableException || e is HttpRequestException { InnerException: AgentUnreachableException };
 
     private static string? Queued(CniRequest request, NetworkConfig config)
     {

@@ -13,9 +13,6 @@ namespace Membrane.Agent.Regeneration;
 /// <summary>What a change will write: the resolved dirty endpoints and the ipcache, checked against map sizes.</summary>
 public sealed record RegenerationPlan(IReadOnlyList<EndpointPolicy> Dirty, IReadOnlyList<(IPNetwork Prefix, uint Identity)> IpCache);
 
-/// <summary>A change would not fit the BPF maps: refused before anything was written.</summary>
-public sealed class CapacityExceededException(string message) : Exception(message);
-
 /// <summary>
 /// Turns the engine's resolved policy into kernel state: plans (resolve the dirty endpoints, check capacity), then
 /// synchronises the policy maps and the ipcache without a window that allows what old and new policy both deny,
@@ -41,7 +38,8 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
         }
         catch (MapCapacityException e)
         {
-            throw new CapacityExceededException($"{e.Message}; nothing was changed");
+            // The caller's change does not fit the maps: refused before anything was written.
+            throw new AgentInputException($"{e.Message}; nothing was changed");
         }
         return new RegenerationPlan(dirty, ipcache);
     }

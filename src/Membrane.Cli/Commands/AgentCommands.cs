@@ -11,7 +11,6 @@ public static class AgentCommands
 {
     public static IEnumerable<Command> Create(CliOutput output)
     {
-        yield return Agent(output);
         yield return Status(output);
         yield return Apply(output, delete: false);
         yield return Apply(output, delete: true);
@@ -20,10 +19,6 @@ public static class AgentCommands
         yield return Identity(output);
         yield return Monitor(output);
     }
-
-    /// <summary>Listed in help; <see cref="CliApp"/> hands <c>membrane agent ARGS</c> to the agent's executable.</summary>
-    private static Command Agent(CliOutput output) =>
-        new("agent", "Run the agent (root): the sandbox, the datapath and the API ('membrane agent --help' for its options)");
 
     private static Command Status(CliOutput output)
     {
