@@ -11,6 +11,8 @@ public sealed class IdentityAllocator
 {
     private readonly Dictionary<string, (SecurityIdentity Identity, int Refs)> _byLabels = new(StringComparer.Ordinal);
     private readonly Dictionary<uint, SecurityIdentity> _byId = [];
+    private readonly Dictionary<string, SecurityIdentity> _reservedByLabels = ReservedIdentities.All
+        .ToDictionary(i => i.Labels.Canonical, StringComparer.Ordinal);
     private uint _nextPod = ReservedIdentities.FirstPodIdentity;
     private uint _nextCidr = ReservedIdentities.FirstCidrIdentity;
 
@@ -32,6 +34,10 @@ public sealed class IdentityAllocator
     public (SecurityIdentity Identity, bool Created) Acquire(LabelSet labels, IdentityKind kind, IPNetwork? prefix = null)
     {
         ArgumentNullException.ThrowIfNull(labels);
+        if (_reservedByLabels.TryGetValue(labels.Canonical, out var reserved))
+        {
+            return (reserved, false); // reserved identities (init) are never created or freed
+        }
         if (_byLabels.TryGetValue(labels.Canonical, out var existing))
         {
             _byLabels[labels.Canonical] = (existing.Identity, existing.Refs + 1);

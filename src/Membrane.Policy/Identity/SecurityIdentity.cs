@@ -46,6 +46,9 @@ public static class ReservedIdentities
         Make(Ingress, "ingress"), Make(WorldIPv4, "world-ipv4"), Make(WorldIPv6, "world-ipv6"),
     ];
 
+    /// <summary>The identity of an endpoint whose labels are not known yet.</summary>
+    public static SecurityIdentity InitIdentity => All[4];
+
     private static SecurityIdentity Make(uint id, string name) =>
         new(id, new LabelSet([new Label(LabelSource.Reserved, name, "")]), IdentityKind.Reserved);
 

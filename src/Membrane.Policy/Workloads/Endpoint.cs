@@ -15,6 +15,10 @@ public sealed record Endpoint(PodManifest Pod, LabelSet Labels, SecurityIdentity
     public static LabelSet DeriveLabels(PodManifest pod, NamespaceManifest? ns, string cluster = WellKnownLabels.DefaultCluster)
     {
         ArgumentNullException.ThrowIfNull(pod);
+        if (pod.LabelsPending)
+        {
+            return ReservedIdentities.InitIdentity.Labels;
+        }
         var labels = new List<Label>();
         foreach (var (key, value) in pod.Labels)
         {

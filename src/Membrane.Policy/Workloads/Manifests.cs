@@ -28,6 +28,12 @@ public sealed record PodManifest(
     /// <summary>The object as YAML, for persistence.</summary>
     public string SourceYaml { get; init; } = "";
 
+    /// <summary>
+    /// A container whose labels are not known yet (no Pod object, nothing from its runtime): it has the reserved
+    /// <c>init</c> identity until they arrive, and policies name it with the <c>init</c> entity.
+    /// </summary>
+    public bool LabelsPending { get; init; }
+
     /// <summary>Same pod apart from labels: the sandbox can keep it running and only re-identify it.</summary>
     public bool SameShape(PodManifest other)
     {
