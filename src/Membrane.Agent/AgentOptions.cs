@@ -9,6 +9,9 @@ public sealed record AgentOptions
 {
     public string StateDirectory { get; init; } = AgentDefaults.StateDirectory;
 
+    /// <summary>Who makes endpoints' interfaces: the built-in sandbox, or container runtimes through the CNI plugin.</summary>
+    public AgentRuntime Runtime { get; init; } = AgentRuntime.Sandbox;
+
     /// <summary>The API socket (mode 0600, root only).</summary>
     public string SocketPath => AgentDefaults.SocketPath(StateDirectory);
 
@@ -37,4 +40,13 @@ public sealed record AgentOptions
     public IPAddress NodeIPv4 => PodAddressAllocator.Gateway(PodIPv4Range);
 
     public IPAddress NodeIPv6 => PodAddressAllocator.Gateway(PodIPv6Range);
+}
+
+public enum AgentRuntime
+{
+    /// <summary>The agent creates a network namespace per applied Pod (the demo).</summary>
+    Sandbox,
+
+    /// <summary>Container runtimes create pods and hand their interfaces over through membrane-cni.</summary>
+    Cni,
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using Membrane.Agent.Cni;
 using Membrane.Agent.Regeneration;
 using Membrane.Agent.State;
 using Membrane.Api;
@@ -20,7 +21,7 @@ public sealed partial class AgentService
 
     /// <summary>What a change was before it began, to put everything back if it fails.</summary>
     private sealed record Snapshot(ObjectStoreSnapshot Objects, List<(uint Id, LabelSet Labels)> Identities,
-        Dictionary<string, IReadOnlyList<IPAddress>> Addresses);
+        Dictionary<string, IReadOnlyList<IPAddress>> Addresses, List<CniAttachment>? Attachments);
 
     /// <summary>
     /// Runs one change under the lock. <paramref name="change"/> validates and changes the desired state in memory
@@ -34,7 +35,7 @@ public sealed partial class AgentService
         await _gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var before = new Snapshot(_store.Snapshot(), PodIdentities(), PodAddresses());
+            var before = new Snapshot(_store.Snapshot(), PodIdentities(), PodAddresses(), _attachments?.Snapshot());
             var persisted = false;
             try
             {
@@ -77,6 +78,7 @@ public sealed partial class AgentService
     private void Rollback(Snapshot before, bool persisted)
     {
         _store.Restore(before.Objects);
+        _attachments?.Restore(before.Attachments ?? []);
         try
         {
             RebuildEngine(before.Identities, before.Addresses);
@@ -105,6 +107,7 @@ public sealed partial class AgentService
                 Identities = _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => new IdentityRecord(i.Id,
                     i.Labels.Canonical)).ToList(),
                 Revision = _store.Revision,
+                Attachments = _attachments?.Snapshot() ?? [],
             });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -154,7 +157,7 @@ public sealed partial class AgentService
                 throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: namespace \"{pod.Namespace}\" does not exist; apply the " +
                     $"Namespace first (or in the same file)");
             }
-            if (_engine.FindEndpoint(pod.Key) is { } existing && !existing.Pod.SameShape(pod))
+            if (_attachments is null && _engine.FindEndpoint(pod.Key) is { } existing && !existing.Pod.SameShape(pod))
             {
                 throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: conflicts with the running pod (only labels of a pod can " +
                     $"change); delete it first");
@@ -172,8 +175,11 @@ public sealed partial class AgentService
         {
             var key = $"Pod/{pod.Key}";
             changes.Add(new(key, _store.Put(key, pod.SourceYaml)));
-            // A running pod keeps its addresses (a pod's addresses never change while it runs).
-            _engine.UpsertPod(WithAddresses(pod, _engine.FindEndpoint(pod.Key)?.Addresses));
+            if (_attachments is null)
+            {
+                // A running pod keeps its addresses (a pod's addresses never change while it runs).
+                _engine.UpsertPod(WithAddresses(pod, _engine.FindEndpoint(pod.Key)?.Addresses));
+            }
         }
         foreach (var policy in set.Policies)
         {
@@ -181,6 +187,7 @@ public sealed partial class AgentService
             changes.Add(new(key, _store.Put(key, policy.SourceYaml)));
             _engine.UpsertPolicy(policy);
         }
+        SyncCniPods(); // container runtimes: a Pod object gives a running container its labels
         return changes;
     }
 
@@ -196,6 +203,10 @@ public sealed partial class AgentService
         foreach (var pod in pods.Where(p => p.Addresses.Count > 0))
         {
             var where = $"{pod.File}: Pod/{pod.Key}: status.podIPs";
+            if (_attachments is not null)
+            {
+                throw new AgentInputException($"{where}: a container's addresses come from its CNI attachment; leave status.podIPs out");
+            }
             if (pod.Addresses.Count(a => a.AddressFamily == AddressFamily.InterNetwork) != 1 || pod.Addresses.Count(a =>
                 a.AddressFamily == AddressFamily.InterNetworkV6) != 1)
             {
@@ -254,13 +265,16 @@ public sealed partial class AgentService
                 changes.Add(new(policy.Origin.ToString(), "deleted"));
             }
             var pods = set.Pods.Select(p => p.Key)
-                .Concat(set.Namespaces.SelectMany(n => _engine.Endpoints.Select(e => e.Key).Where(k => k.StartsWith(n.Name + "/",
-                    StringComparison.Ordinal))))
+                .Concat(set.Namespaces.SelectMany(n => _store.Objects.Keys.Where(k => k.StartsWith($"Pod/{n.Name}/", StringComparison.Ordinal))
+                    .Select(k => k[4..])))
                 .Distinct().ToList();
             foreach (var key in pods)
             {
-                ReleaseAddresses(key);
-                _engine.RemovePod(key);
+                if (_attachments is null)
+                {
+                    ReleaseAddresses(key);
+                    _engine.RemovePod(key);
+                }
                 _store.Remove($"Pod/{key}");
                 changes.Add(new($"Pod/{key}", "deleted"));
             }
@@ -270,6 +284,7 @@ public sealed partial class AgentService
                 _store.Remove($"Namespace/{ns.Name}");
                 changes.Add(new($"Namespace/{ns.Name}", "deleted"));
             }
+            SyncCniPods(); // a running container whose Pod object went falls back to its runtime's labels, or init
             return changes;
         }, cancel);
     }
@@ -310,6 +325,7 @@ public sealed partial class AgentService
         var changes = _store.Objects.Keys.Select(k => new ObjectChange(k, "deleted")).ToList();
         _store.Clear();
         (_engine, _ipam) = NewEngine();
+        SyncCniPods(); // running containers stay (their runtime removes them), with no labels from objects
         return changes;
     }, cancel);
 

@@ -1,4 +1,5 @@
 using System.Net;
+using Membrane.Agent.Cni;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.Hosting;
 using Membrane.Agent.Ipam;
@@ -53,12 +54,15 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     private readonly StateStore _stateFile;
     private readonly EndpointManager _endpoints;
     private readonly Regenerator _regenerator;
+    private readonly CniAttachments? _attachments;
     private PolicyEngine _engine;
     private PodAddressAllocator _ipam;
 
-    private AgentService(AgentOptions options, PolicyDatapath datapath, IEndpointRuntime runtime, IObjectStore store, ILogger log)
+    private AgentService(AgentOptions options, PolicyDatapath datapath, IEndpointRuntime runtime, IObjectStore store, ILogger log,
+        CniAttachments? attachments)
     {
         _options = options;
+        _attachments = attachments;
         _log = log;
         Datapath = datapath;
         PolicyMap = new PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules);
@@ -108,18 +112,22 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     /// <summary>
     /// Starts the agent: checks the machine, adopts pinned maps, persisted objects and running endpoints, then enforces
     /// them. <paramref name="runtime"/> makes endpoints' interfaces; <paramref name="store"/> holds the desired objects.
+    /// With <paramref name="attachments"/> the agent serves container runtimes: endpoints are their CNI attachments
+    /// (Pod objects only name labels), and DELs queued while it was away are applied before it serves.
     /// </summary>
-    public static AgentService Start(AgentOptions options, IEndpointRuntime runtime, IObjectStore store, ILoggerFactory? logging = null)
+    public static AgentService Start(AgentOptions options, IEndpointRuntime runtime, IObjectStore store, ILoggerFactory? logging = null,
+        CniAttachments? attachments = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(runtime);
         ArgumentNullException.ThrowIfNull(store);
         var datapath = Preflight.Run(options);
         var log = (logging ?? NullLoggerFactory.Instance).CreateLogger<AgentService>();
-        var agent = new AgentService(options, datapath, runtime, store, log);
+        var agent = new AgentService(options, datapath, runtime, store, log, attachments);
         try
         {
             agent.Restore();
+            agent.ApplyQueuedDeletes();
             return agent;
         }
         catch
@@ -136,9 +144,12 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         Datapath.IpCache.Adopt();
         var state = _stateFile.Load(EnforcedEndpoints());
         _store.Restore(new ObjectStoreSnapshot(state.Objects, state.Revision));
-        var pods = _store.Objects.Keys.Where(k => k.StartsWith("Pod/", StringComparison.Ordinal)).Select(k => k[4..])
-            .ToHashSet(StringComparer.Ordinal);
+        _attachments?.Restore(state.Attachments);
+        var pods = (_attachments is null
+            ? _store.Objects.Keys.Where(k => k.StartsWith("Pod/", StringComparison.Ordinal)).Select(k => k[4..])
+            : _attachments.All.Select(a => a.PodKey)).ToHashSet(StringComparer.Ordinal);
         _endpoints.Adopt(state.Endpoints, pods);
+        ForgetVanishedContainers();
         var addresses = state.Endpoints.ToDictionary(e => e.Key, e => (IReadOnlyList<IPAddress>)e.Value.Addresses.Select(IPAddress.Parse)
             .ToList(), StringComparer.Ordinal);
         RebuildEngine(state.Identities.Select(i => (i.Id, LabelSet.Parse(i.Labels))).ToList(), addresses);
@@ -158,7 +169,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     private void RebuildEngine(IReadOnlyList<(uint Id, LabelSet Labels)> identities, Dictionary<string, IReadOnlyList<IPAddress>> addresses)
     {
         var (engine, ipam) = NewEngine();
-        _ipam = ipam;
+        (_engine, _ipam) = (engine, ipam);
         foreach (var (id, labels) in identities)
         {
             engine.IdentityAllocator.Restore(id, labels, IdentityKind.Pod);
@@ -170,7 +181,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         {
             engine.UpsertNamespace(ns);
         }
-        foreach (var pod in set.Pods)
+        foreach (var pod in _attachments is null ? set.Pods : [])
         {
             engine.UpsertPod(WithAddresses(pod, addresses.GetValueOrDefault(pod.Key)));
         }
@@ -179,6 +190,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
             engine.UpsertPolicy(policy);
         }
         _engine = engine;
+        SyncCniPods();
     }
 
     private List<(uint Id, LabelSet Labels)> PodIdentities() =>

@@ -8,4 +8,14 @@ internal static partial class Log
     [LoggerMessage(EventId = 10, Level = LogLevel.Error,
         Message = "undoing a failed change was incomplete; a restart restores from the state file")]
     public static partial void RollbackIncomplete(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 20, Level = LogLevel.Information,
+        Message = "container {ContainerId} ({Pod}) went while the agent was away: its attachment is removed")]
+    public static partial void ContainerVanished(ILogger logger, string containerId, string pod);
+
+    [LoggerMessage(EventId = 21, Level = LogLevel.Information, Message = "applied a DEL queued while the agent was away: {File}")]
+    public static partial void QueuedDeleteApplied(ILogger logger, string file);
+
+    [LoggerMessage(EventId = 22, Level = LogLevel.Warning, Message = "cannot apply the queued DEL {File}: {Reason}; it stays queued")]
+    public static partial void QueuedDeleteFailed(ILogger logger, string file, string reason);
 }

@@ -100,9 +100,13 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(CniGcRequest))]
 public sealed partial class AgentJsonContext : JsonSerializerContext;
 
-/// <summary>One container's attachment as a CNI plugin reports it to the agent (container id + interface name).</summary>
+/// <summary>
+/// One container's attachment as a CNI plugin reports it to the agent (container id + interface name). An ADD with a
+/// <see cref="PrevResult"/> is chained: the interface is the earlier plugin's.
+/// </summary>
 public sealed record CniAttachmentRequest(
-    string ContainerId, string InterfaceName, string? Netns, string PodNamespace, string? PodName, string? PrevResult);
+    string ContainerId, string InterfaceName, string? Netns, string PodNamespace, string? PodName, string? PrevResult,
+    string CniVersion = "1.0.0");
 
 /// <summary>The CNI result JSON the plugin prints for an ADD.</summary>
 public sealed record CniAddResponse(string Result);

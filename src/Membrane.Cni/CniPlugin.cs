@@ -48,7 +48,7 @@ public static class CniPlugin
         using var agent = new AgentClient(config.AgentSocket);
         var json = AgentJsonContext.Default;
         var attachment = new CniAttachmentRequest(request.ContainerId ?? "", request.InterfaceName ?? "", request.Netns,
-            request.PodNamespace, request.PodName, config.PrevResult);
+            request.PodNamespace, request.PodName, config.PrevResult, config.CniVersion);
         try
         {
             switch (request.Command)

@@ -43,7 +43,12 @@ public static class AgentCommandLine
             Description = "IPv6 range for pod addresses",
             DefaultValueFactory = _ => AgentOptions.DefaultPodIPv6Range.ToString(),
         };
-        var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API") { stateDir, pinDir, prefix, v4, v6 };
+        var runtime = new Option<AgentRuntime>("--runtime")
+        {
+            Description = "Who makes pods: 'sandbox' (the agent, for each applied Pod) or 'cni' (container runtimes, through membrane-cni)",
+            DefaultValueFactory = _ => AgentRuntime.Sandbox,
+        };
+        var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API") { stateDir, pinDir, prefix, v4, v6, runtime };
         root.SetAction(async (parse, cancel) =>
         {
             if (!IPNetwork.TryParse(parse.GetValue(v4)!, out var r4) || !IPNetwork.TryParse(parse.GetValue(v6)!, out var r6))
@@ -59,6 +64,7 @@ public static class AgentCommandLine
                 NamePrefix = parse.GetValue(prefix)!,
                 PodIPv4Range = r4,
                 PodIPv6Range = r6,
+                Runtime = parse.GetValue(runtime),
             };
             return await AgentProcess.RunAsync(options).ConfigureAwait(false);
         });

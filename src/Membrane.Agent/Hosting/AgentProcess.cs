@@ -1,3 +1,4 @@
+using Membrane.Agent.Cni;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.Http;
 using Membrane.Agent.Sandbox;
@@ -31,12 +32,22 @@ public static partial class AgentProcess
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
         builder.Services.AddSingleton(Options.Create(options));
         // The two seams: how endpoints' interfaces come to exist, and where the desired objects live.
-        builder.Services.AddSingleton<IEndpointRuntime>(services =>
-            new SandboxRuntime(services.GetRequiredService<IOptions<AgentOptions>>().Value));
+        if (options.Runtime == AgentRuntime.Cni)
+        {
+            builder.Services.AddSingleton<CniAttachments>();
+            builder.Services.AddSingleton<IEndpointRuntime>(services => new CniRuntime(
+                services.GetRequiredService<IOptions<AgentOptions>>().Value, services.GetRequiredService<CniAttachments>()));
+        }
+        else
+        {
+            builder.Services.AddSingleton<IEndpointRuntime>(services =>
+                new SandboxRuntime(services.GetRequiredService<IOptions<AgentOptions>>().Value));
+        }
         builder.Services.AddSingleton<IObjectStore, LocalObjectStore>();
         builder.Services.AddSingleton(services => AgentService.Start(
             services.GetRequiredService<IOptions<AgentOptions>>().Value, services.GetRequiredService<IEndpointRuntime>(),
-            services.GetRequiredService<IObjectStore>(), services.GetRequiredService<ILoggerFactory>()));
+            services.GetRequiredService<IObjectStore>(), services.GetRequiredService<ILoggerFactory>(),
+            services.GetService<CniAttachments>()));
         ApiServer.Configure(builder, options.SocketPath);
         await using var app = builder.Build();
         AgentService agent;

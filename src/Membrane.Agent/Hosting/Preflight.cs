@@ -17,7 +17,7 @@ public static partial class Preflight
         {
             throw new InvalidOperationException("the agent must run as root (it creates network namespaces and loads eBPF programs)");
         }
-        foreach (var tool in new[] { "ip", "setsid" })
+        foreach (var tool in new[] { "ip", "setsid", "nsenter" })
         {
             if (!(Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Any(d => File.Exists(Path.Combine(d, tool))))
             {

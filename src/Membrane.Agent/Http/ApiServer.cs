@@ -169,6 +169,16 @@ public static partial class ApiServer
         v1.MapGet("/bpf/ipcache", (CancellationToken cancel) => agent.ReadAsync(queries.IpCache, cancel));
         v1.MapPost("/probe", (ProbeQuery query, CancellationToken cancel) => prober.ProbeAsync(query, cancel));
         v1.MapPost("/matrix", (MatrixQuery query, CancellationToken cancel) => prober.MatrixAsync(query, cancel));
+        if (agent.ServesContainerRuntimes)
+        {
+            // The CNI plugin's calls; an agent running the sandbox answers 404, which the plugin explains.
+            var cni = v1.MapGroup("/cni");
+            cni.MapPost("/add", (CniAttachmentRequest request, CancellationToken cancel) => agent.CniAddAsync(request, cancel));
+            cni.MapPost("/del", (CniAttachmentRequest request, CancellationToken cancel) => agent.CniDelAsync(request, cancel));
+            cni.MapPost("/check", (CniAttachmentRequest request, CancellationToken cancel) => agent.CniCheckAsync(request, cancel));
+            cni.MapPost("/gc", (CniGcRequest request, CancellationToken cancel) => agent.CniGcAsync(request, cancel));
+            cni.MapGet("/status", queries.Status);
+        }
         v1.MapGet("/monitor", async (HttpContext context, string? type) =>
         {
             // Newline-delimited JSON, one event per line, until the client goes away.

@@ -11,7 +11,12 @@ public static partial class NetworkNamespace
 {
     private const int CloneNewNet = 0x40000000;
 
-    public static string PathOf(string name) => $"/var/run/netns/{name}";
+    /// <summary>A name under /var/run/netns (what <c>ip netns</c> makes), or a path as runtimes pass it (/proc/PID/ns/net).</summary>
+    public static string PathOf(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        return name.StartsWith('/') ? name : $"/var/run/netns/{name}";
+    }
 
     public static bool Exists(string name) => File.Exists(PathOf(name));
 

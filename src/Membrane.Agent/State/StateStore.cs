@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Membrane.Agent.Cni;
 
 namespace Membrane.Agent.State;
 
@@ -19,6 +20,9 @@ public sealed record PersistedState
     public List<IdentityRecord> Identities { get; init; } = [];
 
     public long Revision { get; init; }
+
+    /// <summary>Containers' interfaces handed over by runtimes (agent run with <c>--runtime cni</c>).</summary>
+    public List<CniAttachment> Attachments { get; init; } = [];
 }
 
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]

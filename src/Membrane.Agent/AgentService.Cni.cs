@@ -1,0 +1,375 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Membrane.Agent.Cni;
+using Membrane.Api;
+using Membrane.Policy.Api;
+using Membrane.Policy.Workloads;
+
+namespace Membrane.Agent;
+
+/// <summary>
+/// Container runtimes' requests (through the CNI plugin): ADD, DEL, CHECK, GC. A pod's endpoint is its attachment;
+/// its labels come from the Pod object of the same namespace/name when the agent holds one, else from the runtime,
+/// else it has the reserved init identity until they arrive. Every change runs through the one commit path.
+/// </summary>
+public sealed partial class AgentService
+{
+    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    private static partial Regex ContainerIdPattern();
+
+    [GeneratedRegex("^(/var)?/run/netns/[^/]+$|^/proc/[0-9]+(/task/[0-9]+)?/ns/net$")]
+    private static partial Regex NetnsPattern();
+
+    [GeneratedRegex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    private static partial Regex DnsLabel();
+
+    [GeneratedRegex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
+    private static partial Regex DnsSubdomain();
+
+    /// <summary>True when the agent serves container runtimes (<c>--runtime cni</c>).</summary>
+    public bool ServesContainerRuntimes => _attachments is not null;
+
+    private CniAttachments Attachments => _attachments
+        ?? throw new InvalidOperationException("the agent does not serve container runtimes; run it with '--runtime cni'");
+
+    /// <summary>ADD: the endpoint exists and is enforced before this returns; the result is the CNI result (interface mode).</summary>
+    public async Task<CniAddResponse> CniAddAsync(CniAttachmentRequest request, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var attachments = Attachments;
+        Check(request, adding: true);
+        var chained = request.PrevResult is not null;
+        var previous = chained ? PreviousAddresses(request.PrevResult!, request.InterfaceName) : null;
+        await CommitAsync(() =>
+        {
+            if (attachments.Find(request.ContainerId, request.InterfaceName) is not null)
+            {
+                return []; // a repeated ADD: the attachment is there already
+            }
+            var key = $"{request.PodNamespace}/{request.PodName}";
+            if (attachments.ForPod(key) is { } other)
+            {
+                throw new AgentInputException($"pod {key} already has an interface ({other.InterfaceName} of container " +
+                    $"{other.ContainerId}); the runtime must DEL it before adding another");
+            }
+            var addresses = previous ?? _ipam.Allocate();
+            var owners = _engine.Endpoints.SelectMany(e => e.Addresses.Select(a => (a, e.Key))).ToDictionary(x => x.a, x => x.Key);
+            if (addresses.FirstOrDefault(owners.ContainsKey) is { } taken)
+            {
+                throw new AgentInputException($"{taken} is already the address of pod {owners[taken]}: two endpoints cannot share an " +
+                    "address (check the IPAM of the plugin before membrane-cni)");
+            }
+            attachments.Put(new CniAttachment(request.ContainerId, request.InterfaceName, request.Netns!, request.PodNamespace,
+                request.PodName!, chained, [.. addresses.Select(a => a.ToString())]));
+            SyncCniPods();
+            return [new ObjectChange($"Attachment/{request.ContainerId}/{request.InterfaceName}", "created")];
+        }, cancel).ConfigureAwait(false);
+        if (chained)
+        {
+            return new CniAddResponse("");
+        }
+        return await ReadAsync(() => new CniAddResponse(Result(request)), cancel).ConfigureAwait(false);
+    }
+
+    /// <summary>DEL: idempotent; an unknown attachment (deleted already, or never added) is not an error.</summary>
+    public Task<ApplyResponse> CniDelAsync(CniAttachmentRequest request, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var attachments = Attachments;
+        Check(request, adding: false);
+        return CommitAsync(() =>
+        {
+            if (attachments.Find(request.ContainerId, request.InterfaceName) is not { } attachment)
+            {
+                return [];
+            }
+            Forget(attachment);
+            SyncCniPods();
+            return [new ObjectChange($"Attachment/{request.ContainerId}/{request.InterfaceName}", "deleted")];
+        }, cancel);
+    }
+
+    /// <summary>GC: every attachment the runtime no longer lists goes.</summary>
+    public Task<ApplyResponse> CniGcAsync(CniGcRequest request, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var attachments = Attachments;
+        var valid = (request.ValidAttachments ?? []).Select(v => (v.ContainerId, v.InterfaceName)).ToHashSet();
+        return CommitAsync(() =>
+        {
+            var stale = attachments.All.Where(a => !valid.Contains((a.ContainerId, a.InterfaceName))).ToList();
+            foreach (var attachment in stale)
+            {
+                Forget(attachment);
+            }
+            SyncCniPods();
+            return stale.Select(a => new ObjectChange($"Attachment/{a.ContainerId}/{a.InterfaceName}", "deleted")).ToList();
+        }, cancel);
+    }
+
+    /// <summary>CHECK: the attachment exists, its interface is intact with its addresses, and the programs are attached.</summary>
+    public Task<ApplyResponse> CniCheckAsync(CniAttachmentRequest request, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var attachments = Attachments;
+        Check(request, adding: true);
+        return ReadAsync(() =>
+        {
+            var attachment = attachments.Find(request.ContainerId, request.InterfaceName)
+                ?? throw new AgentInputException($"the agent has no attachment for container {request.ContainerId} interface " +
+                    $"{request.InterfaceName}: ADD it first");
+            var record = _endpoints.Find(attachment.PodKey);
+            if (record is null || !_endpoints.Runtime.IsIntact(record))
+            {
+                throw new AgentInputException($"the host end of {attachment.PodKey}'s interface is gone; delete and re-create the container");
+            }
+            var (_, actual) = CniRuntime.Inspect(attachment.Netns, attachment.InterfaceName);
+            var missing = attachment.Addresses.Select(IPAddress.Parse).Where(a => !actual.Contains(a)).ToList();
+            if (missing.Count > 0)
+            {
+                throw new AgentInputException($"{attachment.InterfaceName} in {attachment.Netns} lacks {string.Join(", ", missing)}");
+            }
+            if (!CniRuntime.ProgramsAttached(record.IfIndex))
+            {
+                throw new AgentInputException($"the policy programs are not attached to {record.HostInterface}; restart the agent");
+            }
+            return new ApplyResponse(_store.Revision, []);
+        }, cancel);
+    }
+
+    private void Forget(CniAttachment attachment)
+    {
+        Attachments.Remove(attachment);
+        if (!attachment.Chained)
+        {
+            foreach (var address in attachment.Addresses)
+            {
+                _ipam.Release(IPAddress.Parse(address));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Makes the engine's pods exactly the attachments, each with the labels of the Pod object of its namespace/name,
+    /// else those its runtime reported, else none yet (the init identity). Unchanged pods are left alone.
+    /// </summary>
+    private void SyncCniPods()
+    {
+        if (_attachments is null)
+        {
+            return;
+        }
+        var objects = PodObjects();
+        var wanted = _attachments.All.ToDictionary(a => a.PodKey, StringComparer.Ordinal);
+        foreach (var key in _engine.Endpoints.Select(e => e.Key).Where(k => !wanted.ContainsKey(k)).ToList())
+        {
+            _engine.RemovePod(key);
+        }
+        foreach (var (key, attachment) in wanted)
+        {
+            var addresses = attachment.Addresses.Select(IPAddress.Parse).ToList();
+            if (!attachment.Chained)
+            {
+                addresses.ForEach(_ipam.Reserve);
+            }
+            var pod = (objects.GetValueOrDefault(key) ?? FromRuntime(attachment)) with { Addresses = addresses };
+            if (_engine.FindEndpoint(key) is not { } existing || !SamePod(existing.Pod, pod))
+            {
+                _engine.UpsertPod(pod);
+            }
+        }
+    }
+
+    private Dictionary<string, PodManifest> PodObjects()
+    {
+        var pods = _store.Objects.Where(o => o.Key.StartsWith("Pod/", StringComparison.Ordinal)).Select(o => o.Value).ToList();
+        return pods.Count == 0
+            ? new(StringComparer.Ordinal)
+            : ManifestLoader.LoadText(string.Join("\n---\n", pods), "state.json").OrThrow().Pods.ToDictionary(p => p.Key, StringComparer.Ordinal);
+    }
+
+    private static PodManifest FromRuntime(CniAttachment attachment) =>
+        new(attachment.PodNamespace, attachment.PodName, attachment.RuntimeLabels ?? [], "default", [], [], "cni")
+        {
+            LabelsPending = attachment.RuntimeLabels is null,
+        };
+
+    private static bool SamePod(PodManifest a, PodManifest b) =>
+        a.LabelsPending == b.LabelsPending && a.SameShape(b) && a.Addresses.SequenceEqual(b.Addresses)
+        && a.Labels.Count == b.Labels.Count && a.Labels.All(l => b.Labels.TryGetValue(l.Key, out var v) && v == l.Value);
+
+    /// <summary>Checks what a plugin sent before anything changes; each problem names the CNI parameter to fix.</summary>
+    private static void Check(CniAttachmentRequest request, bool adding)
+    {
+        if (!ContainerIdPattern().IsMatch(request.ContainerId ?? ""))
+        {
+            throw new AgentInputException($"CNI_CONTAINERID \"{request.ContainerId}\" is not a container id (letters, digits, '_', '.' " +
+                "and '-', at most 128)");
+        }
+        if (request.InterfaceName is not { Length: > 0 and <= 15 } ifName || ifName is "." or ".." || ifName.Any(c => c is '/' or ':'
+            || char.IsWhiteSpace(c) || char.IsControl(c)))
+        {
+            throw new AgentInputException($"CNI_IFNAME \"{request.InterfaceName}\" is not an interface name (1-15 characters, no '/', " +
+                "':' or spaces)");
+        }
+        if (!adding)
+        {
+            return;
+        }
+        if (request.Netns is null || !NetnsPattern().IsMatch(request.Netns))
+        {
+            throw new AgentInputException($"CNI_NETNS \"{request.Netns}\" is not a network namespace path (/run/netns/NAME or " +
+                "/proc/PID/ns/net)");
+        }
+        if (!File.Exists(request.Netns))
+        {
+            throw new AgentInputException($"CNI_NETNS {request.Netns} does not exist");
+        }
+        if (request.PodName is null)
+        {
+            throw new AgentInputException("CNI_ARGS has no K8S_POD_NAME: membrane-cni needs the pod's name to find its labels (podman " +
+                "and the CRI pass it)");
+        }
+        if (!DnsSubdomain().IsMatch(request.PodName))
+        {
+            throw new AgentInputException($"K8S_POD_NAME \"{request.PodName}\" is not a pod name (lowercase letters, digits, '-' and " +
+                "'.', at most 253)");
+        }
+        if (!DnsLabel().IsMatch(request.PodNamespace ?? ""))
+        {
+            throw new AgentInputException($"K8S_POD_NAMESPACE \"{request.PodNamespace}\" is not a namespace name (lowercase letters, " +
+                "digits and '-', at most 63)");
+        }
+    }
+
+    /// <summary>Chained: the addresses the plugin before gave the container's interface (prevResult's ips).</summary>
+    private static List<IPAddress> PreviousAddresses(string prevResult, string interfaceName)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(prevResult);
+            var root = document.RootElement;
+            var interfaces = root.TryGetProperty("interfaces", out var list) && list.ValueKind == JsonValueKind.Array
+                ? list.EnumerateArray().ToList()
+                : [];
+            var container = interfaces.FindIndex(i => i.TryGetProperty("name", out var n) && n.GetString() == interfaceName
+                && i.TryGetProperty("sandbox", out var s) && s.GetString() is { Length: > 0 });
+            var addresses = new List<IPAddress>();
+            foreach (var ip in root.TryGetProperty("ips", out var ips) && ips.ValueKind == JsonValueKind.Array ? ips.EnumerateArray() : [])
+            {
+                var onContainer = !ip.TryGetProperty("interface", out var index) || index.GetInt32() == container;
+                if (onContainer && ip.TryGetProperty("address", out var address) && IPNetwork.TryParse(address.GetString(), out _))
+                {
+                    addresses.Add(IPAddress.Parse(address.GetString()!.Split('/')[0]));
+                }
+            }
+            return addresses.Count > 0
+                ? addresses
+                : throw new AgentInputException($"prevResult gives {interfaceName} no address: chain membrane-cni after a plugin with " +
+                    "IPAM (bridge + host-local)");
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+        {
+            throw new AgentInputException($"prevResult is not a CNI result: {e.Message}");
+        }
+    }
+
+    /// <summary>The CNI result of an interface-mode ADD: both ends, the addresses and the default routes.</summary>
+    private string Result(CniAttachmentRequest request)
+    {
+        var attachment = Attachments.Find(request.ContainerId, request.InterfaceName)
+            ?? throw new InvalidOperationException("the attachment vanished");
+        var record = _endpoints.Find(attachment.PodKey) ?? throw new InvalidOperationException("the endpoint vanished");
+        var (mac, _) = CniRuntime.Inspect(attachment.Netns, attachment.InterfaceName);
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            json.WriteStartObject();
+            json.WriteString("cniVersion", request.CniVersion);
+            json.WriteStartArray("interfaces");
+            json.WriteStartObject();
+            json.WriteString("name", record.HostInterface);
+            json.WriteString("mac", CniRuntime.MacOf(record.HostInterface) ?? "");
+            json.WriteEndObject();
+            json.WriteStartObject();
+            json.WriteString("name", attachment.InterfaceName);
+            json.WriteString("mac", mac);
+            json.WriteString("sandbox", attachment.Netns);
+            json.WriteEndObject();
+            json.WriteEndArray();
+            json.WriteStartArray("ips");
+            foreach (var address in attachment.Addresses.Select(IPAddress.Parse))
+            {
+                var v4 = address.AddressFamily == AddressFamily.InterNetwork;
+                json.WriteStartObject();
+                json.WriteString("address", CniRuntime.Prefix(address));
+                json.WriteString("gateway", (v4 ? AgentOptions.GatewayIPv4 : AgentOptions.GatewayIPv6).ToString());
+                json.WriteNumber("interface", 1);
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteStartArray("routes");
+            foreach (var (dst, gw) in new[] { ("0.0.0.0/0", AgentOptions.GatewayIPv4), ("::/0", AgentOptions.GatewayIPv6) })
+            {
+                json.WriteStartObject();
+                json.WriteString("dst", dst);
+                json.WriteString("gw", gw.ToString());
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteStartObject("dns");
+            json.WriteEndObject();
+            json.WriteEndObject();
+        }
+        return Encoding.UTF8.GetString(buffer.ToArray());
+    }
+
+    /// <summary>The directory where the plugin queues DELs while the agent is away (its default beside the socket).</summary>
+    public string DeleteQueue => Path.Combine(_options.StateDirectory, "cni-delete-queue");
+
+    /// <summary>
+    /// At start: attachments whose container went while the agent was away (no interface, no namespace) are removed;
+    /// one whose namespace still exists gets its interface again.
+    /// </summary>
+    private void ForgetVanishedContainers()
+    {
+        foreach (var attachment in _attachments?.Snapshot() ?? [])
+        {
+            if (_endpoints.Find(attachment.PodKey) is null && !File.Exists(attachment.Netns))
+            {
+                Log.ContainerVanished(_log, attachment.ContainerId, attachment.PodKey);
+                Forget(attachment);
+            }
+        }
+    }
+
+    /// <summary>Applies the DELs the plugin queued while the agent was away, oldest first; each file goes once applied.</summary>
+    private void ApplyQueuedDeletes()
+    {
+        if (_attachments is null || !Directory.Exists(DeleteQueue))
+        {
+            return;
+        }
+        foreach (var file in new DirectoryInfo(DeleteQueue).GetFiles("*.json").OrderBy(f => f.LastWriteTimeUtc))
+        {
+            try
+            {
+                using var document = JsonDocument.Parse(File.ReadAllText(file.FullName));
+                var root = document.RootElement;
+                var request = new CniAttachmentRequest(root.GetProperty("containerId").GetString() ?? "",
+                    root.GetProperty("ifName").GetString() ?? "", null, "default", null, null);
+                CniDelAsync(request).GetAwaiter().GetResult();
+                file.Delete();
+                Log.QueuedDeleteApplied(_log, file.Name);
+            }
+            catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or IOException
+                                       or AgentInputException)
+            {
+                Log.QueuedDeleteFailed(_log, file.Name, e.Message);
+            }
+        }
+    }
+}
