@@ -2,7 +2,9 @@
 # Installs what Membrane needs to build and test on Debian 12 (run as root). Idempotent.
 set -euo pipefail
 
-packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++)
+packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++
+  # real containers (membrane-cni): podman with its CNI backend, containerd and its CRI, the reference plugins, an image
+  podman runc catatonit uidmap iptables containernetworking-plugins containerd busybox-static)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -10,7 +12,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if ! command -v dotnet >/dev/null 2>&1; then
   echo "setup: the .NET 10 SDK is required (dotnet not found on PATH)" >&2

@@ -38,6 +38,7 @@ public static class CliApp
             root.Subcommands.Add(command);
         }
         root.Subcommands.Add(ConnectivityCommands.Create(output));
+        root.Subcommands.Add(CniCommands.Create(output));
         root.Subcommands.Add(AgentLauncher.CleanupHelp());
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

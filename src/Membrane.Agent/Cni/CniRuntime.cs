@@ -191,11 +191,24 @@ public sealed class CniRuntime(AgentOptions options, CniAttachments attachments)
         }
     }
 
-    private List<string> OwnInterfaces()
+    private List<string> OwnInterfaces() => InterfacesTagged(AliasPrefix);
+
+    /// <summary>Removes every host end an agent with this name prefix made (<c>membrane cleanup</c>); how many.</summary>
+    public static int RemoveInterfaces(string namePrefix)
+    {
+        var names = InterfacesTagged($"membrane:{namePrefix}:");
+        foreach (var name in names)
+        {
+            Ip.Run("link", "delete", "dev", name);
+        }
+        return names.Count;
+    }
+
+    private static List<string> InterfacesTagged(string prefix)
     {
         using var document = JsonDocument.Parse(Ip.Run("-j", "link", "show"));
         return document.RootElement.EnumerateArray()
-            .Where(l => l.TryGetProperty("ifalias", out var alias) && alias.GetString()?.StartsWith(AliasPrefix, StringComparison.Ordinal) == true)
+            .Where(l => l.TryGetProperty("ifalias", out var alias) && alias.GetString()?.StartsWith(prefix, StringComparison.Ordinal) == true)
             .Select(l => l.GetProperty("ifname").GetString()!).ToList();
     }
 

@@ -33,8 +33,8 @@ public static class SandboxCleanup
         return command;
     }
 
-    /// <summary>Stops the pod servers, deletes the namespaces, the pins and (if named) the state; the number of namespaces
-    /// removed.</summary>
+    /// <summary>Stops the pod servers, deletes the namespaces, the host ends of containers' interfaces, the pins and (if
+    /// named) the state; the number of namespaces and interfaces removed.</summary>
     public static int Run(string namePrefix, string pinDirectory, string? stateDirectory)
     {
         var servers = new PodServers(new AgentOptions { NamePrefix = namePrefix });
@@ -60,6 +60,7 @@ public static class SandboxCleanup
                 removed++;
             }
         }
+        removed += Cni.CniRuntime.RemoveInterfaces(namePrefix); // host ends of containers' interfaces (--runtime cni)
         if (Directory.Exists(pinDirectory))
         {
             Directory.Delete(pinDirectory, recursive: true);
