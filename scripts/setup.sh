@@ -2,18 +2,24 @@
 # Installs what Membrane needs to build and test on Debian 12 (run as root). Idempotent.
 set -euo pipefail
 
-packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++
-  # real containers (membrane-cni): podman with its CNI backend, containerd and its CRI, the reference plugins, an image
-  podman runc catatonit uidmap iptables containernetworking-plugins containerd busybox-static)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++)
+# Real containers (membrane-cni): podman with its CNI backend, containerd and its CRI, the reference plugins, and
+# busybox-static for an image made offline. Without recommends: podman's would bring netavark and crun.
+containers=(podman runc catatonit uidmap iptables containernetworking-plugins containerd busybox-static)
+updated=false
+install() {
+  local missing=() p
+  for p in "${@:2}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    $updated || { apt-get update -qq; updated=true; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $1 "${missing[@]}" >/dev/null
+  fi
+}
+install "" "${packages[@]}"
+install --no-install-recommends "${containers[@]}"
 if ! command -v dotnet >/dev/null 2>&1; then
   echo "setup: the .NET 10 SDK is required (dotnet not found on PATH)" >&2
   exit 1
