@@ -1,0 +1,236 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+using Membrane.Api;
+
+namespace Membrane.Agent.Tests.Containers;
+
+/// <summary>
+/// A real agent run with <c>--runtime cni</c> (own prefix, state, pins and pod ranges), the plugin installed with
+/// <c>membrane cni install</c> for both modes, and podman configured to use them with a storage root of its own and
+/// an image made offline from busybox-static. Everything is removed at the end and leftovers of an aborted run at
+/// the start.
+/// </summary>
+public sealed class CniAgentFixture : IDisposable
+{
+    public const string Prefix = "mbcni";
+    public const string Network = "membrane";
+    public const string ChainedNetwork = "membrane-chained";
+    public const string Image = "localhost/membrane-e2e:1";
+    public static readonly string PinDirectory = $"/sys/fs/bpf/{Prefix}";
+    public static string Root { get; } = Path.Combine(Path.GetTempPath(), $"{Prefix}-e2e");
+    public static string StateDirectory => Path.Combine(Root, "state");
+    public static string Socket => Path.Combine(StateDirectory, "membrane.sock");
+    public static string BinDirectory => Path.Combine(Root, "cni-bin");
+    public static string ConfDirectory => Path.Combine(Root, "cni-conf");
+    private static string PodmanConf => Path.Combine(Root, "containers.conf");
+    private Process? _agent;
+
+    public CniAgentFixture()
+    {
+        Cleanup();
+        Directory.CreateDirectory(Root);
+        StartAgent();
+        Mb("cni", "install", "--bin-dir", BinDirectory, "--conf-dir", ConfDirectory, "--agent-socket", Socket, "--network", Network);
+        Mb("cni", "install", "--bin-dir", BinDirectory, "--conf-dir", ConfDirectory, "--agent-socket", Socket, "--network",
+            ChainedNetwork, "--mode", "chained", "--subnet", "10.211.0.0/24", "--bridge", "mbcnibr0");
+        File.WriteAllText(PodmanConf, $"""
+            [containers]
+            default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+            [engine]
+            runtime = "runc"
+            [network]
+            network_backend = "cni"
+            cni_plugin_dirs = ["{BinDirectory}", "/usr/lib/cni"]
+            network_config_dir = "{ConfDirectory}"
+            """);
+        BuildImage();
+    }
+
+    /// <summary>A busybox root file system as an image: no registry, a few seconds.</summary>
+    private void BuildImage()
+    {
+        var rootfs = Path.Combine(Root, "rootfs");
+        Directory.CreateDirectory(Path.Combine(rootfs, "bin"));
+        File.Copy("/bin/busybox", Path.Combine(rootfs, "bin", "busybox"), overwrite: true);
+        foreach (var applet in new[] { "sh", "ping", "ping6", "nc", "sleep", "ip", "cat", "echo", "true" })
+        {
+            File.CreateSymbolicLink(Path.Combine(rootfs, "bin", applet), "busybox");
+        }
+        var tar = Path.Combine(Root, "rootfs.tar");
+        Run("tar", "-C", rootfs, "-cf", tar, ".");
+        Podman("import", "--change", "ENV PATH=/bin", "--change", "CMD [\"/bin/sh\"]", tar, Image);
+    }
+
+    public void StartAgent()
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "membrane.dll"), "agent", "--runtime", "cni", "--state-dir",
+                     StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory, "--pod-ipv4-range", "10.201.0.0/16",
+                     "--pod-ipv6-range", "fd00:201::/64" })
+        {
+            start.ArgumentList.Add(a);
+        }
+        var stderr = new StringBuilder();
+        _agent = Process.Start(start)!;
+        _agent.ErrorDataReceived += (_, e) =>
+        {
+            lock (stderr)
+            {
+                stderr.AppendLine(e.Data);
+            }
+        };
+        _agent.BeginErrorReadLine();
+        _agent.BeginOutputReadLine();
+        var deadline = Stopwatch.StartNew();
+        while (deadline.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            if (_agent.HasExited)
+            {
+                _agent.WaitForExit();
+                lock (stderr)
+                {
+                    throw new InvalidOperationException($"the agent exited with {_agent.ExitCode}: {stderr}");
+                }
+            }
+            if (File.Exists(Socket) && Cli("status").Code == 0)
+            {
+                return;
+            }
+            Thread.Sleep(100);
+        }
+        throw new TimeoutException("the agent did not start within 60 s");
+    }
+
+    /// <summary>kill -9, as after a crash.</summary>
+    public void KillAgent()
+    {
+        _agent!.Kill();
+        _agent.WaitForExit();
+    }
+
+    public static (int Code, string Out, string Err) Cli(params string[] args) =>
+        Exec("dotnet", [Path.Combine(AppContext.BaseDirectory, "membrane.dll"), .. args],
+            new() { ["MEMBRANE_SOCKET"] = Socket, ["MEMBRANE_CNI"] = PluginBuild });
+
+    /// <summary>The plugin as <c>dotnet build</c> left it in the source tree (what <c>membrane cni install</c> copies).</summary>
+    private static string PluginBuild
+    {
+        get
+        {
+            var directory = new DirectoryInfo(AppContext.BaseDirectory);
+            while (directory is not null && !File.Exists(Path.Combine(directory.FullName, "Membrane.slnx")))
+            {
+                directory = directory.Parent;
+            }
+            var framework = new DirectoryInfo(AppContext.BaseDirectory).Name;
+            var configuration = new DirectoryInfo(AppContext.BaseDirectory).Parent!.Name;
+            return Path.Combine(directory?.FullName ?? "/nonexistent", "src", "Membrane.Cni", "bin", configuration, framework, "membrane-cni");
+        }
+    }
+
+    public static string Mb(params string[] args)
+    {
+        var r = Cli(args);
+        Assert.True(r.Code == 0, $"membrane {string.Join(' ', args)} exited {r.Code}: {r.Out}{r.Err}");
+        return r.Out;
+    }
+
+    public static (int Code, string Out, string Err) TryPodman(params string[] args) =>
+        Exec("podman", ["--root", Path.Combine(Root, "podman-root"), "--runroot", Path.Combine(Root, "podman-run"), .. args],
+            new() { ["CONTAINERS_CONF"] = PodmanConf });
+
+    public static string Podman(params string[] args)
+    {
+        var r = TryPodman(args);
+        Assert.True(r.Code == 0, $"podman {string.Join(' ', args)} exited {r.Code}: {r.Out}{r.Err}");
+        return r.Out;
+    }
+
+    /// <summary>Runs a command in a container; true when it exits 0.</summary>
+    public static bool InContainer(string container, params string[] command) => TryPodman(["exec", container, .. command]).Code == 0;
+
+    public static EndpointOutput Endpoint(string pod) =>
+        JsonSerializer.Deserialize(Mb("endpoint", "get", pod, "-o", "json"), AgentJsonContext.Default.EndpointOutput)!;
+
+    public static List<EndpointOutput> AllEndpoints() =>
+        JsonSerializer.Deserialize(Mb("endpoint", "list", "-o", "json"), AgentJsonContext.Default.ListEndpointOutput)!;
+
+    public static string Write(string name, string text)
+    {
+        var path = Path.Combine(Root, name);
+        File.WriteAllText(path, text);
+        return path;
+    }
+
+    /// <summary>Host ends this agent made that still exist (tagged with its alias).</summary>
+    public static List<string> OwnInterfaces()
+    {
+        using var document = JsonDocument.Parse(Run("ip", "-j", "link", "show"));
+        return document.RootElement.EnumerateArray()
+            .Where(l => l.TryGetProperty("ifalias", out var a) && a.GetString()?.StartsWith($"membrane:{Prefix}:", StringComparison.Ordinal) == true)
+            .Select(l => l.GetProperty("ifname").GetString()!).ToList();
+    }
+
+    /// <summary>Routes in the host's tables to this agent's pod ranges.</summary>
+    public static string PodRoutes() =>
+        string.Join("\n", (Run("ip", "route", "show") + Run("ip", "-6", "route", "show")).Split('\n')
+            .Where(l => l.StartsWith("10.201.", StringComparison.Ordinal) || l.StartsWith("fd00:201:", StringComparison.Ordinal)));
+
+    public static string Run(string file, params string[] args)
+    {
+        var r = Exec(file, args, []);
+        Assert.True(r.Code == 0, $"{file} {string.Join(' ', args)} exited {r.Code}: {r.Err}");
+        return r.Out;
+    }
+
+    public static (int Code, string Out, string Err) Exec(string file, IEnumerable<string> args, Dictionary<string, string> environment)
+    {
+        var start = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+        foreach (var (key, value) in environment)
+        {
+            start.Environment[key] = value;
+        }
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, stdout.Result, stderr);
+    }
+
+    public void Cleanup()
+    {
+        if (File.Exists(PodmanConf))
+        {
+            TryPodman("pod", "rm", "--all", "--force", "--time", "0");
+            TryPodman("system", "reset", "--force");
+        }
+        if (_agent is { HasExited: false })
+        {
+            _agent.Kill();
+            _agent.WaitForExit();
+        }
+        Cli("cleanup", "--name-prefix", Prefix, "--pin-dir", PinDirectory, "--state-dir", StateDirectory);
+        if (Exec("ip", ["link", "show", "mbcnibr0"], []).Code == 0)
+        {
+            Exec("ip", ["link", "delete", "mbcnibr0"], []);
+        }
+        // host-local's leases of the chained network (released by its DELs; an aborted run may leave some)
+        foreach (var directory in new[] { Root, $"/var/lib/cni/networks/{ChainedNetwork}" }.Where(Directory.Exists))
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    public void Dispose() => Cleanup();
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class CniAgentGroup : ICollectionFixture<CniAgentFixture>
+{
+    public const string Name = "cni agent";
+}
