@@ -12,6 +12,9 @@ public sealed record AgentOptions
     /// <summary>Who makes endpoints' interfaces: the built-in sandbox, or container runtimes through the CNI plugin.</summary>
     public AgentRuntime Runtime { get; init; } = AgentRuntime.Sandbox;
 
+    /// <summary>A CRI socket (containerd's) to read the labels of containers that have no Pod object; null: none.</summary>
+    public string? CriSocket { get; init; }
+
     /// <summary>The API socket (mode 0600, root only).</summary>
     public string SocketPath => AgentDefaults.SocketPath(StateDirectory);
 

@@ -372,4 +372,35 @@ public sealed partial class AgentService
             }
         }
     }
+
+    /// <summary>Attachments that have neither a Pod object nor labels from their runtime: they wait in the init identity.</summary>
+    public Task<IReadOnlyList<CniAttachment>> AwaitingLabelsAsync(CancellationToken cancel) => ReadAsync(() =>
+    {
+        var objects = _store.Objects;
+        return (IReadOnlyList<CniAttachment>)(_attachments?.All.Where(a => a.RuntimeLabels is null
+            && !objects.ContainsKey($"Pod/{a.PodKey}")).ToList() ?? []);
+    }, cancel);
+
+    /// <summary>
+    /// The runtime reported the pod's labels (the CRI's pod sandbox): the endpoint leaves init and is re-identified
+    /// live. Labels the runtime adds for its own bookkeeping (<c>io.kubernetes.*</c>) are not the pod's.
+    /// </summary>
+    public Task<ApplyResponse> SetRuntimeLabelsAsync(string containerId, string interfaceName, IReadOnlyDictionary<string, string> labels,
+        CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(labels);
+        var attachments = Attachments;
+        var own = labels.Where(l => !l.Key.StartsWith("io.kubernetes.", StringComparison.Ordinal)
+            && !l.Key.StartsWith("io.cri-containerd.", StringComparison.Ordinal)).ToDictionary(l => l.Key, l => l.Value, StringComparer.Ordinal);
+        return CommitAsync(() =>
+        {
+            if (attachments.Find(containerId, interfaceName) is not { } attachment)
+            {
+                return []; // deleted meanwhile
+            }
+            attachments.Put(attachment with { RuntimeLabels = own });
+            SyncCniPods();
+            return [new ObjectChange($"Attachment/{containerId}/{interfaceName}", "labelled")];
+        }, cancel);
+    }
 }

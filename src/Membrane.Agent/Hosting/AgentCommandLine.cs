@@ -48,7 +48,14 @@ public static class AgentCommandLine
             Description = "Who makes pods: 'sandbox' (the agent, for each applied Pod) or 'cni' (container runtimes, through membrane-cni)",
             DefaultValueFactory = _ => AgentRuntime.Sandbox,
         };
-        var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API") { stateDir, pinDir, prefix, v4, v6, runtime };
+        var cri = new Option<string?>("--cri-socket")
+        {
+            Description = "With --runtime cni: a CRI socket (containerd's) to read the labels of pods that have no Pod object",
+        };
+        var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
+        {
+            stateDir, pinDir, prefix, v4, v6, runtime, cri,
+        };
         root.SetAction(async (parse, cancel) =>
         {
             if (!IPNetwork.TryParse(parse.GetValue(v4)!, out var r4) || !IPNetwork.TryParse(parse.GetValue(v6)!, out var r6))
@@ -65,7 +72,13 @@ public static class AgentCommandLine
                 PodIPv4Range = r4,
                 PodIPv6Range = r6,
                 Runtime = parse.GetValue(runtime),
+                CriSocket = parse.GetValue(cri) is { Length: > 0 } socket ? Path.GetFullPath(socket) : null,
             };
+            if (options.CriSocket is not null && options.Runtime != AgentRuntime.Cni)
+            {
+                await Console.Error.WriteLineAsync("error: --cri-socket needs --runtime cni").ConfigureAwait(false);
+                return Error;
+            }
             return await AgentProcess.RunAsync(options).ConfigureAwait(false);
         });
         root.Subcommands.Add(SandboxCleanup.Command());

@@ -3,6 +3,7 @@ using Membrane.Agent.Endpoints;
 using Membrane.Agent.Http;
 using Membrane.Agent.Sandbox;
 using Membrane.Agent.State;
+using Membrane.Cri;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -37,6 +38,11 @@ public static partial class AgentProcess
             builder.Services.AddSingleton<CniAttachments>();
             builder.Services.AddSingleton<IEndpointRuntime>(services => new CniRuntime(
                 services.GetRequiredService<IOptions<AgentOptions>>().Value, services.GetRequiredService<CniAttachments>()));
+            if (options.CriSocket is { } criSocket)
+            {
+                builder.Services.AddSingleton(_ => new CriClient(criSocket));
+                builder.Services.AddHostedService<RuntimeLabelPoller>();
+            }
         }
         else
         {

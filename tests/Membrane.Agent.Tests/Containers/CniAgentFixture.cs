@@ -24,12 +24,30 @@ public sealed class CniAgentFixture : IDisposable
     public static string BinDirectory => Path.Combine(Root, "cni-bin");
     public static string ConfDirectory => Path.Combine(Root, "cni-conf");
     private static string PodmanConf => Path.Combine(Root, "containers.conf");
+    public static string ContainerdDirectory => Path.Combine(Root, "containerd");
+    public static string ContainerdSocket => Path.Combine(ContainerdDirectory, "containerd.sock");
+    private static string ContainerdConfDirectory => Path.Combine(Root, "containerd-cni-conf");
+    private Process? _containerd;
     private Process? _agent;
 
     public CniAgentFixture()
     {
         Cleanup();
+        try
+        {
+            Start();
+        }
+        catch
+        {
+            Cleanup(); // xunit does not dispose a fixture whose constructor failed
+            throw;
+        }
+    }
+
+    private void Start()
+    {
         Directory.CreateDirectory(Root);
+        StartContainerd();
         StartAgent();
         Mb("cni", "install", "--bin-dir", BinDirectory, "--conf-dir", ConfDirectory, "--agent-socket", Socket, "--network", Network);
         Mb("cni", "install", "--bin-dir", BinDirectory, "--conf-dir", ConfDirectory, "--agent-socket", Socket, "--network",
@@ -44,10 +62,66 @@ public sealed class CniAgentFixture : IDisposable
             cni_plugin_dirs = ["{BinDirectory}", "/usr/lib/cni"]
             network_config_dir = "{ConfDirectory}"
             """);
+        // containerd's CRI looks for every plugin (loopback too) in its one bin_dir, as a kubelet node has them in /opt/cni/bin.
+        foreach (var reference in new[] { "loopback", "bridge", "host-local" })
+        {
+            File.CreateSymbolicLink(Path.Combine(BinDirectory, reference), Path.Combine("/usr/lib/cni", reference));
+        }
+        // containerd's CRI reads the first conflist of its directory: interface mode only.
+        Mb("cni", "install", "--bin-dir", BinDirectory, "--conf-dir", ContainerdConfDirectory, "--agent-socket", Socket, "--network",
+            Network);
         BuildImage();
+        var archive = Path.Combine(Root, "image.tar");
+        Podman("save", "--format", "docker-archive", "-o", archive, Image);
+        Run("ctr", "--address", ContainerdSocket, "-n", "k8s.io", "image", "import", archive);
     }
 
-    /// <summary>A busybox root file system as an image: no registry, a few seconds.</summary>
+    /// <summary>containerd with a root, state, socket and CNI directories of the test's own (no systemd here).</summary>
+    private void StartContainerd()
+    {
+        Directory.CreateDirectory(ContainerdDirectory);
+        var config = Path.Combine(ContainerdDirectory, "config.toml");
+        File.WriteAllText(config, $"""
+            version = 2
+            root = "{ContainerdDirectory}/root"
+            state = "{ContainerdDirectory}/state"
+            [grpc]
+              address = "{ContainerdSocket}"
+            [ttrpc]
+              address = "{ContainerdSocket}.ttrpc"
+            [plugins."io.containerd.grpc.v1.cri"]
+              sandbox_image = "{Image}"
+              restrict_oom_score_adj = true
+              disable_apparmor = true
+              stream_server_address = "127.0.0.1"
+              stream_server_port = "0"
+              [plugins."io.containerd.grpc.v1.cri".cni]
+                bin_dir = "{BinDirectory}"
+                conf_dir = "{ContainerdConfDirectory}"
+              [plugins."io.containerd.grpc.v1.cri".containerd]
+                default_runtime_name = "runc"
+                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+                  runtime_type = "io.containerd.runc.v2"
+            """);
+        var start = new ProcessStartInfo("containerd") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        start.ArgumentList.Add("--config");
+        start.ArgumentList.Add(config);
+        _containerd = Process.Start(start)!;
+        _containerd.BeginErrorReadLine();
+        _containerd.BeginOutputReadLine();
+        var deadline = Stopwatch.StartNew();
+        while (Exec("ctr", ["--address", ContainerdSocket, "version"], []).Code != 0)
+        {
+            Assert.False(_containerd.HasExited, "containerd exited at start");
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), "containerd did not answer within 30 s");
+            Thread.Sleep(100);
+        }
+    }
+
+    /// <summary>
+    /// A busybox root file system as an image: no registry, a few seconds. Its command sleeps, so it also serves as
+    /// containerd's sandbox (pause) image.
+    /// </summary>
     private void BuildImage()
     {
         var rootfs = Path.Combine(Root, "rootfs");
@@ -59,7 +133,7 @@ public sealed class CniAgentFixture : IDisposable
         }
         var tar = Path.Combine(Root, "rootfs.tar");
         Run("tar", "-C", rootfs, "-cf", tar, ".");
-        Podman("import", "--change", "ENV PATH=/bin", "--change", "CMD [\"/bin/sh\"]", tar, Image);
+        Podman("import", "--change", "ENV PATH=/bin", "--change", "CMD [\"/bin/sleep\", \"2147483647\"]", tar, Image);
     }
 
     public void StartAgent()
@@ -67,7 +141,7 @@ public sealed class CniAgentFixture : IDisposable
         var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "membrane.dll"), "agent", "--runtime", "cni", "--state-dir",
                      StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory, "--pod-ipv4-range", "10.201.0.0/16",
-                     "--pod-ipv6-range", "fd00:201::/64" })
+                     "--pod-ipv6-range", "fd00:201::/64", "--cri-socket", ContainerdSocket })
         {
             start.ArgumentList.Add(a);
         }
@@ -213,6 +287,14 @@ public sealed class CniAgentFixture : IDisposable
         {
             _agent.Kill();
             _agent.WaitForExit();
+        }
+        // containerd and its shims (their command lines name the test's socket), then whatever they left mounted.
+        Exec("pkill", ["-9", "-f", ContainerdDirectory], []);
+        _containerd?.WaitForExit();
+        foreach (var mount in File.ReadAllLines("/proc/mounts").Select(l => l.Split(' ')[1])
+                     .Where(m => m.StartsWith(Root + "/", StringComparison.Ordinal)).Reverse())
+        {
+            Exec("umount", ["-l", mount], []);
         }
         Cli("cleanup", "--name-prefix", Prefix, "--pin-dir", PinDirectory, "--state-dir", StateDirectory);
         if (Exec("ip", ["link", "show", "mbcnibr0"], []).Code == 0)

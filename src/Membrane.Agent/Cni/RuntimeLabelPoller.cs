@@ -1,0 +1,53 @@
+using Grpc.Core;
+using Membrane.Cri;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Membrane.Agent.Cni;
+
+/// <summary>
+/// Reads the labels of containers that have no Pod object from their runtime's CRI: containerd lists a pod sandbox
+/// only after the CNI ADD of its network has returned, so the endpoint starts in the init identity and this poller
+/// re-identifies it as soon as the sandbox is listed.
+/// </summary>
+public sealed partial class RuntimeLabelPoller(AgentService agent, CriClient cri, ILogger<RuntimeLabelPoller> log) : BackgroundService
+{
+    private static readonly TimeSpan Interval = TimeSpan.FromMilliseconds(200);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(Interval);
+        var unreachable = false;
+        while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
+        {
+            foreach (var attachment in await agent.AwaitingLabelsAsync(stoppingToken).ConfigureAwait(false))
+            {
+                try
+                {
+                    if (await cri.SandboxAsync(attachment.ContainerId, stoppingToken).ConfigureAwait(false) is { } sandbox)
+                    {
+                        await agent.SetRuntimeLabelsAsync(attachment.ContainerId, attachment.InterfaceName, sandbox.Labels, stoppingToken)
+                            .ConfigureAwait(false);
+                        Labelled(log, attachment.PodKey, sandbox.Labels.Count);
+                    }
+                    unreachable = false;
+                }
+                catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
+                {
+                    if (!unreachable)
+                    {
+                        Unreachable(log, cri.SocketPath, e.Status.Detail);
+                    }
+                    unreachable = true;
+                }
+            }
+        }
+    }
+
+    [LoggerMessage(EventId = 30, Level = LogLevel.Information, Message = "{Pod}: {Count} label(s) from the CRI; re-identified")]
+    private static partial void Labelled(ILogger logger, string pod, int count);
+
+    [LoggerMessage(EventId = 31, Level = LogLevel.Warning,
+        Message = "the CRI at {Socket} does not answer ({Detail}); containers without a Pod object keep the init identity")]
+    private static partial void Unreachable(ILogger logger, string socket, string detail);
+}

@@ -1,0 +1,120 @@
+using System.Diagnostics;
+using Membrane.Cri;
+using Membrane.Cri.V1;
+using Membrane.Policy.Identity;
+using static Membrane.Agent.Tests.Containers.CniAgentFixture;
+
+namespace Membrane.Agent.Tests.Containers;
+
+/// <summary>
+/// containerd driven through its CRI as a kubelet drives it (RunPodSandbox, CreateContainer, StartContainer,
+/// ExecSync, StopPodSandbox, RemovePodSandbox): no Pod object is applied to the agent, the labels come from the CRI.
+/// </summary>
+[Collection(CniAgentGroup.Name)]
+public sealed class ContainerdTests
+{
+    private const string Policy = """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: web-from-client, namespace: shop}
+        spec:
+          endpointSelector: {matchLabels: {app: web}}
+          ingress:
+          - fromEndpoints: [{matchLabels: {app: client}}]
+            icmps: [{fields: [{type: EchoRequest, family: IPv4}, {type: EchoRequest, family: IPv6}]}]
+        """;
+
+    private sealed record Pod(string SandboxId, string ContainerId, PodSandboxConfig Config);
+
+    private static async Task<Pod> RunPod(CriClient cri, string name, string app)
+    {
+        var config = new PodSandboxConfig
+        {
+            Metadata = new PodSandboxMetadata { Name = name, Namespace = "shop", Uid = Guid.NewGuid().ToString(), Attempt = 0 },
+            Hostname = name,
+            LogDirectory = Path.Combine(Root, "pod-logs", name),
+            Labels = { ["app"] = app },
+        };
+        Directory.CreateDirectory(config.LogDirectory);
+        var sandbox = await cri.Runtime.RunPodSandboxAsync(new RunPodSandboxRequest { Config = config });
+        var container = await cri.Runtime.CreateContainerAsync(new CreateContainerRequest
+        {
+            PodSandboxId = sandbox.PodSandboxId,
+            SandboxConfig = config,
+            Config = new ContainerConfig
+            {
+                Metadata = new ContainerMetadata { Name = "main" },
+                Image = new ImageSpec { Image = Image },
+                Command = { "sleep", "3600" },
+                LogPath = "main.log",
+            },
+        });
+        await cri.Runtime.StartContainerAsync(new StartContainerRequest { ContainerId = container.ContainerId });
+        return new Pod(sandbox.PodSandboxId, container.ContainerId, config);
+    }
+
+    private static async Task<bool> Exec(CriClient cri, Pod pod, params string[] command)
+    {
+        var result = await cri.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = pod.ContainerId, Cmd = { command }, Timeout = 10 });
+        return result.ExitCode == 0;
+    }
+
+    private static async Task RemovePod(CriClient cri, Pod pod)
+    {
+        await cri.Runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = pod.SandboxId });
+        await cri.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = pod.SandboxId });
+    }
+
+    /// <summary>Polls (with a deadline) until the endpoint has left the init identity.</summary>
+    private static uint IdentifiedWithin(string pod, TimeSpan limit)
+    {
+        var watch = Stopwatch.StartNew();
+        while (true)
+        {
+            var identity = Endpoint(pod).Identity;
+            if (identity != ReservedIdentities.Init || watch.Elapsed > limit)
+            {
+                return identity;
+            }
+            Thread.Sleep(50);
+        }
+    }
+
+    [Fact]
+    public async Task LabelsComeFromTheCriAndPolicyIsEnforcedOnContainerdPods()
+    {
+        using var cri = new CriClient(ContainerdSocket);
+        var pods = new List<Pod>();
+        try
+        {
+            Mb("apply", "-f", Write("shop.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"));
+            Mb("policy", "import", Write("shop-policy.yaml", Policy));
+            pods.Add(await RunPod(cri, "client", "client"));
+            pods.Add(await RunPod(cri, "web", "web"));
+            pods.Add(await RunPod(cri, "intruder", "intruder"));
+            foreach (var name in new[] { "client", "web", "intruder" })
+            {
+                Assert.NotEqual(ReservedIdentities.Init, IdentifiedWithin($"shop/{name}", TimeSpan.FromSeconds(20)));
+            }
+            var web = Endpoint("shop/web");
+            Assert.Contains("k8s:app=web", web.Labels);
+            Assert.True(web.IngressEnforced);
+            Assert.True(await Exec(cri, pods[0], "ping", "-c1", "-W1", web.IPv4!), "client → web ping");
+            Assert.True(await Exec(cri, pods[0], "ping6", "-c1", "-W1", web.IPv6!), "client → web ping6");
+            Assert.False(await Exec(cri, pods[2], "ping", "-c1", "-W1", web.IPv4!), "intruder → web ping");
+            Assert.False(await Exec(cri, pods[2], "ping6", "-c1", "-W1", web.IPv6!), "intruder → web ping6");
+        }
+        finally
+        {
+            foreach (var pod in pods)
+            {
+                await RemovePod(cri, pod);
+            }
+            CniAgentFixture.Cli("policy", "delete", "--all");
+            CniAgentFixture.Cli("delete", "-f", Write("shop-cleanup.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"));
+        }
+        Assert.Empty(AllEndpoints());
+        Assert.Empty(OwnInterfaces());
+        Assert.Equal("", PodRoutes());
+    }
+}
