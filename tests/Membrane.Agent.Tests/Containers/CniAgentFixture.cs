@@ -288,6 +288,10 @@ public sealed class CniAgentFixture : IDisposable
             _agent.Kill();
             _agent.WaitForExit();
         }
+        if (File.Exists(ContainerdSocket))
+        {
+            RemoveSandboxes(); // as a kubelet's garbage collection would: their DELs reach the agent
+        }
         // containerd and its shims (their command lines name the test's socket), then whatever they left mounted.
         Exec("pkill", ["-9", "-f", ContainerdDirectory], []);
         _containerd?.WaitForExit();
@@ -305,6 +309,24 @@ public sealed class CniAgentFixture : IDisposable
         foreach (var directory in new[] { Root, $"/var/lib/cni/networks/{ChainedNetwork}" }.Where(Directory.Exists))
         {
             Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    private static void RemoveSandboxes()
+    {
+        try
+        {
+            using var cri = new Cri.CriClient(ContainerdSocket);
+            var sandboxes = cri.Runtime.ListPodSandbox(new Cri.V1.ListPodSandboxRequest(), deadline: DateTime.UtcNow.AddSeconds(10));
+            foreach (var sandbox in sandboxes.Items)
+            {
+                cri.Runtime.StopPodSandbox(new Cri.V1.StopPodSandboxRequest { PodSandboxId = sandbox.Id });
+                cri.Runtime.RemovePodSandbox(new Cri.V1.RemovePodSandboxRequest { PodSandboxId = sandbox.Id });
+            }
+        }
+        catch (Grpc.Core.RpcException)
+        {
+            // containerd is not answering: killing it below is all that is left
         }
     }
 

@@ -26,7 +26,7 @@ public sealed class ContainerdTests
 
     private sealed record Pod(string SandboxId, string ContainerId, PodSandboxConfig Config);
 
-    private static async Task<Pod> RunPod(CriClient cri, string name, string app)
+    private static async Task<Pod> RunPod(CriClient cri, List<Pod> pods, string name, string app)
     {
         var config = new PodSandboxConfig
         {
@@ -37,6 +37,7 @@ public sealed class ContainerdTests
         };
         Directory.CreateDirectory(config.LogDirectory);
         var sandbox = await cri.Runtime.RunPodSandboxAsync(new RunPodSandboxRequest { Config = config });
+        pods.Add(new Pod(sandbox.PodSandboxId, "", config)); // removed at the end even if its container fails
         var container = await cri.Runtime.CreateContainerAsync(new CreateContainerRequest
         {
             PodSandboxId = sandbox.PodSandboxId,
@@ -50,7 +51,8 @@ public sealed class ContainerdTests
             },
         });
         await cri.Runtime.StartContainerAsync(new StartContainerRequest { ContainerId = container.ContainerId });
-        return new Pod(sandbox.PodSandboxId, container.ContainerId, config);
+        pods[^1] = pods[^1] with { ContainerId = container.ContainerId };
+        return pods[^1];
     }
 
     private static async Task<bool> Exec(CriClient cri, Pod pod, params string[] command)
@@ -89,9 +91,9 @@ public sealed class ContainerdTests
         {
             Mb("apply", "-f", Write("shop.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"));
             Mb("policy", "import", Write("shop-policy.yaml", Policy));
-            pods.Add(await RunPod(cri, "client", "client"));
-            pods.Add(await RunPod(cri, "web", "web"));
-            pods.Add(await RunPod(cri, "intruder", "intruder"));
+            await RunPod(cri, pods, "client", "client");
+            await RunPod(cri, pods, "web", "web");
+            await RunPod(cri, pods, "intruder", "intruder");
             foreach (var name in new[] { "client", "web", "intruder" })
             {
                 Assert.NotEqual(ReservedIdentities.Init, IdentifiedWithin($"shop/{name}", TimeSpan.FromSeconds(20)));
