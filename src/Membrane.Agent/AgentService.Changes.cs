@@ -265,8 +265,8 @@ public sealed partial class AgentService
                 changes.Add(new(policy.Origin.ToString(), "deleted"));
             }
             var pods = set.Pods.Select(p => p.Key)
-                .Concat(set.Namespaces.SelectMany(n => _store.Objects.Keys.Where(k => k.StartsWith($"Pod/{n.Name}/", StringComparison.Ordinal))
-                    .Select(k => k[4..])))
+                .Concat(set.Namespaces.SelectMany(n => _store.Objects.Keys
+                    .Where(k => k.StartsWith($"Pod/{n.Name}/", StringComparison.Ordinal)).Select(k => k[4..])))
                 .Distinct().ToList();
             foreach (var key in pods)
             {

@@ -124,7 +124,8 @@ public sealed partial class AgentService
             var record = _endpoints.Find(attachment.PodKey);
             if (record is null || !_endpoints.Runtime.IsIntact(record))
             {
-                throw new AgentInputException($"the host end of {attachment.PodKey}'s interface is gone; delete and re-create the container");
+                throw new AgentInputException($"the host end of {attachment.PodKey}'s interface is gone; delete and re-create the " +
+                    "container");
             }
             var (_, actual) = CniRuntime.Inspect(attachment.Netns, attachment.InterfaceName);
             var missing = attachment.Addresses.Select(IPAddress.Parse).Where(a => !actual.Contains(a)).ToList();
@@ -188,7 +189,8 @@ public sealed partial class AgentService
         var pods = _store.Objects.Where(o => o.Key.StartsWith("Pod/", StringComparison.Ordinal)).Select(o => o.Value).ToList();
         return pods.Count == 0
             ? new(StringComparer.Ordinal)
-            : ManifestLoader.LoadText(string.Join("\n---\n", pods), "state.json").OrThrow().Pods.ToDictionary(p => p.Key, StringComparer.Ordinal);
+            : ManifestLoader.LoadText(string.Join("\n---\n", pods), "state.json").OrThrow().Pods
+                .ToDictionary(p => p.Key, StringComparer.Ordinal);
     }
 
     private static PodManifest FromRuntime(CniAttachment attachment) =>
@@ -391,7 +393,8 @@ public sealed partial class AgentService
         ArgumentNullException.ThrowIfNull(labels);
         var attachments = Attachments;
         var own = labels.Where(l => !l.Key.StartsWith("io.kubernetes.", StringComparison.Ordinal)
-            && !l.Key.StartsWith("io.cri-containerd.", StringComparison.Ordinal)).ToDictionary(l => l.Key, l => l.Value, StringComparer.Ordinal);
+            && !l.Key.StartsWith("io.cri-containerd.", StringComparison.Ordinal))
+            .ToDictionary(l => l.Key, l => l.Value, StringComparer.Ordinal);
         return CommitAsync(() =>
         {
             if (attachments.Find(containerId, interfaceName) is not { } attachment)

@@ -208,7 +208,8 @@ public sealed class CniRuntime(AgentOptions options, CniAttachments attachments)
     {
         using var document = JsonDocument.Parse(Ip.Run("-j", "link", "show"));
         return document.RootElement.EnumerateArray()
-            .Where(l => l.TryGetProperty("ifalias", out var alias) && alias.GetString()?.StartsWith(prefix, StringComparison.Ordinal) == true)
+            .Where(l => l.TryGetProperty("ifalias", out var alias)
+                && alias.GetString()?.StartsWith(prefix, StringComparison.Ordinal) == true)
             .Select(l => l.GetProperty("ifname").GetString()!).ToList();
     }
 

@@ -103,7 +103,12 @@ public sealed class CniAgentFixture : IDisposable
                 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
                   runtime_type = "io.containerd.runc.v2"
             """);
-        var start = new ProcessStartInfo("containerd") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        var start = new ProcessStartInfo("containerd")
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            UseShellExecute = false,
+        };
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
         _containerd = Process.Start(start)!;
@@ -199,7 +204,8 @@ public sealed class CniAgentFixture : IDisposable
             }
             var framework = new DirectoryInfo(AppContext.BaseDirectory).Name;
             var configuration = new DirectoryInfo(AppContext.BaseDirectory).Parent!.Name;
-            return Path.Combine(directory?.FullName ?? "/nonexistent", "src", "Membrane.Cni", "bin", configuration, framework, "membrane-cni");
+            return Path.Combine(directory?.FullName ?? "/nonexistent", "src", "Membrane.Cni", "bin", configuration, framework,
+                "membrane-cni");
         }
     }
 
@@ -242,7 +248,8 @@ public sealed class CniAgentFixture : IDisposable
     {
         using var document = JsonDocument.Parse(Run("ip", "-j", "link", "show"));
         return document.RootElement.EnumerateArray()
-            .Where(l => l.TryGetProperty("ifalias", out var a) && a.GetString()?.StartsWith($"membrane:{Prefix}:", StringComparison.Ordinal) == true)
+            .Where(l => l.TryGetProperty("ifalias", out var a)
+                && a.GetString()?.StartsWith($"membrane:{Prefix}:", StringComparison.Ordinal) == true)
             .Select(l => l.GetProperty("ifname").GetString()!).ToList();
     }
 

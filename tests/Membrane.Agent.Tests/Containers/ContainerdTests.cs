@@ -57,7 +57,8 @@ public sealed class ContainerdTests
 
     private static async Task<bool> Exec(CriClient cri, Pod pod, params string[] command)
     {
-        var result = await cri.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = pod.ContainerId, Cmd = { command }, Timeout = 10 });
+        var request = new ExecSyncRequest { ContainerId = pod.ContainerId, Cmd = { command }, Timeout = 10 };
+        var result = await cri.Runtime.ExecSyncAsync(request);
         return result.ExitCode == 0;
     }
 

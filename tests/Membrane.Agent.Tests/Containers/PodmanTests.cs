@@ -74,7 +74,8 @@ public sealed class PodmanTests(CniAgentFixture fixture)
         {
             Podman("kube", "play", "--network", Network, pods);
             // No Pod objects yet: the runtime's containers have the reserved init identity.
-            Assert.All(["default/client", "default/web", "default/intruder"], p => Assert.Equal(ReservedIdentities.Init, Endpoint(p).Identity));
+            Assert.All(["default/client", "default/web", "default/intruder"],
+                p => Assert.Equal(ReservedIdentities.Init, Endpoint(p).Identity));
 
             Mb("apply", "-f", pods); // the same manifest: now the agent knows their labels
             Mb("policy", "import", policies);
@@ -91,7 +92,8 @@ public sealed class PodmanTests(CniAgentFixture fixture)
             Assert.True(Ping("web", client.IPv4!), "web → client ping (client has no policy)");
 
             // The CLI works on them as on sandbox pods.
-            var denied = CniAgentFixture.Cli("policy", "trace", "--from", "default/intruder", "--to", "default/web", "--protocol", "icmp", "--icmp-type", "8");
+            var denied = CniAgentFixture.Cli("policy", "trace", "--from", "default/intruder", "--to", "default/web", "--protocol", "icmp",
+                "--icmp-type", "8");
             Assert.True(denied.Code == 1 && denied.Out.Contains("DENIED", StringComparison.Ordinal), denied.Out + denied.Err);
             Assert.Contains("ALLOWED", Mb("policy", "trace", "--from", "default/client", "--to", "default/web", "--protocol",
                 "tcp", "--port", "80"));
