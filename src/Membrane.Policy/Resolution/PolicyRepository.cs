@@ -105,7 +105,11 @@ internal sealed class PolicyRepository(IdentityAllocator identities, SelectorCac
 
     private string AcquireSubject(LabelSelector subject) =>
         cache.Acquire(SelectorCache.SubjectKey(subject), () => new SelectorCache.Entry(
-            SelectorCache.SubjectKey(subject), i => i.Kind == IdentityKind.Pod && subject.Matches(i.Labels), subject.PinnedNamespace));
+            SelectorCache.SubjectKey(subject), i => IsEndpointIdentity(i) && subject.Matches(i.Labels), subject.PinnedNamespace));
+
+    /// <summary>Policies select endpoints: pods, and those still waiting for their labels (init).</summary>
+    private static bool IsEndpointIdentity(SecurityIdentity identity) =>
+        identity.Kind == IdentityKind.Pod || identity.Id == ReservedIdentities.Init;
 
     private string AcquirePeer(Peer peer)
     {

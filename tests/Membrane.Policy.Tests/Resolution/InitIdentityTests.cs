@@ -51,4 +51,16 @@ public sealed class InitIdentityTests
         Assert.Equal(before, c.Engine.Identities.Select(i => i.Id).ToList());
         Assert.Equal(ReservedIdentities.WorldIPv4, c.Engine.IdentityOf(IPAddress.Parse("10.200.9.10")));
     }
+
+    [Fact]
+    public void APolicyCanSelectEndpointsWaitingForLabels()
+    {
+        var c = With(Ccnp("init-egress-dns-only", """
+            endpointSelector: {matchLabels: {"reserved:init": ""}}
+            egress: [{toEntities: [host]}]
+            """));
+        c.Engine.UpsertPod(Pending("b", "new", "10.200.9.12"));
+        Assert.False(c.Ping("b/new", "a/server"));
+        Assert.True(c.Ping("b/client", "a/server"));
+    }
 }
