@@ -6,6 +6,7 @@ using Membrane.Bench;
 
 // membrane-bench datapath [repeat] [runs] [singles]   per-packet cost in the kernel (root)
 // membrane-bench resolution                          control-plane resolution at scale (BenchmarkDotNet)
+// membrane-bench cni [containers]                    CNI ADD/DEL latency through the plugin (root)
 var what = args.Length > 0 ? args[0] : "datapath";
 switch (what)
 {
@@ -40,6 +41,13 @@ switch (what)
                 Console.WriteLine($"{t.Scenario,-40} {t.PingPerSecond,10:N0} {t.PingRatio,6:F2} {t.TcpMegabytesPerSecond,8:N0} " +
                     $"{t.TcpRatio,6:F2}");
             }
+        }
+        return 0;
+    case "cni":
+        foreach (var c in await CniBenchmark.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 50))
+        {
+            Console.WriteLine($"{c.Plugin,-20} ADD {c.AddP50,6:F1}/{c.AddP99,6:F1} ms  DEL {c.DelP50,6:F1}/{c.DelP99,6:F1} ms  agent ADD " +
+                $"{c.AgentAddP50,6:F1}/{c.AgentAddP99,6:F1} DEL {c.AgentDelP50,6:F1}/{c.AgentDelP99,6:F1}  enforced {c.EnforcedAtReturn}");
         }
         return 0;
     case "report":

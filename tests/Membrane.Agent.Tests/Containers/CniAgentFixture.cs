@@ -27,7 +27,11 @@ public sealed class CniAgentFixture : IDisposable
     public static string ContainerdDirectory => Path.Combine(Root, "containerd");
     public static string ContainerdSocket => Path.Combine(ContainerdDirectory, "containerd.sock");
     private static string ContainerdConfDirectory => Path.Combine(Root, "containerd-cni-conf");
-    private Process? _containerd;
+
+    /// <summary>A second containerd whose CRI uses the chained conflist (the CRI takes the first conflist it finds).</summary>
+    public static string ChainedContainerdDirectory => Path.Combine(Root, "containerd-chained");
+    public static string ChainedContainerdSocket => Path.Combine(ChainedContainerdDirectory, "containerd.sock");
+    private readonly List<Process> _containerds = [];
     private Process? _agent;
 
     public CniAgentFixture()
@@ -47,7 +51,7 @@ public sealed class CniAgentFixture : IDisposable
     private void Start()
     {
         Directory.CreateDirectory(Root);
-        StartContainerd();
+        StartContainerd(ContainerdDirectory, ContainerdConfDirectory);
         StartAgent();
         Mb("cni", "install", "--bin-dir", BinDirectory, "--conf-dir", ConfDirectory, "--agent-socket", Socket, "--network", Network);
         Mb("cni", "install", "--bin-dir", BinDirectory, "--conf-dir", ConfDirectory, "--agent-socket", Socket, "--network",
@@ -76,19 +80,34 @@ public sealed class CniAgentFixture : IDisposable
         Run("ctr", "--address", ContainerdSocket, "-n", "k8s.io", "image", "import", archive);
     }
 
-    /// <summary>containerd with a root, state, socket and CNI directories of the test's own (no systemd here).</summary>
-    private void StartContainerd()
+    /// <summary>Starts the chained containerd (once) with the image imported; its socket.</summary>
+    public string ChainedContainerd()
     {
-        Directory.CreateDirectory(ContainerdDirectory);
-        var config = Path.Combine(ContainerdDirectory, "config.toml");
+        if (!File.Exists(ChainedContainerdSocket))
+        {
+            var conf = Path.Combine(Root, "containerd-chained-cni-conf");
+            Mb("cni", "install", "--bin-dir", BinDirectory, "--conf-dir", conf, "--agent-socket", Socket, "--network",
+                ChainedNetwork, "--mode", "chained", "--subnet", "10.211.0.0/24", "--bridge", "mbcnibr0");
+            StartContainerd(ChainedContainerdDirectory, conf);
+            Run("ctr", "--address", ChainedContainerdSocket, "-n", "k8s.io", "image", "import", Path.Combine(Root, "image.tar"));
+        }
+        return ChainedContainerdSocket;
+    }
+
+    /// <summary>containerd with a root, state, socket and CNI directories of the test's own (no systemd here).</summary>
+    private void StartContainerd(string directory, string confDirectory)
+    {
+        Directory.CreateDirectory(directory);
+        var socket = Path.Combine(directory, "containerd.sock");
+        var config = Path.Combine(directory, "config.toml");
         File.WriteAllText(config, $"""
             version = 2
-            root = "{ContainerdDirectory}/root"
-            state = "{ContainerdDirectory}/state"
+            root = "{directory}/root"
+            state = "{directory}/state"
             [grpc]
-              address = "{ContainerdSocket}"
+              address = "{socket}"
             [ttrpc]
-              address = "{ContainerdSocket}.ttrpc"
+              address = "{socket}.ttrpc"
             [plugins."io.containerd.grpc.v1.cri"]
               sandbox_image = "{Image}"
               restrict_oom_score_adj = true
@@ -97,7 +116,7 @@ public sealed class CniAgentFixture : IDisposable
               stream_server_port = "0"
               [plugins."io.containerd.grpc.v1.cri".cni]
                 bin_dir = "{BinDirectory}"
-                conf_dir = "{ContainerdConfDirectory}"
+                conf_dir = "{confDirectory}"
               [plugins."io.containerd.grpc.v1.cri".containerd]
                 default_runtime_name = "runc"
                 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -111,13 +130,14 @@ public sealed class CniAgentFixture : IDisposable
         };
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
-        _containerd = Process.Start(start)!;
-        _containerd.BeginErrorReadLine();
-        _containerd.BeginOutputReadLine();
+        var containerd = Process.Start(start)!;
+        _containerds.Add(containerd);
+        containerd.BeginErrorReadLine();
+        containerd.BeginOutputReadLine();
         var deadline = Stopwatch.StartNew();
-        while (Exec("ctr", ["--address", ContainerdSocket, "version"], []).Code != 0)
+        while (Exec("ctr", ["--address", socket, "version"], []).Code != 0)
         {
-            Assert.False(_containerd.HasExited, "containerd exited at start");
+            Assert.False(containerd.HasExited, "containerd exited at start");
             Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), "containerd did not answer within 30 s");
             Thread.Sleep(100);
         }
@@ -295,13 +315,17 @@ public sealed class CniAgentFixture : IDisposable
             _agent.Kill();
             _agent.WaitForExit();
         }
-        if (File.Exists(ContainerdSocket))
+        foreach (var socket in new[] { ContainerdSocket, ChainedContainerdSocket }.Where(File.Exists))
         {
-            RemoveSandboxes(); // as a kubelet's garbage collection would: their DELs reach the agent
+            RemoveSandboxes(socket); // as a kubelet's garbage collection would: their DELs reach the agent
         }
         // containerd and its shims (their command lines name the test's socket), then whatever they left mounted.
-        Exec("pkill", ["-9", "-f", ContainerdDirectory], []);
-        _containerd?.WaitForExit();
+        Exec("pkill", ["-9", "-f", Path.Combine(Root, "containerd")], []);
+        foreach (var containerd in _containerds)
+        {
+            containerd.WaitForExit();
+        }
+        _containerds.Clear();
         foreach (var mount in File.ReadAllLines("/proc/mounts").Select(l => l.Split(' ')[1])
                      .Where(m => m.StartsWith(Root + "/", StringComparison.Ordinal)).Reverse())
         {
@@ -319,11 +343,11 @@ public sealed class CniAgentFixture : IDisposable
         }
     }
 
-    private static void RemoveSandboxes()
+    private static void RemoveSandboxes(string socket)
     {
         try
         {
-            using var cri = new Cri.CriClient(ContainerdSocket);
+            using var cri = new Cri.CriClient(socket);
             var sandboxes = cri.Runtime.ListPodSandbox(new Cri.V1.ListPodSandboxRequest(), deadline: DateTime.UtcNow.AddSeconds(10));
             foreach (var sandbox in sandboxes.Items)
             {

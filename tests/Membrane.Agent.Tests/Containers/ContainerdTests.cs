@@ -11,7 +11,7 @@ namespace Membrane.Agent.Tests.Containers;
 /// ExecSync, StopPodSandbox, RemovePodSandbox): no Pod object is applied to the agent, the labels come from the CRI.
 /// </summary>
 [Collection(CniAgentGroup.Name)]
-public sealed class ContainerdTests
+public sealed class ContainerdTests(CniAgentFixture fixture)
 {
     private const string Policy = """
         apiVersion: cilium.io/v2
@@ -119,5 +119,56 @@ public sealed class ContainerdTests
         Assert.Empty(AllEndpoints());
         Assert.Empty(OwnInterfaces());
         Assert.Equal("", PodRoutes());
+    }
+
+    [Fact]
+    public async Task ChainedAfterBridgeOnContainerdWithLabelsFromPodObjects()
+    {
+        using var cri = new CriClient(fixture.ChainedContainerd());
+        var pods = new List<Pod>();
+        var objects = Write("shop-objects.yaml", """
+            apiVersion: v1
+            kind: Namespace
+            metadata: {name: shop}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: client, namespace: shop, labels: {app: client}}
+            spec: {containers: [{name: main}]}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: web, namespace: shop, labels: {app: web}}
+            spec: {containers: [{name: main}]}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: intruder, namespace: shop, labels: {app: intruder}}
+            spec: {containers: [{name: main}]}
+            """);
+        try
+        {
+            Mb("apply", "-f", objects);
+            Mb("policy", "import", Write("shop-policy.yaml", Policy));
+            await RunPod(cri, pods, "client", "client"); // labels from the Pod objects (the agent reads the other CRI)
+            await RunPod(cri, pods, "web", "web");
+            await RunPod(cri, pods, "intruder", "intruder");
+            var web = Endpoint("shop/web");
+            Assert.StartsWith("10.211.0.", web.IPv4, StringComparison.Ordinal);
+            Assert.Contains("k8s:app=web", web.Labels);
+            Assert.DoesNotContain(web.Interface, OwnInterfaces());
+            Assert.True(await Exec(cri, pods[0], "ping", "-c1", "-W1", web.IPv4!), "client → web ping, chained on containerd");
+            Assert.False(await Exec(cri, pods[2], "ping", "-c1", "-W1", web.IPv4!), "intruder → web ping, chained on containerd");
+        }
+        finally
+        {
+            foreach (var pod in pods)
+            {
+                await RemovePod(cri, pod);
+            }
+            CniAgentFixture.Cli("policy", "delete", "--all");
+            CniAgentFixture.Cli("delete", "-f", objects);
+        }
+        Assert.Empty(AllEndpoints());
     }
 }

@@ -66,7 +66,7 @@ public sealed class PodmanTests(CniAgentFixture fixture)
     private static bool Tcp(string from, string to) => InContainer($"{from}-main", "sh", "-c", $"echo hi | nc -w1 {to} 80 | grep -q hi");
 
     [Fact]
-    public void PolicyIsEnforcedOnRealContainersAndRemovingThemLeavesNothing()
+    public async Task PolicyIsEnforcedOnRealContainersAndRemovingThemLeavesNothing()
     {
         var pods = Write("pods.yaml", Pods);
         var policies = Write("policies.yaml", Policies);
@@ -98,6 +98,20 @@ public sealed class PodmanTests(CniAgentFixture fixture)
             Assert.Contains("ALLOWED", Mb("policy", "trace", "--from", "default/client", "--to", "default/web", "--protocol",
                 "tcp", "--port", "80"));
             Assert.Contains(client.IPv4!, Mb("bpf", "ct", "list", "--endpoint", "default/web"));
+            Assert.Contains("ALLOW", Mb("bpf", "policy", "get", "default/web"), StringComparison.OrdinalIgnoreCase);
+            Assert.Equal(0, CniAgentFixture.Cli("connectivity", "probe", "--from", "default/client", "--to", "default/web", "--protocol",
+                "icmp", "--icmp-type", "EchoRequest").Code);
+            Assert.Equal(1, CniAgentFixture.Cli("connectivity", "probe", "--from", "default/intruder", "--to", "default/web",
+                "--protocol", "tcp", "--port", "80").Code);
+            // The monitor names the container that sent a dropped packet.
+            var monitor = Task.Run(() => CniAgentFixture.Cli("monitor", "--count", "1", "-o", "json"));
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            while (!monitor.IsCompleted && DateTime.UtcNow < deadline)
+            {
+                Ping("intruder", web.IPv4!);
+            }
+            Assert.True(monitor.IsCompleted, "the monitor saw no drop within 20 s");
+            Assert.Contains("default/intruder", (await monitor).Out, StringComparison.Ordinal);
 
             // Without the CNP, the web pod is open again: the change is live on running containers.
             Mb("policy", "delete", "web-from-client");
@@ -112,6 +126,7 @@ public sealed class PodmanTests(CniAgentFixture fixture)
         Assert.Empty(AllEndpoints());
         Assert.Empty(OwnInterfaces());
         Assert.Equal("", PodRoutes());
+        Assert.DoesNotContain("10.201.", Mb("bpf", "ipcache", "list"), StringComparison.Ordinal);
     }
 
     [Fact]
