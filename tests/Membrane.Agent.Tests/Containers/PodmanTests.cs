@@ -89,6 +89,11 @@ public sealed class PodmanTests(CniAgentFixture fixture)
             Assert.False(Ping("intruder", web.IPv4!), "intruder → web ping (KNP: no egress)");
             Assert.False(Tcp("intruder", web.IPv4!), "intruder → web TCP 80");
             var client = Endpoint("default/client");
+            // A hostile container (privileged exec: it may add addresses) takes the allowed client's address: still dropped.
+            Podman("exec", "--privileged", "intruder-main", "ip", "addr", "add", $"{client.IPv4}/32", "dev", "eth0");
+            Assert.False(InContainer("intruder-main", "ping", "-c1", "-W1", "-I", client.IPv4!, web.IPv4!),
+                "intruder spoofing the client's address → web");
+            Podman("exec", "--privileged", "intruder-main", "ip", "addr", "del", $"{client.IPv4}/32", "dev", "eth0");
             Assert.True(Ping("web", client.IPv4!), "web → client ping (client has no policy)");
 
             // The CLI works on them as on sandbox pods.
