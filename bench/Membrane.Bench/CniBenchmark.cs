@@ -54,7 +54,8 @@ public sealed class CniBenchmark : IAsyncDisposable
         }
         var candidates = new[]
         {
-            ("framework-dependent", Path.Combine(root?.FullName ?? "/", "src", "Membrane.Cni", "bin", "Release", "net10.0", "membrane-cni")),
+            ("framework-dependent",
+                Path.Combine(root?.FullName ?? "/", "src", "Membrane.Cni", "bin", "Release", "net10.0", "membrane-cni")),
             ("Native AOT", Path.Combine(root?.FullName ?? "/", "artifacts", "cni-aot", "membrane-cni")),
         };
         return candidates.Where(c => File.Exists(c.Item2));
@@ -93,7 +94,8 @@ public sealed class CniBenchmark : IAsyncDisposable
             """);
         for (var i = 0; i < containers; i++)
         {
-            objects.Append($"\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: c{i}, labels: {{app: client}}}}\nspec: {{containers: [{{name: c}}]}}\n");
+            objects.Append($"\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: c{i}, labels: {{app: client}}}}\n" +
+                "spec: {containers: [{name: c}]}\n");
         }
         await _agent.ApplyAsync(new ManifestRequest(objects.ToString(), "cni-bench.yaml")).ConfigureAwait(false);
         Ip.Run("netns", "add", $"{Prefix}-web");
@@ -171,7 +173,8 @@ public sealed class CniBenchmark : IAsyncDisposable
         start.Environment["CNI_PATH"] = Path.GetDirectoryName(plugin);
         var watch = Stopwatch.StartNew();
         using var process = Process.Start(start)!;
-        process.StandardInput.Write($$"""{"cniVersion":"1.0.0","name":"bench","type":"membrane-cni","agentSocket":"{{_agent.Options.SocketPath}}"}""");
+        process.StandardInput.Write(
+            $$"""{"cniVersion":"1.0.0","name":"bench","type":"membrane-cni","agentSocket":"{{_agent.Options.SocketPath}}"}""");
         process.StandardInput.Close();
         var output = process.StandardOutput.ReadToEnd();
         process.WaitForExit();

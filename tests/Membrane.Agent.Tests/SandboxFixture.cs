@@ -70,40 +70,11 @@ public sealed class SandboxFixture : IDisposable
     /// <summary>Starts the agent and waits until it answers, or until it exits (with its exit code and error output).</summary>
     public (bool Started, int ExitCode, string Stderr) TryStartAgent()
     {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { MembraneDll, "agent", "--state-dir", StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory })
-        {
-            start.ArgumentList.Add(a);
-        }
-        var stderr = new System.Text.StringBuilder();
-        _agent = Process.Start(start)!;
-        _agent.ErrorDataReceived += (_, e) =>
-        {
-            lock (stderr)
-            {
-                stderr.AppendLine(e.Data);
-            }
-        };
-        _agent.BeginErrorReadLine();
-        _agent.BeginOutputReadLine();
-        var watch = Stopwatch.StartNew();
-        while (watch.Elapsed < TimeSpan.FromSeconds(60))
-        {
-            if (_agent.HasExited)
-            {
-                _agent.WaitForExit(); // drains the error output
-                lock (stderr)
-                {
-                    return (false, _agent.ExitCode, stderr.ToString());
-                }
-            }
-            if (File.Exists(Socket) && Cli("status").Code == 0)
-            {
-                return (true, 0, "");
-            }
-            Thread.Sleep(100);
-        }
-        throw new TimeoutException("the agent did not start within 60 s");
+        var (agent, code, stderr) = AgentUnderTest.Start(
+            ["--state-dir", StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory],
+            () => File.Exists(Socket) && Cli("status").Code == 0);
+        _agent = agent;
+        return (agent is not null, code, stderr);
     }
 
     /// <summary>kill -9: no chance to clean up, as after a crash.</summary>

@@ -163,42 +163,10 @@ public sealed class CniAgentFixture : IDisposable
 
     public void StartAgent()
     {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "membrane.dll"), "agent", "--runtime", "cni", "--state-dir",
-                     StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory, "--pod-ipv4-range", "10.201.0.0/16",
-                     "--pod-ipv6-range", "fd00:201::/64", "--cri-socket", ContainerdSocket })
-        {
-            start.ArgumentList.Add(a);
-        }
-        var stderr = new StringBuilder();
-        _agent = Process.Start(start)!;
-        _agent.ErrorDataReceived += (_, e) =>
-        {
-            lock (stderr)
-            {
-                stderr.AppendLine(e.Data);
-            }
-        };
-        _agent.BeginErrorReadLine();
-        _agent.BeginOutputReadLine();
-        var deadline = Stopwatch.StartNew();
-        while (deadline.Elapsed < TimeSpan.FromSeconds(60))
-        {
-            if (_agent.HasExited)
-            {
-                _agent.WaitForExit();
-                lock (stderr)
-                {
-                    throw new InvalidOperationException($"the agent exited with {_agent.ExitCode}: {stderr}");
-                }
-            }
-            if (File.Exists(Socket) && Cli("status").Code == 0)
-            {
-                return;
-            }
-            Thread.Sleep(100);
-        }
-        throw new TimeoutException("the agent did not start within 60 s");
+        var (agent, code, stderr) = AgentUnderTest.Start(["--runtime", "cni", "--state-dir", StateDirectory, "--name-prefix", Prefix,
+            "--pin-dir", PinDirectory, "--pod-ipv4-range", "10.201.0.0/16", "--pod-ipv6-range", "fd00:201::/64", "--cri-socket",
+            ContainerdSocket], () => File.Exists(Socket) && Cli("status").Code == 0);
+        _agent = agent ?? throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
     }
 
     /// <summary>kill -9, as after a crash.</summary>

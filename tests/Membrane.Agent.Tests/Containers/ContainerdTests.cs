@@ -62,10 +62,16 @@ public sealed class ContainerdTests(CniAgentFixture fixture)
         return result.ExitCode == 0;
     }
 
-    private static async Task RemovePod(CriClient cri, Pod pod)
+    /// <summary>What a kubelet does when pods go (their DELs reach the agent), then the objects and policies.</summary>
+    private static async Task RemoveAll(CriClient cri, List<Pod> pods, string objects)
     {
-        await cri.Runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = pod.SandboxId });
-        await cri.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = pod.SandboxId });
+        foreach (var pod in pods)
+        {
+            await cri.Runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = pod.SandboxId });
+            await cri.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = pod.SandboxId });
+        }
+        CniAgentFixture.Cli("policy", "delete", "--all");
+        CniAgentFixture.Cli("delete", "-f", objects);
     }
 
     /// <summary>Polls (with a deadline) until the endpoint has left the init identity.</summary>
@@ -109,12 +115,7 @@ public sealed class ContainerdTests(CniAgentFixture fixture)
         }
         finally
         {
-            foreach (var pod in pods)
-            {
-                await RemovePod(cri, pod);
-            }
-            CniAgentFixture.Cli("policy", "delete", "--all");
-            CniAgentFixture.Cli("delete", "-f", Write("shop-cleanup.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"));
+            await RemoveAll(cri, pods, Write("shop-cleanup.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"));
         }
         Assert.Empty(AllEndpoints());
         Assert.Empty(OwnInterfaces());
@@ -162,12 +163,7 @@ public sealed class ContainerdTests(CniAgentFixture fixture)
         }
         finally
         {
-            foreach (var pod in pods)
-            {
-                await RemovePod(cri, pod);
-            }
-            CniAgentFixture.Cli("policy", "delete", "--all");
-            CniAgentFixture.Cli("delete", "-f", objects);
+            await RemoveAll(cri, pods, objects);
         }
         Assert.Empty(AllEndpoints());
     }

@@ -1,0 +1,54 @@
+using System.Diagnostics;
+using System.Text;
+
+namespace Membrane.Agent.Tests;
+
+/// <summary>A real agent process started as an operator starts it (<c>membrane agent …</c>), with its error output kept.</summary>
+public static class AgentUnderTest
+{
+    /// <summary>
+    /// Starts the agent and waits until <paramref name="answers"/> says it serves, or until it exits (its exit code and
+    /// error output are returned, the process is null). 60 s deadline.
+    /// </summary>
+    public static (Process? Agent, int ExitCode, string Stderr) Start(IEnumerable<string> arguments, Func<bool> answers)
+    {
+        ArgumentNullException.ThrowIfNull(answers);
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
+        start.ArgumentList.Add("agent");
+        foreach (var a in arguments)
+        {
+            start.ArgumentList.Add(a);
+        }
+        var stderr = new StringBuilder();
+        var agent = Process.Start(start)!;
+        agent.ErrorDataReceived += (_, e) =>
+        {
+            lock (stderr)
+            {
+                stderr.AppendLine(e.Data);
+            }
+        };
+        agent.BeginErrorReadLine();
+        agent.BeginOutputReadLine();
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            if (agent.HasExited)
+            {
+                agent.WaitForExit(); // drains the error output
+                lock (stderr)
+                {
+                    return (null, agent.ExitCode, stderr.ToString());
+                }
+            }
+            if (answers())
+            {
+                return (agent, 0, "");
+            }
+            Thread.Sleep(100);
+        }
+        agent.Kill();
+        throw new TimeoutException("the agent did not start within 60 s");
+    }
+}
