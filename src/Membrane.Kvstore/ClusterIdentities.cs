@@ -32,7 +32,10 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lea
 
     public static string UserKey(uint id, string node) => $"{Prefix}users/{id.ToString(CultureInfo.InvariantCulture)}/{node}";
 
-    /// <summary>The identity of <paramref name="labels"/> (canonical form), created if no node has it; this node is recorded as a user.</summary>
+    /// <summary>
+    /// The identity of <paramref name="labels"/> (canonical form), created if no node has it; this node is recorded as
+    /// a user.
+    /// </summary>
     public async Task<uint> AcquireAsync(string labels, CancellationToken cancel = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(labels);
@@ -47,7 +50,9 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lea
                 var reuse = new TxnRequest();
                 reuse.Compare.Add(new Compare
                 {
-                    Key = labelsKey, Target = Compare.Types.CompareTarget.Value, Result = Compare.Types.CompareResult.Equal,
+                    Key = labelsKey,
+                    Target = Compare.Types.CompareTarget.Value,
+                    Result = Compare.Types.CompareResult.Equal,
                     Value = existing.Kvs[0].Value,
                 });
                 reuse.Success.Add(Put(labelsKey, existing.Kvs[0].Value.ToStringUtf8(), 0)); // the touch the collector checks
@@ -131,26 +136,33 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lea
         {
             var identities = await ListAsync(cancel).ConfigureAwait(false);
             var (users, _) = await etcd.ListAsync(Prefix + "users/", cancel).ConfigureAwait(false);
-            var used = users.Select(u => uint.Parse(u.Key.ToStringUtf8()[(Prefix.Length + 6)..].Split('/')[0], CultureInfo.InvariantCulture))
+            var used = users
+                .Select(u => uint.Parse(u.Key.ToStringUtf8()[(Prefix.Length + 6)..].Split('/')[0], CultureInfo.InvariantCulture))
                 .ToHashSet();
             var deleted = new List<uint>();
             var next = new Dictionary<uint, long>();
             foreach (var (id, labels) in identities.Where(i => !used.Contains(i.Key)))
             {
                 var labelsKey = EtcdConnection.Bytes(LabelsKey(labels));
-                var current = await etcd.CallAsync(deadline => etcd.Client.GetAsync(new RangeRequest { Key = labelsKey }, deadline: deadline,
-                    cancellationToken: cancel), cancel).ConfigureAwait(false);
+                var read = new RangeRequest { Key = labelsKey };
+                var current = await etcd.CallAsync(deadline => etcd.Client.GetAsync(read, deadline: deadline, cancellationToken: cancel),
+                    cancel).ConfigureAwait(false);
                 var revision = current.Kvs.Count == 1 ? current.Kvs[0].ModRevision : 0;
                 if (marks.TryGetValue(id, out var marked) && marked == revision)
                 {
                     var sweep = new TxnRequest();
                     sweep.Compare.Add(new Compare
                     {
-                        Key = labelsKey, Target = Compare.Types.CompareTarget.Mod, Result = Compare.Types.CompareResult.Equal,
+                        Key = labelsKey,
+                        Target = Compare.Types.CompareTarget.Mod,
+                        Result = Compare.Types.CompareResult.Equal,
                         ModRevision = revision,
                     });
                     sweep.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = labelsKey } });
-                    sweep.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = EtcdConnection.Bytes(IdKey(id)) } });
+                    sweep.Success.Add(new RequestOp
+                    {
+                        RequestDeleteRange = new DeleteRangeRequest { Key = EtcdConnection.Bytes(IdKey(id)) },
+                    });
                     if ((await Txn(sweep, cancel).ConfigureAwait(false)).Succeeded)
                     {
                         deleted.Add(id);
@@ -178,7 +190,10 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lea
 
     private static Compare Absent(Google.Protobuf.ByteString key) => new()
     {
-        Key = key, Target = Compare.Types.CompareTarget.Create, Result = Compare.Types.CompareResult.Equal, CreateRevision = 0,
+        Key = key,
+        Target = Compare.Types.CompareTarget.Create,
+        Result = Compare.Types.CompareResult.Equal,
+        CreateRevision = 0,
     };
 
     private static RequestOp Put(Google.Protobuf.ByteString key, string value, long lease) =>

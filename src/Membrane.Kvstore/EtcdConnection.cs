@@ -145,8 +145,9 @@ public sealed class EtcdConnection : IDisposable
 
     public async Task<long> GrantLeaseAsync(TimeSpan ttl, CancellationToken cancel = default)
     {
-        var response = await CallAsync(deadline => Client.LeaseGrantAsync(new LeaseGrantRequest { TTL = (long)Math.Ceiling(ttl.TotalSeconds) },
-            deadline: deadline, cancellationToken: cancel), cancel).ConfigureAwait(false);
+        var request = new LeaseGrantRequest { TTL = (long)Math.Ceiling(ttl.TotalSeconds) };
+        var response = await CallAsync(deadline => Client.LeaseGrantAsync(request, deadline: deadline, cancellationToken: cancel), cancel)
+            .ConfigureAwait(false);
         return response.ID;
     }
 
