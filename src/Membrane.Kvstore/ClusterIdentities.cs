@@ -17,7 +17,7 @@ namespace Membrane.Kvstore;
 /// "touches" its labels key in the same transaction that writes the user key, which is what lets the garbage
 /// collector (<see cref="CollectGarbageAsync"/>) never remove an identity being taken.
 /// </summary>
-public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lease)
+public sealed class ClusterIdentities(EtcdConnection etcd, string node, NodeSession session)
 {
     public const string Prefix = "membrane/identities/";
     public const uint First = 256;
@@ -56,9 +56,10 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lea
                     Value = existing.Kvs[0].Value,
                 });
                 reuse.Success.Add(Put(labelsKey, existing.Kvs[0].Value.ToStringUtf8(), 0)); // the touch the collector checks
-                reuse.Success.Add(Put(EtcdConnection.Bytes(UserKey(id, node)), "", lease));
+                reuse.Success.Add(Put(EtcdConnection.Bytes(UserKey(id, node)), "", session.Lease));
                 if ((await Txn(reuse, cancel).ConfigureAwait(false)).Succeeded)
                 {
+                    session.Own(UserKey(id, node), "");
                     return id;
                 }
                 continue; // collected meanwhile: allocate anew
@@ -69,9 +70,10 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lea
             create.Compare.Add(Absent(EtcdConnection.Bytes(IdKey(candidate))));
             create.Success.Add(Put(EtcdConnection.Bytes(IdKey(candidate)), labels, 0));
             create.Success.Add(Put(labelsKey, candidate.ToString(CultureInfo.InvariantCulture), 0));
-            create.Success.Add(Put(EtcdConnection.Bytes(UserKey(candidate, node)), "", lease));
+            create.Success.Add(Put(EtcdConnection.Bytes(UserKey(candidate, node)), "", session.Lease));
             if ((await Txn(create, cancel).ConfigureAwait(false)).Succeeded)
             {
+                session.Own(UserKey(candidate, node), "");
                 return candidate;
             }
             _hint = candidate + 1; // another agent took the number (or the labels): look again
@@ -80,9 +82,7 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lea
     }
 
     /// <summary>This node no longer uses the identity (the number stays until the collector finds no user).</summary>
-    public async Task ReleaseAsync(uint id, CancellationToken cancel = default) =>
-        await etcd.CallAsync(deadline => etcd.Client.DeleteAsync(new DeleteRangeRequest { Key = EtcdConnection.Bytes(UserKey(id, node)) },
-            deadline: deadline, cancellationToken: cancel), cancel).ConfigureAwait(false);
+    public Task ReleaseAsync(uint id, CancellationToken cancel = default) => session.DeleteAsync(UserKey(id, node), cancel);
 
     /// <summary>Every identity in the store: number → labels.</summary>
     public async Task<Dictionary<uint, string>> ListAsync(CancellationToken cancel = default)
@@ -127,7 +127,7 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, long lea
         var lockKey = EtcdConnection.Bytes("membrane/locks/identity-gc");
         var take = new TxnRequest();
         take.Compare.Add(Absent(lockKey));
-        take.Success.Add(Put(lockKey, node, lease));
+        take.Success.Add(Put(lockKey, node, session.Lease));
         if (!(await Txn(take, cancel).ConfigureAwait(false)).Succeeded)
         {
             return []; // another agent collects

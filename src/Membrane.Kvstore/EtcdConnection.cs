@@ -61,6 +61,7 @@ public sealed class EtcdConnection : IDisposable
         });
         Client = new EtcdClient(_channel.CreateCallInvoker());
         Watch = new Watch.WatchClient(_channel);
+        Leases = new Lease.LeaseClient(_channel);
     }
 
     /// <summary>Parses <c>URL[,URL…]</c> as the agent's <c>--etcd</c> option takes it.</summary>
@@ -87,6 +88,9 @@ public sealed class EtcdConnection : IDisposable
     public EtcdClient Client { get; }
 
     public Watch.WatchClient Watch { get; }
+
+    /// <summary>The generated lease client (keep-alive streams that <see cref="NodeSession"/> re-opens after failures).</summary>
+    public Lease.LeaseClient Leases { get; }
 
     public DateTime Deadline => DateTime.UtcNow.Add(RequestTimeout);
 

@@ -88,8 +88,9 @@ public sealed class PrefixWatcher(EtcdConnection etcd, string prefix)
                 }
                 delay = RetryDelay;
             }
-            catch (RpcException) when (!cancel.IsCancellationRequested)
+            catch (Exception e) when (e is RpcException or IOException or HttpRequestException && !cancel.IsCancellationRequested)
             {
+                // The connection broke under the stream (an etcd restart): resume from the last revision delivered.
                 Reconnects++;
                 await Task.Delay(delay, cancel).ConfigureAwait(false);
                 delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(2).Ticks));

@@ -4,14 +4,25 @@ namespace Membrane.Kvstore.Tests;
 public sealed class ClusterIdentitiesTests : IDisposable
 {
     private readonly EtcdCluster _etcd = new();
+    private readonly List<NodeSession> _sessions = [];
 
     private static string Labels(int i) => $"k8s:app=app{i},k8s:io.kubernetes.pod.namespace=ns{i % 7}";
 
-    private async Task<(EtcdConnection Connection, ClusterIdentities Identities)> Node(string name, TimeSpan? ttl = null)
+    private async Task<(EtcdConnection Connection, ClusterIdentities Identities)> Node(string name, TimeSpan? ttl = null,
+        bool keepAlive = true)
     {
         var connection = _etcd.Connect();
-        var lease = await connection.GrantLeaseAsync(ttl ?? TimeSpan.FromSeconds(30));
-        return (connection, new ClusterIdentities(connection, name, lease));
+        var session = new NodeSession(connection, ttl ?? TimeSpan.FromSeconds(30));
+        if (keepAlive)
+        {
+            await session.StartAsync();
+            _sessions.Add(session);
+        }
+        else
+        {
+            await session.GrantOnlyAsync(); // a node killed right after: nothing keeps its lease alive
+        }
+        return (connection, new ClusterIdentities(connection, name, session));
     }
 
     [Fact]
@@ -84,13 +95,13 @@ public sealed class ClusterIdentitiesTests : IDisposable
     [Fact]
     public async Task IdentitiesOfANodeWhoseLeaseExpiredAreCollected()
     {
-        var (c1, dead) = await Node("dead", TimeSpan.FromSeconds(2));
+        var (c1, dead) = await Node("dead", TimeSpan.FromSeconds(2), keepAlive: false);
         var (c2, alive) = await Node("alive");
         using (c1)
         using (c2)
         {
             var id = await dead.AcquireAsync(Labels(9));
-            // The node is killed: nothing keeps its lease alive, its user key goes with it.
+            // The node was killed: nothing keeps its lease alive, and its user key goes with it.
             var deadline = DateTime.UtcNow.AddSeconds(20);
             var marks = new Dictionary<uint, long>();
             var collected = new List<uint>();
@@ -103,5 +114,12 @@ public sealed class ClusterIdentitiesTests : IDisposable
         }
     }
 
-    public void Dispose() => _etcd.Dispose();
+    public void Dispose()
+    {
+        foreach (var session in _sessions)
+        {
+            session.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+        _etcd.Dispose();
+    }
 }
