@@ -40,6 +40,10 @@ public sealed class AgentQueries(
     public void Publish() => _published = new(store.Revision, endpoints.Records.Count, Engine.Identities.Count(), Engine.Policies.Count(),
         Engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
 
+    /// <summary>Where the host ends of the endpoints are: the sandbox's node namespace, or the machine's own (CNI).</summary>
+    private string NodeNamespace => options.Runtime == AgentRuntime.Cni ? "the host's (container runtimes through membrane-cni)"
+        : options.NodeNamespace;
+
     /// <summary>Safe without the lock: the last published state and the kernel's counters.</summary>
     public StatusResponse Status()
     {
@@ -47,7 +51,7 @@ public sealed class AgentQueries(
         var drops = datapath.DropCounters().ToDictionary(d => DropReasons.Describe(d.Key), d => d.Value.Packets);
         return new StatusResponse(typeof(AgentQueries).Assembly.GetName().Version?.ToString() ?? "0", p.Revision,
             File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), p.Endpoints, p.Identities, p.Policies, p.Namespaces,
-            options.StateDirectory, options.PinDirectory, options.NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps);
+            options.StateDirectory, options.PinDirectory, NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps);
     }
 
     private List<MapFillOutput> MapFill()
