@@ -20,6 +20,10 @@ public sealed partial class AgentService
     [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
     private static partial Regex ContainerIdPattern();
 
+    /// <summary>Interface names as runtimes use them (eth0, net1): nothing that could split an <c>ip -batch</c> line.</summary>
+    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")]
+    private static partial Regex InterfaceNamePattern();
+
     [GeneratedRegex("^(/var)?/run/netns/[^/]+$|^/proc/[0-9]+(/task/[0-9]+)?/ns/net$")]
     private static partial Regex NetnsPattern();
 
@@ -211,11 +215,10 @@ public sealed partial class AgentService
             throw new AgentInputException($"CNI_CONTAINERID \"{request.ContainerId}\" is not a container id (letters, digits, '_', '.' " +
                 "and '-', at most 128)");
         }
-        if (request.InterfaceName is not { Length: > 0 and <= 15 } ifName || ifName is "." or ".." || ifName.Any(c => c is '/' or ':'
-            || char.IsWhiteSpace(c) || char.IsControl(c)))
+        if (!InterfaceNamePattern().IsMatch(request.InterfaceName ?? ""))
         {
-            throw new AgentInputException($"CNI_IFNAME \"{request.InterfaceName}\" is not an interface name (1-15 characters, no '/', " +
-                "':' or spaces)");
+            throw new AgentInputException($"CNI_IFNAME \"{request.InterfaceName}\" is not an interface name (1-15 letters, digits, '_', " +
+                "'.' and '-')");
         }
         if (!adding)
         {
@@ -395,6 +398,11 @@ public sealed partial class AgentService
         var own = labels.Where(l => !l.Key.StartsWith("io.kubernetes.", StringComparison.Ordinal)
             && !l.Key.StartsWith("io.cri-containerd.", StringComparison.Ordinal))
             .ToDictionary(l => l.Key, l => l.Value, StringComparer.Ordinal);
+        if (PodLabels.Check(own) is { } problem)
+        {
+            // Not Kubernetes labels: they could spell another label set. The endpoint stays in init.
+            throw new AgentInputException($"the runtime's labels for container {containerId} are refused: {problem}");
+        }
         return CommitAsync(() =>
         {
             if (attachments.Find(containerId, interfaceName) is not { } attachment)

@@ -13,6 +13,7 @@ namespace Membrane.Agent.Cni;
 public sealed partial class RuntimeLabelPoller(AgentService agent, CriClient cri, ILogger<RuntimeLabelPoller> log) : BackgroundService
 {
     private static readonly TimeSpan Interval = TimeSpan.FromMilliseconds(200);
+    private readonly HashSet<string> _refused = new(StringComparer.Ordinal);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -32,6 +33,13 @@ public sealed partial class RuntimeLabelPoller(AgentService agent, CriClient cri
                     }
                     unreachable = false;
                 }
+                catch (AgentInputException e)
+                {
+                    if (_refused.Add(attachment.ContainerId))
+                    {
+                        Refused(log, attachment.PodKey, e.Message); // stays in init; asked again (said once)
+                    }
+                }
                 catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
                 {
                     if (!unreachable)
@@ -46,6 +54,9 @@ public sealed partial class RuntimeLabelPoller(AgentService agent, CriClient cri
 
     [LoggerMessage(EventId = 30, Level = LogLevel.Information, Message = "{Pod}: {Count} label(s) from the CRI; re-identified")]
     private static partial void Labelled(ILogger logger, string pod, int count);
+
+    [LoggerMessage(EventId = 32, Level = LogLevel.Warning, Message = "{Pod}: {Reason}; it keeps the init identity")]
+    private static partial void Refused(ILogger logger, string pod, string reason);
 
     [LoggerMessage(EventId = 31, Level = LogLevel.Warning,
         Message = "the CRI at {Socket} does not answer ({Detail}); containers without a Pod object keep the init identity")]

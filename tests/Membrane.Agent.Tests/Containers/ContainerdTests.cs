@@ -101,10 +101,13 @@ public sealed class ContainerdTests(CniAgentFixture fixture)
             await RunPod(cri, pods, "client", "client");
             await RunPod(cri, pods, "web", "web");
             await RunPod(cri, pods, "intruder", "intruder");
+            // A hostile record: a label value that would spell app=client in the canonical label form.
+            await RunPod(cri, pods, "forger", "x,k8s:app=client");
             foreach (var name in new[] { "client", "web", "intruder" })
             {
                 Assert.NotEqual(ReservedIdentities.Init, IdentifiedWithin($"shop/{name}", TimeSpan.FromSeconds(20)));
             }
+            Assert.Equal(ReservedIdentities.Init, Endpoint("shop/forger").Identity); // refused, stays in init
             var web = Endpoint("shop/web");
             Assert.Contains("k8s:app=web", web.Labels);
             Assert.True(web.IngressEnforced);
@@ -112,6 +115,7 @@ public sealed class ContainerdTests(CniAgentFixture fixture)
             Assert.True(await Exec(cri, pods[0], "ping6", "-c1", "-W1", web.IPv6!), "client → web ping6");
             Assert.False(await Exec(cri, pods[2], "ping", "-c1", "-W1", web.IPv4!), "intruder → web ping");
             Assert.False(await Exec(cri, pods[2], "ping6", "-c1", "-W1", web.IPv6!), "intruder → web ping6");
+            Assert.False(await Exec(cri, pods[3], "ping", "-c1", "-W1", web.IPv4!), "forger → web ping");
         }
         finally
         {

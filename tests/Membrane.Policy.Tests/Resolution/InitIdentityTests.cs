@@ -63,4 +63,13 @@ public sealed class InitIdentityTests
         Assert.False(c.Ping("b/new", "a/server"));
         Assert.True(c.Ping("b/client", "a/server"));
     }
+
+    [Fact]
+    public void LabelsFromARuntimeThatCouldSpellAnotherLabelSetAreRefused()
+    {
+        Assert.Null(PodLabels.Check(new Dictionary<string, string> { ["app"] = "web", ["example.com/tier"] = "front-1" }));
+        Assert.NotNull(PodLabels.Check(new Dictionary<string, string> { ["app"] = "web,k8s:role=admin" }));
+        Assert.NotNull(PodLabels.Check(new Dictionary<string, string> { ["app=web,k8s:role"] = "admin" }));
+        Assert.NotNull(PodLabels.Check(new Dictionary<string, string> { ["app"] = new string('x', 64) }));
+    }
 }
