@@ -12,6 +12,12 @@ public sealed record AgentOptions
     /// <summary>Who makes endpoints' interfaces: the built-in sandbox, or container runtimes through the CNI plugin.</summary>
     public AgentRuntime Runtime { get; init; } = AgentRuntime.Sandbox;
 
+    /// <summary>Cluster mode: this node's name (pods run here when their <c>spec.nodeName</c> names it); null: one node.</summary>
+    public string? Node { get; init; }
+
+    /// <summary>Cluster mode: the etcd client URLs (<c>URL[,URL…]</c>) holding the cluster's desired state.</summary>
+    public string? Etcd { get; init; }
+
     /// <summary>A CRI socket (containerd's) to read the labels of containers that have no Pod object; null: none.</summary>
     public string? CriSocket { get; init; }
 

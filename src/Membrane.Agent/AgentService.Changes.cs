@@ -152,6 +152,11 @@ public sealed partial class AgentService
         var namespaces = set.Namespaces.Select(n => n.Name).Concat(_engine.Namespaces.Select(n => n.Name)).Append("default").ToHashSet();
         foreach (var pod in set.Pods)
         {
+            if (_options.Node is not null && pod.NodeName is null)
+            {
+                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: spec.nodeName is required in cluster mode (name the node " +
+                    "that runs it; placement is not implemented yet)");
+            }
             if (!namespaces.Contains(pod.Namespace))
             {
                 throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: namespace \"{pod.Namespace}\" does not exist; apply the " +
@@ -175,7 +180,7 @@ public sealed partial class AgentService
         {
             var key = $"Pod/{pod.Key}";
             changes.Add(new(key, _store.Put(key, pod.SourceYaml)));
-            if (_attachments is null)
+            if (_attachments is null && IsLocal(pod))
             {
                 // A running pod keeps its addresses (a pod's addresses never change while it runs).
                 _engine.UpsertPod(WithAddresses(pod, _engine.FindEndpoint(pod.Key)?.Addresses));
@@ -328,6 +333,49 @@ public sealed partial class AgentService
         SyncCniPods(); // running containers stay (their runtime removes them), with no labels from objects
         return changes;
     }, cancel);
+
+    /// <summary>
+    /// Cluster mode: the objects as the store holds them at <paramref name="revision"/> (delivered by the watch, other
+    /// nodes' changes included) become this node's desired state and are enforced; nothing is written to the store.
+    /// </summary>
+    public async Task ApplyStoreStateAsync(IReadOnlyDictionary<string, string> objects, long revision, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(objects);
+        await _gate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            if (revision < _store.Revision || (revision == _store.Revision && SameObjects(objects)))
+            {
+                return; // this node committed something newer: the watch catches up first
+            }
+            var before = new Snapshot(_store.Snapshot(), PodIdentities(), PodAddresses(), _attachments?.Snapshot());
+            try
+            {
+                _store.Restore(new ObjectStoreSnapshot(objects, revision));
+                RebuildEngine(before.Identities, before.Addresses);
+                var plan = _regenerator.Plan(_engine);
+                Save();
+                if (Enforce(plan, attachAll: false))
+                {
+                    Save();
+                }
+                Queries.Publish();
+            }
+            catch (Exception)
+            {
+                Rollback(before, persisted: true);
+                Queries.Publish();
+                throw;
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private bool SameObjects(IReadOnlyDictionary<string, string> objects) =>
+        objects.Count == _store.Objects.Count && objects.All(o => _store.Objects.TryGetValue(o.Key, out var yaml) && yaml == o.Value);
 
     private void ReleaseAddresses(string pod)
     {

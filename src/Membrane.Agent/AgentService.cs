@@ -181,7 +181,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         {
             engine.UpsertNamespace(ns);
         }
-        foreach (var pod in _attachments is null ? set.Pods : [])
+        foreach (var pod in _attachments is null ? set.Pods.Where(IsLocal) : [])
         {
             engine.UpsertPod(WithAddresses(pod, addresses.GetValueOrDefault(pod.Key)));
         }
@@ -192,6 +192,9 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         _engine = engine;
         SyncCniPods();
     }
+
+    /// <summary>A pod this node runs: every pod on one node; in cluster mode those whose <c>spec.nodeName</c> is this node.</summary>
+    private bool IsLocal(PodManifest pod) => _options.Node is null || pod.NodeName == _options.Node;
 
     private List<(uint Id, LabelSet Labels)> PodIdentities() =>
         _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => (i.Id, i.Labels)).ToList();

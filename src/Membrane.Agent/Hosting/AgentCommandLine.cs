@@ -52,9 +52,14 @@ public static class AgentCommandLine
         {
             Description = "With --runtime cni: a CRI socket (containerd's) to read the labels of pods that have no Pod object",
         };
+        var node = new Option<string?>("--node") { Description = "Cluster mode: this node's name (with --etcd)" };
+        var etcd = new Option<string?>("--etcd")
+        {
+            Description = "Cluster mode: etcd client URLs (http://HOST:PORT[,…]) holding the cluster's objects (with --node)",
+        };
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
-            stateDir, pinDir, prefix, v4, v6, runtime, cri,
+            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -74,6 +79,28 @@ public static class AgentCommandLine
                 Runtime = parse.GetValue(runtime),
                 CriSocket = parse.GetValue(cri) is { Length: > 0 } socket ? Path.GetFullPath(socket) : null,
             };
+            options = options with { Node = parse.GetValue(node), Etcd = parse.GetValue(etcd) };
+            if ((options.Node is null) != (options.Etcd is null))
+            {
+                await Console.Error.WriteLineAsync("error: cluster mode needs both --node NAME and --etcd URL[,URL…]")
+                    .ConfigureAwait(false);
+                return Error;
+            }
+            try
+            {
+                using var check = options.Etcd is { } urls ? Kvstore.EtcdConnection.FromOption(urls) : null;
+            }
+            catch (ArgumentException e)
+            {
+                await Console.Error.WriteLineAsync($"error: --etcd: {e.Message.Split(" (Parameter")[0]}").ConfigureAwait(false);
+                return Error;
+            }
+            if (options.Node is { } name && !System.Text.RegularExpressions.Regex.IsMatch(name, "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))
+            {
+                await Console.Error.WriteLineAsync($"error: --node \"{name}\" is not a node name (lowercase letters, digits and '-')")
+                    .ConfigureAwait(false);
+                return Error;
+            }
             if (options.CriSocket is not null && options.Runtime != AgentRuntime.Cni)
             {
                 await Console.Error.WriteLineAsync("error: --cri-socket needs --runtime cni").ConfigureAwait(false);

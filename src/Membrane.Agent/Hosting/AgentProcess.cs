@@ -1,9 +1,11 @@
+using Membrane.Agent.Cluster;
 using Membrane.Agent.Cni;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.Http;
 using Membrane.Agent.Sandbox;
 using Membrane.Agent.State;
 using Membrane.Cri;
+using Membrane.Kvstore;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -49,7 +51,19 @@ public static partial class AgentProcess
             builder.Services.AddSingleton<IEndpointRuntime>(services =>
                 new SandboxRuntime(services.GetRequiredService<IOptions<AgentOptions>>().Value));
         }
-        builder.Services.AddSingleton<IObjectStore, LocalObjectStore>();
+        if (options.Etcd is { } etcd)
+        {
+            // Cluster mode: the objects live in etcd, shared by every agent; a watch brings other nodes' changes here.
+            builder.Services.AddSingleton(_ => EtcdConnection.FromOption(etcd));
+            builder.Services.AddSingleton(services => new ClusterObjects(services.GetRequiredService<EtcdConnection>()));
+            builder.Services.AddSingleton<ClusterObjectStore>();
+            builder.Services.AddSingleton<IObjectStore>(services => services.GetRequiredService<ClusterObjectStore>());
+            builder.Services.AddHostedService<ClusterObjectWatch>();
+        }
+        else
+        {
+            builder.Services.AddSingleton<IObjectStore, LocalObjectStore>();
+        }
         builder.Services.AddSingleton(services => AgentService.Start(
             services.GetRequiredService<IOptions<AgentOptions>>().Value, services.GetRequiredService<IEndpointRuntime>(),
             services.GetRequiredService<IObjectStore>(), services.GetRequiredService<ILoggerFactory>(),

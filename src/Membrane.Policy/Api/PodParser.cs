@@ -25,7 +25,12 @@ internal static class PodParser
         {
             ctx.Error(spec.PathOf("hostNetwork"), spec.Node, "host-network pods are not supported by the sandbox");
         }
-        spec.Ignore("initContainers", "nodeName", "restartPolicy", "terminationGracePeriodSeconds", "securityContext",
+        var nodeName = spec.String("nodeName");
+        if (nodeName is not null && Names.CheckObjectName(nodeName) is { } badNode)
+        {
+            ctx.Error(spec.PathOf("nodeName"), spec.Node, badNode);
+        }
+        spec.Ignore("initContainers", "restartPolicy", "terminationGracePeriodSeconds", "securityContext",
             "volumes", "dnsPolicy", "tolerations", "affinity", "nodeSelector", "priorityClassName", "hostname",
             "subdomain", "automountServiceAccountToken", "enableServiceLinks", "imagePullSecrets", "schedulerName");
         var ports = new List<ContainerPort>();
@@ -73,7 +78,7 @@ internal static class PodParser
             }
         }
         return ctx.ErrorCount == errorsBefore
-            ? new PodManifest(ns, name, labels, serviceAccount, ports, addresses, file)
+            ? new PodManifest(ns, name, labels, serviceAccount, ports, addresses, file) { NodeName = nodeName }
             : null;
     }
 

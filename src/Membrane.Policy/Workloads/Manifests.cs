@@ -34,11 +34,14 @@ public sealed record PodManifest(
     /// </summary>
     public bool LabelsPending { get; init; }
 
+    /// <summary><c>spec.nodeName</c>: the node that runs the pod (cluster mode); null when not given.</summary>
+    public string? NodeName { get; init; }
+
     /// <summary>Same pod apart from labels: the sandbox can keep it running and only re-identify it.</summary>
     public bool SameShape(PodManifest other)
     {
         ArgumentNullException.ThrowIfNull(other);
-        return Key == other.Key && ServiceAccount == other.ServiceAccount && Ports.SequenceEqual(other.Ports);
+        return Key == other.Key && ServiceAccount == other.ServiceAccount && NodeName == other.NodeName && Ports.SequenceEqual(other.Ports);
     }
 }
 

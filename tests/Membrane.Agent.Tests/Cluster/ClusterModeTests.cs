@@ -1,0 +1,188 @@
+using System.Diagnostics;
+using Membrane.Kvstore.Tests;
+
+namespace Membrane.Agent.Tests.Cluster;
+
+/// <summary>
+/// Two agents in cluster mode on a real three-member etcd, each with its own sandbox (a simulated node): objects
+/// applied or imported through one node are enforced on the other; a node runs only the pods placed on it.
+/// </summary>
+[Collection(ClusterGroup.Name)]
+public sealed class ClusterModeTests : IDisposable
+{
+    private readonly EtcdCluster _etcd = new();
+    private readonly List<(Process Agent, string Prefix, string State)> _nodes = [];
+
+    private const string Workloads = """
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: shop}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: client, namespace: shop, labels: {app: client}}
+        spec: {nodeName: node-1, containers: [{name: c}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web, namespace: shop, labels: {app: web}}
+        spec: {nodeName: node-1, containers: [{name: w, ports: [{containerPort: 80}]}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: other, namespace: shop, labels: {app: other}}
+        spec: {nodeName: node-2, containers: [{name: o}]}
+        """;
+
+    private const string L4Only = """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: web, namespace: shop}
+        spec:
+          endpointSelector: {matchLabels: {app: web}}
+          ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+        """;
+
+    private static string Socket(int node) => Path.Combine(Path.GetTempPath(), $"mbclu{node}-state", "membrane.sock");
+
+    private void StartNode(int node)
+    {
+        var prefix = $"mbclu{node}";
+        var state = Path.Combine(Path.GetTempPath(), $"{prefix}-state");
+        Cleanup(prefix, state);
+        var (agent, code, stderr) = AgentUnderTest.Start(["--state-dir", state, "--name-prefix", prefix, "--pin-dir",
+            $"/sys/fs/bpf/{prefix}", "--pod-ipv4-range", $"10.21{node}.0.0/16", "--pod-ipv6-range", $"fd00:21{node}::/64",
+            "--node", $"node-{node}", "--etcd", _etcd.Urls], () => File.Exists(Socket(node)) && Cli(node, "status").Code == 0);
+        _nodes.Add((agent ?? throw new InvalidOperationException($"node {node}'s agent exited with {code}: {stderr}"), prefix, state));
+    }
+
+    private static (int Code, string Out, string Err) Cli(int node, params string[] args)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+        start.Environment["MEMBRANE_SOCKET"] = Socket(node);
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, stdout.Result, stderr);
+    }
+
+    private static string Write(string yaml)
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"mbclu-{Guid.NewGuid():N}.yaml");
+        File.WriteAllText(file, yaml);
+        return file;
+    }
+
+    /// <summary>Polls (30 s deadline) until the command's exit code is <paramref name="expected"/>.</summary>
+    private static bool Eventually(int node, int expected, params string[] args)
+    {
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            if (Cli(node, args).Code == expected)
+            {
+                return true;
+            }
+            Thread.Sleep(100);
+        }
+        return false;
+    }
+
+    private static string[] Probe(string protocol, params string[] more) =>
+        ["connectivity", "probe", "--from", "shop/client", "--to", "shop/web", "--protocol", protocol, .. more];
+
+    [Fact]
+    public void ObjectsAppliedOnOneNodeAreEnforcedOnTheOther()
+    {
+        StartNode(1);
+        StartNode(2);
+        var workloads = Write(Workloads);
+        var policy = Write(L4Only);
+        try
+        {
+            // Applied through node 2: node 1 runs client and web, node 2 runs other.
+            var applied = Cli(2, "apply", "-f", workloads);
+            Assert.True(applied.Code == 0, applied.Out + applied.Err);
+            Assert.True(Eventually(1, 0, "endpoint", "get", "shop/web"), "node 1 never ran shop/web");
+            Assert.Equal(0, Cli(2, "endpoint", "get", "shop/other").Code);
+            Assert.NotEqual(0, Cli(2, "endpoint", "get", "shop/web").Code); // not this node's pod
+            Assert.True(Eventually(1, 0, Probe("icmp", "--icmp-type", "EchoRequest")), "ping before any policy");
+
+            // The L4 policy, imported on node 2, drops ping between node 1's pods; TCP 80 stays allowed.
+            Assert.Equal(0, Cli(2, "policy", "import", policy).Code);
+            Assert.True(Eventually(1, 1, Probe("icmp", "--icmp-type", "EchoRequest")), "node 1 never enforced node 2's policy");
+            Assert.Equal(0, Cli(1, Probe("tcp", "--port", "80")).Code);
+
+            // Deleted on node 1: gone on both.
+            Assert.Equal(0, Cli(1, "policy", "delete", "web").Code);
+            Assert.True(Eventually(1, 0, Probe("icmp", "--icmp-type", "EchoRequest")));
+            var watch = Stopwatch.StartNew();
+            while (Cli(2, "policy", "get").Out.Contains("name: web", StringComparison.Ordinal) && watch.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                Thread.Sleep(100);
+            }
+            Assert.DoesNotContain("name: web", Cli(2, "policy", "get").Out, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Cli(1, "delete", "-f", workloads);
+            File.Delete(workloads);
+            File.Delete(policy);
+        }
+    }
+
+    [Fact]
+    public async Task APodWithoutANodeIsRefusedInClusterModeAndNothingIsWritten()
+    {
+        StartNode(1);
+        var unplaced = Write("apiVersion: v1\nkind: Pod\nmetadata: {name: loose, namespace: default}\nspec: {containers: [{name: c}]}\n");
+        try
+        {
+            var refused = Cli(1, "apply", "-f", unplaced);
+            Assert.NotEqual(0, refused.Code);
+            Assert.Contains("spec.nodeName", refused.Err + refused.Out, StringComparison.Ordinal);
+            using var etcd = _etcd.Connect();
+            Assert.Empty((await new Kvstore.ClusterObjects(etcd).LoadAsync()).Objects);
+        }
+        finally
+        {
+            File.Delete(unplaced);
+        }
+    }
+
+    private static void Cleanup(string prefix, string state)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "membrane.dll"), "cleanup", "--name-prefix", prefix, "--pin-dir",
+                     $"/sys/fs/bpf/{prefix}", "--state-dir", state })
+        {
+            start.ArgumentList.Add(a);
+        }
+        using var p = Process.Start(start)!;
+        p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+    }
+
+    public void Dispose()
+    {
+        foreach (var (agent, prefix, state) in _nodes)
+        {
+            agent.Kill();
+            agent.WaitForExit();
+            Cleanup(prefix, state);
+        }
+        _etcd.Dispose();
+    }
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ClusterGroup
+{
+    public const string Name = "cluster";
+}
