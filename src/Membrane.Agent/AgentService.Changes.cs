@@ -338,13 +338,19 @@ public sealed partial class AgentService
     /// Cluster mode: the objects as the store holds them at <paramref name="revision"/> (delivered by the watch, other
     /// nodes' changes included) become this node's desired state and are enforced; nothing is written to the store.
     /// </summary>
-    public async Task ApplyStoreStateAsync(IReadOnlyDictionary<string, string> objects, long revision, CancellationToken cancel = default)
+    /// <remarks>
+    /// A state older than this node's last commit waits for the watch to catch up, unless it is a full listing
+    /// (<paramref name="listing"/>): that is the store's whole truth (at start, after a compaction, or a store
+    /// recreated with lower revisions) and always wins.
+    /// </remarks>
+    public async Task ApplyStoreStateAsync(IReadOnlyDictionary<string, string> objects, long revision, bool listing = false,
+        CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(objects);
         await _gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            if (revision < _store.Revision || (revision == _store.Revision && SameObjects(objects)))
+            if ((!listing && revision < _store.Revision) || (revision == _store.Revision && SameObjects(objects)))
             {
                 return; // this node committed something newer: the watch catches up first
             }

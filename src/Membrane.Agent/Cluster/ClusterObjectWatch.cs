@@ -21,15 +21,17 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
         while (!stoppingToken.IsCancellationRequested)
         {
             var next = await events.ReadAsync(stoppingToken).ConfigureAwait(false);
+            var listing = false;
             do
             {
+                listing |= next is StoreSnapshot;
                 revision = Take(next, current);
             }
             while (events.TryRead(out next));
             try
             {
-                await agent.ApplyStoreStateAsync(new Dictionary<string, string>(current, StringComparer.Ordinal), revision, stoppingToken)
-                    .ConfigureAwait(false);
+                await agent.ApplyStoreStateAsync(new Dictionary<string, string>(current, StringComparer.Ordinal), revision, listing,
+                    stoppingToken).ConfigureAwait(false);
             }
             catch (Exception e) when (e is AgentInputException or InvalidOperationException or IOException)
             {
