@@ -111,8 +111,9 @@ public sealed class EtcdConnection : IDisposable
             {
                 return await request(Deadline).ConfigureAwait(false);
             }
+            // Cancelled without the caller asking: the connection under the call was torn down (a member went away).
             catch (RpcException e) when (attempt < 3 && !cancel.IsCancellationRequested
-                                         && e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Unavailable)
+                                         && e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Unavailable or StatusCode.Cancelled)
             {
                 await Task.Delay(TimeSpan.FromMilliseconds(100 * attempt), cancel).ConfigureAwait(false);
             }

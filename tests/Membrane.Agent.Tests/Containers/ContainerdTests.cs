@@ -22,6 +22,8 @@ public sealed class ContainerdTests(CniAgentFixture fixture)
           ingress:
           - fromEndpoints: [{matchLabels: {app: client}}]
             icmps: [{fields: [{type: EchoRequest, family: IPv4}, {type: EchoRequest, family: IPv6}]}]
+          - fromEndpoints: [{matchLabels: {app: client}}]
+            toPorts: [{ports: [{port: "80", protocol: TCP}]}]
         """;
 
     private sealed record Pod(string SandboxId, string ContainerId, PodSandboxConfig Config);
@@ -46,7 +48,7 @@ public sealed class ContainerdTests(CniAgentFixture fixture)
             {
                 Metadata = new ContainerMetadata { Name = "main" },
                 Image = new ImageSpec { Image = Image },
-                Command = { "sleep", "3600" },
+                Command = { "nc", "-ll", "-p", "80", "-e", "cat" }, // every pod serves TCP 80 (echo)
                 LogPath = "main.log",
             },
         });
@@ -116,6 +118,8 @@ public sealed class ContainerdTests(CniAgentFixture fixture)
             Assert.False(await Exec(cri, pods[2], "ping", "-c1", "-W1", web.IPv4!), "intruder → web ping");
             Assert.False(await Exec(cri, pods[2], "ping6", "-c1", "-W1", web.IPv6!), "intruder → web ping6");
             Assert.False(await Exec(cri, pods[3], "ping", "-c1", "-W1", web.IPv4!), "forger → web ping");
+            Assert.True(await Exec(cri, pods[0], "sh", "-c", $"echo hi | nc -w1 {web.IPv4} 80 | grep -q hi"), "client → web TCP 80");
+            Assert.False(await Exec(cri, pods[2], "sh", "-c", $"echo hi | nc -w1 {web.IPv4} 80 | grep -q hi"), "intruder → web TCP 80");
         }
         finally
         {
