@@ -45,7 +45,7 @@ public sealed class EtcdCluster : IDisposable
                      "--listen-client-urls", $"http://127.0.0.1:{client}", "--advertise-client-urls", $"http://127.0.0.1:{client}",
                      "--listen-peer-urls", $"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{peer}",
                      "--initial-cluster", InitialCluster, "--initial-cluster-state", "new", "--initial-cluster-token", _root,
-                     "--heartbeat-interval", "50", "--election-timeout", "500",
+                     "--heartbeat-interval", "100", "--election-timeout", "1000",
                  })
         {
             start.ArgumentList.Add(a);
