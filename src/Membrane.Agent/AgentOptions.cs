@@ -18,6 +18,9 @@ public sealed record AgentOptions
     /// <summary>Cluster mode: the etcd client URLs (<c>URL[,URL…]</c>) holding the cluster's desired state.</summary>
     public string? Etcd { get; init; }
 
+    /// <summary>Cluster mode: the time to live of this node's lease (its keys outlive a killed agent this long).</summary>
+    public TimeSpan LeaseTimeToLive { get; init; } = TimeSpan.FromSeconds(15);
+
     /// <summary>A CRI socket (containerd's) to read the labels of containers that have no Pod object; null: none.</summary>
     public string? CriSocket { get; init; }
 

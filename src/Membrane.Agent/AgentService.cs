@@ -10,6 +10,7 @@ using Membrane.Agent.Sandbox;
 using Membrane.Agent.State;
 using Membrane.Datapath;
 using Membrane.Datapath.Sync;
+using Membrane.Kvstore;
 using Membrane.Policy.Api;
 using Membrane.Policy.Identity;
 using Membrane.Policy.Labels;
@@ -55,14 +56,16 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     private readonly EndpointManager _endpoints;
     private readonly Regenerator _regenerator;
     private readonly CniAttachments? _attachments;
+    private readonly ClusterIdentities? _clusterIdentities;
     private PolicyEngine _engine;
     private PodAddressAllocator _ipam;
 
     private AgentService(AgentOptions options, PolicyDatapath datapath, IEndpointRuntime runtime, IObjectStore store, ILogger log,
-        CniAttachments? attachments)
+        CniAttachments? attachments, ClusterIdentities? clusterIdentities)
     {
         _options = options;
         _attachments = attachments;
+        _clusterIdentities = clusterIdentities;
         _log = log;
         Datapath = datapath;
         PolicyMap = new PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules);
@@ -89,7 +92,32 @@ public sealed partial class AgentService : IDisposable, IPodLookup
 
     /// <summary>An empty engine and the IPAM that gives its pods their addresses.</summary>
     private (PolicyEngine Engine, PodAddressAllocator Ipam) NewEngine() =>
-        (new PolicyEngine(), new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
+        (new PolicyEngine(_clusterIdentities is { } cluster
+            ? new IdentityAllocator
+            {
+                PodNumbers = labels => ClusterNumber(cluster, labels),
+                PodReleased = id => ReleaseClusterNumber(cluster, id),
+            }
+            : new IdentityAllocator()), new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
+
+    /// <summary>Cluster mode: a new label set's number comes from the store (the same on every node).</summary>
+    private static uint ClusterNumber(ClusterIdentities cluster, LabelSet labels)
+    {
+        try
+        {
+            return cluster.AcquireAsync(labels.Canonical).GetAwaiter().GetResult();
+        }
+        catch (Grpc.Core.RpcException e)
+        {
+            throw new InvalidOperationException($"the cluster store is not reachable to number the identity of {labels} " +
+                $"({e.Status.StatusCode}); nothing was changed, try again when it is back", e);
+        }
+    }
+
+    /// <summary>This node no longer uses the number; best effort (a use left behind ends with this node's lease).</summary>
+    private void ReleaseClusterNumber(ClusterIdentities cluster, uint id) => _ = cluster.ReleaseAsync(id).ContinueWith(
+        t => Log.ClusterReleaseFailed(_log, id, t.Exception?.GetBaseException().Message ?? ""), CancellationToken.None,
+        TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
 
     /// <summary>
     /// The pod with addresses: those it asks for or keeps (reserved), else new ones. A running pod keeps its
@@ -116,14 +144,14 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     /// (Pod objects only name labels), and DELs queued while it was away are applied before it serves.
     /// </summary>
     public static AgentService Start(AgentOptions options, IEndpointRuntime runtime, IObjectStore store, ILoggerFactory? logging = null,
-        CniAttachments? attachments = null)
+        CniAttachments? attachments = null, ClusterIdentities? clusterIdentities = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(runtime);
         ArgumentNullException.ThrowIfNull(store);
         var datapath = Preflight.Run(options);
         var log = (logging ?? NullLoggerFactory.Instance).CreateLogger<AgentService>();
-        var agent = new AgentService(options, datapath, runtime, store, log, attachments);
+        var agent = new AgentService(options, datapath, runtime, store, log, attachments, clusterIdentities);
         try
         {
             agent.Restore();
@@ -154,6 +182,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
             .ToList(), StringComparer.Ordinal);
         RebuildEngine(state.Identities.Select(i => (i.Id, LabelSet.Parse(i.Labels))).ToList(), addresses);
         _endpoints.ResumeAdopted(key => _engine.FindEndpoint(key));
+        ClaimRestoredIdentities();
         Enforce(_regenerator.Plan(_engine), attachAll: true);
         Save();
         Queries.Publish();
@@ -195,6 +224,26 @@ public sealed partial class AgentService : IDisposable, IPodLookup
 
     /// <summary>A pod this node runs: every pod on one node; in cluster mode those whose <c>spec.nodeName</c> is this node.</summary>
     private bool IsLocal(PodManifest pod) => _options.Node is null || pod.NodeName == _options.Node;
+
+    /// <summary>
+    /// Cluster mode, at start: this node's identities (numbers from its state file) are claimed in the store again
+    /// under its new lease, so no collector takes them; a number the store gives otherwise is reported.
+    /// </summary>
+    private void ClaimRestoredIdentities()
+    {
+        if (_clusterIdentities is not { } cluster)
+        {
+            return;
+        }
+        foreach (var identity in _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).ToList())
+        {
+            var number = ClusterNumber(cluster, identity.Labels);
+            if (number != identity.Id)
+            {
+                Log.ClusterNumberDiffers(_log, identity.Labels.Canonical, identity.Id, number);
+            }
+        }
+    }
 
     private List<(uint Id, LabelSet Labels)> PodIdentities() =>
         _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => (i.Id, i.Labels)).ToList();

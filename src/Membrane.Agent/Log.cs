@@ -9,6 +9,14 @@ internal static partial class Log
         Message = "undoing a failed change was incomplete; a restart restores from the state file")]
     public static partial void RollbackIncomplete(ILogger logger, Exception exception);
 
+    [LoggerMessage(EventId = 41, Level = LogLevel.Warning,
+        Message = "could not tell the cluster store this node stopped using identity {Id}: {Reason}")]
+    public static partial void ClusterReleaseFailed(ILogger logger, uint id, string reason);
+
+    [LoggerMessage(EventId = 42, Level = LogLevel.Error,
+        Message = "identity {Labels} is {Local} here but {Cluster} in the cluster store; restart with a clean state to take the store's")]
+    public static partial void ClusterNumberDiffers(ILogger logger, string labels, uint local, uint cluster);
+
     [LoggerMessage(EventId = 20, Level = LogLevel.Information,
         Message = "container {ContainerId} ({Pod}) went while the agent was away: its attachment is removed")]
     public static partial void ContainerVanished(ILogger logger, string containerId, string pod);

@@ -57,9 +57,14 @@ public static class AgentCommandLine
         {
             Description = "Cluster mode: etcd client URLs (http://HOST:PORT[,…]) holding the cluster's objects (with --node)",
         };
+        var leaseTtl = new Option<int>("--lease-ttl")
+        {
+            Description = "Cluster mode: seconds this node's keys outlive a killed agent (its lease's time to live)",
+            DefaultValueFactory = _ => 15,
+        };
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
-            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd,
+            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -79,7 +84,17 @@ public static class AgentCommandLine
                 Runtime = parse.GetValue(runtime),
                 CriSocket = parse.GetValue(cri) is { Length: > 0 } socket ? Path.GetFullPath(socket) : null,
             };
-            options = options with { Node = parse.GetValue(node), Etcd = parse.GetValue(etcd) };
+            if (parse.GetValue(leaseTtl) is < 2 or > 3600)
+            {
+                await Console.Error.WriteLineAsync("error: --lease-ttl must be 2 to 3600 seconds").ConfigureAwait(false);
+                return Error;
+            }
+            options = options with
+            {
+                Node = parse.GetValue(node),
+                Etcd = parse.GetValue(etcd),
+                LeaseTimeToLive = TimeSpan.FromSeconds(parse.GetValue(leaseTtl)),
+            };
             if ((options.Node is null) != (options.Etcd is null))
             {
                 await Console.Error.WriteLineAsync("error: cluster mode needs both --node NAME and --etcd URL[,URL…]")

@@ -57,6 +57,22 @@ public static partial class AgentProcess
             builder.Services.AddSingleton(_ => EtcdConnection.FromOption(etcd));
             builder.Services.AddSingleton(services => new ClusterObjects(services.GetRequiredService<EtcdConnection>()));
             builder.Services.AddSingleton<ClusterObjectStore>();
+            builder.Services.AddSingleton(services =>
+            {
+                var session = new NodeSession(services.GetRequiredService<EtcdConnection>(), options.LeaseTimeToLive);
+                try
+                {
+                    session.StartAsync().GetAwaiter().GetResult();
+                }
+                catch (Grpc.Core.RpcException e)
+                {
+                    throw new InvalidOperationException($"cannot reach the cluster store at {etcd} ({e.Status.StatusCode}): start " +
+                        "etcd or fix --etcd", e);
+                }
+                return session;
+            });
+            builder.Services.AddSingleton(services => new ClusterIdentities(services.GetRequiredService<EtcdConnection>(), options.Node!,
+                services.GetRequiredService<NodeSession>()));
             builder.Services.AddSingleton<IObjectStore>(services => services.GetRequiredService<ClusterObjectStore>());
             builder.Services.AddHostedService<ClusterObjectWatch>();
         }
@@ -67,7 +83,7 @@ public static partial class AgentProcess
         builder.Services.AddSingleton(services => AgentService.Start(
             services.GetRequiredService<IOptions<AgentOptions>>().Value, services.GetRequiredService<IEndpointRuntime>(),
             services.GetRequiredService<IObjectStore>(), services.GetRequiredService<ILoggerFactory>(),
-            services.GetService<CniAttachments>()));
+            services.GetService<CniAttachments>(), services.GetService<ClusterIdentities>()));
         ApiServer.Configure(builder, options.SocketPath);
         await using var app = builder.Build();
         AgentService agent;

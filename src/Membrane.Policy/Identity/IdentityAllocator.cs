@@ -30,6 +30,15 @@ public sealed class IdentityAllocator
 
     public SecurityIdentity? Get(uint id) => _byId.GetValueOrDefault(id);
 
+    /// <summary>
+    /// Where new pod identity numbers come from when not from this allocator: in cluster mode the cluster store, so
+    /// equal labels have equal numbers on every node. Null: numbered here.
+    /// </summary>
+    public Func<LabelSet, uint>? PodNumbers { get; init; }
+
+    /// <summary>Told when a pod identity has no user left here (the cluster store forgets this node's use of it).</summary>
+    public Action<uint>? PodReleased { get; init; }
+
     /// <summary>Takes a reference; returns the identity and whether it was newly created.</summary>
     public (SecurityIdentity Identity, bool Created) Acquire(LabelSet labels, IdentityKind kind, IPNetwork? prefix = null)
     {
@@ -45,11 +54,23 @@ public sealed class IdentityAllocator
             return (existing.Identity, existing.Refs == 0);
         }
         uint id;
-        do
+        if (kind == IdentityKind.Pod && PodNumbers is { } numbers)
         {
-            id = kind == IdentityKind.Cidr ? _nextCidr++ : _nextPod++;
+            id = numbers(labels);
+            if (_byId.TryGetValue(id, out var taken))
+            {
+                throw new InvalidOperationException($"identity {id} for {labels} is held here by {taken.Labels}: the cluster store and " +
+                    "this node disagree; restart the agent to take the store's numbers");
+            }
         }
-        while (_byId.ContainsKey(id));
+        else
+        {
+            do
+            {
+                id = kind == IdentityKind.Cidr ? _nextCidr++ : _nextPod++;
+            }
+            while (_byId.ContainsKey(id));
+        }
         var identity = new SecurityIdentity(id, labels, kind, prefix);
         _byLabels[labels.Canonical] = (identity, 1);
         _byId[id] = identity;
@@ -71,6 +92,10 @@ public sealed class IdentityAllocator
         }
         _byLabels.Remove(identity.Labels.Canonical);
         _byId.Remove(identity.Id);
+        if (identity.Kind == IdentityKind.Pod)
+        {
+            PodReleased?.Invoke(identity.Id);
+        }
         return true;
     }
 

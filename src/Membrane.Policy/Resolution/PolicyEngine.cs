@@ -16,7 +16,7 @@ namespace Membrane.Policy.Resolution;
 /// </summary>
 public sealed partial class PolicyEngine
 {
-    private readonly IdentityAllocator _identities = new();
+    private readonly IdentityAllocator _identities;
     private readonly SelectorCache _cache = new();
     private readonly EndpointIndex _index = new();
     private readonly DependencyTracker _tracker = new();
@@ -25,7 +25,14 @@ public sealed partial class PolicyEngine
     private readonly Dictionary<string, EndpointPolicy> _resolved = new(StringComparer.Ordinal);
 
     public PolicyEngine()
+        : this(new IdentityAllocator())
     {
+    }
+
+    /// <summary>An engine numbering identities with <paramref name="identities"/> (cluster mode: numbers from the store).</summary>
+    public PolicyEngine(IdentityAllocator identities)
+    {
+        _identities = identities ?? throw new ArgumentNullException(nameof(identities));
         _repository = new PolicyRepository(_identities, _cache, _index);
         _resolver = new Resolver(_repository, _cache, _index);
         foreach (var reserved in ReservedIdentities.All)

@@ -32,6 +32,11 @@ public sealed class ClusterModeTests : IDisposable
         kind: Pod
         metadata: {name: other, namespace: shop, labels: {app: other}}
         spec: {nodeName: node-2, containers: [{name: o}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web2, namespace: shop, labels: {app: web}}
+        spec: {nodeName: node-2, containers: [{name: w, ports: [{containerPort: 80}]}]}
         """;
 
     private const string L4Only = """
@@ -94,6 +99,14 @@ public sealed class ClusterModeTests : IDisposable
         return false;
     }
 
+    private static uint Identity(int node, string pod)
+    {
+        var output = Cli(node, "endpoint", "get", pod, "-o", "json");
+        Assert.True(output.Code == 0, output.Err);
+        using var json = System.Text.Json.JsonDocument.Parse(output.Out);
+        return json.RootElement.GetProperty("identity").GetUInt32();
+    }
+
     private static string[] Probe(string protocol, params string[] more) =>
         ["connectivity", "probe", "--from", "shop/client", "--to", "shop/web", "--protocol", protocol, .. more];
 
@@ -113,6 +126,9 @@ public sealed class ClusterModeTests : IDisposable
             Assert.Equal(0, Cli(2, "endpoint", "get", "shop/other").Code);
             Assert.NotEqual(0, Cli(2, "endpoint", "get", "shop/web").Code); // not this node's pod
             Assert.True(Eventually(1, 0, Probe("icmp", "--icmp-type", "EchoRequest")), "ping before any policy");
+            // Equal labels, equal identity numbers on both nodes: they come from the store.
+            Assert.Equal(Identity(1, "shop/web"), Identity(2, "shop/web2"));
+            Assert.NotEqual(Identity(1, "shop/client"), Identity(2, "shop/other"));
 
             // The L4 policy, imported on node 2, drops ping between node 1's pods; TCP 80 stays allowed.
             Assert.Equal(0, Cli(2, "policy", "import", policy).Code);
