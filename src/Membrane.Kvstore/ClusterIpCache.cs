@@ -1,0 +1,92 @@
+using System.Globalization;
+using System.Net;
+
+namespace Membrane.Kvstore;
+
+/// <summary>A pod address somewhere in the cluster: its identity and the address of the node that hosts it.</summary>
+public sealed record RemoteEndpoint(IPAddress Address, uint Identity, string Node, IPAddress NodeAddress);
+
+/// <summary>
+/// Nodes and the cluster's ipcache in the store, as the reference system keeps them: <c>membrane/nodes/NODE</c>
+/// (underlay address and pod CIDRs) and <c>membrane/ipcache/ADDRESS</c> (identity, node, node address), each on the
+/// owner node's lease, so a node that dies takes its entries with it once its lease expires. Publishing goes
+/// through the node's <see cref="NodeSession"/> (written again on a new lease); every node follows the others'
+/// entries with a <see cref="PrefixWatcher"/>.
+/// </summary>
+public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, string node, IPAddress nodeAddress)
+{
+    public const string NodesPrefix = "membrane/nodes/";
+    public const string Prefix = "membrane/ipcache/";
+
+    public static string Key(IPAddress address) => Prefix + address;
+
+    /// <summary>Announces the node (its underlay address and pod ranges) on its lease.</summary>
+    public Task AnnounceAsync(IEnumerable<IPNetwork> podRanges, CancellationToken cancel = default) =>
+        session.PutAsync(NodesPrefix + node, $"{nodeAddress} {string.Join(',', podRanges)}", cancel);
+
+    public Task PublishAsync(IPAddress address, uint identity, CancellationToken cancel = default) =>
+        session.PutAsync(Key(address), string.Create(CultureInfo.InvariantCulture, $"{identity} {node} {nodeAddress}"), cancel);
+
+    public Task WithdrawAsync(IPAddress address, CancellationToken cancel = default) => session.DeleteAsync(Key(address), cancel);
+
+    /// <summary>Parses an entry; null when it is not one (a malformed value is ignored rather than trusted).</summary>
+    public static RemoteEndpoint? Parse(string key, string value)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(value);
+        var parts = value.Split(' ');
+        return key.StartsWith(Prefix, StringComparison.Ordinal) && parts.Length == 3
+            && IPAddress.TryParse(key[Prefix.Length..], out var address)
+            && uint.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var identity)
+            && IPAddress.TryParse(parts[2], out var host)
+            ? new RemoteEndpoint(address, identity, parts[1], host)
+            : null;
+    }
+
+    /// <summary>
+    /// Follows every node's entries: the current view after each batch of changes (a listing replaces it). Entries
+    /// of this node are left out (it knows its own pods).
+    /// </summary>
+    public async IAsyncEnumerable<IReadOnlyDictionary<IPAddress, RemoteEndpoint>> FollowAsync(
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel = default)
+    {
+        var events = new PrefixWatcher(etcd, Prefix).Start(cancel);
+        var view = new Dictionary<IPAddress, RemoteEndpoint>();
+        while (await events.WaitToReadAsync(cancel).ConfigureAwait(false))
+        {
+            while (events.TryRead(out var change))
+            {
+                Take(change, view);
+            }
+            yield return new Dictionary<IPAddress, RemoteEndpoint>(view);
+        }
+    }
+
+    private void Take(StoreEvent change, Dictionary<IPAddress, RemoteEndpoint> view)
+    {
+        switch (change)
+        {
+            case StoreSnapshot snapshot:
+                view.Clear();
+                foreach (var (key, value) in snapshot.Items)
+                {
+                    Add(key, value, view);
+                }
+                break;
+            case StorePut put:
+                Add(put.Key, put.Value, view);
+                break;
+            case StoreDelete delete when IPAddress.TryParse(delete.Key[Prefix.Length..], out var gone):
+                view.Remove(gone);
+                break;
+        }
+    }
+
+    private void Add(string key, string value, Dictionary<IPAddress, RemoteEndpoint> view)
+    {
+        if (Parse(key, value) is { } entry && entry.Node != node)
+        {
+            view[entry.Address] = entry;
+        }
+    }
+}

@@ -1,0 +1,65 @@
+using System.Net;
+
+namespace Membrane.Kvstore.Tests;
+
+/// <summary>Every node's pod addresses on its lease, followed by the others, on a real three-member etcd.</summary>
+public sealed class ClusterIpCacheTests : IDisposable
+{
+    private readonly EtcdCluster _etcd = new();
+
+    /// <summary>Reads views until one satisfies <paramref name="condition"/> (20 s deadline); that view.</summary>
+    private static async Task<IReadOnlyDictionary<IPAddress, RemoteEndpoint>> ViewWhere(
+        IAsyncEnumerator<IReadOnlyDictionary<IPAddress, RemoteEndpoint>> views,
+        Func<IReadOnlyDictionary<IPAddress, RemoteEndpoint>, bool> condition)
+    {
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        while (true)
+        {
+            var next = views.MoveNextAsync().AsTask();
+            await Task.WhenAny(next, Task.Delay(Timeout.Infinite, deadline.Token));
+            Assert.True(next.IsCompleted, "no view met the condition within 20 s");
+            Assert.True(await next);
+            if (condition(views.Current))
+            {
+                return views.Current;
+            }
+        }
+    }
+
+    [Fact]
+    public async Task ANodesEntriesReachTheOthersAndLeaveWithItsLease()
+    {
+        using var ea = _etcd.Connect();
+        using var eb = _etcd.Connect();
+        var sessionA = new NodeSession(ea, TimeSpan.FromSeconds(2));
+        await sessionA.StartAsync();
+        await using var sessionB = new NodeSession(eb, TimeSpan.FromSeconds(30));
+        await sessionB.StartAsync();
+        var a = new ClusterIpCache(ea, sessionA, "node-a", IPAddress.Parse("192.168.50.1"));
+        var b = new ClusterIpCache(eb, sessionB, "node-b", IPAddress.Parse("192.168.50.2"));
+        await a.AnnounceAsync([IPNetwork.Parse("10.220.0.0/16")]);
+        await a.PublishAsync(IPAddress.Parse("10.220.0.2"), 300);
+        await a.PublishAsync(IPAddress.Parse("fd00:220::2"), 300);
+        await b.PublishAsync(IPAddress.Parse("10.221.0.2"), 301);
+        await ea.PutAsync(ClusterIpCache.Prefix + "10.220.0.99", "not an entry"); // ignored, not trusted
+
+        using var stop = new CancellationTokenSource();
+        await using var views = b.FollowAsync(stop.Token).GetAsyncEnumerator();
+        var view = await ViewWhere(views, v => v.Count == 2);
+        Assert.Equal(new RemoteEndpoint(IPAddress.Parse("10.220.0.2"), 300, "node-a", IPAddress.Parse("192.168.50.1")),
+            view[IPAddress.Parse("10.220.0.2")]);
+        Assert.True(view.ContainsKey(IPAddress.Parse("fd00:220::2")));
+        Assert.False(view.ContainsKey(IPAddress.Parse("10.221.0.2"))); // its own
+
+        await a.WithdrawAsync(IPAddress.Parse("fd00:220::2"));
+        await ViewWhere(views, v => v.Count == 1);
+
+        // Node A is killed: nothing keeps its lease alive, and its entries go with it.
+        await sessionA.DisposeAsync();
+        await ViewWhere(views, v => v.Count == 0);
+        Assert.Empty((await eb.ListAsync(ClusterIpCache.NodesPrefix)).Items);
+        await stop.CancelAsync();
+    }
+
+    public void Dispose() => _etcd.Dispose();
+}
