@@ -200,6 +200,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
                 {
                 }
                 Ip.Exec("ip", ["netns", "exec", node, "nft", "-f", file], null);
+                File.Delete(file); // loaded: the benchmark leaves nothing in /tmp
                 await Measure($"nftables, {rules:N0} linear rules").ConfigureAwait(false);
             }
             Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
