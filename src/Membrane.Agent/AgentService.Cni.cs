@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
-using System.Text.RegularExpressions;
 using Membrane.Agent.Cni;
 using Membrane.Api;
 using Membrane.Policy.Api;
@@ -17,21 +16,6 @@ namespace Membrane.Agent;
 /// </summary>
 public sealed partial class AgentService
 {
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
-    private static partial Regex ContainerIdPattern();
-
-    /// <summary>Interface names as runtimes use them (eth0, net1): nothing that could split an <c>ip -batch</c> line.</summary>
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")]
-    private static partial Regex InterfaceNamePattern();
-
-    [GeneratedRegex("^(/var)?/run/netns/[^/]+$|^/proc/[0-9]+(/task/[0-9]+)?/ns/net$")]
-    private static partial Regex NetnsPattern();
-
-    [GeneratedRegex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
-    private static partial Regex DnsLabel();
-
-    [GeneratedRegex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
-    private static partial Regex DnsSubdomain();
 
     /// <summary>True when the agent serves container runtimes (<c>--runtime cni</c>).</summary>
     public bool ServesContainerRuntimes => _attachments is not null;
@@ -44,9 +28,9 @@ public sealed partial class AgentService
     {
         ArgumentNullException.ThrowIfNull(request);
         var attachments = Attachments;
-        Check(request, adding: true);
+        CniRequestCheck.Check(request, adding: true);
         var chained = request.PrevResult is not null;
-        var previous = chained ? PreviousAddresses(request.PrevResult!, request.InterfaceName) : null;
+        var previous = chained ? CniRequestCheck.PreviousAddresses(request.PrevResult!, request.InterfaceName) : null;
         await CommitAsync(() =>
         {
             if (attachments.Find(request.ContainerId, request.InterfaceName) is not null)
@@ -83,7 +67,7 @@ public sealed partial class AgentService
     {
         ArgumentNullException.ThrowIfNull(request);
         var attachments = Attachments;
-        Check(request, adding: false);
+        CniRequestCheck.Check(request, adding: false);
         return CommitAsync(() =>
         {
             if (attachments.Find(request.ContainerId, request.InterfaceName) is not { } attachment)
@@ -119,7 +103,7 @@ public sealed partial class AgentService
     {
         ArgumentNullException.ThrowIfNull(request);
         var attachments = Attachments;
-        Check(request, adding: true);
+        CniRequestCheck.Check(request, adding: true);
         return ReadAsync(() =>
         {
             var attachment = attachments.Find(request.ContainerId, request.InterfaceName)
@@ -206,81 +190,6 @@ public sealed partial class AgentService
     private static bool SamePod(PodManifest a, PodManifest b) =>
         a.LabelsPending == b.LabelsPending && a.SameShape(b) && a.Addresses.SequenceEqual(b.Addresses)
         && a.Labels.Count == b.Labels.Count && a.Labels.All(l => b.Labels.TryGetValue(l.Key, out var v) && v == l.Value);
-
-    /// <summary>Checks what a plugin sent before anything changes; each problem names the CNI parameter to fix.</summary>
-    private static void Check(CniAttachmentRequest request, bool adding)
-    {
-        if (!ContainerIdPattern().IsMatch(request.ContainerId ?? ""))
-        {
-            throw new AgentInputException($"CNI_CONTAINERID \"{request.ContainerId}\" is not a container id (letters, digits, '_', '.' " +
-                "and '-', at most 128)");
-        }
-        if (!InterfaceNamePattern().IsMatch(request.InterfaceName ?? ""))
-        {
-            throw new AgentInputException($"CNI_IFNAME \"{request.InterfaceName}\" is not an interface name (1-15 letters, digits, '_', " +
-                "'.' and '-')");
-        }
-        if (!adding)
-        {
-            return;
-        }
-        if (request.Netns is null || !NetnsPattern().IsMatch(request.Netns))
-        {
-            throw new AgentInputException($"CNI_NETNS \"{request.Netns}\" is not a network namespace path (/run/netns/NAME or " +
-                "/proc/PID/ns/net)");
-        }
-        if (!File.Exists(request.Netns))
-        {
-            throw new AgentInputException($"CNI_NETNS {request.Netns} does not exist");
-        }
-        if (request.PodName is null)
-        {
-            throw new AgentInputException("CNI_ARGS has no K8S_POD_NAME: membrane-cni needs the pod's name to find its labels (podman " +
-                "and the CRI pass it)");
-        }
-        if (!DnsSubdomain().IsMatch(request.PodName))
-        {
-            throw new AgentInputException($"K8S_POD_NAME \"{request.PodName}\" is not a pod name (lowercase letters, digits, '-' and " +
-                "'.', at most 253)");
-        }
-        if (!DnsLabel().IsMatch(request.PodNamespace ?? ""))
-        {
-            throw new AgentInputException($"K8S_POD_NAMESPACE \"{request.PodNamespace}\" is not a namespace name (lowercase letters, " +
-                "digits and '-', at most 63)");
-        }
-    }
-
-    /// <summary>Chained: the addresses the plugin before gave the container's interface (prevResult's ips).</summary>
-    private static List<IPAddress> PreviousAddresses(string prevResult, string interfaceName)
-    {
-        try
-        {
-            using var document = JsonDocument.Parse(prevResult);
-            var root = document.RootElement;
-            var interfaces = root.TryGetProperty("interfaces", out var list) && list.ValueKind == JsonValueKind.Array
-                ? list.EnumerateArray().ToList()
-                : [];
-            var container = interfaces.FindIndex(i => i.TryGetProperty("name", out var n) && n.GetString() == interfaceName
-                && i.TryGetProperty("sandbox", out var s) && s.GetString() is { Length: > 0 });
-            var addresses = new List<IPAddress>();
-            foreach (var ip in root.TryGetProperty("ips", out var ips) && ips.ValueKind == JsonValueKind.Array ? ips.EnumerateArray() : [])
-            {
-                var onContainer = !ip.TryGetProperty("interface", out var index) || index.GetInt32() == container;
-                if (onContainer && ip.TryGetProperty("address", out var address) && IPNetwork.TryParse(address.GetString(), out _))
-                {
-                    addresses.Add(IPAddress.Parse(address.GetString()!.Split('/')[0]));
-                }
-            }
-            return addresses.Count > 0
-                ? addresses
-                : throw new AgentInputException($"prevResult gives {interfaceName} no address: chain membrane-cni after a plugin with " +
-                    "IPAM (bridge + host-local)");
-        }
-        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
-        {
-            throw new AgentInputException($"prevResult is not a CNI result: {e.Message}");
-        }
-    }
 
     /// <summary>The CNI result of an interface-mode ADD: both ends, the addresses and the default routes.</summary>
     private string Result(CniAttachmentRequest request)
