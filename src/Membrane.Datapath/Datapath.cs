@@ -13,12 +13,16 @@ public sealed class PolicyDatapath : IDisposable
     public const string ObjectName = "membrane.o";
     public const string FromPodProgram = "from_pod";
     public const string ToPodProgram = "to_pod";
+    public const string ToTunnelProgram = "to_tunnel";
+    public const string FromTunnelProgram = "from_tunnel";
 
     private PolicyDatapath(BpfObject obj)
     {
         Bpf = obj;
         FromPod = obj.Program(FromPodProgram);
         ToPod = obj.Program(ToPodProgram);
+        ToTunnel = obj.Program(ToTunnelProgram);
+        FromTunnel = obj.Program(FromTunnelProgram);
         // Each map bound once, to its C struct mirrors: a size mismatch fails here, at load.
         PolicyMap = obj.Map<PolicyMapKey, PolicyMapValue>("mb_policy");
         Conntrack = new ConntrackTable(obj.Map<Conntrack4Key, ConntrackValue>("mb_ct4"), obj.Map<Conntrack6Key, ConntrackValue>("mb_ct6"));
@@ -32,6 +36,8 @@ public sealed class PolicyDatapath : IDisposable
         IpCache6Map = obj.Map<IpCache6Key, IpCacheValue>("mb_ipcache6");
         Rules = new RuleRegistry();
         IpCache = new IpCacheSynchronizer(IpCache4Map, IpCache6Map);
+        Tunnels = new TunnelTable(obj.Map<IpCache4Key, TunnelValue>("mb_tunnel4"), obj.Map<IpCache6Key, TunnelValue>("mb_tunnel6"),
+            obj.Map<NodeKey, NodeValue>("mb_nodes"));
     }
 
     public BpfObject Bpf { get; }
@@ -41,6 +47,15 @@ public sealed class PolicyDatapath : IDisposable
 
     /// <summary>Runs on the pod's host-side veth tc egress: what the pod receives (its ingress policy).</summary>
     public BpfProgram ToPod { get; }
+
+    /// <summary>Tunnel mode, on the tunnel device's tc egress: sends to the destination's node with the source's identity.</summary>
+    public BpfProgram ToTunnel { get; }
+
+    /// <summary>Tunnel mode, on the tunnel device's tc ingress: believes an identity only from a known node.</summary>
+    public BpfProgram FromTunnel { get; }
+
+    /// <summary>Tunnel mode's routes (remote prefix → node) and known nodes.</summary>
+    public TunnelTable Tunnels { get; }
 
     public BpfMap<PolicyMapKey, PolicyMapValue> PolicyMap { get; }
 

@@ -47,9 +47,17 @@ public sealed unsafe class BpfProgram
     }
 
     /// <summary>Runs the program on one packet (Ethernet frame) in the kernel, <paramref name="repeat"/> times.</summary>
-    public TestRunResult TestRun(ReadOnlySpan<byte> packet, int repeat = 1)
+    public TestRunResult TestRun(ReadOnlySpan<byte> packet, int repeat = 1) => TestRun(packet, mark: 0, repeat);
+
+    /// <summary>Runs the program on one packet that carries <paramref name="mark"/> (the skb's mark, as tc sees it).</summary>
+    public TestRunResult TestRun(ReadOnlySpan<byte> packet, uint mark, int repeat = 1)
     {
         var output = new byte[Math.Max(packet.Length + 256, 512)];
+        // struct __sk_buff up to and including mark (len, pkt_type, mark): the kernel takes a shorter context.
+        var context = stackalloc uint[3];
+        context[0] = 0;
+        context[1] = 0;
+        context[2] = mark;
         using var fd = _fd.Borrow();
         fixed (byte* data = packet)
         fixed (byte* outData = output)
@@ -61,6 +69,8 @@ public sealed unsafe class BpfProgram
                 DataSizeIn = (uint)packet.Length,
                 DataOut = outData,
                 DataSizeOut = (uint)output.Length,
+                ContextIn = mark == 0 ? null : context,
+                ContextSizeIn = mark == 0 ? 0u : 12u,
                 Repeat = repeat,
             };
             BpfException.Check(LibBpf.ProgramTestRun(fd.Fd, &options), $"test run of {Name}");

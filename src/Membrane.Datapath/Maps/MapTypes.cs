@@ -57,6 +57,8 @@ public struct IpCache4Key
         PrefixLength = (uint)prefix.PrefixLength,
         Address = BitConverter.ToUInt32(prefix.BaseAddress.GetAddressBytes()),
     };
+
+    public readonly IPNetwork ToNetwork() => new(new IPAddress(BitConverter.GetBytes(Address)), (int)PrefixLength);
 }
 
 [StructLayout(LayoutKind.Sequential)]
@@ -74,6 +76,16 @@ public unsafe struct IpCache6Key
             key.Address[i] = bytes[i];
         }
         return key;
+    }
+
+    public readonly IPNetwork ToNetwork()
+    {
+        var bytes = new byte[16];
+        for (var i = 0; i < 16; i++)
+        {
+            bytes[i] = Address[i];
+        }
+        return new IPNetwork(new IPAddress(bytes), (int)PrefixLength);
     }
 }
 
@@ -192,6 +204,7 @@ public enum DropReason : byte
     Fragment = 4,
     InvalidSource = 5,
     UnknownL3 = 6,
+    Tunnel = 7,
 }
 
 public enum EventType : byte
@@ -211,6 +224,7 @@ public static class DropReasons
         DropReason.Fragment => "Fragment of a denied or unseen datagram",
         DropReason.InvalidSource => "Invalid source address (not the pod's own)",
         DropReason.UnknownL3 => "Unknown L3 protocol (not IPv4, IPv6 or ARP; VLAN tags included)",
+        DropReason.Tunnel => "Tunnel traffic from an address that is no node, or to a prefix no node hosts",
         _ => $"reason {(int)reason}",
     };
 

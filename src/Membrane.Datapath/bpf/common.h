@@ -13,7 +13,9 @@ enum traffic_direction {
 };
 
 #define IDENTITY_ANY 0
+#define IDENTITY_HOST 1
 #define IDENTITY_WORLD 2
+#define IDENTITY_REMOTE_NODE 6
 #define IDENTITY_FIRST_POD 256        /* identities of pods: [256, first CIDR identity) */
 #define IDENTITY_FIRST_CIDR 16777217
 
@@ -32,6 +34,7 @@ enum drop_reason {
 	REASON_FRAGMENT = 4,    /* later fragment whose first fragment was denied or never seen */
 	REASON_INVALID_SOURCE = 5, /* sent by a pod with an address (IP or ARP sender) that is not the pod's */
 	REASON_UNKNOWN_L3 = 6,  /* neither IPv4, IPv6 nor ARP (VLAN tags included): policy could not judge it */
+	REASON_TUNNEL = 7,      /* tunnel traffic from an address that is no node, or to a prefix no node hosts */
 	REASON_MAX = 8,
 };
 

@@ -11,6 +11,7 @@
 #include "source.h"
 #include "conntrack.h"
 #include "events.h"
+#include "tunnel.h"
 
 static __always_inline void remember_fragment(__u32 ifindex, __u8 dir, const struct flow *f, __u8 allowed)
 {
@@ -74,7 +75,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (is_icmp(f.proto) && is_icmp_error(f.family, f.icmp_type) && ct_related(skb, ifindex, &f, now, dir))
 		goto pass;
 
-	__u32 peer = ipcache_identity(&f, dir);
+	/* From another node through the tunnel, the sender's identity came with the packet (from_tunnel). */
+	__u32 tunnelled = dir == DIR_INGRESS ? mark_identity(skb) : 0;
+	__u32 peer = tunnelled ? tunnelled : ipcache_identity(&f, dir);
 	struct policy_value *entry = policy_lookup(ifindex, dir, peer, &f);
 	if (!entry || entry->deny) {
 		if (f.frag == FRAG_FIRST)
@@ -103,6 +106,45 @@ SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+/* On the tunnel device's egress: the packet leaves for the node that hosts its destination, with the source's
+ * identity in the VNI. A destination no node hosts is dropped (the route sent it here by mistake). */
+SEC("tc")
+int to_tunnel(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	if (tunnel_addresses(skb, &f))
+		return drop(skb, &f, DIR_EGRESS, REASON_TUNNEL, 0, 0);
+	struct tunnel_value *route = tunnel_route(&f);
+	if (!route)
+		return drop(skb, &f, DIR_EGRESS, REASON_TUNNEL, 0, 0);
+	struct bpf_tunnel_key key = {
+		.remote_ipv4 = bpf_ntohl(route->node),
+		.tunnel_id = tunnel_identity(ipcache_identity(&f, DIR_INGRESS)),
+		.tunnel_ttl = 64,
+	};
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), 0))
+		return drop(skb, &f, DIR_EGRESS, REASON_TUNNEL, 0, 0);
+	return TC_ACT_OK;
+}
+
+/* On the tunnel device's ingress: an identity is believed only from a known node's address; it reaches to_pod in
+ * the mark. No node may claim to be this node's host. */
+SEC("tc")
+int from_tunnel(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	struct bpf_tunnel_key key = {};
+	tunnel_addresses(skb, &f); /* for the drop event only */
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
+		return drop(skb, &f, DIR_INGRESS, REASON_TUNNEL, 0, 0);
+	struct node_key node = { .addr = bpf_htonl(key.remote_ipv4) };
+	if (!bpf_map_lookup_elem(&mb_nodes, &node))
+		return drop(skb, &f, DIR_INGRESS, REASON_TUNNEL, 0, 0);
+	__u32 identity = key.tunnel_id & TUNNEL_IDENTITY_MASK;
+	skb->mark = MARK_TUNNEL_MAGIC | (identity == IDENTITY_ANY || identity == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : identity);
+	return TC_ACT_OK;
 }
 
 /* Puts into the object's BTF the types the programs use only through sizes and casts (the event record, the enums
