@@ -21,6 +21,25 @@ public sealed record AgentOptions
     /// <summary>Cluster mode: the time to live of this node's lease (its keys outlive a killed agent this long).</summary>
     public TimeSpan LeaseTimeToLive { get; init; } = TimeSpan.FromSeconds(15);
 
+    /// <summary>
+    /// Cluster mode with the sandbox: this node's address on the underlay that joins the node namespaces (with its
+    /// prefix length, e.g. <c>10.250.0.1/24</c>); null: the node has no link to others (their pods are peers in policy
+    /// only).
+    /// </summary>
+    public IPAddress? UnderlayAddress { get; init; }
+
+    /// <summary>The prefix length of the underlay's subnet.</summary>
+    public int UnderlayPrefixLength { get; init; } = 24;
+
+    /// <summary>The namespace holding the underlay's bridge, shared by every node of the local cluster.</summary>
+    public string UnderlayNamespace { get; init; } = "membrane-underlay";
+
+    /// <summary>How pods on different nodes reach each other (the whole cluster uses one mode).</summary>
+    public RoutingMode RoutingMode { get; init; } = RoutingMode.Native;
+
+    /// <summary>The pods' MTU: the tunnel's headers (VXLAN over IPv4: 50 bytes) come out of it in tunnel mode.</summary>
+    public int PodMtu => Node is not null && UnderlayAddress is not null && RoutingMode == RoutingMode.Tunnel ? 1450 : 1500;
+
     /// <summary>A CRI socket (containerd's) to read the labels of containers that have no Pod object; null: none.</summary>
     public string? CriSocket { get; init; }
 
@@ -52,6 +71,15 @@ public sealed record AgentOptions
     public IPAddress NodeIPv4 => PodAddressAllocator.Gateway(PodIPv4Range);
 
     public IPAddress NodeIPv6 => PodAddressAllocator.Gateway(PodIPv6Range);
+}
+
+public enum RoutingMode
+{
+    /// <summary>Nodes route each other's pod prefixes over the underlay; the receiver learns identities from its ipcache.</summary>
+    Native,
+
+    /// <summary>VXLAN between nodes; the sender's identity travels in the VNI, believed only from known nodes.</summary>
+    Tunnel,
 }
 
 public enum AgentRuntime

@@ -49,13 +49,13 @@ public sealed partial class AgentService
                 {
                     Save(); // the records of endpoints just created
                 }
-                Queries.Publish();
+                PublishState();
                 return new ApplyResponse(revision, changes);
             }
             catch (Exception)
             {
                 Rollback(before, persisted);
-                Queries.Publish();
+                PublishState();
                 throw;
             }
         }
@@ -69,7 +69,7 @@ public sealed partial class AgentService
     private bool Enforce(RegenerationPlan plan, bool attachAll)
     {
         var watch = Stopwatch.StartNew();
-        var created = _endpoints.Reconcile(_engine.Endpoints);
+        var created = _endpoints.Reconcile(_engine.Endpoints.Where(e => IsLocal(e.Pod)));
         _regenerator.Regenerate(_engine, plan, attachAll);
         Queries.LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
         return created;
@@ -184,6 +184,10 @@ public sealed partial class AgentService
             {
                 // A running pod keeps its addresses (a pod's addresses never change while it runs).
                 _engine.UpsertPod(WithAddresses(pod, _engine.FindEndpoint(pod.Key)?.Addresses));
+            }
+            else if (_attachments is null)
+            {
+                _engine.UpsertRemotePod(WithRemoteAddresses(pod));
             }
         }
         foreach (var policy in set.Policies)
@@ -365,12 +369,12 @@ public sealed partial class AgentService
                 {
                     Save();
                 }
-                Queries.Publish();
+                PublishState();
             }
             catch (Exception)
             {
                 Rollback(before, persisted: true);
-                Queries.Publish();
+                PublishState();
                 throw;
             }
         }
@@ -385,7 +389,11 @@ public sealed partial class AgentService
 
     private void ReleaseAddresses(string pod)
     {
-        foreach (var address in _engine.FindEndpoint(pod)?.Addresses ?? [])
+        if (_engine.FindEndpoint(pod) is not { } endpoint || !IsLocal(endpoint.Pod))
+        {
+            return; // another node's pod: its addresses are its node's
+        }
+        foreach (var address in endpoint.Addresses)
         {
             _ipam.Release(address);
         }

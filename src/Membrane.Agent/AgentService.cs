@@ -91,14 +91,22 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     public AgentOptions Options => _options;
 
     /// <summary>An empty engine and the IPAM that gives its pods their addresses.</summary>
-    private (PolicyEngine Engine, PodAddressAllocator Ipam) NewEngine() =>
-        (new PolicyEngine(_clusterIdentities is { } cluster
+    private (PolicyEngine Engine, PodAddressAllocator Ipam) NewEngine()
+    {
+        PolicyEngine? engine = null;
+        engine = new PolicyEngine(_clusterIdentities is { } cluster
             ? new IdentityAllocator
             {
                 PodNumbers = labels => ClusterNumber(cluster, labels),
                 PodReleased = id => ReleaseClusterNumber(cluster, id),
             }
-            : new IdentityAllocator()), new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
+            : new IdentityAllocator())
+        {
+            // Pods of other nodes are peers: they have identities and addresses here, and are resolved on their node.
+            IsLocal = key => engine!.FindEndpoint(key) is not { } endpoint || IsLocal(endpoint.Pod),
+        };
+        return (engine, new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
+    }
 
     /// <summary>Cluster mode: a new label set's number comes from the store (the same on every node).</summary>
     private static uint ClusterNumber(ClusterIdentities cluster, LabelSet labels)
@@ -185,7 +193,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         ClaimRestoredIdentities();
         Enforce(_regenerator.Plan(_engine), attachAll: true);
         Save();
-        Queries.Publish();
+        PublishState();
     }
 
     /// <summary>What the kernel still enforces for pods (pinned policy and address entries): never dropped silently.</summary>
@@ -210,9 +218,16 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         {
             engine.UpsertNamespace(ns);
         }
-        foreach (var pod in _attachments is null ? set.Pods.Where(IsLocal) : [])
+        foreach (var pod in _attachments is null ? set.Pods : [])
         {
-            engine.UpsertPod(WithAddresses(pod, addresses.GetValueOrDefault(pod.Key)));
+            if (IsLocal(pod))
+            {
+                engine.UpsertPod(WithAddresses(pod, addresses.GetValueOrDefault(pod.Key)));
+            }
+            else
+            {
+                engine.UpsertRemotePod(WithRemoteAddresses(pod));
+            }
         }
         foreach (var policy in set.Policies)
         {
@@ -223,7 +238,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     }
 
     /// <summary>A pod this node runs: every pod on one node; in cluster mode those whose <c>spec.nodeName</c> is this node.</summary>
-    private bool IsLocal(PodManifest pod) => _options.Node is null || pod.NodeName == _options.Node;
+    private bool IsLocal(PodManifest pod) => _options.Node is null || pod.NodeName is null || pod.NodeName == _options.Node;
 
     /// <summary>
     /// Cluster mode, at start: this node's identities (numbers from its state file) are claimed in the store again
@@ -249,7 +264,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         _engine.Identities.Where(i => i.Kind == IdentityKind.Pod).Select(i => (i.Id, i.Labels)).ToList();
 
     private Dictionary<string, IReadOnlyList<IPAddress>> PodAddresses() =>
-        _engine.Endpoints.ToDictionary(e => e.Key, e => e.Addresses, StringComparer.Ordinal);
+        _engine.Endpoints.Where(e => IsLocal(e.Pod)).ToDictionary(e => e.Key, e => e.Addresses, StringComparer.Ordinal);
 
     /// <summary>Runs a read under the agent's lock: it sees no change half-made.</summary>
     public async Task<T> ReadAsync<T>(Func<T> query, CancellationToken cancel = default)
@@ -275,6 +290,11 @@ public sealed partial class AgentService : IDisposable, IPodLookup
 
     public Task<IReadOnlyList<string>> PodKeysAsync(CancellationToken cancel) =>
         ReadAsync(() => (IReadOnlyList<string>)_endpoints.Records.Keys.Order(StringComparer.Ordinal).ToList(), cancel);
+
+    public Task<Endpoint?> FindPeerAsync(string key, CancellationToken cancel) => ReadAsync(() => _engine.FindEndpoint(key), cancel);
+
+    public Task<IReadOnlyList<string>> PeerKeysAsync(CancellationToken cancel) =>
+        ReadAsync(() => (IReadOnlyList<string>)_engine.Endpoints.Select(e => e.Key).Order(StringComparer.Ordinal).ToList(), cancel);
 
     public void Dispose()
     {

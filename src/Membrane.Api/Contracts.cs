@@ -12,7 +12,18 @@ public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Erro
 public sealed record StatusResponse(
     string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
     string StateDirectory, string PinDirectory, string NodeNamespace, IReadOnlyDictionary<string, ulong> Drops,
-    double LastRegenerationMilliseconds, IReadOnlyList<MapFillOutput>? Maps = null);
+    double LastRegenerationMilliseconds, IReadOnlyList<MapFillOutput>? Maps = null, ClusterStatusOutput? Cluster = null);
+
+/// <summary>
+/// Cluster mode: this node, the store's health (<c>degraded</c> with every reason), the store revision it enforces,
+/// the nodes it knows and how many of other nodes' pod addresses it holds.
+/// </summary>
+public sealed record ClusterStatusOutput(
+    string Node, string RoutingMode, string Health, IReadOnlyList<string> Reasons, long EnforcedRevision, string? UnderlayAddress,
+    IReadOnlyList<NodeOutput> Nodes, int RemoteEndpoints);
+
+/// <summary>A node of the cluster as the store announces it.</summary>
+public sealed record NodeOutput(string Name, string Address, IReadOnlyList<string> PodRanges);
 
 /// <summary>How full one BPF map is: a change that would overflow it is refused.</summary>
 public sealed record MapFillOutput(string Name, long Entries, long MaxEntries, double Percent);

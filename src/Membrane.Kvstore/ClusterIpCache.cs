@@ -3,12 +3,15 @@ using System.Net;
 
 namespace Membrane.Kvstore;
 
-/// <summary>A pod address somewhere in the cluster: its identity and the address of the node that hosts it.</summary>
-public sealed record RemoteEndpoint(IPAddress Address, uint Identity, string Node, IPAddress NodeAddress);
+/// <summary>A pod address somewhere in the cluster: its identity, the node that hosts it and that node's address, the pod.</summary>
+public sealed record RemoteEndpoint(IPAddress Address, uint Identity, string Node, IPAddress NodeAddress, string Pod);
+
+/// <summary>A node of the cluster: its underlay address and the prefixes its pods' addresses come from.</summary>
+public sealed record ClusterNode(string Name, IPAddress Address, IReadOnlyList<IPNetwork> PodRanges);
 
 /// <summary>
 /// Nodes and the cluster's ipcache in the store, as the reference system keeps them: <c>membrane/nodes/NODE</c>
-/// (underlay address and pod CIDRs) and <c>membrane/ipcache/ADDRESS</c> (identity, node, node address), each on the
+/// (underlay address and pod CIDRs) and <c>membrane/ipcache/ADDRESS</c> (identity, node, node address, pod), each on the
 /// owner node's lease, so a node that dies takes its entries with it once its lease expires. Publishing goes
 /// through the node's <see cref="NodeSession"/> (written again on a new lease); every node follows the others'
 /// entries with a <see cref="PrefixWatcher"/>.
@@ -24,8 +27,8 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
     public Task AnnounceAsync(IEnumerable<IPNetwork> podRanges, CancellationToken cancel = default) =>
         session.PutAsync(NodesPrefix + node, $"{nodeAddress} {string.Join(',', podRanges)}", cancel);
 
-    public Task PublishAsync(IPAddress address, uint identity, CancellationToken cancel = default) =>
-        session.PutAsync(Key(address), string.Create(CultureInfo.InvariantCulture, $"{identity} {node} {nodeAddress}"), cancel);
+    public Task PublishAsync(IPAddress address, uint identity, string pod, CancellationToken cancel = default) =>
+        session.PutAsync(Key(address), string.Create(CultureInfo.InvariantCulture, $"{identity} {node} {nodeAddress} {pod}"), cancel);
 
     public Task WithdrawAsync(IPAddress address, CancellationToken cancel = default) => session.DeleteAsync(Key(address), cancel);
 
@@ -35,12 +38,75 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
         ArgumentNullException.ThrowIfNull(key);
         ArgumentNullException.ThrowIfNull(value);
         var parts = value.Split(' ');
-        return key.StartsWith(Prefix, StringComparison.Ordinal) && parts.Length == 3
+        return key.StartsWith(Prefix, StringComparison.Ordinal) && parts.Length == 4
             && IPAddress.TryParse(key[Prefix.Length..], out var address)
             && uint.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var identity)
-            && IPAddress.TryParse(parts[2], out var host)
-            ? new RemoteEndpoint(address, identity, parts[1], host)
+            && IPAddress.TryParse(parts[2], out var host) && parts[3].Count(c => c == '/') == 1
+            ? new RemoteEndpoint(address, identity, parts[1], host, parts[3])
             : null;
+    }
+
+    /// <summary>Parses a node entry; null when it is not one.</summary>
+    public static ClusterNode? ParseNode(string key, string value)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(value);
+        var parts = value.Split(' ');
+        if (!key.StartsWith(NodesPrefix, StringComparison.Ordinal) || parts.Length != 2 || !IPAddress.TryParse(parts[0], out var address))
+        {
+            return null;
+        }
+        var ranges = new List<IPNetwork>();
+        foreach (var range in parts[1].Split(',', StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!IPNetwork.TryParse(range, out var network))
+            {
+                return null;
+            }
+            ranges.Add(network);
+        }
+        return new ClusterNode(key[NodesPrefix.Length..], address, ranges);
+    }
+
+    /// <summary>Follows the cluster's nodes (this one included): the current view after each batch of changes.</summary>
+    public async IAsyncEnumerable<IReadOnlyDictionary<string, ClusterNode>> FollowNodesAsync(
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel = default)
+    {
+        var events = new PrefixWatcher(etcd, NodesPrefix).Start(cancel);
+        var view = new Dictionary<string, ClusterNode>(StringComparer.Ordinal);
+        while (await events.WaitToReadAsync(cancel).ConfigureAwait(false))
+        {
+            while (events.TryRead(out var change))
+            {
+                switch (change)
+                {
+                    case StoreSnapshot snapshot:
+                        view.Clear();
+                        foreach (var (key, value) in snapshot.Items)
+                        {
+                            if (ParseNode(key, value) is { } entry)
+                            {
+                                view[entry.Name] = entry;
+                            }
+                        }
+                        break;
+                    case StorePut put:
+                        if (ParseNode(put.Key, put.Value) is { } added)
+                        {
+                            view[added.Name] = added;
+                        }
+                        else
+                        {
+                            view.Remove(put.Key[NodesPrefix.Length..]);
+                        }
+                        break;
+                    case StoreDelete delete:
+                        view.Remove(delete.Key[NodesPrefix.Length..]);
+                        break;
+                }
+            }
+            yield return new Dictionary<string, ClusterNode>(view, StringComparer.Ordinal);
+        }
     }
 
     /// <summary>

@@ -38,18 +38,26 @@ public sealed class ClusterIpCacheTests : IDisposable
         var a = new ClusterIpCache(ea, sessionA, "node-a", IPAddress.Parse("192.168.50.1"));
         var b = new ClusterIpCache(eb, sessionB, "node-b", IPAddress.Parse("192.168.50.2"));
         await a.AnnounceAsync([IPNetwork.Parse("10.220.0.0/16")]);
-        await a.PublishAsync(IPAddress.Parse("10.220.0.2"), 300);
-        await a.PublishAsync(IPAddress.Parse("fd00:220::2"), 300);
-        await b.PublishAsync(IPAddress.Parse("10.221.0.2"), 301);
+        await a.PublishAsync(IPAddress.Parse("10.220.0.2"), 300, "shop/web");
+        await a.PublishAsync(IPAddress.Parse("fd00:220::2"), 300, "shop/web");
+        await b.PublishAsync(IPAddress.Parse("10.221.0.2"), 301, "shop/client");
         await ea.PutAsync(ClusterIpCache.Prefix + "10.220.0.99", "not an entry"); // ignored, not trusted
+        await ea.PutAsync(ClusterIpCache.Prefix + "10.220.0.98", "300 node-a 192.168.50.1 no-namespace"); // no pod key: ignored
 
         using var stop = new CancellationTokenSource();
         await using var views = b.FollowAsync(stop.Token).GetAsyncEnumerator();
         var view = await ViewWhere(views, v => v.Count == 2);
-        Assert.Equal(new RemoteEndpoint(IPAddress.Parse("10.220.0.2"), 300, "node-a", IPAddress.Parse("192.168.50.1")),
+        Assert.Equal(new RemoteEndpoint(IPAddress.Parse("10.220.0.2"), 300, "node-a", IPAddress.Parse("192.168.50.1"), "shop/web"),
             view[IPAddress.Parse("10.220.0.2")]);
         Assert.True(view.ContainsKey(IPAddress.Parse("fd00:220::2")));
         Assert.False(view.ContainsKey(IPAddress.Parse("10.221.0.2"))); // its own
+
+        await using (var nodes = b.FollowNodesAsync(stop.Token).GetAsyncEnumerator())
+        {
+            Assert.True(await nodes.MoveNextAsync());
+            Assert.Equal(IPAddress.Parse("192.168.50.1"), nodes.Current["node-a"].Address);
+            Assert.Equal([IPNetwork.Parse("10.220.0.0/16")], nodes.Current["node-a"].PodRanges);
+        }
 
         await a.WithdrawAsync(IPAddress.Parse("fd00:220::2"));
         await ViewWhere(views, v => v.Count == 1);
@@ -59,6 +67,16 @@ public sealed class ClusterIpCacheTests : IDisposable
         await ViewWhere(views, v => v.Count == 0);
         Assert.Empty((await eb.ListAsync(ClusterIpCache.NodesPrefix)).Items);
         await stop.CancelAsync();
+    }
+
+    [Fact]
+    public async Task TheFirstNodeSetsAClusterSettingAndTheOthersGetItsValue()
+    {
+        using var ea = _etcd.Connect();
+        using var eb = _etcd.Connect();
+        Assert.Equal("tunnel", await new ClusterSettings(ea).AgreeAsync("routing-mode", "tunnel"));
+        Assert.Equal("tunnel", await new ClusterSettings(eb).AgreeAsync("routing-mode", "native"));
+        Assert.Equal("tunnel", await new ClusterSettings(eb).AgreeAsync("routing-mode", "tunnel"));
     }
 
     public void Dispose() => _etcd.Dispose();

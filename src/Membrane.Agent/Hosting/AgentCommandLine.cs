@@ -1,5 +1,7 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Net;
+using System.Net.Sockets;
 using Membrane.Agent.Sandbox;
 using Membrane.Api;
 
@@ -62,9 +64,24 @@ public static class AgentCommandLine
             Description = "Cluster mode: seconds this node's keys outlive a killed agent (its lease's time to live)",
             DefaultValueFactory = _ => 15,
         };
+        var underlay = new Option<string?>("--underlay-address")
+        {
+            Description = "Cluster mode (sandbox): this node's IPv4 address on the underlay joining the nodes, with its prefix (10.250.0.1/24)",
+        };
+        var underlayNetns = new Option<string>("--underlay-netns")
+        {
+            Description = "Cluster mode (sandbox): the namespace holding the underlay's bridge (shared by the local cluster's nodes)",
+            DefaultValueFactory = _ => "membrane-underlay",
+        };
+        var routing = new Option<RoutingMode>("--routing-mode")
+        {
+            Description = "Cluster mode: 'native' (routes to other nodes' pod prefixes) or 'tunnel' (VXLAN, identity in the VNI); " +
+                "one mode per cluster",
+            DefaultValueFactory = _ => RoutingMode.Native,
+        };
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
-            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl,
+            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, underlay, underlayNetns, routing,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -116,6 +133,26 @@ public static class AgentCommandLine
                     .ConfigureAwait(false);
                 return Error;
             }
+            if (parse.GetValue(underlay) is { } under)
+            {
+                var parts = under.Split('/');
+                if (parts.Length != 2 || !IPAddress.TryParse(parts[0], out var underAddress)
+                    || underAddress.AddressFamily != AddressFamily.InterNetwork
+                    || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var length) || length is < 8 or > 30)
+                {
+                    await Console.Error.WriteLineAsync($"error: --underlay-address \"{under}\" is not an IPv4 address with a prefix " +
+                        "length of 8 to 30 (10.250.0.1/24)").ConfigureAwait(false);
+                    return Error;
+                }
+                if (options.Node is null || options.Runtime != AgentRuntime.Sandbox)
+                {
+                    await Console.Error.WriteLineAsync("error: --underlay-address needs cluster mode (--node, --etcd) with the sandbox runtime")
+                        .ConfigureAwait(false);
+                    return Error;
+                }
+                options = options with { UnderlayAddress = underAddress, UnderlayPrefixLength = length };
+            }
+            options = options with { UnderlayNamespace = parse.GetValue(underlayNetns)!, RoutingMode = parse.GetValue(routing) };
             if (options.CriSocket is not null && options.Runtime != AgentRuntime.Cni)
             {
                 await Console.Error.WriteLineAsync("error: --cri-socket needs --runtime cni").ConfigureAwait(false);

@@ -22,6 +22,18 @@ namespace Membrane.Agent.Hosting;
 /// </summary>
 public static partial class AgentProcess
 {
+    /// <summary>The cluster runs one routing mode: the first node sets it, a node started otherwise is refused.</summary>
+    private static void AgreeOnRoutingMode(EtcdConnection etcd, AgentOptions options)
+    {
+        var mine = options.RoutingMode.ToString().ToLowerInvariant();
+        var cluster = new ClusterSettings(etcd).AgreeAsync("routing-mode", mine).GetAwaiter().GetResult();
+        if (cluster != mine)
+        {
+            throw new InvalidOperationException($"--routing-mode {mine}: the cluster runs in {cluster} mode (set by its first node, " +
+                $"{ClusterSettings.Prefix}routing-mode); start this node with --routing-mode {cluster}");
+        }
+    }
+
     public static async Task<int> RunAsync(AgentOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -69,12 +81,15 @@ public static partial class AgentProcess
                     throw new InvalidOperationException($"cannot reach the cluster store at {etcd} ({e.Status.StatusCode}): start " +
                         "etcd or fix --etcd", e);
                 }
+                AgreeOnRoutingMode(services.GetRequiredService<EtcdConnection>(), options);
                 return session;
             });
             builder.Services.AddSingleton(services => new ClusterIdentities(services.GetRequiredService<EtcdConnection>(), options.Node!,
                 services.GetRequiredService<NodeSession>()));
             builder.Services.AddSingleton<IObjectStore>(services => services.GetRequiredService<ClusterObjectStore>());
             builder.Services.AddHostedService<ClusterObjectWatch>();
+            builder.Services.AddSingleton(new ClusterHealth(options));
+            builder.Services.AddHostedService<ClusterNetwork>();
         }
         else
         {
@@ -96,6 +111,10 @@ public static partial class AgentProcess
             // Preflight and restore refusals: the message says what to do.
             await Console.Error.WriteLineAsync($"error: {e.Message}").ConfigureAwait(false);
             return AgentCommandLine.Error;
+        }
+        if (app.Services.GetService<ClusterHealth>() is { } health)
+        {
+            agent.Queries.Cluster = health.Status;
         }
         ApiServer.PrepareSocket(options.SocketPath);
         ApiServer.Map(app, agent);

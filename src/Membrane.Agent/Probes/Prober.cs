@@ -36,19 +36,25 @@ public sealed class Prober(IPodLookup pods)
         var request = AgentInputException.Flow(
             query.From, query.To, query.Protocol, query.Port, query.IcmpType, query.IcmpCode, query.Family);
         var source = await pods.FindPodAsync(query.From, cancel).ConfigureAwait(false);
-        var destination = await pods.FindPodAsync(query.To, cancel).ConfigureAwait(false);
-        if (source is null || destination is null)
+        if (source is null)
         {
-            throw new AgentInputException($"no pod {(source is null ? query.From : query.To)}");
+            throw new AgentInputException(await pods.FindPeerAsync(query.From, cancel).ConfigureAwait(false) is { } elsewhere
+                ? $"{query.From} runs on node {elsewhere.Pod.NodeName}: probe from that node's agent"
+                : $"no pod {query.From}");
         }
+        // The destination may run on another node (cluster mode): it is reached by its address.
+        var local = await pods.FindPodAsync(query.To, cancel).ConfigureAwait(false);
+        var peer = local?.Endpoint ?? await pods.FindPeerAsync(query.To, cancel).ConfigureAwait(false)
+            ?? throw new AgentInputException($"no pod {query.To}");
         if (request.Protocol == IpProtocol.Sctp)
         {
             throw new AgentInputException("SCTP probes are unsupported: this kernel has no SCTP (CONFIG_IP_SCTP is not set); SCTP " +
                 "policy is still enforced and tested on crafted packets");
         }
         var timeout = Timeout(query.TimeoutMs, DefaultTimeoutMs);
-        var target = destination.Value.Endpoint.Address(request.Family)
-            ?? throw new AgentInputException($"{query.To} has no {request.Family} address");
+        var target = peer.Address(request.Family)
+            ?? throw new AgentInputException($"{query.To} has no {request.Family} address" + (local is null
+                ? $" here yet (node {peer.Pod.NodeName} has not published it)" : ""));
         var netns = source.Value.Record.Netns;
         var watch = Stopwatch.StartNew();
         var (allowed, detail) = request.Protocol switch
@@ -57,7 +63,9 @@ public sealed class Prober(IPodLookup pods)
             IpProtocol.Udp => await Udp(netns, target, request.Port, timeout).ConfigureAwait(false),
             _ when request.IcmpType is 8 or 128 && request.IcmpCode is null or 0 => await Echo(netns, target, timeout)
                 .ConfigureAwait(false),
-            _ => await IcmpDelivery(netns, destination.Value.Record.Netns, target, request, timeout).ConfigureAwait(false),
+            _ when local is { } here => await IcmpDelivery(netns, here.Record.Netns, target, request, timeout).ConfigureAwait(false),
+            _ => throw new AgentInputException($"{query.To} runs on node {peer.Pod.NodeName}: only echo, TCP and UDP probes reach " +
+                "another node (other ICMP messages are looked for in the destination's namespace, which is there)"),
         };
         return new ProbeResult(query.From, query.To, IpProtocol.Name(request.Protocol).ToLowerInvariant(), request.IsIcmp ? null
             : request.Port,
@@ -215,7 +223,9 @@ public sealed class Prober(IPodLookup pods)
         ArgumentNullException.ThrowIfNull(query);
         var watch = Stopwatch.StartNew();
         Timeout(query.TimeoutMs, 800);
-        var keys = await pods.PodKeysAsync(cancel).ConfigureAwait(false);
+        // Sources are this node's pods; destinations every pod it knows (other nodes' too, in cluster mode).
+        var sources = (await pods.PodKeysAsync(cancel).ConfigureAwait(false)).ToHashSet(StringComparer.Ordinal);
+        var keys = await pods.PeerKeysAsync(cancel).ConfigureAwait(false);
         if (query.Namespaces is { Count: > 0 } namespaces)
         {
             keys = keys.Where(p => namespaces.Contains(p.Split('/')[0])).ToList();
@@ -236,7 +246,7 @@ public sealed class Prober(IPodLookup pods)
         var probes = (from kind in kinds
                       from a in keys
                       from b in keys
-                      where a != b
+                      where a != b && sources.Contains(a)
                       select new ProbeQuery(a, b, kind.Protocol, kind.Port, kind.Type, null, kind.Family, query.TimeoutMs ?? 800)).ToList();
         using var limit = new SemaphoreSlim(24);
         var results = await Task.WhenAll(probes.Select(async p =>

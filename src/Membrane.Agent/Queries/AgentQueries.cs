@@ -36,6 +36,9 @@ public sealed class AgentQueries(
 
     private volatile Published? _published;
 
+    /// <summary>Cluster mode: the cluster part of status for the revision this node enforces.</summary>
+    public Func<long, ClusterStatusOutput>? Cluster { get; set; }
+
     /// <summary>Takes a new status snapshot; the agent calls it after every change, under its lock.</summary>
     public void Publish() => _published = new(store.Revision, endpoints.Records.Count, Engine.Identities.Count(), Engine.Policies.Count(),
         Engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
@@ -51,7 +54,8 @@ public sealed class AgentQueries(
         var drops = datapath.DropCounters().ToDictionary(d => DropReasons.Describe(d.Key), d => d.Value.Packets);
         return new StatusResponse(typeof(AgentQueries).Assembly.GetName().Version?.ToString() ?? "0", p.Revision,
             File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), p.Endpoints, p.Identities, p.Policies, p.Namespaces,
-            options.StateDirectory, options.PinDirectory, NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps);
+            options.StateDirectory, options.PinDirectory, NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps,
+            Cluster?.Invoke(p.Revision));
     }
 
     private List<MapFillOutput> MapFill()

@@ -20,6 +20,9 @@ public sealed record RegenerationPlan(IReadOnlyList<EndpointPolicy> Dirty, IRead
 /// </summary>
 public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer policyMap, EndpointManager endpoints)
 {
+    /// <summary>The other nodes' own addresses (cluster mode): the ipcache gives them the remote-node identity.</summary>
+    public IReadOnlyList<IPAddress> RemoteNodes { get; set; } = [];
+
     /// <summary>Resolves what changed and checks that it fits the maps; nothing is written, so a refusal changes nothing.</summary>
     public RegenerationPlan Plan(PolicyEngine engine)
     {
@@ -27,7 +30,9 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
         var dirty = engine.ResolveDirty();
         var host = endpoints.Runtime.HostAddresses
             .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.Host));
-        var ipcache = engine.IpCache().Concat(host).ToList();
+        var remoteNodes = RemoteNodes
+            .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.RemoteNode));
+        var ipcache = engine.IpCache().Concat(remoteNodes).Concat(host).ToList();
         try
         {
             // Pods not created yet have no interface: a placeholder index that no real interface has counts them.

@@ -19,13 +19,18 @@ public static class SandboxCleanup
             Description = "Pinned maps to remove"
         };
         var stateDir = new Option<string?>("--state-dir") { Description = "Also remove this state directory" };
+        var underlay = new Option<string>("--underlay-netns")
+        {
+            DefaultValueFactory = _ => "membrane-underlay",
+            Description = "Cluster mode: the underlay namespace to remove this node's port from (removed with its last port)",
+        };
         var command = new Command("cleanup", "Remove the sandbox's namespaces, pod servers and pinned maps (stop the agent first)")
         {
-            prefix, pinDir, stateDir,
+            prefix, pinDir, stateDir, underlay,
         };
         command.SetAction(parse =>
         {
-            var removed = Run(parse.GetValue(prefix)!, parse.GetValue(pinDir)!, parse.GetValue(stateDir));
+            var removed = Run(parse.GetValue(prefix)!, parse.GetValue(pinDir)!, parse.GetValue(stateDir), parse.GetValue(underlay)!);
             Console.WriteLine($"removed {removed} network namespaces of prefix \"{parse.GetValue(prefix)}\", their pod servers and " +
                 $"pinned maps");
             return 0;
@@ -35,7 +40,7 @@ public static class SandboxCleanup
 
     /// <summary>Stops the pod servers, deletes the namespaces, the host ends of containers' interfaces, the pins and (if
     /// named) the state; the number of namespaces and interfaces removed.</summary>
-    public static int Run(string namePrefix, string pinDirectory, string? stateDirectory)
+    public static int Run(string namePrefix, string pinDirectory, string? stateDirectory, string underlayNamespace = "membrane-underlay")
     {
         var servers = new PodServers(new AgentOptions { NamePrefix = namePrefix });
         foreach (var pid in servers.Find(null))
@@ -50,6 +55,7 @@ public static class SandboxCleanup
                 // already gone
             }
         }
+        UnderlayNetwork.Remove(underlayNamespace, namePrefix); // cluster mode: this node's port on the underlay
         var removed = 0;
         foreach (var line in Ip.Run("netns", "list").Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {

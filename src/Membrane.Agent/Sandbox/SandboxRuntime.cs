@@ -14,14 +14,18 @@ public sealed class SandboxRuntime : IEndpointRuntime
     private readonly NodeNetwork _node;
     private readonly PodNetwork _pods;
     private readonly PodServers _servers;
+    private readonly int _mtu;
 
     public SandboxRuntime(AgentOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        HostAddresses = [AgentOptions.GatewayIPv4, options.NodeIPv4, options.NodeIPv6];
+        HostAddresses = options.UnderlayAddress is { } underlay
+            ? [AgentOptions.GatewayIPv4, options.NodeIPv4, options.NodeIPv6, underlay, UnderlayNetwork.IPv6Of(underlay)]
+            : [AgentOptions.GatewayIPv4, options.NodeIPv4, options.NodeIPv6];
         _node = new NodeNetwork(options);
         _pods = new PodNetwork(options, _node);
         _servers = new PodServers(options);
+        _mtu = options.PodMtu;
     }
 
     public string NodeNamespace => _node.Name;
@@ -34,7 +38,7 @@ public sealed class SandboxRuntime : IEndpointRuntime
     public EndpointRecord Create(Endpoint endpoint)
     {
         ArgumentNullException.ThrowIfNull(endpoint);
-        var record = _pods.Create(endpoint.Key, endpoint.Addresses);
+        var record = _pods.Create(endpoint.Key, endpoint.Addresses, _mtu);
         _servers.Start(endpoint.Pod, record.Netns);
         return record;
     }

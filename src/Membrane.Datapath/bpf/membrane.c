@@ -119,6 +119,12 @@ int to_tunnel(struct __sk_buff *skb)
 	struct tunnel_value *route = tunnel_route(&f);
 	if (!route)
 		return drop(skb, &f, DIR_EGRESS, REASON_TUNNEL, 0, 0);
+	/* The inner frame goes to the receiving tunnel device's address, 02:6d + the node's IPv4 address: the kernel
+	 * takes a frame from its own address for a loop, and one to another address for someone else's. */
+	__u8 mac[6] = { 0x02, 0x6d };
+	__builtin_memcpy(&mac[2], &route->node, 4);
+	if (bpf_skb_store_bytes(skb, 0, mac, sizeof(mac), 0))
+		return drop(skb, &f, DIR_EGRESS, REASON_TUNNEL, 0, 0);
 	struct bpf_tunnel_key key = {
 		.remote_ipv4 = bpf_ntohl(route->node),
 		.tunnel_id = tunnel_identity(ipcache_identity(&f, DIR_INGRESS)),

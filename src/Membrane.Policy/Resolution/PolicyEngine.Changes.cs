@@ -39,8 +39,22 @@ public sealed partial class PolicyEngine
     public Endpoint UpsertPod(PodManifest pod)
     {
         ArgumentNullException.ThrowIfNull(pod);
+        return Upsert(pod, pod.Addresses.Count > 0 ? pod.Addresses : _index.Find(pod.Key)?.Addresses ?? []);
+    }
+
+    /// <summary>
+    /// Adds or updates a pod another node runs (a peer, never resolved here): its addresses are exactly those given,
+    /// none included (those its node has published; gone when the node is).
+    /// </summary>
+    public Endpoint UpsertRemotePod(PodManifest pod)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        return Upsert(pod, pod.Addresses);
+    }
+
+    private Endpoint Upsert(PodManifest pod, IReadOnlyList<System.Net.IPAddress> addresses)
+    {
         var old = _index.Find(pod.Key);
-        var addresses = pod.Addresses.Count > 0 ? pod.Addresses : old?.Addresses ?? [];
         var labels = Endpoint.DeriveLabels(pod, _index.FindNamespace(pod.Namespace));
         if (old is not null && old.Labels.Equals(labels))
         {

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Membrane.Kvstore.Tests;
 
 namespace Membrane.Agent.Tests.Cluster;
 
@@ -10,8 +9,7 @@ namespace Membrane.Agent.Tests.Cluster;
 [Collection(ClusterGroup.Name)]
 public sealed class ClusterModeTests : IDisposable
 {
-    private readonly EtcdCluster _etcd = new();
-    private readonly List<(Process Agent, string Prefix, string State)> _nodes = [];
+    private readonly LocalCluster _cluster = new();
 
     private const string Workloads = """
         apiVersion: v1
@@ -48,56 +46,13 @@ public sealed class ClusterModeTests : IDisposable
           ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
         """;
 
-    private static string Socket(int node) => Path.Combine(Path.GetTempPath(), $"mbclu{node}-state", "membrane.sock");
+    private void StartNode(int node) => _cluster.Start(node);
 
-    private void StartNode(int node)
-    {
-        var prefix = $"mbclu{node}";
-        var state = Path.Combine(Path.GetTempPath(), $"{prefix}-state");
-        Cleanup(prefix, state);
-        var (agent, code, stderr) = AgentUnderTest.Start(["--state-dir", state, "--name-prefix", prefix, "--pin-dir",
-            $"/sys/fs/bpf/{prefix}", "--pod-ipv4-range", $"10.21{node}.0.0/16", "--pod-ipv6-range", $"fd00:21{node}::/64",
-            "--node", $"node-{node}", "--etcd", _etcd.Urls], () => File.Exists(Socket(node)) && Cli(node, "status").Code == 0);
-        _nodes.Add((agent ?? throw new InvalidOperationException($"node {node}'s agent exited with {code}: {stderr}"), prefix, state));
-    }
+    private static (int Code, string Out, string Err) Cli(int node, params string[] args) => LocalCluster.Cli(node, args);
 
-    private static (int Code, string Out, string Err) Cli(int node, params string[] args)
-    {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-        start.Environment["MEMBRANE_SOCKET"] = Socket(node);
-        using var p = Process.Start(start)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        return (p.ExitCode, stdout.Result, stderr);
-    }
+    private static string Write(string yaml) => LocalCluster.Write(yaml);
 
-    private static string Write(string yaml)
-    {
-        var file = Path.Combine(Path.GetTempPath(), $"mbclu-{Guid.NewGuid():N}.yaml");
-        File.WriteAllText(file, yaml);
-        return file;
-    }
-
-    /// <summary>Polls (30 s deadline) until the command's exit code is <paramref name="expected"/>.</summary>
-    private static bool Eventually(int node, int expected, params string[] args)
-    {
-        var watch = Stopwatch.StartNew();
-        while (watch.Elapsed < TimeSpan.FromSeconds(30))
-        {
-            if (Cli(node, args).Code == expected)
-            {
-                return true;
-            }
-            Thread.Sleep(100);
-        }
-        return false;
-    }
+    private static bool Eventually(int node, int expected, params string[] args) => LocalCluster.Eventually(node, expected, args);
 
     private static uint Identity(int node, string pod)
     {
@@ -163,7 +118,7 @@ public sealed class ClusterModeTests : IDisposable
             var refused = Cli(1, "apply", "-f", unplaced);
             Assert.NotEqual(0, refused.Code);
             Assert.Contains("spec.nodeName", refused.Err + refused.Out, StringComparison.Ordinal);
-            using var etcd = _etcd.Connect();
+            using var etcd = _cluster.Etcd.Connect();
             Assert.Empty((await new Kvstore.ClusterObjects(etcd).LoadAsync()).Objects);
         }
         finally
@@ -172,29 +127,7 @@ public sealed class ClusterModeTests : IDisposable
         }
     }
 
-    private static void Cleanup(string prefix, string state)
-    {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "membrane.dll"), "cleanup", "--name-prefix", prefix, "--pin-dir",
-                     $"/sys/fs/bpf/{prefix}", "--state-dir", state })
-        {
-            start.ArgumentList.Add(a);
-        }
-        using var p = Process.Start(start)!;
-        p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-    }
-
-    public void Dispose()
-    {
-        foreach (var (agent, prefix, state) in _nodes)
-        {
-            agent.Kill();
-            agent.WaitForExit();
-            Cleanup(prefix, state);
-        }
-        _etcd.Dispose();
-    }
+    public void Dispose() => _cluster.Dispose();
 }
 
 [CollectionDefinition(Name, DisableParallelization = true)]

@@ -1,0 +1,77 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using Etcdserverpb;
+using Membrane.Api;
+using Membrane.Kvstore;
+
+namespace Membrane.Agent.Cluster;
+
+/// <summary>
+/// What <c>status</c> says about the cluster: whether the store answers with a quorum (probed every second), which
+/// parts of the exchange with other nodes are behind and why, the nodes this one knows. Thread-safe.
+/// </summary>
+public sealed class ClusterHealth(AgentOptions options)
+{
+    private static readonly TimeSpan ProbeInterval = TimeSpan.FromSeconds(1);
+    private readonly ConcurrentDictionary<string, string> _problems = new(StringComparer.Ordinal);
+    private volatile string? _store = "not probed yet";
+    private DateTime _storeSince = DateTime.UtcNow;
+
+    public IReadOnlyList<ClusterNode> Nodes { get; set; } = [];
+
+    public int RemoteEndpoints { get; set; }
+
+    public void Problem(string part, string reason) => _problems[part] = reason;
+
+    public void Resolved(string part) => _problems.TryRemove(part, out _);
+
+    /// <summary>Reads this node's key linearizably (the store must have a quorum to answer) every second.</summary>
+    public async Task ProbeAsync(EtcdConnection etcd, string node, CancellationToken cancel)
+    {
+        ArgumentNullException.ThrowIfNull(etcd);
+        var key = EtcdConnection.Bytes(ClusterIpCache.NodesPrefix + node);
+        while (!cancel.IsCancellationRequested)
+        {
+            string? problem;
+            try
+            {
+                await etcd.Client.GetAsync(new RangeRequest { Key = key }, deadline: DateTime.UtcNow.AddSeconds(1.5), cancellationToken: cancel)
+                    .ConfigureAwait(false);
+                problem = null;
+            }
+            catch (Grpc.Core.RpcException e) when (!cancel.IsCancellationRequested)
+            {
+                problem = $"the cluster store does not answer with a quorum ({e.Status.StatusCode})";
+            }
+            if (problem != _store)
+            {
+                _store = problem;
+                _storeSince = DateTime.UtcNow;
+            }
+            try
+            {
+                await Task.Delay(ProbeInterval, cancel).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>The cluster part of <c>status</c>; <paramref name="revision"/> is the store revision this node enforces.</summary>
+    public ClusterStatusOutput Status(long revision)
+    {
+        var reasons = new List<string>();
+        if (_store is { } store)
+        {
+            reasons.Add($"{store} since {_storeSince.ToString("HH:mm:ss", CultureInfo.InvariantCulture)} UTC; every node keeps " +
+                "enforcing its last state, and changes that need the store fail until it is back");
+        }
+        reasons.AddRange(_problems.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => p.Value));
+        return new ClusterStatusOutput(options.Node!, options.RoutingMode.ToString().ToLowerInvariant(), reasons.Count == 0 ? "ok" : "degraded",
+            reasons, revision, options.UnderlayAddress?.ToString(),
+            [.. Nodes.Select(n => new NodeOutput(n.Name, n.Address.ToString(), n.PodRanges.Select(r => r.ToString()).ToList()))],
+            RemoteEndpoints);
+    }
+}

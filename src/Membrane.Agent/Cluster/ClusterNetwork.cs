@@ -1,0 +1,180 @@
+using System.Net;
+using Membrane.Agent.Sandbox;
+using Membrane.Kvstore;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Membrane.Agent.Cluster;
+
+/// <summary>
+/// Cluster mode's network: announces this node (underlay address, pod ranges) and publishes its pods' addresses
+/// with their identities on its lease; follows the other nodes (routes to their pod prefixes, tunnel maps, their
+/// addresses as remote nodes) and their pods' addresses (peers in the engine, the datapath's ipcache); watches the
+/// store's health for <c>status</c>. Each part retries on its own: a store outage delays publishing, never enforcement.
+/// </summary>
+public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection etcd, NodeSession session, ClusterHealth health,
+    IOptions<AgentOptions> options, ILogger<ClusterNetwork> log) : BackgroundService
+{
+    private static readonly TimeSpan RetryDelay = TimeSpan.FromSeconds(1);
+
+    private readonly AgentOptions _options = options.Value;
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var address = _options.UnderlayAddress ?? _options.NodeIPv4;
+        var ipcache = new ClusterIpCache(etcd, session, _options.Node!, address);
+        var underlay = _options.UnderlayAddress is null ? null : new UnderlayNetwork(_options);
+        try
+        {
+            underlay?.Ensure(agent.Datapath);
+        }
+        catch (InvalidOperationException e)
+        {
+            health.Problem("underlay", $"the underlay could not be set up: {e.Message}");
+            UnderlayFailed(log, e.Message);
+            underlay = null;
+        }
+        await Task.WhenAll(
+            Retrying("announce", () => ipcache.AnnounceAsync([_options.PodIPv4Range, _options.PodIPv6Range], stoppingToken), stoppingToken),
+            FollowNodesAsync(ipcache, underlay, stoppingToken),
+            FollowEndpointsAsync(ipcache, stoppingToken),
+            PublishAsync(ipcache, stoppingToken),
+            health.ProbeAsync(etcd, _options.Node!, stoppingToken)).ConfigureAwait(false);
+    }
+
+    private async Task FollowNodesAsync(ClusterIpCache ipcache, UnderlayNetwork? underlay, CancellationToken cancel)
+    {
+        try
+        {
+            await foreach (var view in ipcache.FollowNodesAsync(cancel).ConfigureAwait(false))
+            {
+                var others = view.Values.Where(n => n.Name != _options.Node).ToList();
+                health.Nodes = view.Values.OrderBy(n => n.Name, StringComparer.Ordinal).ToList();
+                try
+                {
+                    underlay?.Route(others);
+                    if (underlay is not null && _options.RoutingMode == RoutingMode.Tunnel)
+                    {
+                        agent.Datapath.Tunnels.Sync(others.SelectMany(n => n.PodRanges.Select(r => (r, n.Address))).ToList());
+                    }
+                    var addresses = others.SelectMany(n => new[] { n.Address, UnderlayNetwork.IPv6Of(n.Address) }).ToList();
+                    await agent.ApplyRemoteNodesAsync(addresses, cancel).ConfigureAwait(false);
+                    health.Resolved("nodes");
+                }
+                catch (Exception e) when (e is InvalidOperationException or ArgumentException or Datapath.Ebpf.BpfException
+                                           or AgentInputException)
+                {
+                    health.Problem("nodes", $"the other nodes' routes are not installed: {e.Message}");
+                    NodesFailed(log, e.Message);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+        }
+    }
+
+    private async Task FollowEndpointsAsync(ClusterIpCache ipcache, CancellationToken cancel)
+    {
+        try
+        {
+            await foreach (var view in ipcache.FollowAsync(cancel).ConfigureAwait(false))
+            {
+                health.RemoteEndpoints = view.Count;
+                try
+                {
+                    await agent.ApplyRemoteEndpointsAsync(view, cancel).ConfigureAwait(false);
+                    health.Resolved("ipcache");
+                }
+                catch (Exception e) when (e is InvalidOperationException or AgentInputException or Datapath.Ebpf.BpfException)
+                {
+                    health.Problem("ipcache", $"other nodes' pod addresses are not enforced: {e.Message}");
+                    EndpointsFailed(log, e.Message);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Keeps <c>membrane/ipcache/</c> equal to this node's pods: after every change, and again after a failure until
+    /// the store takes it (the session rewrites written keys itself when it gets a new lease).
+    /// </summary>
+    private async Task PublishAsync(ClusterIpCache ipcache, CancellationToken cancel)
+    {
+        var published = new Dictionary<IPAddress, (uint Identity, string Pod)>();
+        var pending = true;
+        try
+        {
+            while (!cancel.IsCancellationRequested)
+            {
+                if (!pending)
+                {
+                    await agent.LocalEndpointsChanged.ReadAsync(cancel).ConfigureAwait(false);
+                }
+                var wanted = await agent.ReadAsync(agent.LocalEndpoints, cancel).ConfigureAwait(false);
+                try
+                {
+                    foreach (var gone in published.Keys.Where(a => !wanted.ContainsKey(a)).ToList())
+                    {
+                        await ipcache.WithdrawAsync(gone, cancel).ConfigureAwait(false);
+                        published.Remove(gone);
+                    }
+                    foreach (var (addressOfPod, entry) in wanted.Where(w => !published.TryGetValue(w.Key, out var p) || p != w.Value))
+                    {
+                        await ipcache.PublishAsync(addressOfPod, entry.Identity, entry.Pod, cancel).ConfigureAwait(false);
+                        published[addressOfPod] = entry;
+                    }
+                    pending = false;
+                    health.Resolved("publish");
+                }
+                catch (Grpc.Core.RpcException e)
+                {
+                    pending = true;
+                    health.Problem("publish", $"this node's pod addresses are not all published ({e.Status.StatusCode})");
+                    await Task.Delay(RetryDelay, cancel).ConfigureAwait(false);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+        }
+    }
+
+    private async Task Retrying(string what, Func<Task> write, CancellationToken cancel)
+    {
+        while (!cancel.IsCancellationRequested)
+        {
+            try
+            {
+                await write().ConfigureAwait(false);
+                health.Resolved(what);
+                return;
+            }
+            catch (Grpc.Core.RpcException e)
+            {
+                health.Problem(what, $"this node is not announced to the others ({e.Status.StatusCode})");
+                try
+                {
+                    await Task.Delay(RetryDelay, cancel).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    [LoggerMessage(EventId = 41, Level = LogLevel.Error, Message = "the underlay could not be set up: {Reason}")]
+    private static partial void UnderlayFailed(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 42, Level = LogLevel.Error, Message = "the other nodes' routes are not installed: {Reason}")]
+    private static partial void NodesFailed(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 43, Level = LogLevel.Error, Message = "other nodes' pod addresses are not enforced: {Reason}")]
+    private static partial void EndpointsFailed(ILogger logger, string reason);
+}
