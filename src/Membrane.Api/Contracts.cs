@@ -25,6 +25,28 @@ public sealed record ClusterStatusOutput(
 /// <summary>A node of the cluster as the store announces it.</summary>
 public sealed record NodeOutput(string Name, string Address, IReadOnlyList<string> PodRanges);
 
+/// <summary>A local cluster (<c>membrane cluster up</c>): its etcd members and nodes, kept in <c>DIR/cluster.json</c>.</summary>
+public sealed record LocalClusterFile(string Directory, string RoutingMode, string UnderlayNamespace, IReadOnlyList<LocalEtcdMember> Etcd,
+    IReadOnlyList<LocalClusterNode> Nodes)
+{
+    public string EtcdUrls => string.Join(",", Etcd.Select(m => m.ClientUrl));
+}
+
+public sealed record LocalEtcdMember(string Name, string ClientUrl, string PeerUrl, string DataDirectory, int Pid);
+
+/// <summary>A simulated node: its agent's socket, state, names and addresses.</summary>
+public sealed record LocalClusterNode(string Name, string Socket, string StateDirectory, string NamePrefix, string PinDirectory, int Pid,
+    string UnderlayAddress, string PodIPv4Range, string PodIPv6Range);
+
+/// <summary><c>membrane cluster status</c>: every member and node, and what each node's agent says.</summary>
+public sealed record LocalClusterStatus(string Directory, string RoutingMode, IReadOnlyList<LocalEtcdMemberStatus> Etcd,
+    IReadOnlyList<LocalNodeStatus> Nodes);
+
+public sealed record LocalEtcdMemberStatus(string Name, string ClientUrl, int Pid, bool Running, bool Healthy);
+
+public sealed record LocalNodeStatus(string Name, string Socket, int Pid, bool Running, string Health, IReadOnlyList<string> Reasons,
+    long EnforcedRevision, int Endpoints, int RemoteEndpoints);
+
 /// <summary>How full one BPF map is: a change that would overflow it is refused.</summary>
 public sealed record MapFillOutput(string Name, long Entries, long MaxEntries, double Percent);
 
@@ -51,7 +73,7 @@ public sealed record TraceOutput(
 
 public sealed record EndpointOutput(
     int Id, string Pod, uint Identity, IReadOnlyList<string> Labels, string? IPv4, string? IPv6, string Interface,
-    string Netns, bool IngressEnforced, bool EgressEnforced, int PolicyEntries, IReadOnlyList<string> SelectedBy);
+    string Netns, bool IngressEnforced, bool EgressEnforced, int PolicyEntries, IReadOnlyList<string> SelectedBy, string? Node = null);
 
 public sealed record IdentityOutput(uint Id, string Kind, IReadOnlyList<string> Labels, IReadOnlyList<string> Endpoints);
 
@@ -89,6 +111,9 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
     DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(ErrorResponse))]
 [JsonSerializable(typeof(StatusResponse))]
+[JsonSerializable(typeof(LocalClusterFile))]
+[JsonSerializable(typeof(LocalClusterStatus))]
+[JsonSerializable(typeof(List<NodeOutput>))]
 [JsonSerializable(typeof(ManifestRequest))]
 [JsonSerializable(typeof(ApplyResponse))]
 [JsonSerializable(typeof(PolicyListResponse))]

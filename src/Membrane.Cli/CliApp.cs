@@ -11,6 +11,25 @@ public static class CliApp
     public const int Failure = 1;
     public const int Error = 2;
 
+    /// <summary>
+    /// <c>--node NAME</c> anywhere before <c>--</c>: the command talks to that node of the local cluster (its socket from
+    /// cluster.json), as MEMBRANE_SOCKET would say. The option is taken out before the command line is parsed.
+    /// </summary>
+    private static string[] SelectNode(string[] args)
+    {
+        var at = Array.IndexOf(args, "--node");
+        if (at < 0)
+        {
+            return args;
+        }
+        if (at + 1 >= args.Length || args[at + 1].StartsWith('-'))
+        {
+            throw new CliException("--node needs a node name (see 'membrane cluster status')");
+        }
+        Environment.SetEnvironmentVariable("MEMBRANE_SOCKET", ClusterCommands.SocketOf(args[at + 1]));
+        return [.. args[..at], .. args[(at + 2)..]];
+    }
+
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         ArgumentNullException.ThrowIfNull(args);
@@ -29,7 +48,17 @@ public static class CliApp
                 return Error;
             }
         }
-        var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF");
+        try
+        {
+            args = SelectNode(args);
+        }
+        catch (CliException e)
+        {
+            stderr.WriteLine($"error: {e.Message}");
+            return Error;
+        }
+        var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF (--node NAME: talk to that node of the local " +
+            "cluster)");
         root.Subcommands.Add(PolicyCommands.Create(output));
         root.Subcommands.Add(BpfCommands.Create(output));
         root.Subcommands.Add(AgentLauncher.AgentHelp());
@@ -39,6 +68,8 @@ public static class CliApp
         }
         root.Subcommands.Add(ConnectivityCommands.Create(output));
         root.Subcommands.Add(CniCommands.Create(output));
+        root.Subcommands.Add(ClusterCommands.Create(output));
+        root.Subcommands.Add(ClusterCommands.Nodes(output));
         root.Subcommands.Add(AgentLauncher.CleanupHelp());
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

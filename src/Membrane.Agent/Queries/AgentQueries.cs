@@ -87,8 +87,24 @@ public sealed class AgentQueries(
         return TraceJson.From(result) with { Text = Tracer.Format(Engine, result) };
     }
 
-    public List<EndpointOutput> Endpoints() =>
-        endpoints.Records.Values.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => Endpoint(r)).ToList();
+    /// <summary>This node's endpoints; in cluster mode also the other nodes' pods (no interface here), each with its node.</summary>
+    public List<EndpointOutput> Endpoints()
+    {
+        var local = endpoints.Records.Values.Select(r => Endpoint(r));
+        var remote = options.Node is null ? [] : Engine.Endpoints.Where(e => endpoints.Find(e.Key) is null && e.Pod.NodeName is not null
+            && e.Pod.NodeName != options.Node).Select(e => Remote(e.Key));
+        return local.Concat(remote).OrderBy(e => e.Pod, StringComparer.Ordinal).ToList();
+    }
+
+    private EndpointOutput Remote(string key)
+    {
+        var policy = Engine.Resolve(key);
+        var e = policy.Endpoint;
+        return new EndpointOutput(0, key, e.Identity.Id, e.Labels.Labels.Select(l => l.ToString()).ToList(),
+            e.Address(AddressFamily.InterNetwork)?.ToString(), e.Address(AddressFamily.InterNetworkV6)?.ToString(), "", "",
+            policy.Enforced.Contains(TrafficDirection.Ingress), policy.Enforced.Contains(TrafficDirection.Egress), policy.State.Count,
+            policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList(), e.Pod.NodeName);
+    }
 
     public EndpointOutput Endpoint(string idOrPod)
     {
@@ -107,7 +123,7 @@ public sealed class AgentQueries(
             e.Address(AddressFamily.InterNetwork)?.ToString(), e.Address(AddressFamily.InterNetworkV6)?.ToString(),
             record.HostInterface, record.Netns, policy.Enforced.Contains(TrafficDirection.Ingress),
                 policy.Enforced.Contains(TrafficDirection.Egress),
-            policy.State.Count, policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList());
+            policy.State.Count, policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList(), options.Node);
     }
 
     public List<IdentityOutput> Identities() => Engine.Identities.Select(i => new IdentityOutput(i.Id, i.Kind.ToString().ToLowerInvariant(),

@@ -39,6 +39,15 @@ public static class AgentCommands
             output.Out.WriteLine($"Datapath:    maps pinned in {s.PinDirectory}; node namespace {s.NodeNamespace}; last regeneration " +
                 $"{s.LastRegenerationMilliseconds} ms");
             output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
+            if (s.Cluster is { } cluster)
+            {
+                output.Out.WriteLine($"Cluster:     node {cluster.Node}, {cluster.RoutingMode} routing, {cluster.Health}; enforces store revision " +
+                    $"{cluster.EnforcedRevision}; {cluster.Nodes.Count} nodes, {cluster.RemoteEndpoints} addresses of other nodes' pods");
+                foreach (var reason in cluster.Reasons)
+                {
+                    output.Out.WriteLine($"             degraded: {reason}");
+                }
+            }
             if (s.Maps is { Count: > 0 } maps)
             {
                 output.Out.WriteLine($"Maps:        " +
@@ -133,6 +142,15 @@ public static class AgentCommands
             if (parse.GetValue(format) == "json")
             {
                 output.Out.WriteLine(JsonSerializer.Serialize(endpoints, AgentJsonContext.Default.ListEndpointOutput));
+                return CliApp.Success;
+            }
+            if (endpoints.Any(e => e.Node is not null))
+            {
+                // Cluster mode: every pod of the cluster with its node; other nodes' pods have no endpoint id here.
+                Table.Write(output.Out, ["ENDPOINT", "POD", "NODE", "IDENTITY", "INGRESS", "EGRESS", "IPV4", "IPV6", "ENTRIES"],
+                    endpoints.Select(e => (IReadOnlyList<string>)[e.Id == 0 ? "-" : $"{e.Id}", e.Pod, e.Node ?? "", $"{e.Identity}",
+                        e.IngressEnforced ? "enforced" : "open", e.EgressEnforced ? "enforced" : "open", e.IPv4 ?? "", e.IPv6 ?? "",
+                        $"{e.PolicyEntries}"]));
                 return CliApp.Success;
             }
             Table.Write(output.Out, ["ENDPOINT", "POD", "IDENTITY", "INGRESS", "EGRESS", "IPV4", "IPV6", "ENTRIES"],
