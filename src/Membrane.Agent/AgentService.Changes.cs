@@ -148,15 +148,26 @@ public sealed partial class AgentService
 
     private List<ObjectChange> Apply(ManifestSet set)
     {
+        if (_options.Node is not null && _attachments is null)
+        {
+            // Cluster mode: a pod without spec.nodeName is placed on a ready node; the stored object names it.
+            try
+            {
+                set = set with
+                {
+                    Pods = PodPlacement.Place(set.Pods, _readyNodes, _engine.Endpoints.Where(e => e.Pod.NodeName is not null)
+                        .ToDictionary(e => e.Key, e => e.Pod.NodeName!, StringComparer.Ordinal)),
+                };
+            }
+            catch (InvalidOperationException e)
+            {
+                throw new AgentInputException(e.Message);
+            }
+        }
         // Validate against the current state before touching anything.
         var namespaces = set.Namespaces.Select(n => n.Name).Concat(_engine.Namespaces.Select(n => n.Name)).Append("default").ToHashSet();
         foreach (var pod in set.Pods)
         {
-            if (_options.Node is not null && pod.NodeName is null)
-            {
-                throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: spec.nodeName is required in cluster mode (name the node " +
-                    "that runs it; placement is not implemented yet)");
-            }
             if (!namespaces.Contains(pod.Namespace))
             {
                 throw new AgentInputException($"{pod.File}: Pod/{pod.Key}: namespace \"{pod.Namespace}\" does not exist; apply the " +

@@ -20,6 +20,12 @@ public sealed partial class AgentService
         FullMode = BoundedChannelFullMode.DropWrite,
     });
 
+    /// <summary>The nodes announced in the store (this one included): where pods without a node are placed.</summary>
+    private IReadOnlyCollection<string> _readyNodes = [];
+
+    /// <summary>The cluster's announced nodes changed.</summary>
+    public void SetReadyNodes(IReadOnlyCollection<string> nodes) => _readyNodes = nodes;
+
     /// <summary>Signalled after every change to this node's pods (their addresses or identities may have moved).</summary>
     public ChannelReader<bool> LocalEndpointsChanged => _localChanged.Reader;
 

@@ -51,6 +51,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
             {
                 var others = view.Values.Where(n => n.Name != _options.Node).ToList();
                 health.Nodes = view.Values.OrderBy(n => n.Name, StringComparer.Ordinal).ToList();
+                agent.SetReadyNodes([.. view.Keys]);
                 try
                 {
                     underlay?.Route(others);

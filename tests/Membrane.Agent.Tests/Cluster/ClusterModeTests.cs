@@ -109,20 +109,35 @@ public sealed class ClusterModeTests : IDisposable
     }
 
     [Fact]
-    public async Task APodWithoutANodeIsRefusedInClusterModeAndNothingIsWritten()
+    public async Task PodsWithoutANodeArePlacedEvenlyAndThePlacementIsStored()
     {
         StartNode(1);
-        var unplaced = Write("apiVersion: v1\nkind: Pod\nmetadata: {name: loose, namespace: default}\nspec: {containers: [{name: c}]}\n");
+        StartNode(2);
+        var unplaced = Write(string.Join("\n---\n", Enumerable.Range(1, 4).Select(i =>
+            $"apiVersion: v1\nkind: Pod\nmetadata: {{name: loose{i}, namespace: default, labels: {{app: loose}}}}\n" +
+            "spec: {containers: [{name: c}]}")));
         try
         {
-            var refused = Cli(1, "apply", "-f", unplaced);
-            Assert.NotEqual(0, refused.Code);
-            Assert.Contains("spec.nodeName", refused.Err + refused.Out, StringComparison.Ordinal);
+            // Both nodes must have announced themselves before both can be chosen.
+            Assert.True(LocalCluster.Eventually(() => Cli(1, "node", "list").Out.Contains("node-2", StringComparison.Ordinal)));
+            var applied = Cli(1, "apply", "-f", unplaced);
+            Assert.True(applied.Code == 0, applied.Err + applied.Out);
             using var etcd = _cluster.Etcd.Connect();
-            Assert.Empty((await new Kvstore.ClusterObjects(etcd).LoadAsync()).Objects);
+            var stored = (await new Kvstore.ClusterObjects(etcd).LoadAsync()).Objects;
+            var nodes = Enumerable.Range(1, 4).Select(i => stored[$"Pod/default/loose{i}"].Yaml).Select(yaml =>
+                yaml.Contains("nodeName: node-1", StringComparison.Ordinal) ? 1 : yaml.Contains("nodeName: node-2", StringComparison.Ordinal)
+                    ? 2 : 0).ToList();
+            Assert.Equal([1, 1, 2, 2], nodes.Order());
+            // Each node runs the two it was given.
+            foreach (var node in new[] { 1, 2 })
+            {
+                Assert.True(LocalCluster.Eventually(() => Cli(node, "status").Out.Contains("Endpoints:   2 pods", StringComparison.Ordinal)),
+                    $"node {node} does not run two pods");
+            }
         }
         finally
         {
+            Cli(1, "delete", "-f", unplaced);
             File.Delete(unplaced);
         }
     }
