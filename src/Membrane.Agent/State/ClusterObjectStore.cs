@@ -72,6 +72,13 @@ public sealed class ClusterObjectStore(ClusterObjects store) : IObjectStore
         {
             throw new AgentInputException(e.Message);
         }
+        catch (RpcException e) when (e.Status.StatusCode == StatusCode.DeadlineExceeded)
+        {
+            // etcd may still commit a write it could not confirm once its quorum is back (all of it: one transaction).
+            throw new InvalidOperationException("the cluster store did not confirm the change in time (it has no quorum or does not " +
+                "answer): nothing changed on this node; the store may still apply the whole change when it recovers, every node would " +
+                "then enforce it ('membrane status' says when the store is back, 'membrane policy get' shows what it holds)");
+        }
         catch (RpcException e)
         {
             throw new InvalidOperationException($"the cluster store is not reachable ({e.Status.StatusCode}: {e.Status.Detail}); nothing " +

@@ -48,7 +48,7 @@ public sealed class ClusterModeTests : IDisposable
 
     private void StartNode(int node) => _cluster.Start(node);
 
-    private static (int Code, string Out, string Err) Cli(int node, params string[] args) => LocalCluster.Cli(node, args);
+    private static (int Code, string Out, string Err) Cli(int node, params string[] args) => LocalCluster.OnNode(node, args);
 
     private static string Write(string yaml) => LocalCluster.Write(yaml);
 

@@ -107,34 +107,34 @@ public sealed class CrossNodeTests : IDisposable
     {
         _cluster.Start(1, routing);
         _cluster.Start(2, routing);
-        Assert.Equal(0, LocalCluster.Cli(1, "apply", "-f", File(Workloads)).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, "apply", "-f", File(Workloads)).Code);
         Assert.True(Eventually(2, 0, "endpoint", "get", "shop/web"), "node 2 never ran shop/web");
 
         // No policy on web: echo across nodes in both families, the replies pass client's closed ingress by conntrack.
         Assert.True(Eventually(1, 0, Ping("ipv4")), "no IPv4 echo between the nodes");
-        Assert.Equal(0, LocalCluster.Cli(1, Ping("ipv6")).Code);
-        Assert.Equal(0, LocalCluster.Cli(1, Probe("tcp", "--port", "80")).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, Ping("ipv6")).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, Probe("tcp", "--port", "80")).Code);
 
         // An L4 rule selects web: ping is dropped (on node 2, by web's ingress policy), TCP 80 still passes.
         var policyDrops = Drops(2, "Policy denied");
-        Assert.Equal(0, LocalCluster.Cli(1, "policy", "import", File(L4Only)).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, "policy", "import", File(L4Only)).Code);
         Assert.True(Eventually(1, 1, Ping("ipv4")), "node 2 never enforced the L4 policy imported on node 1");
-        Assert.Equal(1, LocalCluster.Cli(1, Ping("ipv6")).Code);
-        Assert.Equal(0, LocalCluster.Cli(1, Probe("tcp", "--port", "80")).Code);
+        Assert.Equal(1, LocalCluster.OnNode(1, Ping("ipv6")).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, Probe("tcp", "--port", "80")).Code);
         Assert.True(Drops(2, "Policy denied") > policyDrops);
 
         // icmps: echo from client allowed in both families, TCP 81 still not.
-        Assert.Equal(0, LocalCluster.Cli(2, "policy", "import", File(EchoOnly)).Code);
+        Assert.Equal(0, LocalCluster.OnNode(2, "policy", "import", File(EchoOnly)).Code);
         Assert.True(Eventually(1, 0, Ping("ipv4")), "the icmps rule never allowed echo across nodes");
-        Assert.Equal(0, LocalCluster.Cli(1, Ping("ipv6")).Code);
-        Assert.Equal(1, LocalCluster.Cli(1, Probe("tcp", "--port", "81")).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, Ping("ipv6")).Code);
+        Assert.Equal(1, LocalCluster.OnNode(1, Probe("tcp", "--port", "81")).Code);
 
         // A deny rule wins over the allow: IPv4 echo dropped, IPv6 echo (not denied) and TCP 80 allowed.
-        Assert.Equal(0, LocalCluster.Cli(1, "policy", "import", File(DenyEcho)).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, "policy", "import", File(DenyEcho)).Code);
         Assert.True(Eventually(1, 1, Ping("ipv4")), "the deny rule never won");
-        Assert.Equal(0, LocalCluster.Cli(1, Ping("ipv6")).Code);
-        Assert.Equal(0, LocalCluster.Cli(1, Probe("tcp", "--port", "80")).Code);
-        Assert.Equal(0, LocalCluster.Cli(1, "policy", "delete", "shop/web-deny").Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, Ping("ipv6")).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, Probe("tcp", "--port", "80")).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, "policy", "delete", "shop/web-deny").Code);
         Assert.True(Eventually(1, 0, Ping("ipv4")));
 
         var client = Pod(1, "shop/client");

@@ -42,7 +42,7 @@ public sealed class LocalCluster : IDisposable
             routing];
         var (agent, code, stderr) = AgentUnderTest.Start(["--state-dir", state, "--name-prefix", prefix, "--pin-dir", $"/sys/fs/bpf/{prefix}",
             "--pod-ipv4-range", $"10.21{node}.0.0/16", "--pod-ipv6-range", $"fd00:21{node}::/64", "--node", $"node-{node}", "--etcd",
-            Etcd.Urls, .. joined, .. extra], () => File.Exists(Socket(node)) && Cli(node, "status").Code == 0);
+            Etcd.Urls, .. joined, .. extra], () => File.Exists(Socket(node)) && OnNode(node, "status").Code == 0);
         if (agent is not null)
         {
             _nodes[node] = (agent, prefix, state);
@@ -58,7 +58,7 @@ public sealed class LocalCluster : IDisposable
         agent.WaitForExit();
     }
 
-    public static (int Code, string Out, string Err) Cli(int node, params string[] args)
+    public static (int Code, string Out, string Err) OnNode(int node, params string[] args)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
@@ -77,7 +77,7 @@ public sealed class LocalCluster : IDisposable
     /// <summary>Runs the CLI and parses its JSON output (the command must succeed).</summary>
     public static JsonDocument Json(int node, params string[] args)
     {
-        var output = Cli(node, [.. args, "-o", "json"]);
+        var output = OnNode(node, [.. args, "-o", "json"]);
         Assert.True(output.Code == 0, $"membrane {string.Join(' ', args)} on node {node}: {output.Err}{output.Out}");
         return JsonDocument.Parse(output.Out);
     }
@@ -90,7 +90,7 @@ public sealed class LocalCluster : IDisposable
     }
 
     /// <summary>Polls (30 s deadline) until the command's exit code is <paramref name="expected"/>.</summary>
-    public static bool Eventually(int node, int expected, params string[] args) => Eventually(() => Cli(node, args).Code == expected);
+    public static bool Eventually(int node, int expected, params string[] args) => Eventually(() => OnNode(node, args).Code == expected);
 
     /// <summary>Polls (30 s deadline, 100 ms apart) until the condition holds.</summary>
     public static bool Eventually(Func<bool> condition, int seconds = 30)
