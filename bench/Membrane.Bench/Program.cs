@@ -50,6 +50,9 @@ switch (what)
                 $"{c.AgentAddP50,6:F1}/{c.AgentAddP99,6:F1} DEL {c.AgentDelP50,6:F1}/{c.AgentDelP99,6:F1}  enforced {c.EnforcedAtReturn}");
         }
         return 0;
+    case "cluster":
+        Console.WriteLine(ClusterBenchmark.Format(await ClusterBenchmark.RunAsync()));
+        return 0;
     case "report":
         // report [--markdown FILE] [-o json]
         var report = await Report.RunAsync();

@@ -231,7 +231,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     [GeneratedRegex(@"(\d+) received.*time (\d+)ms")]
     private static partial Regex PingSummary();
 
-    private static double PingFlood(string netns, IPAddress target, int count)
+    internal static double PingFlood(string netns, IPAddress target, int count)
     {
         // Pinned to the second CPU: the flood (and its softirq work) does not share a core with this process.
         var output = Ip.Exec("taskset", ["-c", $"{Environment.ProcessorCount - 1}", "ip", "netns", "exec", netns, "ping", "-f", "-q", "-c",
@@ -250,7 +250,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     }
 
     /// <summary>TCP throughput in MiB/s from iperf3 (a client in one pod, the server in the other).</summary>
-    private static double Iperf(string netns, IPAddress target, int seconds)
+    internal static double Iperf(string netns, IPAddress target, int seconds)
     {
         var json = Ip.Exec("taskset", ["-c", $"{Environment.ProcessorCount - 1}", "ip", "netns", "exec", netns, "iperf3", "-c",
             target.ToString(), "-p", "5201", "-t", $"{seconds}", "-J"], null);
@@ -314,7 +314,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     }
 
     /// <summary>One echo request; true when its reply arrives within 20 ms.</summary>
-    private static bool Echo(Socket socket, IPAddress target, ushort sequence)
+    internal static bool Echo(Socket socket, IPAddress target, ushort sequence)
     {
         var packet = new byte[16];
         packet[0] = 8;

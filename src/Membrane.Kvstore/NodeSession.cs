@@ -99,7 +99,10 @@ public sealed class NodeSession(EtcdConnection etcd, TimeSpan ttl) : IAsyncDispo
                 {
                     await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = Lease }, stop).ConfigureAwait(false);
                     using var answer = CancellationTokenSource.CreateLinkedTokenSource(stop);
-                    answer.CancelAfter(etcd.RequestTimeout);
+                    // No longer than a keep-alive interval: after an outage the next attempt, on a fresh stream, comes soon
+                    // (a lease revoked meanwhile is renewed, and the node's keys written again, that much sooner).
+                    answer.CancelAfter(TimeSpan.FromTicks(Math.Min(etcd.RequestTimeout.Ticks, Math.Max(interval.Ticks,
+                        TimeSpan.FromMilliseconds(500).Ticks))));
                     if (!await call.ResponseStream.MoveNext(answer.Token).ConfigureAwait(false))
                     {
                         break;

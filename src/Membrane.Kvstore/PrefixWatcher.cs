@@ -93,7 +93,7 @@ public sealed class PrefixWatcher(EtcdConnection etcd, string prefix)
                 // The connection broke under the stream (an etcd restart): resume from the last revision delivered.
                 Reconnects++;
                 await Task.Delay(delay, cancel).ConfigureAwait(false);
-                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(2).Ticks));
+                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(1).Ticks));
             }
         }
     }

@@ -74,8 +74,16 @@ public static class ClusterCommands
             DefaultValueFactory = _ => "native",
         };
         routing.AcceptOnlyFromAmong("native", "tunnel");
+        var lease = new Option<int>("--lease-ttl")
+        {
+            Description = "Seconds a node's keys outlive its killed agent (the agents' --lease-ttl)",
+            DefaultValueFactory = _ => 15,
+        };
         var dir = DirectoryOption();
-        var command = new Command("up", "Start a local cluster: a 3-member etcd on loopback ports and an agent per node") { nodes, routing, dir };
+        var command = new Command("up", "Start a local cluster: a 3-member etcd on loopback ports and an agent per node")
+        {
+            nodes, routing, lease, dir,
+        };
         command.SetAction(parse =>
         {
             var count = parse.GetValue(nodes);
@@ -90,7 +98,7 @@ public static class ClusterCommands
                     "'membrane cluster down' first");
             }
             Directory.CreateDirectory(directory);
-            var file = Start(directory, count, parse.GetValue(routing)!, output);
+            var file = Start(directory, count, parse.GetValue(routing)!, parse.GetValue(lease), output);
             output.Out.WriteLine($"cluster up: {file.Nodes.Count} nodes ({file.RoutingMode} routing), etcd {file.EtcdUrls}");
             Table.Write(output.Out, ["NODE", "SOCKET", "UNDERLAY", "POD RANGES"],
                 file.Nodes.Select(n => (IReadOnlyList<string>)[n.Name, n.Socket, n.UnderlayAddress, $"{n.PodIPv4Range} {n.PodIPv6Range}"]));
@@ -100,7 +108,7 @@ public static class ClusterCommands
         return command;
     }
 
-    private static LocalClusterFile Start(string directory, int count, string routing, CliOutput output)
+    private static LocalClusterFile Start(string directory, int count, string routing, int leaseSeconds, CliOutput output)
     {
         var ports = Enumerable.Range(0, 3).Select(_ => (Client: FreePort(), Peer: FreePort())).ToList();
         var initial = string.Join(",", ports.Select((p, i) => $"etcd-{i + 1}=http://127.0.0.1:{p.Peer}"));
@@ -133,7 +141,7 @@ public static class ClusterCommands
                 var pid = Spawn(agent, [.. prefix, "--node", node.Name, "--etcd", file.EtcdUrls, "--state-dir", node.StateDirectory,
                     "--name-prefix", node.NamePrefix, "--pin-dir", node.PinDirectory, "--pod-ipv4-range", node.PodIPv4Range,
                     "--pod-ipv6-range", node.PodIPv6Range, "--underlay-address", node.UnderlayAddress, "--underlay-netns", UnderlayNamespace,
-                    "--routing-mode", routing], Path.Combine(directory, $"{node.Name}.log"));
+                    "--routing-mode", routing, "--lease-ttl", $"{leaseSeconds}"], Path.Combine(directory, $"{node.Name}.log"));
                 file = file with { Nodes = [.. file.Nodes, node with { Pid = pid }] };
                 Save(file);
             }

@@ -1,0 +1,376 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using Membrane.Agent.Sandbox;
+using Membrane.Api;
+using Membrane.Cli;
+using Membrane.Cli.Commands;
+using Membrane.Kvstore;
+
+namespace Membrane.Bench;
+
+public sealed record ClusterLatencyResult(int Nodes, int Changes, double P50, double P99, double Max);
+
+public sealed record CrossNodeThroughputResult(string RoutingMode, double SameNodePingPerSecond, double CrossNodePingPerSecond,
+    double PingRatio, double SameNodeTcpMegabytesPerSecond, double CrossNodeTcpMegabytesPerSecond, double TcpRatio);
+
+public sealed record ClusterStoreResult(int Pods, int Keys, long KeyValueBytes, long DatabaseBytesBefore, long DatabaseBytesAfter);
+
+public sealed record ClusterReport(ClusterLatencyResult Propagation, double IdentitiesPerSecond, int IdentitiesAllocated,
+    IReadOnlyList<CrossNodeThroughputResult> Throughput, double QuorumRecoverySeconds, int LeaseSeconds, ClusterStoreResult Store);
+
+/// <summary>
+/// Several nodes on one machine through <c>membrane cluster up</c> (etcd with three members, an agent per node):
+/// propagation of a policy change to every node (seen by real traffic on each), identity allocation rate, cross-node
+/// throughput against same-node in the same cluster (native routing and VXLAN), recovery after a quorum loss, and
+/// what 1,000 pods cost the store.
+/// </summary>
+public static class ClusterBenchmark
+{
+    private const int Lease = 5;
+
+    public static async Task<ClusterReport> RunAsync(int changes = 40, int pings = 20_000, int rounds = 3)
+    {
+        var throughput = new List<CrossNodeThroughputResult>();
+        ClusterLatencyResult propagation;
+        double recovery;
+        using (var cluster = Up(3, "native"))
+        {
+            propagation = await cluster.PropagationAsync(changes).ConfigureAwait(false);
+            throughput.Add(cluster.Throughput(pings, rounds));
+            recovery = await cluster.QuorumRecoveryAsync().ConfigureAwait(false);
+        }
+        using (var cluster = Up(2, "tunnel"))
+        {
+            throughput.Add(cluster.Throughput(pings, rounds));
+        }
+        var (rate, allocated, store) = await StoreAsync().ConfigureAwait(false);
+        return new ClusterReport(propagation, rate, allocated, throughput, recovery, Lease, store);
+    }
+
+    private static LocalClusterRun Up(int nodes, string routing)
+    {
+        var directory = Path.Combine(Path.GetTempPath(), $"mbbench-cluster-{routing}");
+        if (ClusterCommands.Load(directory) is not null)
+        {
+            CliApp.Run(["cluster", "down", "--dir", directory], TextWriter.Null, Console.Error);
+        }
+        var code = CliApp.Run(["cluster", "up", "--nodes", $"{nodes}", "--routing-mode", routing, "--lease-ttl", $"{Lease}", "--dir",
+            directory], TextWriter.Null, Console.Error);
+        if (code != 0)
+        {
+            throw new InvalidOperationException($"membrane cluster up failed ({code})");
+        }
+        return new LocalClusterRun(ClusterCommands.Load(directory)!);
+    }
+
+    /// <summary>Identity allocation and the store's size for 1,000 pods, on an etcd of their own (the store layer as nodes use it).</summary>
+    private static async Task<(double Rate, int Allocated, ClusterStoreResult Store)> StoreAsync()
+    {
+        using var cluster = Up(1, "native");
+        using var etcd = EtcdConnection.FromOption(cluster.File.EtcdUrls);
+        var sessions = new List<NodeSession>();
+        try
+        {
+            // Three nodes allocate 300 new label sets each at the same time.
+            var allocators = new List<ClusterIdentities>();
+            for (var n = 0; n < 3; n++)
+            {
+                var session = new NodeSession(etcd, TimeSpan.FromSeconds(60));
+                await session.StartAsync().ConfigureAwait(false);
+                sessions.Add(session);
+                allocators.Add(new ClusterIdentities(etcd, $"bench-{n}", session));
+            }
+            var watch = Stopwatch.StartNew();
+            await Task.WhenAll(allocators.Select((a, n) => Task.Run(async () =>
+            {
+                for (var i = 0; i < 300; i++)
+                {
+                    await a.AcquireAsync($"k8s:app=bench-{n}-{i}").ConfigureAwait(false);
+                }
+            }))).ConfigureAwait(false);
+            var rate = 900 / watch.Elapsed.TotalSeconds;
+
+            // 1,000 pods in 50 label sets on 3 nodes: objects, the ipcache (two addresses each), identities and their users.
+            var before = await DatabaseBytesAsync(etcd).ConfigureAwait(false);
+            var (keysBefore, bytesBefore) = await LogicalSizeAsync(etcd).ConfigureAwait(false);
+            var objects = new ClusterObjects(etcd);
+            var ipcaches = sessions.Select((s, n) => new ClusterIpCache(etcd, s, $"bench-{n}", IPAddress.Parse($"10.250.0.{n + 1}"))).ToList();
+            for (var batch = 0; batch < 10; batch++)
+            {
+                var changes = Enumerable.Range(batch * 100, 100).Select(i => new KeyValuePair<string, string?>($"Pod/bench/pod-{i}",
+                    $"apiVersion: v1\nkind: Pod\nmetadata:\n  name: pod-{i}\n  namespace: bench\n  labels:\n    app: app-{i % 50}\n" +
+                    $"spec:\n  nodeName: bench-{i % 3}\n  containers:\n  - name: c\n    ports:\n    - containerPort: 80\n"))
+                    .ToDictionary(c => c.Key, c => c.Value, StringComparer.Ordinal);
+                await objects.CommitAsync(changes, new Dictionary<string, long>()).ConfigureAwait(false);
+            }
+            for (var i = 0; i < 1000; i++)
+            {
+                var node = i % 3;
+                var identity = await allocators[node].AcquireAsync($"k8s:app=app-{i % 50};k8s:io.kubernetes.pod.namespace=bench")
+                    .ConfigureAwait(false);
+                await ipcaches[node].PublishAsync(IPAddress.Parse($"10.{101 + node}.{i / 250}.{i % 250 + 2}"), identity, $"bench/pod-{i}")
+                    .ConfigureAwait(false);
+                await ipcaches[node].PublishAsync(IPAddress.Parse($"fd00:{101 + node}::{i + 2:x}"), identity, $"bench/pod-{i}")
+                    .ConfigureAwait(false);
+            }
+            var after = await DatabaseBytesAsync(etcd).ConfigureAwait(false);
+            var (keysAfter, bytesAfter) = await LogicalSizeAsync(etcd).ConfigureAwait(false);
+            return (rate, 900, new ClusterStoreResult(1000, keysAfter - keysBefore, bytesAfter - bytesBefore, before, after));
+        }
+        finally
+        {
+            foreach (var session in sessions)
+            {
+                await session.RevokeAsync().ConfigureAwait(false);
+                await session.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    private static async Task<long> DatabaseBytesAsync(EtcdConnection etcd) =>
+        (await etcd.Client.StatusAsync(new Etcdserverpb.StatusRequest(), new Grpc.Core.Metadata(), etcd.Deadline).ConfigureAwait(false))
+        .DbSize;
+
+    private static async Task<(int Keys, long Bytes)> LogicalSizeAsync(EtcdConnection etcd)
+    {
+        var (items, _) = await etcd.ListAsync("membrane/").ConfigureAwait(false);
+        return (items.Count, items.Sum(kv => (long)kv.Key.Length + kv.Value.Length));
+    }
+
+    /// <summary>A running local cluster; down on dispose.</summary>
+    private sealed class LocalClusterRun(LocalClusterFile file) : IDisposable
+    {
+        public LocalClusterFile File { get; } = file;
+
+        private static async Task<T> Get<T>(string socket, string path, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type)
+        {
+            using var client = new AgentClient(socket);
+            return await client.Get(path, type).ConfigureAwait(false);
+        }
+
+        private string Socket(int node) => File.Nodes[node].Socket;
+
+        /// <summary>Applies a client and a web pod on every node; returns each node's (client netns, web address).</summary>
+        private async Task<List<(string Netns, IPAddress Web)>> PairsAsync(string policy)
+        {
+            var yaml = "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n" + string.Concat(File.Nodes.Select((n, i) =>
+                $"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client-{i}, namespace: bench, labels: {{app: client}}}}\n" +
+                $"spec: {{nodeName: {n.Name}, containers: [{{name: c}}]}}\n" +
+                $"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-{i}, namespace: bench, labels: {{app: web}}}}\n" +
+                $"spec: {{nodeName: {n.Name}, containers: [{{name: w}}]}}\n")) + "---\n" + policy;
+            using (var client = new AgentClient(Socket(0)))
+            {
+                await client.Post("v1/apply", new ManifestRequest(yaml, "bench.yaml"), AgentJsonContext.Default.ManifestRequest,
+                    AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+            }
+            var pairs = new List<(string, IPAddress)>();
+            for (var i = 0; i < File.Nodes.Count; i++)
+            {
+                var deadline = Stopwatch.StartNew();
+                while (true)
+                {
+                    var endpoints = await Get(Socket(i), "v1/endpoints", AgentJsonContext.Default.ListEndpointOutput).ConfigureAwait(false);
+                    var client = endpoints.FirstOrDefault(e => e.Pod == $"bench/client-{i}" && e.Id != 0);
+                    var web = endpoints.FirstOrDefault(e => e.Pod == $"bench/web-{i}" && e.Id != 0);
+                    if (client is not null && web is not null)
+                    {
+                        pairs.Add((client.Netns, IPAddress.Parse(web.IPv4!)));
+                        break;
+                    }
+                    if (deadline.Elapsed > TimeSpan.FromSeconds(60))
+                    {
+                        throw new InvalidOperationException($"node {i} never ran its bench pods");
+                    }
+                    await Task.Delay(100).ConfigureAwait(false);
+                }
+            }
+            return pairs;
+        }
+
+        private const string AllowFromClient = """
+            apiVersion: cilium.io/v2
+            kind: CiliumClusterwideNetworkPolicy
+            metadata: {name: bench-flip}
+            spec:
+              endpointSelector: {matchLabels: {app: web}}
+              ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
+            """;
+
+        private static string EchoPolicy(bool allow) => $$$"""
+            apiVersion: cilium.io/v2
+            kind: CiliumClusterwideNetworkPolicy
+            metadata: {name: bench-flip}
+            spec:
+              endpointSelector: {matchLabels: {app: web}}
+              ingress: [{fromEndpoints: [{matchLabels: {app: client}}], icmps: [{fields: [{type: {{{(allow ? 8 : 13)}}}}]}]}]
+            """;
+
+        /// <summary>
+        /// Flips a policy imported through node 1 between allowing and denying echo; after each import, real echo
+        /// requests on every node (its own client → web pair) show when that node enforces it. The latency of a change
+        /// is from the import's start until the last node shows the new verdict.
+        /// </summary>
+        public async Task<ClusterLatencyResult> PropagationAsync(int changes)
+        {
+            var pairs = await PairsAsync(EchoPolicy(true)).ConfigureAwait(false);
+            var sockets = pairs.Select(p => NetworkNamespace.Run(p.Netns, () =>
+            {
+                var s = new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp);
+                s.Bind(new IPEndPoint(IPAddress.Any, 0));
+                s.ReceiveTimeout = 1;
+                return s;
+            })).ToList();
+            var latencies = new List<double>();
+            ushort sequence = 0;
+            try
+            {
+                using var client = new AgentClient(Socket(0));
+                for (var i = 0; i < changes + 1; i++)
+                {
+                    var allow = i % 2 == 1;
+                    var watch = Stopwatch.StartNew();
+                    await client.Post("v1/policies", new ManifestRequest(EchoPolicy(allow), "flip.yaml"), AgentJsonContext.Default.ManifestRequest,
+                        AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
+                    var pending = Enumerable.Range(0, pairs.Count).ToHashSet();
+                    while (pending.Count > 0)
+                    {
+                        foreach (var node in pending.ToList())
+                        {
+                            if (SandboxBenchmark.Echo(sockets[node], pairs[node].Web, ++sequence) == allow)
+                            {
+                                pending.Remove(node);
+                            }
+                        }
+                        if (watch.Elapsed > TimeSpan.FromSeconds(30))
+                        {
+                            throw new InvalidOperationException("a node never enforced the change");
+                        }
+                    }
+                    if (i > 0) // the first change warms the path up
+                    {
+                        latencies.Add(watch.Elapsed.TotalMilliseconds);
+                    }
+                }
+            }
+            finally
+            {
+                foreach (var socket in sockets)
+                {
+                    socket.Dispose();
+                }
+            }
+            return new ClusterLatencyResult(pairs.Count, changes, SandboxBenchmark.Percentile(latencies, 50),
+                SandboxBenchmark.Percentile(latencies, 99), latencies.Max());
+        }
+
+        /// <summary>
+        /// Ping flood and TCP (iperf3) from node 1's client to web on node 1 and to web on node 2, in interleaved
+        /// rounds; ratios are medians of same-round ratios.
+        /// </summary>
+        public CrossNodeThroughputResult Throughput(int pings, int rounds)
+        {
+            var pairs = PairsAsync(AllowFromClient).GetAwaiter().GetResult();
+            var (netns, same) = pairs[0];
+            var cross = pairs[1].Web;
+            var servers = pairs.Select(p => Process.Start(new ProcessStartInfo("ip", ["netns", "exec", WebNetns(p.Web), "iperf3", "-s", "-p",
+                "5201"])
+            { RedirectStandardOutput = true, RedirectStandardError = true })!).ToList();
+            try
+            {
+                var pingRatios = new List<double>();
+                var tcpRatios = new List<double>();
+                var (samePings, crossPings, sameTcp, crossTcp) = (new List<double>(), new List<double>(), new List<double>(), new List<double>());
+                SandboxBenchmark.PingFlood(netns, cross, 1000); // warm-up: neighbours, routes
+                for (var round = 0; round < rounds; round++)
+                {
+                    samePings.Add(SandboxBenchmark.PingFlood(netns, same, pings));
+                    crossPings.Add(SandboxBenchmark.PingFlood(netns, cross, pings));
+                    pingRatios.Add(crossPings[^1] / samePings[^1]);
+                    sameTcp.Add(SandboxBenchmark.Iperf(netns, same, 3));
+                    crossTcp.Add(SandboxBenchmark.Iperf(netns, cross, 3));
+                    tcpRatios.Add(crossTcp[^1] / sameTcp[^1]);
+                }
+                return new CrossNodeThroughputResult(File.RoutingMode, SandboxBenchmark.Median(samePings), SandboxBenchmark.Median(crossPings),
+                    SandboxBenchmark.Median(pingRatios), SandboxBenchmark.Median(sameTcp), SandboxBenchmark.Median(crossTcp),
+                    SandboxBenchmark.Median(tcpRatios));
+            }
+            finally
+            {
+                foreach (var server in servers)
+                {
+                    server.Kill();
+                    server.WaitForExit();
+                    server.Dispose();
+                }
+            }
+        }
+
+        private string WebNetns(IPAddress web)
+        {
+            foreach (var node in File.Nodes)
+            {
+                var endpoints = Get(node.Socket, "v1/endpoints", AgentJsonContext.Default.ListEndpointOutput).GetAwaiter().GetResult();
+                if (endpoints.FirstOrDefault(e => e.Id != 0 && e.IPv4 == web.ToString()) is { } e)
+                {
+                    return e.Netns;
+                }
+            }
+            throw new InvalidOperationException($"no pod has {web}");
+        }
+
+        /// <summary>
+        /// Two of three etcd members killed for longer than the nodes' leases, then started again: the time until
+        /// every node is healthy and holds every other node's pod addresses again.
+        /// </summary>
+        public async Task<double> QuorumRecoveryAsync()
+        {
+            var expected = new List<int>();
+            foreach (var node in File.Nodes)
+            {
+                expected.Add((await Get(node.Socket, "v1/status", AgentJsonContext.Default.StatusResponse).ConfigureAwait(false))
+                    .Cluster!.RemoteEndpoints);
+            }
+            var killed = File.Etcd.Take(2).Select(m => (m, CommandLine(m.Pid))).ToList();
+            foreach (var (member, _) in killed)
+            {
+                using var process = Process.GetProcessById(member.Pid);
+                process.Kill();
+                process.WaitForExit(5000);
+            }
+            await Task.Delay(TimeSpan.FromSeconds(Lease + 2)).ConfigureAwait(false);
+            var watch = Stopwatch.StartNew();
+            foreach (var (_, argv) in killed)
+            {
+                Process.Start(new ProcessStartInfo("sh", ["-c", "setsid \"$@\" >/dev/null 2>&1 </dev/null &", "sh", .. argv]))!.WaitForExit();
+            }
+            while (true)
+            {
+                var healthy = true;
+                for (var i = 0; i < File.Nodes.Count && healthy; i++)
+                {
+                    var cluster = (await Get(File.Nodes[i].Socket, "v1/status", AgentJsonContext.Default.StatusResponse).ConfigureAwait(false))
+                        .Cluster!;
+                    healthy = cluster.Health == "ok" && cluster.RemoteEndpoints == expected[i];
+                }
+                if (healthy)
+                {
+                    return watch.Elapsed.TotalSeconds;
+                }
+                if (watch.Elapsed > TimeSpan.FromSeconds(60))
+                {
+                    throw new InvalidOperationException("the cluster did not recover within 60 s of quorum returning");
+                }
+                await Task.Delay(50).ConfigureAwait(false);
+            }
+        }
+
+        private static string[] CommandLine(int pid) =>
+            System.IO.File.ReadAllText($"/proc/{pid}/cmdline").Split('\0', StringSplitOptions.RemoveEmptyEntries);
+
+        public void Dispose() => CliApp.Run(["cluster", "down", "--dir", File.Directory], TextWriter.Null, Console.Error);
+    }
+
+    public static string Format(ClusterReport r) => JsonSerializer.Serialize(r, ReportJsonContext.Default.ClusterReport);
+}
