@@ -5,8 +5,8 @@ set -euo pipefail
 packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++)
 # Real containers (membrane-cni): podman with its CNI backend, containerd and its CRI, the reference plugins, and
 # busybox-static for an image made offline; etcd for the cluster store. Without recommends: podman's would bring
-# netavark and crun. Nothing is started here: the tests start containerd and etcd themselves.
-containers=(podman runc catatonit uidmap iptables containernetworking-plugins containerd busybox-static etcd-server etcd-client)
+# netavark and crun. openssl makes the certificates of the etcd TLS test. Nothing is started here: the tests start containerd and etcd themselves.
+containers=(podman runc catatonit uidmap iptables containernetworking-plugins containerd busybox-static etcd-server etcd-client openssl)
 updated=false
 install() {
   local missing=() p

@@ -18,6 +18,9 @@ public sealed record AgentOptions
     /// <summary>Cluster mode: the etcd client URLs (<c>URL[,URL…]</c>) holding the cluster's desired state.</summary>
     public string? Etcd { get; init; }
 
+    /// <summary>Cluster mode: TLS to etcd (CA, and the client certificate etcd's client-cert-auth asks for); null: plain HTTP.</summary>
+    public Kvstore.EtcdTls? EtcdTls { get; init; }
+
     /// <summary>Cluster mode: the time to live of this node's lease (its keys outlive a killed agent this long).</summary>
     public TimeSpan LeaseTimeToLive { get; init; } = TimeSpan.FromSeconds(15);
 

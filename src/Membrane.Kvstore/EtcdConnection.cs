@@ -1,3 +1,6 @@
+using System.Security.Cryptography.X509Certificates;
+using System.Security.Cryptography;
+using System.Net.Security;
 using dotnet_etcd;
 using Etcdserverpb;
 using Google.Protobuf;
@@ -14,17 +17,25 @@ namespace Membrane.Kvstore;
 /// dotnet-etcd client on it for reads, writes, transactions and leases, and the generated watch client on the same
 /// channel (the library's own watch manager does not survive an etcd restart; <see cref="PrefixWatcher"/> does).
 /// </summary>
+/// <summary>
+/// TLS to etcd: the CA that signed the members' certificates and, for etcd's client-certificate authentication, this
+/// client's certificate and key (PEM files, as etcd's own <c>--trusted-ca-file</c>, <c>--cert-file</c>, <c>--key-file</c>).
+/// </summary>
+public sealed record EtcdTls(string CaFile, string? CertFile = null, string? KeyFile = null);
+
 public sealed class EtcdConnection : IDisposable
 {
     private readonly GrpcChannel _channel;
     private readonly ServiceProvider _services;
 
-    public EtcdConnection(IReadOnlyList<Uri> endpoints, TimeSpan? requestTimeout = null)
+    public EtcdConnection(IReadOnlyList<Uri> endpoints, TimeSpan? requestTimeout = null, EtcdTls? tls = null)
     {
         ArgumentNullException.ThrowIfNull(endpoints);
-        if (endpoints.Count == 0 || endpoints.Any(e => e.Scheme != Uri.UriSchemeHttp || !e.IsAbsoluteUri))
+        var scheme = tls is null ? Uri.UriSchemeHttp : Uri.UriSchemeHttps;
+        if (endpoints.Count == 0 || endpoints.Any(e => e.Scheme != scheme || !e.IsAbsoluteUri))
         {
-            throw new ArgumentException("etcd endpoints must be http:// URLs (TLS is not configured)", nameof(endpoints));
+            throw new ArgumentException(tls is null ? "etcd endpoints must be http:// URLs (https:// needs the TLS files)"
+                : "etcd endpoints must be https:// URLs with TLS", nameof(endpoints));
         }
         Endpoints = endpoints;
         RequestTimeout = requestTimeout ?? TimeSpan.FromSeconds(5);
@@ -35,7 +46,8 @@ public sealed class EtcdConnection : IDisposable
         _services = collection.BuildServiceProvider();
         _channel = GrpcChannel.ForAddress("static:///etcd", new GrpcChannelOptions
         {
-            Credentials = ChannelCredentials.Insecure,
+            Credentials = tls is null ? ChannelCredentials.Insecure : ChannelCredentials.SecureSsl,
+            HttpHandler = tls is null ? null : TlsHandler(tls),
             ServiceProvider = _services,
             ServiceConfig = new ServiceConfig
             {
@@ -64,20 +76,67 @@ public sealed class EtcdConnection : IDisposable
         Leases = new Lease.LeaseClient(_channel);
     }
 
-    /// <summary>Parses <c>URL[,URL…]</c> as the agent's <c>--etcd</c> option takes it.</summary>
-    public static EtcdConnection FromOption(string urls, TimeSpan? requestTimeout = null)
+    /// <summary>Parses <c>URL[,URL…]</c> as the agent's <c>--etcd</c> option takes it (https:// with TLS files).</summary>
+    public static EtcdConnection FromOption(string urls, TimeSpan? requestTimeout = null, EtcdTls? tls = null)
     {
         ArgumentNullException.ThrowIfNull(urls);
         var endpoints = new List<Uri>();
+        var scheme = tls is null ? Uri.UriSchemeHttp : Uri.UriSchemeHttps;
         foreach (var part in urls.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
-            if (!Uri.TryCreate(part, UriKind.Absolute, out var uri) || uri.Scheme != Uri.UriSchemeHttp)
+            if (!Uri.TryCreate(part, UriKind.Absolute, out var uri) || uri.Scheme != scheme)
             {
-                throw new ArgumentException($"\"{part}\" is not an etcd client URL (http://HOST:PORT)", nameof(urls));
+                throw new ArgumentException($"\"{part}\" is not an etcd client URL ({scheme}://HOST:PORT" +
+                    (tls is null ? "; https:// needs --etcd-ca" : "; TLS is configured") + ")", nameof(urls));
             }
             endpoints.Add(uri);
         }
-        return new EtcdConnection(endpoints, requestTimeout);
+        return new EtcdConnection(endpoints, requestTimeout, tls);
+    }
+
+    /// <summary>
+    /// The members' certificates must chain to the given CA (and only to it) and name the address connected to; the
+    /// client presents its certificate when one is given. Unreadable files are a clear error here, not at the first call.
+    /// </summary>
+    private static SocketsHttpHandler TlsHandler(EtcdTls tls)
+    {
+        X509Certificate2 ca;
+        X509Certificate2? client = null;
+        try
+        {
+            ca = X509Certificate2.CreateFromPem(File.ReadAllText(tls.CaFile));
+            if (tls.CertFile is not null)
+            {
+                client = X509Certificate2.CreateFromPemFile(tls.CertFile, tls.KeyFile ?? throw new ArgumentException(
+                    "a client certificate needs its key file", nameof(tls)));
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException)
+        {
+            throw new ArgumentException($"etcd TLS files: {e.Message}", nameof(tls), e);
+        }
+        return new SocketsHttpHandler
+        {
+            EnableMultipleHttp2Connections = true,
+            SslOptions = new SslClientAuthenticationOptions
+            {
+                ClientCertificates = client is null ? null : new X509CertificateCollection { client },
+                RemoteCertificateValidationCallback = (_, certificate, _, errors) =>
+                {
+                    if (certificate is null || errors.HasFlag(SslPolicyErrors.RemoteCertificateNameMismatch)
+                        || errors.HasFlag(SslPolicyErrors.RemoteCertificateNotAvailable))
+                    {
+                        return false;
+                    }
+                    using var chain = new X509Chain();
+                    chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+                    chain.ChainPolicy.CustomTrustStore.Add(ca);
+                    chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+                    using var presented = new X509Certificate2(certificate);
+                    return chain.Build(presented);
+                },
+            },
+        };
     }
 
     public IReadOnlyList<Uri> Endpoints { get; }

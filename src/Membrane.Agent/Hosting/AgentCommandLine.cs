@@ -64,6 +64,12 @@ public static class AgentCommandLine
             Description = "Cluster mode: seconds this node's keys outlive a killed agent (its lease's time to live)",
             DefaultValueFactory = _ => 15,
         };
+        var etcdCa = new Option<string?>("--etcd-ca")
+        {
+            Description = "Cluster mode: TLS to etcd (https:// URLs): the CA certificate (PEM) the members' certificates chain to",
+        };
+        var etcdCert = new Option<string?>("--etcd-cert") { Description = "Cluster mode: this client's certificate (PEM) for etcd" };
+        var etcdKey = new Option<string?>("--etcd-key") { Description = "Cluster mode: the key (PEM) of --etcd-cert" };
         var underlay = new Option<string?>("--underlay-address")
         {
             Description = "Cluster mode (sandbox): this node's IPv4 address on the underlay joining the nodes, with its prefix (10.250.0.1/24)",
@@ -81,7 +87,7 @@ public static class AgentCommandLine
         };
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
-            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, underlay, underlayNetns, routing,
+            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns, routing,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -118,9 +124,27 @@ public static class AgentCommandLine
                     .ConfigureAwait(false);
                 return Error;
             }
+            if (parse.GetValue(etcdCa) is { } ca)
+            {
+                options = options with
+                {
+                    EtcdTls = new Kvstore.EtcdTls(Path.GetFullPath(ca), parse.GetValue(etcdCert) is { } c ? Path.GetFullPath(c) : null,
+                        parse.GetValue(etcdKey) is { } k ? Path.GetFullPath(k) : null),
+                };
+            }
+            else if (parse.GetValue(etcdCert) is not null || parse.GetValue(etcdKey) is not null)
+            {
+                await Console.Error.WriteLineAsync("error: --etcd-cert and --etcd-key need --etcd-ca (TLS to etcd)").ConfigureAwait(false);
+                return Error;
+            }
+            if ((parse.GetValue(etcdCert) is null) != (parse.GetValue(etcdKey) is null))
+            {
+                await Console.Error.WriteLineAsync("error: --etcd-cert and --etcd-key go together").ConfigureAwait(false);
+                return Error;
+            }
             try
             {
-                using var check = options.Etcd is { } urls ? Kvstore.EtcdConnection.FromOption(urls) : null;
+                using var check = options.Etcd is { } urls ? Kvstore.EtcdConnection.FromOption(urls, tls: options.EtcdTls) : null;
             }
             catch (ArgumentException e)
             {

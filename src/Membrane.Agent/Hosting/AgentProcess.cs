@@ -66,7 +66,7 @@ public static partial class AgentProcess
         if (options.Etcd is { } etcd)
         {
             // Cluster mode: the objects live in etcd, shared by every agent; a watch brings other nodes' changes here.
-            builder.Services.AddSingleton(_ => EtcdConnection.FromOption(etcd));
+            builder.Services.AddSingleton(_ => EtcdConnection.FromOption(etcd, tls: options.EtcdTls));
             builder.Services.AddSingleton(services => new ClusterObjects(services.GetRequiredService<EtcdConnection>()));
             builder.Services.AddSingleton<ClusterObjectStore>();
             builder.Services.AddSingleton(services =>

@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Membrane.Agent.Sandbox;
+
+namespace Membrane.Agent.Tests.Cluster;
+
+/// <summary>
+/// <c>membrane cluster up --nodes 3</c> as an operator runs it: a policy imported on node 1 is enforced on node 3's
+/// traffic, every node gives the same node list and pod list, <c>--node</c> reaches each node, and <c>cluster down</c>
+/// leaves no process, namespace, pin or file behind.
+/// </summary>
+[Collection(ClusterGroup.Name)]
+public sealed class ClusterCommandTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), $"mbclu-cmd-{Guid.NewGuid():N}"[..20]);
+    private readonly string _pods = Path.Combine(Path.GetTempPath(), $"mbclu-cmd-{Guid.NewGuid():N}.yaml");
+    private readonly string _policy = Path.Combine(Path.GetTempPath(), $"mbclu-cmd-{Guid.NewGuid():N}.yaml");
+
+    private (int Code, string Out, string Err) Membrane(params string[] args)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+        start.Environment["MEMBRANE_CLUSTER_DIR"] = _dir;
+        start.Environment.Remove("MEMBRANE_SOCKET");
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, stdout.Result, stderr);
+    }
+
+    private static string[] Echo => ["connectivity", "probe", "--from", "shop/client", "--to", "shop/web", "--protocol", "icmp",
+        "--icmp-type", "EchoRequest"];
+
+    [Fact]
+    public void ThreeNodesUpOnePolicyEverywhereDownLeavesNothing()
+    {
+        var up = Membrane("cluster", "up", "--nodes", "3", "--dir", _dir);
+        Assert.True(up.Code == 0, up.Err + up.Out);
+        Assert.NotEqual(0, Membrane("cluster", "up", "--nodes", "2", "--dir", _dir).Code); // one at a time
+
+        File.WriteAllText(_pods, """
+            apiVersion: v1
+            kind: Namespace
+            metadata: {name: shop}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: client, namespace: shop, labels: {app: client}}
+            spec: {nodeName: node-3, containers: [{name: c}]}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: web, namespace: shop, labels: {app: web}}
+            spec: {nodeName: node-2, containers: [{name: w, ports: [{containerPort: 80}]}]}
+            """);
+        File.WriteAllText(_policy, """
+            apiVersion: cilium.io/v2
+            kind: CiliumNetworkPolicy
+            metadata: {name: web, namespace: shop}
+            spec:
+              endpointSelector: {matchLabels: {app: web}}
+              ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+            """);
+        Assert.Equal(0, Membrane("--node", "node-1", "apply", "-f", _pods).Code);
+        Assert.True(LocalCluster.Eventually(() => Membrane(["--node", "node-3", .. Echo]).Code == 0), "no echo from node 3 to node 2");
+        Assert.Equal(0, Membrane("--node", "node-1", "policy", "import", _policy).Code);
+        Assert.True(LocalCluster.Eventually(() => Membrane(["--node", "node-3", .. Echo]).Code == 1),
+            "a policy imported on node 1 never reached node 2's web as seen from node 3");
+
+        // Cluster-wide answers are the same on every node.
+        var lists = new[] { "node-1", "node-2", "node-3" }.Select(n => Membrane("--node", n, "node", "list", "-o", "json").Out).ToList();
+        Assert.All(lists, l => Assert.Equal(lists[0], l));
+        using (var nodes = JsonDocument.Parse(lists[0]))
+        {
+            Assert.Equal(3, nodes.RootElement.GetArrayLength());
+        }
+        Assert.True(LocalCluster.Eventually(() =>
+        {
+            var pods = new[] { "node-1", "node-2", "node-3" }.Select(n => Membrane("--node", n, "endpoint", "list").Out.Split('\n')
+                .Where(l => l.Contains("shop/", StringComparison.Ordinal)).Select(l => string.Join(' ', l.Split(' ',
+                    StringSplitOptions.RemoveEmptyEntries).Skip(1).Take(3))).ToList()).ToList();
+            return pods.All(p => p.SequenceEqual(pods[0])) && pods[0].SequenceEqual(["shop/client node-3 256", "shop/web node-2 257"]);
+        }), "the nodes do not agree on the cluster's pods");
+        Assert.NotEqual(0, Membrane("--node", "node-9", "status").Code);
+
+        var status = Membrane("cluster", "status", "-o", "json");
+        Assert.True(status.Code == 0, status.Out + status.Err);
+        using (var json = JsonDocument.Parse(status.Out))
+        {
+            Assert.All(json.RootElement.GetProperty("nodes").EnumerateArray(), n => Assert.Equal("ok", n.GetProperty("health").GetString()));
+            Assert.Equal(3, json.RootElement.GetProperty("etcd").EnumerateArray().Count(m => m.GetProperty("healthy").GetBoolean()));
+        }
+
+        var down = Membrane("cluster", "down", "--dir", _dir);
+        Assert.True(down.Code == 0, down.Err + down.Out);
+        Assert.False(Directory.Exists(_dir));
+        Assert.DoesNotContain(Ip.Run("netns", "list").Split('\n'), l => l.StartsWith("mbc", StringComparison.Ordinal)
+            || l.StartsWith("membrane-underlay", StringComparison.Ordinal));
+        Assert.False(Directory.Exists("/sys/fs/bpf/membrane-cluster"));
+    }
+
+    public void Dispose()
+    {
+        if (Directory.Exists(_dir))
+        {
+            Membrane("cluster", "down", "--dir", _dir);
+        }
+        File.Delete(_pods);
+        File.Delete(_policy);
+    }
+}
