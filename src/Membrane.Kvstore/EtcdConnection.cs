@@ -1,6 +1,6 @@
-using System.Security.Cryptography.X509Certificates;
-using System.Security.Cryptography;
 using System.Net.Security;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using dotnet_etcd;
 using Etcdserverpb;
 using Google.Protobuf;
