@@ -65,7 +65,9 @@ public static class ClusterBenchmark
         return new LocalClusterRun(ClusterCommands.Load(directory)!);
     }
 
-    /// <summary>Identity allocation and the store's size for 1,000 pods, on an etcd of their own (the store layer as nodes use it).</summary>
+    /// <summary>
+    /// Identity allocation and the store's size for 1,000 pods, on an etcd of their own (the store layer as nodes use it).
+    /// </summary>
     private static async Task<(double Rate, int Allocated, ClusterStoreResult Store)> StoreAsync()
     {
         using var cluster = Up(1, "native");
@@ -96,7 +98,8 @@ public static class ClusterBenchmark
             var before = await DatabaseBytesAsync(etcd).ConfigureAwait(false);
             var (keysBefore, bytesBefore) = await LogicalSizeAsync(etcd).ConfigureAwait(false);
             var objects = new ClusterObjects(etcd);
-            var ipcaches = sessions.Select((s, n) => new ClusterIpCache(etcd, s, $"bench-{n}", IPAddress.Parse($"10.250.0.{n + 1}"))).ToList();
+            var ipcaches = sessions.Select((s, n) => new ClusterIpCache(etcd, s, $"bench-{n}",
+                IPAddress.Parse($"10.250.0.{n + 1}"))).ToList();
             for (var batch = 0; batch < 10; batch++)
             {
                 var changes = Enumerable.Range(batch * 100, 100).Select(i => new KeyValuePair<string, string?>($"Pod/bench/pod-{i}",
@@ -231,7 +234,8 @@ public static class ClusterBenchmark
                 {
                     var allow = i % 2 == 1;
                     var watch = Stopwatch.StartNew();
-                    await client.Post("v1/policies", new ManifestRequest(EchoPolicy(allow), "flip.yaml"), AgentJsonContext.Default.ManifestRequest,
+                    await client.Post("v1/policies", new ManifestRequest(EchoPolicy(allow), "flip.yaml"),
+                        AgentJsonContext.Default.ManifestRequest,
                         AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
                     var pending = Enumerable.Range(0, pairs.Count).ToHashSet();
                     while (pending.Count > 0)
@@ -274,14 +278,16 @@ public static class ClusterBenchmark
             var pairs = PairsAsync(AllowFromClient).GetAwaiter().GetResult();
             var (netns, same) = pairs[0];
             var cross = pairs[1].Web;
-            var servers = pairs.Select(p => Process.Start(new ProcessStartInfo("ip", ["netns", "exec", WebNetns(p.Web), "iperf3", "-s", "-p",
+            var servers = pairs.Select(p => Process.Start(new ProcessStartInfo("ip", ["netns", "exec", WebNetns(p.Web), "iperf3", "-s",
+                "-p",
                 "5201"])
             { RedirectStandardOutput = true, RedirectStandardError = true })!).ToList();
             try
             {
                 var pingRatios = new List<double>();
                 var tcpRatios = new List<double>();
-                var (samePings, crossPings, sameTcp, crossTcp) = (new List<double>(), new List<double>(), new List<double>(), new List<double>());
+                var (samePings, crossPings, sameTcp, crossTcp) = (new List<double>(), new List<double>(), new List<double>(),
+                    new List<double>());
                 SandboxBenchmark.PingFlood(netns, cross, 1000); // warm-up: neighbours, routes
                 for (var round = 0; round < rounds; round++)
                 {
@@ -292,7 +298,8 @@ public static class ClusterBenchmark
                     crossTcp.Add(SandboxBenchmark.Iperf(netns, cross, 3));
                     tcpRatios.Add(crossTcp[^1] / sameTcp[^1]);
                 }
-                return new CrossNodeThroughputResult(File.RoutingMode, SandboxBenchmark.Median(samePings), SandboxBenchmark.Median(crossPings),
+                return new CrossNodeThroughputResult(File.RoutingMode, SandboxBenchmark.Median(samePings),
+                    SandboxBenchmark.Median(crossPings),
                     SandboxBenchmark.Median(pingRatios), SandboxBenchmark.Median(sameTcp), SandboxBenchmark.Median(crossTcp),
                     SandboxBenchmark.Median(tcpRatios));
             }
@@ -343,14 +350,16 @@ public static class ClusterBenchmark
             var watch = Stopwatch.StartNew();
             foreach (var (_, argv) in killed)
             {
-                Process.Start(new ProcessStartInfo("sh", ["-c", "setsid \"$@\" >/dev/null 2>&1 </dev/null &", "sh", .. argv]))!.WaitForExit();
+                Process.Start(new ProcessStartInfo("sh", ["-c", "setsid \"$@\" >/dev/null 2>&1 </dev/null &", "sh",
+                    .. argv]))!.WaitForExit();
             }
             while (true)
             {
                 var healthy = true;
                 for (var i = 0; i < File.Nodes.Count && healthy; i++)
                 {
-                    var cluster = (await Get(File.Nodes[i].Socket, "v1/status", AgentJsonContext.Default.StatusResponse).ConfigureAwait(false))
+                    var cluster = (await Get(File.Nodes[i].Socket, "v1/status",
+                        AgentJsonContext.Default.StatusResponse).ConfigureAwait(false))
                         .Cluster!;
                     healthy = cluster.Health == "ok" && cluster.RemoteEndpoints == expected[i];
                 }

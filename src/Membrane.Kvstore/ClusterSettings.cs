@@ -26,7 +26,8 @@ public sealed class ClusterSettings(EtcdConnection etcd)
         });
         txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = EtcdConnection.Bytes(proposed) } });
         txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key } });
-        var result = await etcd.CallAsync(deadline => etcd.Client.TransactionAsync(txn, deadline: deadline, cancellationToken: cancel), cancel)
+        var result = await etcd.CallAsync(deadline => etcd.Client.TransactionAsync(txn, deadline: deadline, cancellationToken: cancel),
+            cancel)
             .ConfigureAwait(false);
         return result.Succeeded ? proposed : result.Responses[0].ResponseRange.Kvs[0].Value.ToStringUtf8();
     }

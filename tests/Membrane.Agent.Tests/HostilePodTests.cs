@@ -172,4 +172,54 @@ public sealed class HostilePodTests
         Assert.True(Delivered(server.Netns), "an error from the connection's peer passes without a rule");
         Assert.False(Delivered(other.Netns), "an error about the client's connection, sent by a third pod, passed an ingress deny-all");
     }
+
+    /// <summary>
+    /// A pod sets the packet mark (SO_MARK, it has CAP_NET_ADMIN in its namespace) to the tunnel's magic byte and an
+    /// allowed identity: crossing the veth clears the mark, so the node never takes it for a tunnel identity.
+    /// </summary>
+    [Fact]
+    public void APodCannotClaimAnIdentityThroughThePacketMark()
+    {
+        Import("server-echo-from-other", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromEndpoints: [{matchLabels: {app: other, io.kubernetes.pod.namespace: e2e-b}}], icmps: [{fields: [{type: 8}]}]}]
+            """);
+        EndpointOutput client = _s.Endpoint(Client), server = _s.Endpoint(Server), other = _s.Endpoint(Other);
+
+        bool Echoed(EndpointOutput from, uint mark)
+        {
+            using var socket = NetworkNamespace.Run(from.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw,
+                ProtocolType.Icmp));
+            if (mark != 0)
+            {
+                socket.SetRawSocketOption(1 /* SOL_SOCKET */, 36 /* SO_MARK */, BitConverter.GetBytes(mark));
+            }
+            socket.ReceiveTimeout = 1000;
+            var marker = RawFrames.NewMarker();
+            socket.SendTo(RawFrames.Icmp(8, 0, [0x12, 0x34, 0, 1, .. marker]), new IPEndPoint(V4(server), 0));
+            var buffer = new byte[2048];
+            var deadline = DateTime.UtcNow.AddMilliseconds(1000);
+            while (DateTime.UtcNow < deadline)
+            {
+                try
+                {
+                    var n = socket.Receive(buffer);
+                    if (n > 20 && buffer[20] == 0 && buffer.AsSpan(0, n).IndexOf(marker) >= 0)
+                    {
+                        return true;
+                    }
+                }
+                catch (SocketException)
+                {
+                    return false;
+                }
+            }
+            return false;
+        }
+
+        Assert.True(Echoed(other, 0), "the allowed pod's echo is answered");
+        var before = Drops(DropReason.Policy);
+        Assert.False(Echoed(client, 0x4d000000u | other.Identity), "a pod claimed another identity through the packet mark");
+        Assert.True(Drops(DropReason.Policy) > before);
+    }
 }

@@ -18,7 +18,12 @@ public sealed class EtcdTlsTests : IDisposable
 
     private void OpenSsl(params string[] args)
     {
-        var start = new ProcessStartInfo("openssl") { RedirectStandardError = true, RedirectStandardOutput = true, WorkingDirectory = _dir };
+        var start = new ProcessStartInfo("openssl")
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            WorkingDirectory = _dir
+        };
         foreach (var a in args)
         {
             start.ArgumentList.Add(a);
@@ -76,7 +81,8 @@ public sealed class EtcdTlsTests : IDisposable
         _etcd.BeginOutputReadLine();
         var url = $"https://127.0.0.1:{client}";
 
-        using var good = EtcdConnection.FromOption(url, TimeSpan.FromSeconds(2), new EtcdTls(F("ca.pem"), F("client.pem"), F("client.key")));
+        using var good = EtcdConnection.FromOption(url, TimeSpan.FromSeconds(2), new EtcdTls(F("ca.pem"), F("client.pem"),
+            F("client.key")));
         var watch = Stopwatch.StartNew();
         while (true)
         {

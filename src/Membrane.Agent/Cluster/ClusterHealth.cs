@@ -35,7 +35,8 @@ public sealed class ClusterHealth(AgentOptions options)
             string? problem;
             try
             {
-                await etcd.Client.GetAsync(new RangeRequest { Key = key }, deadline: DateTime.UtcNow.AddSeconds(1.5), cancellationToken: cancel)
+                await etcd.Client.GetAsync(new RangeRequest { Key = key }, deadline: DateTime.UtcNow.AddSeconds(1.5),
+                    cancellationToken: cancel)
                     .ConfigureAwait(false);
                 problem = null;
             }
@@ -69,7 +70,8 @@ public sealed class ClusterHealth(AgentOptions options)
                 "enforcing its last state, and changes that need the store fail until it is back");
         }
         reasons.AddRange(_problems.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => p.Value));
-        return new ClusterStatusOutput(options.Node!, options.RoutingMode.ToString().ToLowerInvariant(), reasons.Count == 0 ? "ok" : "degraded",
+        var health = reasons.Count == 0 ? "ok" : "degraded";
+        return new ClusterStatusOutput(options.Node!, options.RoutingMode.ToString().ToLowerInvariant(), health,
             reasons, revision, options.UnderlayAddress?.ToString(),
             [.. Nodes.Select(n => new NodeOutput(n.Name, n.Address.ToString(), n.PodRanges.Select(r => r.ToString()).ToList()))],
             RemoteEndpoints);

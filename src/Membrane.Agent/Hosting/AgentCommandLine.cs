@@ -72,7 +72,8 @@ public static class AgentCommandLine
         var etcdKey = new Option<string?>("--etcd-key") { Description = "Cluster mode: the key (PEM) of --etcd-cert" };
         var underlay = new Option<string?>("--underlay-address")
         {
-            Description = "Cluster mode (sandbox): this node's IPv4 address on the underlay joining the nodes, with its prefix (10.250.0.1/24)",
+            Description = "Cluster mode (sandbox): this node's IPv4 address on the underlay joining the nodes, with its prefix " +
+                "(10.250.0.1/24)",
         };
         var underlayNetns = new Option<string>("--underlay-netns")
         {
@@ -87,7 +88,8 @@ public static class AgentCommandLine
         };
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
-            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns, routing,
+            stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
+                routing,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -170,7 +172,8 @@ public static class AgentCommandLine
                 }
                 if (options.Node is null || options.Runtime != AgentRuntime.Sandbox)
                 {
-                    await Console.Error.WriteLineAsync("error: --underlay-address needs cluster mode (--node, --etcd) with the sandbox runtime")
+                    await Console.Error.WriteLineAsync("error: --underlay-address needs cluster mode (--node, --etcd) with the sandbox " +
+                        "runtime")
                         .ConfigureAwait(false);
                     return Error;
                 }

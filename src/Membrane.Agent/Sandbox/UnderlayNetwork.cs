@@ -28,7 +28,8 @@ public sealed class UnderlayNetwork(AgentOptions options)
     public static string TunnelMac(IPAddress node)
     {
         ArgumentNullException.ThrowIfNull(node);
-        return "02:6d:" + string.Join(':', node.GetAddressBytes().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
+        return "02:6d:" + string.Join(':', node.GetAddressBytes().Select(b => b.ToString("x2",
+            System.Globalization.CultureInfo.InvariantCulture)));
     }
 
     private readonly string _node = options.NodeNamespace;

@@ -41,7 +41,8 @@ public static class AgentCommands
             output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
             if (s.Cluster is { } cluster)
             {
-                output.Out.WriteLine($"Cluster:     node {cluster.Node}, {cluster.RoutingMode} routing, {cluster.Health}; enforces store revision " +
+                output.Out.WriteLine($"Cluster:     node {cluster.Node}, {cluster.RoutingMode} routing, {cluster.Health}; " +
+                    "enforces store revision " +
                     $"{cluster.EnforcedRevision}; {cluster.Nodes.Count} nodes, {cluster.RemoteEndpoints} addresses of other nodes' pods");
                 foreach (var reason in cluster.Reasons)
                 {

@@ -125,7 +125,8 @@ public static class ClusterCommands
                     $"http://127.0.0.1:{ports[i].Peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{ports[i].Peer}",
                     "--initial-cluster", initial, "--initial-cluster-state", "new", "--initial-cluster-token", directory,
                     "--heartbeat-interval", "100", "--election-timeout", "1000"], Path.Combine(directory, $"{name}.log"));
-                members.Add(new LocalEtcdMember(name, $"http://127.0.0.1:{ports[i].Client}", $"http://127.0.0.1:{ports[i].Peer}", data, pid));
+                members.Add(new LocalEtcdMember(name, $"http://127.0.0.1:{ports[i].Client}", $"http://127.0.0.1:{ports[i].Peer}", data,
+                    pid));
                 Save(file);
             }
             if (!Poll(() => members.All(m => EtcdHealthy(m.ClientUrl)), TimeSpan.FromSeconds(30)))
@@ -140,7 +141,8 @@ public static class ClusterCommands
                     $"10.{100 + i}.0.0/16", $"fd00:{100 + i}::/64");
                 var pid = Spawn(agent, [.. prefix, "--node", node.Name, "--etcd", file.EtcdUrls, "--state-dir", node.StateDirectory,
                     "--name-prefix", node.NamePrefix, "--pin-dir", node.PinDirectory, "--pod-ipv4-range", node.PodIPv4Range,
-                    "--pod-ipv6-range", node.PodIPv6Range, "--underlay-address", node.UnderlayAddress, "--underlay-netns", UnderlayNamespace,
+                    "--pod-ipv6-range", node.PodIPv6Range, "--underlay-address", node.UnderlayAddress, "--underlay-netns",
+                        UnderlayNamespace,
                     "--routing-mode", routing, "--lease-ttl", $"{leaseSeconds}"], Path.Combine(directory, $"{node.Name}.log"));
                 file = file with { Nodes = [.. file.Nodes, node with { Pid = pid }] };
                 Save(file);
@@ -217,7 +219,10 @@ public static class ClusterCommands
     {
         var dir = DirectoryOption();
         var format = CliOutput.CreateFormatOption();
-        var command = new Command("status", "The local cluster's etcd members and nodes, and what each node's agent reports") { dir, format };
+        var command = new Command("status", "The local cluster's etcd members and nodes, and what each node's agent reports")
+        {
+            dir, format,
+        };
         command.SetAction(async parse =>
         {
             var directory = Path.GetFullPath(parse.GetValue(dir)!);
@@ -237,10 +242,12 @@ public static class ClusterCommands
             else
             {
                 output.Out.WriteLine($"cluster in {status.Directory}, {status.RoutingMode} routing");
-                Table.Write(output.Out, ["ETCD", "URL", "PID", "HEALTHY"], status.Etcd.Select(m => (IReadOnlyList<string>)[m.Name, m.ClientUrl,
+                Table.Write(output.Out, ["ETCD", "URL", "PID", "HEALTHY"], status.Etcd.Select(m => (IReadOnlyList<string>)[m.Name,
+                    m.ClientUrl,
                     m.Running ? $"{m.Pid}" : "stopped", m.Healthy ? "yes" : "no"]));
                 output.Out.WriteLine();
-                Table.Write(output.Out, ["NODE", "AGENT", "HEALTH", "REVISION", "PODS", "REMOTE ADDRESSES", "SOCKET"], status.Nodes.Select(n =>
+                Table.Write(output.Out, ["NODE", "AGENT", "HEALTH", "REVISION", "PODS", "REMOTE ADDRESSES", "SOCKET"],
+                    status.Nodes.Select(n =>
                     (IReadOnlyList<string>)[n.Name, n.Running ? $"{n.Pid}" : "stopped", n.Health, $"{n.EnforcedRevision}", $"{n.Endpoints}",
                         $"{n.RemoteEndpoints}", n.Socket]));
                 foreach (var node in status.Nodes)
@@ -405,7 +412,8 @@ public static class ClusterCommands
         File.Exists(log) ? string.Join(" / ", File.ReadAllLines(log).TakeLast(3)) : "no log";
 
     private static void Save(LocalClusterFile file) =>
-        File.WriteAllText(Path.Combine(file.Directory, "cluster.json"), JsonSerializer.Serialize(file, AgentJsonContext.Default.LocalClusterFile));
+        File.WriteAllText(Path.Combine(file.Directory, "cluster.json"), JsonSerializer.Serialize(file,
+            AgentJsonContext.Default.LocalClusterFile));
 
     private static int FreePort()
     {

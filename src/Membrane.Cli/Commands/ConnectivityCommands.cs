@@ -87,7 +87,8 @@ public static class ConnectivityCommands
                 output.Out.WriteLine($"{title}: rows from, columns to");
                 var index = result.Pods.Select((p, i) => (p, i)).ToDictionary(x => x.p, x => x.i);
                 // Rows are the pods probed from: in cluster mode only this node's, the columns every pod of the cluster.
-                var sources = result.Results.Count == 0 ? result.Pods : result.Pods.Where(p => result.Results.Any(r => r.From == p)).ToList();
+                var probedFrom = result.Results.Select(r => r.From).ToHashSet(StringComparer.Ordinal);
+                var sources = probedFrom.Count == 0 ? result.Pods : result.Pods.Where(probedFrom.Contains).ToList();
                 var rows = sources.Select(from => (IReadOnlyList<string>)[from, .. result.Pods.Select(to =>
                     from == to ? "-" : kind.FirstOrDefault(r => r.From == from && r.To == to)?.Result == "allowed" ? "." : "X")]);
                 Table.Write(output.Out, ["", .. result.Pods.Select(p => $"{index[p] + 1}")], rows.Select(r =>

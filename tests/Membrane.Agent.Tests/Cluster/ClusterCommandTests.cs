@@ -92,7 +92,8 @@ public sealed class ClusterCommandTests : IDisposable
         Assert.True(status.Code == 0, status.Out + status.Err);
         using (var json = JsonDocument.Parse(status.Out))
         {
-            Assert.All(json.RootElement.GetProperty("nodes").EnumerateArray(), n => Assert.Equal("ok", n.GetProperty("health").GetString()));
+            Assert.All(json.RootElement.GetProperty("nodes").EnumerateArray(), n => Assert.Equal("ok",
+                n.GetProperty("health").GetString()));
             Assert.Equal(3, json.RootElement.GetProperty("etcd").EnumerateArray().Count(m => m.GetProperty("healthy").GetBoolean()));
         }
 

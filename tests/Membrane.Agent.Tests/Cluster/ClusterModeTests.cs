@@ -125,13 +125,15 @@ public sealed class ClusterModeTests : IDisposable
             using var etcd = _cluster.Etcd.Connect();
             var stored = (await new Kvstore.ClusterObjects(etcd).LoadAsync()).Objects;
             var nodes = Enumerable.Range(1, 4).Select(i => stored[$"Pod/default/loose{i}"].Yaml).Select(yaml =>
-                yaml.Contains("nodeName: node-1", StringComparison.Ordinal) ? 1 : yaml.Contains("nodeName: node-2", StringComparison.Ordinal)
+                yaml.Contains("nodeName: node-1", StringComparison.Ordinal) ? 1 : yaml.Contains("nodeName: node-2",
+                    StringComparison.Ordinal)
                     ? 2 : 0).ToList();
             Assert.Equal([1, 1, 2, 2], nodes.Order());
             // Each node runs the two it was given.
             foreach (var node in new[] { 1, 2 })
             {
-                Assert.True(LocalCluster.Eventually(() => Cli(node, "status").Out.Contains("Endpoints:   2 pods", StringComparison.Ordinal)),
+                Assert.True(LocalCluster.Eventually(() => Cli(node, "status").Out.Contains("Endpoints:   2 pods",
+                    StringComparison.Ordinal)),
                     $"node {node} does not run two pods");
             }
         }

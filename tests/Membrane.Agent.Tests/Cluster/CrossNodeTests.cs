@@ -122,6 +122,14 @@ public sealed class CrossNodeTests : IDisposable
         Assert.Equal(1, LocalCluster.OnNode(1, Ping("ipv6")).Code);
         Assert.Equal(0, LocalCluster.OnNode(1, Probe("tcp", "--port", "80")).Code);
         Assert.True(Drops(2, "Policy denied") > policyDrops);
+        // Trace on either node agrees with the kernel: web's policy is resolved from the same objects everywhere.
+        foreach (var node in new[] { 1, 2 })
+        {
+            Assert.Equal(1, LocalCluster.OnNode(node, "policy", "trace", "--from", "shop/client", "--to", "shop/web", "--protocol", "icmp",
+                "--icmp-type", "EchoRequest").Code);
+            Assert.Equal(0, LocalCluster.OnNode(node, "policy", "trace", "--from", "shop/client", "--to", "shop/web", "--protocol", "tcp",
+                "--port", "80").Code);
+        }
 
         // icmps: echo from client allowed in both families, TCP 81 still not.
         Assert.Equal(0, LocalCluster.OnNode(2, "policy", "import", File(EchoOnly)).Code);
@@ -197,13 +205,15 @@ public sealed class CrossNodeTests : IDisposable
         using var json = Json(1, "endpoint", "get", "shop/client");
         var identity = json.RootElement.GetProperty("identity").GetUInt32();
         var before = Drops(2, TunnelDrops);
-        using var socket = NetworkNamespace.Run(_stranger, () => new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp));
+        using var socket = NetworkNamespace.Run(_stranger, () => new Socket(AddressFamily.InterNetwork, SocketType.Dgram,
+            ProtocolType.Udp));
         for (var i = 0; i < 3; i++)
         {
             socket.SendTo(Vxlan(identity, IPAddress.Parse(client.IPv4), IPAddress.Parse(Pod(2, "shop/web").IPv4)),
                 new IPEndPoint(IPAddress.Parse("10.250.0.2"), UnderlayNetwork.TunnelPort));
         }
-        Assert.True(Eventually(() => Drops(2, TunnelDrops) >= before + 3, seconds: 10), "node 2 did not drop the stranger's tunnel traffic");
+        Assert.True(Eventually(() => Drops(2, TunnelDrops) >= before + 3, seconds: 10),
+            "node 2 did not drop the stranger's tunnel traffic");
     }
 
     /// <summary>A VXLAN datagram: the header with <paramref name="vni"/>, an Ethernet frame to the tunnel device, an IPv4 echo.</summary>

@@ -151,7 +151,8 @@ public sealed class FaultTests(ITestOutputHelper log) : IDisposable
         Measure("quorum back: each node holds the other's pod addresses again", () => RemoteAddresses(1) == 2 && RemoteAddresses(2) == 2);
         log.WriteLine($"recovery after quorum returned: {watch.Elapsed.TotalSeconds:F2} s");
         // The refused change was not half-applied: both nodes agree on whether the store took it.
-        var policies = new[] { 1, 2 }.Select(n => OnNode(n, "policy", "get").Out.Contains("during-outage", StringComparison.Ordinal)).ToList();
+        var policies = new[] { 1, 2 }.Select(n => OnNode(n, "policy", "get").Out.Contains("during-outage",
+            StringComparison.Ordinal)).ToList();
         Assert.Equal(policies[0], policies[1]);
         if (policies[0])
         {
@@ -197,7 +198,8 @@ public sealed class FaultTests(ITestOutputHelper log) : IDisposable
             }
             Assert.Equal(0, OnNode(1, "policy", "import", File(Policy("final"))).Code);
             using var etcd = _cluster.Etcd.Connect();
-            var revision = (await etcd.Client.GetAsync(new RangeRequest { Key = Kvstore.EtcdConnection.Bytes("membrane/") })).Header.Revision;
+            var key = Kvstore.EtcdConnection.Bytes("membrane/");
+            var revision = (await etcd.Client.GetAsync(new RangeRequest { Key = key })).Header.Revision;
             await etcd.Client.CompactAsync(new CompactionRequest { Revision = revision, Physical = true });
         }
         finally

@@ -38,9 +38,11 @@ public sealed class LocalCluster : IDisposable
         {
             Cleanup(prefix, state);
         }
-        string[] joined = routing is null ? [] : ["--underlay-address", $"10.250.0.{node}/24", "--underlay-netns", Underlay, "--routing-mode",
+        string[] joined = routing is null ? [] : ["--underlay-address", $"10.250.0.{node}/24", "--underlay-netns", Underlay,
+            "--routing-mode",
             routing];
-        var (agent, code, stderr) = AgentUnderTest.Start(["--state-dir", state, "--name-prefix", prefix, "--pin-dir", $"/sys/fs/bpf/{prefix}",
+        var (agent, code, stderr) = AgentUnderTest.Start(["--state-dir", state, "--name-prefix", prefix, "--pin-dir",
+            $"/sys/fs/bpf/{prefix}",
             "--pod-ipv4-range", $"10.21{node}.0.0/16", "--pod-ipv6-range", $"fd00:21{node}::/64", "--node", $"node-{node}", "--etcd",
             Etcd.Urls, .. joined, .. extra], () => File.Exists(Socket(node)) && OnNode(node, "status").Code == 0);
         if (agent is not null)

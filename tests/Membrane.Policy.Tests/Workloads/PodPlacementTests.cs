@@ -5,11 +5,13 @@ namespace Membrane.Policy.Tests.Workloads;
 
 public sealed class PodPlacementTests
 {
-    private static IReadOnlyList<PodManifest> Pods(params string[] names) => ManifestLoader.LoadText(string.Join("\n---\n", names.Select(n =>
-        n.Contains('@', StringComparison.Ordinal)
-            ? $"apiVersion: v1\nkind: Pod\nmetadata: {{name: {n.Split('@')[0]}}}\nspec: {{nodeName: {n.Split('@')[1]}, containers: [{{name: c}}]}}"
-            : $"apiVersion: v1\nkind: Pod\nmetadata: {{name: {n}, labels: {{app: x}}}}\nspec: {{containers: [{{name: c}}]}}")), "t.yaml")
-        .OrThrow().Pods;
+    /// <summary>Pods by name; "name@node" names its node.</summary>
+    private static IReadOnlyList<PodManifest> Pods(params string[] names) => ManifestLoader.LoadText(string.Join("\n---\n",
+        names.Select(Pod)), "t.yaml").OrThrow().Pods;
+
+    private static string Pod(string name) => name.Split('@') is [var pod, var node]
+        ? $"apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}}}\nspec: {{nodeName: {node}, containers: [{{name: c}}]}}"
+        : $"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: x}}}}\nspec: {{containers: [{{name: c}}]}}";
 
     [Fact]
     public void UnplacedPodsSpreadEvenlyAndTheirYamlNamesTheNode()
