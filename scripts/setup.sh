@@ -21,6 +21,15 @@ install() {
 }
 install "" "${packages[@]}"
 install --no-install-recommends "${containers[@]}"
+# Prometheus for the metrics test (the test starts its own server): the package must not start a system one, so
+# service starts are refused while it installs unless this machine already refuses them.
+if ! dpkg -s prometheus >/dev/null 2>&1; then
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  install --no-install-recommends prometheus
+fi
 if ! command -v dotnet >/dev/null 2>&1; then
   echo "setup: the .NET 10 SDK is required (dotnet not found on PATH)" >&2
   exit 1

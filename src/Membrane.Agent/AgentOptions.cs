@@ -18,6 +18,15 @@ public sealed record AgentOptions
     /// <summary>Cluster mode: the etcd client URLs (<c>URL[,URL…]</c>) holding the cluster's desired state.</summary>
     public string? Etcd { get; init; }
 
+    /// <summary>Where Prometheus scrapes the agent's metrics (HOST:PORT); null: not served.</summary>
+    public string? MetricsAddress { get; init; } = DefaultMetricsAddress;
+
+    /// <summary>True when the operator named the metrics address: then failing to serve it stops the agent.</summary>
+    public bool MetricsAddressRequired { get; init; }
+
+    /// <summary>The reference system's agent metrics port, on loopback only.</summary>
+    public const string DefaultMetricsAddress = "127.0.0.1:9962";
+
     /// <summary>Cluster mode: TLS to etcd (CA, and the client certificate etcd's client-cert-auth asks for); null: plain HTTP.</summary>
     public Kvstore.EtcdTls? EtcdTls { get; init; }
 

@@ -69,10 +69,19 @@ public sealed partial class AgentService
     private bool Enforce(RegenerationPlan plan, bool attachAll)
     {
         var watch = Stopwatch.StartNew();
-        var created = _endpoints.Reconcile(_engine.Endpoints.Where(e => IsLocal(e.Pod)));
-        _regenerator.Regenerate(_engine, plan, attachAll);
-        Queries.LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
-        return created;
+        try
+        {
+            var created = _endpoints.Reconcile(_engine.Endpoints.Where(e => IsLocal(e.Pod)));
+            _regenerator.Regenerate(_engine, plan, attachAll);
+            Queries.LastRegenerationMilliseconds = watch.Elapsed.TotalMilliseconds;
+            Monitoring.AgentMetrics.RegenerationSeconds.WithLabels("success").Observe(watch.Elapsed.TotalSeconds);
+            return created;
+        }
+        catch
+        {
+            Monitoring.AgentMetrics.RegenerationSeconds.WithLabels("failure").Observe(watch.Elapsed.TotalSeconds);
+            throw;
+        }
     }
 
     private void Rollback(Snapshot before, bool persisted)
@@ -117,7 +126,20 @@ public sealed partial class AgentService
         }
     }
 
-    public Task<ApplyResponse> ApplyAsync(ManifestRequest request, bool policiesOnly = false, CancellationToken cancel = default)
+    public async Task<ApplyResponse> ApplyAsync(ManifestRequest request, bool policiesOnly = false, CancellationToken cancel = default)
+    {
+        try
+        {
+            return await ApplyOrRefuseAsync(request, policiesOnly, cancel).ConfigureAwait(false);
+        }
+        catch (Exception e) when (policiesOnly && e is AgentInputException or InvalidOperationException)
+        {
+            Monitoring.AgentMetrics.PolicyImportErrors.Inc();
+            throw;
+        }
+    }
+
+    private Task<ApplyResponse> ApplyOrRefuseAsync(ManifestRequest request, bool policiesOnly, CancellationToken cancel)
     {
         ArgumentNullException.ThrowIfNull(request);
         var set = Parse(request);

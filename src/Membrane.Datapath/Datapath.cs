@@ -27,6 +27,7 @@ public sealed class PolicyDatapath : IDisposable
         PolicyMap = obj.Map<PolicyMapKey, PolicyMapValue>("mb_policy");
         Conntrack = new ConntrackTable(obj.Map<Conntrack4Key, ConntrackValue>("mb_ct4"), obj.Map<Conntrack6Key, ConntrackValue>("mb_ct6"));
         Drops = obj.Map<uint, Counter>("mb_drops");
+        Stats = obj.Map<uint, Counter>("mb_stats");
         Events = obj.Map("mb_events");
         Config = obj.Map<uint, DatapathConfig>("mb_config");
         Fragments = obj.Map<FragmentKey, byte>("mb_frag");
@@ -64,6 +65,9 @@ public sealed class PolicyDatapath : IDisposable
     /// <summary>Per-CPU drop counters by reason.</summary>
     public BpfMap<uint, Counter> Drops { get; }
 
+    /// <summary>Per-CPU counters: packets let through by direction, events lost (see <see cref="Forwarded"/>).</summary>
+    public BpfMap<uint, Counter> Stats { get; }
+
     /// <summary>The ring buffer of events (no keys or values).</summary>
     public BpfMap Events { get; }
 
@@ -95,21 +99,46 @@ public sealed class PolicyDatapath : IDisposable
             : 0)
         });
 
-    /// <summary>Drop counters by reason, summed over CPUs.</summary>
-    public IReadOnlyDictionary<DropReason, Counter> DropCounters()
-    {
-        var result = new Dictionary<DropReason, Counter>();
-        foreach (var reason in Enum.GetValues<DropReason>().Where(r => r != DropReason.Allowed))
+    /// <summary>Drop counters by reason (both directions), summed over CPUs.</summary>
+    public IReadOnlyDictionary<DropReason, Counter> DropCounters() => DropCountersByDirection()
+        .GroupBy(d => d.Key.Reason)
+        .ToDictionary(g => g.Key, g => new Counter
         {
-            var perCpu = Drops.LookupPerCpu<uint, Counter>((uint)reason);
-            result[reason] = new Counter
+            Packets = g.Aggregate(0UL, (sum, d) => sum + d.Value.Packets),
+            Bytes = g.Aggregate(0UL, (sum, d) => sum + d.Value.Bytes),
+        });
+
+    /// <summary>Drop counters by reason and direction (<see cref="WireDirection"/> values), summed over CPUs.</summary>
+    public IReadOnlyDictionary<(DropReason Reason, WireDirection Direction), Counter> DropCountersByDirection()
+    {
+        var result = new Dictionary<(DropReason, WireDirection), Counter>();
+        foreach (var direction in new[] { WireDirection.Ingress, WireDirection.Egress })
+        {
+            foreach (var reason in Enum.GetValues<DropReason>().Where(r => r != DropReason.Allowed))
             {
-                Packets = (ulong)perCpu.Sum(c => (decimal)c.Packets),
-                Bytes = (ulong)perCpu.Sum(c =>
-                (decimal)c.Bytes)
-            };
+                result[(reason, direction)] = Sum(Drops, (uint)direction * ReasonSlots + (uint)reason);
+            }
         }
         return result;
+    }
+
+    /// <summary>Packets the programs let through: delivered to pods (ingress) and sent by them (egress).</summary>
+    public (Counter Ingress, Counter Egress) Forwarded() => (Sum(Stats, 0), Sum(Stats, 1));
+
+    /// <summary>Events the ring buffer had no room for (the monitor and flow readers missed them).</summary>
+    public ulong EventsLost() => Sum(Stats, 2).Packets;
+
+    /// <summary>Reasons per direction in mb_drops (REASON_MAX in common.h).</summary>
+    private const uint ReasonSlots = 8;
+
+    private static Counter Sum(BpfMap<uint, Counter> map, uint index)
+    {
+        var perCpu = map.LookupPerCpu<uint, Counter>(index);
+        return new Counter
+        {
+            Packets = perCpu.Aggregate(0UL, (sum, c) => sum + c.Packets),
+            Bytes = perCpu.Aggregate(0UL, (sum, c) => sum + c.Bytes),
+        };
     }
 
     /// <summary>Empties conntrack and the fragment table: a clean slate for tests and benchmarks.</summary>

@@ -86,10 +86,15 @@ public static class AgentCommandLine
                 "one mode per cluster",
             DefaultValueFactory = _ => RoutingMode.Native,
         };
+        var metrics = new Option<string>("--metrics-address")
+        {
+            Description = "Serve Prometheus metrics on HOST:PORT (/metrics), or 'off'",
+            DefaultValueFactory = _ => AgentOptions.DefaultMetricsAddress,
+        };
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
-                routing,
+                routing, metrics,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -180,6 +185,26 @@ public static class AgentCommandLine
                 options = options with { UnderlayAddress = underAddress, UnderlayPrefixLength = length };
             }
             options = options with { UnderlayNamespace = parse.GetValue(underlayNetns)!, RoutingMode = parse.GetValue(routing) };
+            var metricsAddress = parse.GetValue(metrics)!;
+            if (metricsAddress == "off")
+            {
+                options = options with { MetricsAddress = null };
+            }
+            else if (!IPEndPoint.TryParse(metricsAddress, out var endpoint) || endpoint.Port == 0)
+            {
+                await Console.Error.WriteLineAsync($"error: --metrics-address \"{metricsAddress}\" is not HOST:PORT " +
+                    "(127.0.0.1:9962) or 'off'")
+                    .ConfigureAwait(false);
+                return Error;
+            }
+            else
+            {
+                options = options with
+                {
+                    MetricsAddress = metricsAddress,
+                    MetricsAddressRequired = parse.GetResult(metrics) is { Implicit: false },
+                };
+            }
             if (options.CriSocket is not null && options.Runtime != AgentRuntime.Cni)
             {
                 await Console.Error.WriteLineAsync("error: --cri-socket needs --runtime cni").ConfigureAwait(false);

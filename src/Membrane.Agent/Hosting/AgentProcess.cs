@@ -12,6 +12,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using Microsoft.Extensions.Options;
+using Prometheus;
 
 namespace Membrane.Agent.Hosting;
 
@@ -22,6 +23,45 @@ namespace Membrane.Agent.Hosting;
 /// </summary>
 public static partial class AgentProcess
 {
+    /// <summary>
+    /// Prometheus metrics on their own listener (never the API's routes over TCP); API request durations are measured
+    /// on the API itself. A default address that is taken is logged and skipped; one the operator named is an error.
+    /// </summary>
+    private static KestrelMetricServer? StartMetrics(AgentOptions options, AgentService agent, WebApplication app)
+    {
+        if (options.MetricsAddress is not { } address)
+        {
+            return null;
+        }
+        app.UseRouting();
+        app.UseHttpMetrics();
+        _ = new Monitoring.AgentMetrics(agent);
+        var endpoint = System.Net.IPEndPoint.Parse(address);
+        var server = new KestrelMetricServer(endpoint.Address.ToString(), endpoint.Port);
+        try
+        {
+            server.Start();
+            return server;
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException or System.Net.Sockets.SocketException)
+        {
+            server.Dispose();
+            if (options.MetricsAddressRequired)
+            {
+                Console.Error.WriteLine($"error: --metrics-address {address}: {e.Message}");
+            }
+            else
+            {
+                MetricsUnavailable(app.Services.GetRequiredService<ILogger<AgentService>>(),
+                    $"metrics are not served on {address}: {e.Message}");
+            }
+            return null;
+        }
+    }
+
+    [LoggerMessage(EventId = 44, Level = LogLevel.Warning, Message = "{Reason} (give --metrics-address HOST:PORT or off)")]
+    private static partial void MetricsUnavailable(ILogger logger, string reason);
+
     /// <summary>The cluster runs one routing mode: the first node sets it, a node started otherwise is refused.</summary>
     private static void AgreeOnRoutingMode(EtcdConnection etcd, AgentOptions options)
     {
@@ -117,6 +157,11 @@ public static partial class AgentProcess
             agent.Queries.Cluster = health.Status;
         }
         ApiServer.PrepareSocket(options.SocketPath);
+        using var metrics = StartMetrics(options, agent, app);
+        if (options.MetricsAddressRequired && metrics is null)
+        {
+            return AgentCommandLine.Error;
+        }
         ApiServer.Map(app, agent);
         await app.RunAsync().ConfigureAwait(false);
         return AgentCommandLine.Success;

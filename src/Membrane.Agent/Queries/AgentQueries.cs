@@ -40,12 +40,23 @@ public sealed class AgentQueries(
     public Func<long, ClusterStatusOutput>? Cluster { get; set; }
 
     /// <summary>Takes a new status snapshot; the agent calls it after every change, under its lock.</summary>
-    public void Publish() => _published = new(store.Revision, endpoints.Records.Count, Engine.Identities.Count(), Engine.Policies.Count(),
-        Engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
+    public void Publish()
+    {
+        IdentityKinds = Engine.Identities.GroupBy(i => i.Kind.ToString().ToLowerInvariant())
+            .ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+        _published = new(store.Revision, endpoints.Records.Count, Engine.Identities.Count(), Engine.Policies.Count(),
+            Engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
+    }
 
     /// <summary>Where the host ends of the endpoints are: the sandbox's node namespace, or the machine's own (CNI).</summary>
     private string NodeNamespace => options.Runtime == AgentRuntime.Cni ? "the host's (container runtimes through membrane-cni)"
         : options.NodeNamespace;
+
+    /// <summary>Identities by kind at the last publication (metrics read it without the lock).</summary>
+    public IReadOnlyDictionary<string, int> IdentityKinds { get; private set; } = new Dictionary<string, int>();
+
+    /// <summary>Status, or null while the agent is still starting.</summary>
+    public StatusResponse? TryStatus() => _published is null ? null : Status();
 
     /// <summary>Safe without the lock: the last published state and the kernel's counters.</summary>
     public StatusResponse Status()

@@ -141,9 +141,10 @@ public static class ClusterCommands
                     $"10.{100 + i}.0.0/16", $"fd00:{100 + i}::/64");
                 var pid = Spawn(agent, [.. prefix, "--node", node.Name, "--etcd", file.EtcdUrls, "--state-dir", node.StateDirectory,
                     "--name-prefix", node.NamePrefix, "--pin-dir", node.PinDirectory, "--pod-ipv4-range", node.PodIPv4Range,
-                    "--pod-ipv6-range", node.PodIPv6Range, "--underlay-address", node.UnderlayAddress, "--underlay-netns",
-                        UnderlayNamespace,
-                    "--routing-mode", routing, "--lease-ttl", $"{leaseSeconds}"], Path.Combine(directory, $"{node.Name}.log"));
+                    "--pod-ipv6-range", node.PodIPv6Range, "--underlay-address", node.UnderlayAddress,
+                    "--underlay-netns", UnderlayNamespace, "--routing-mode", routing, "--lease-ttl", $"{leaseSeconds}",
+                        "--metrics-address", $"127.0.0.1:{9962 + i}"],
+                    Path.Combine(directory, $"{node.Name}.log"));
                 file = file with { Nodes = [.. file.Nodes, node with { Pid = pid }] };
                 Save(file);
             }

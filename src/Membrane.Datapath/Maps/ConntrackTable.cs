@@ -27,6 +27,12 @@ public sealed unsafe class ConntrackTable
     public static double SecondsSince(ulong timestamp, ulong now) => now >= timestamp ? (now - timestamp) / (double)KernelTicks.PerSecond
         : 0;
 
+    /// <summary>Connections tracked now, per family (walks the keys only).</summary>
+    public (long IPv4, long IPv6) Count() => (_v4.Keys<Conntrack4Key>().LongCount(), _v6.Keys<Conntrack6Key>().LongCount());
+
+    /// <summary>Entries each family's map holds at most (the LRU evicts the oldest beyond it).</summary>
+    public long Capacity => _v4.MaxEntries;
+
     public IEnumerable<KeyValuePair<ConntrackTuple, ConntrackValue>> Entries()
     {
         foreach (var (key, value) in _v4.Entries<Conntrack4Key, ConntrackValue>())

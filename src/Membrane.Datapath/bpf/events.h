@@ -4,9 +4,19 @@
 #include "maps.h"
 #include "parse.h"
 
-static __always_inline void count_drop(__u32 reason, __u32 len)
+static __always_inline void count(void *map, __u32 index, __u32 len)
 {
-	struct counter *c = bpf_map_lookup_elem(&mb_drops, &reason);
+	struct counter *c = bpf_map_lookup_elem(map, &index);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline void count_drop(__u32 dir, __u32 reason, __u32 len)
+{
+	__u32 index = (dir & 1) * REASON_MAX + (reason & (REASON_MAX - 1));
+	struct counter *c = bpf_map_lookup_elem(&mb_drops, &index);
 	if (c) {
 		c->packets++;
 		c->bytes += len;
@@ -17,8 +27,10 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct flow 
 				       __u32 peer, __u32 rule_id, __u8 match_kind)
 {
 	struct event *e = bpf_ringbuf_reserve(&mb_events, sizeof(*e), 0);
-	if (!e)
+	if (!e) {
+		count(&mb_stats, STAT_EVENTS_LOST, 0);
 		return;
+	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->ifindex = skb->ifindex;
 	e->peer_identity = peer;
@@ -52,7 +64,7 @@ static __always_inline __u32 config_flags(void)
 __attribute__((noinline)) int drop_packet(struct __sk_buff *skb, const struct flow *f, __u32 packed, __u32 peer, __u32 rule_id)
 {
 	__u8 dir = packed & 0xff, reason = (packed >> 8) & 0xff, kind = (packed >> 16) & 0xff;
-	count_drop(reason, skb->len);
+	count_drop(dir, reason, skb->len);
 	if (f && (config_flags() & CONFIG_DROP_EVENTS))
 		emit_event(skb, f, EVENT_DROP, dir, reason, peer, rule_id, kind);
 	return TC_ACT_SHOT;

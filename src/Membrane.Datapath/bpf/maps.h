@@ -175,8 +175,24 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct counter);
-	__uint(max_entries, REASON_MAX);
+	__uint(max_entries, 2 * REASON_MAX); /* direction * REASON_MAX + reason */
 } mb_drops SEC(".maps");
+
+/* Packets every program let through, by direction, and events the ring buffer had no room for (the monitor and the
+ * metrics read them; a lost event is counted, never silently missing). */
+enum stat_index {
+	STAT_FORWARD_INGRESS = 0, /* delivered to a pod: DIR_INGRESS */
+	STAT_FORWARD_EGRESS = 1,  /* sent by a pod: DIR_EGRESS */
+	STAT_EVENTS_LOST = 2,
+	STAT_MAX = 4,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, STAT_MAX);
+} mb_stats SEC(".maps");
 
 struct event {
 	__u64 ts_ns;

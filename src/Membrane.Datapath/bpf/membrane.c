@@ -79,6 +79,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 tunnelled = dir == DIR_INGRESS ? mark_identity(skb) : 0;
 	__u32 peer = tunnelled ? tunnelled : ipcache_identity(&f, dir);
 	struct policy_value *entry = policy_lookup(ifindex, dir, peer, &f);
+	if (entry && entry->deny) {
+		/* A deny entry counts what it dropped, as an allow entry counts the connections it admitted. */
+		__sync_fetch_and_add(&entry->packets, 1);
+		__sync_fetch_and_add(&entry->bytes, skb->len);
+	}
 	if (!entry || entry->deny) {
 		if (f.frag == FRAG_FIRST)
 			remember_fragment(ifindex, dir, &f, 0);
@@ -99,13 +104,19 @@ pass:
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_EGRESS);
+	int verdict = handle(skb, DIR_EGRESS);
+	if (verdict == TC_ACT_OK)
+		count(&mb_stats, STAT_FORWARD_EGRESS, skb->len);
+	return verdict;
 }
 
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_INGRESS);
+	int verdict = handle(skb, DIR_INGRESS);
+	if (verdict == TC_ACT_OK)
+		count(&mb_stats, STAT_FORWARD_INGRESS, skb->len);
+	return verdict;
 }
 
 /* On the tunnel device's egress: the packet leaves for the node that hosts its destination, with the source's
