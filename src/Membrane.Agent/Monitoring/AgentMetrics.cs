@@ -124,7 +124,7 @@ public sealed class AgentMetrics
         _policies.Set(status.Policies);
         foreach (var map in status.Maps ?? [])
         {
-            _pressure.WithLabels(map.Name).Set(map.Percent / 100);
+            _pressure.WithLabels(map.Name).Set((double)map.Entries / map.MaxEntries);
         }
         _pressure.WithLabels("mb_ct4").Set((double)v4 / datapath.Conntrack.Capacity);
         _pressure.WithLabels("mb_ct6").Set((double)v6 / datapath.Conntrack.Capacity);
