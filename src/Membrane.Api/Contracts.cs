@@ -22,6 +22,22 @@ public sealed record ClusterStatusOutput(
     string Node, string RoutingMode, string Health, IReadOnlyList<string> Reasons, long EnforcedRevision, string? UnderlayAddress,
     IReadOnlyList<NodeOutput> Nodes, int RemoteEndpoints);
 
+/// <summary>
+/// <c>policy import --dry-run</c> (Yaml) or <c>policy delete --dry-run</c> (Delete names a policy, or All): what the
+/// change would do, computed without installing it.
+/// </summary>
+public sealed record DryRunRequest(string? Yaml = null, string? File = null, string? Delete = null, bool All = false);
+
+/// <summary>A live connection (in conntrack) whose verdict the change would flip, with the rule that causes it.</summary>
+public sealed record DryRunConnection(string Pod, string Direction, string Protocol, string Source, string Destination,
+    int? Port, int? IcmpType, string Before, string After, string Cause);
+
+/// <summary>An endpoint whose policy the change would alter: its map entries before and after.</summary>
+public sealed record DryRunEndpoint(string Pod, int EntriesBefore, int EntriesAfter);
+
+public sealed record DryRunResponse(IReadOnlyList<DryRunConnection> WouldBeCut, IReadOnlyList<DryRunConnection> WouldBeAllowed,
+    IReadOnlyList<DryRunEndpoint> Endpoints, int ConnectionsChecked);
+
 /// <summary>A node of the cluster as the store announces it.</summary>
 public sealed record NodeOutput(string Name, string Address, IReadOnlyList<string> PodRanges);
 
@@ -112,6 +128,8 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(ErrorResponse))]
 [JsonSerializable(typeof(StatusResponse))]
 [JsonSerializable(typeof(LocalClusterFile))]
+[JsonSerializable(typeof(DryRunRequest))]
+[JsonSerializable(typeof(DryRunResponse))]
 [JsonSerializable(typeof(LocalClusterStatus))]
 [JsonSerializable(typeof(List<NodeOutput>))]
 [JsonSerializable(typeof(ManifestRequest))]

@@ -149,11 +149,20 @@ public static class PolicyCommands
     {
         var path = new Argument<string[]>("path") { Arity = ArgumentArity.OneOrMore, Description = "Policy files or directories" };
         var format = CliOutput.CreateFormatOption();
-        var command = new Command("import", "Add or replace policies in the running agent; prints the new revision") { path, format };
+        var dryRun = DryRunOption();
+        var command = new Command("import", "Add or replace policies in the running agent; prints the new revision")
+        {
+            path, format, dryRun,
+        };
         command.SetAction(async parse =>
         {
             var request = AgentCommands.ReadManifests(parse.GetValue(path)!, output);
             using var client = AgentClient.FromEnvironment();
+            if (parse.GetValue(dryRun))
+            {
+                return await DryRun(client, new DryRunRequest(request.Yaml, request.File), output, parse.GetValue(format) == "json")
+                    .ConfigureAwait(false);
+            }
             var result = await client.Post("v1/policies", request, AgentJsonContext.Default.ManifestRequest,
                 AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
             AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
@@ -196,7 +205,8 @@ public static class PolicyCommands
         };
         var all = new Option<bool>("--all") { Description = "Delete every policy" };
         var format = CliOutput.CreateFormatOption();
-        var command = new Command("delete", "Delete a policy (or all) from the running agent") { name, all, format };
+        var dryRun = DryRunOption();
+        var command = new Command("delete", "Delete a policy (or all) from the running agent") { name, all, format, dryRun };
         command.SetAction(async parse =>
         {
             if (parse.GetValue(name) is null == !parse.GetValue(all))
@@ -204,12 +214,57 @@ public static class PolicyCommands
                 throw new CliException("name one policy, or use --all");
             }
             using var client = AgentClient.FromEnvironment();
+            if (parse.GetValue(dryRun))
+            {
+                return await DryRun(client, new DryRunRequest(Delete: parse.GetValue(name), All: parse.GetValue(all)), output,
+                    parse.GetValue(format) == "json").ConfigureAwait(false);
+            }
             var query = parse.GetValue(all) ? "all=true" : $"name={Uri.EscapeDataString(parse.GetValue(name)!)}";
             var result = await client.Delete($"v1/policies?{query}", AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
             AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
             return CliApp.Success;
         });
         return command;
+    }
+
+    private static Option<bool> DryRunOption() => new("--dry-run")
+    {
+        Description = "Install nothing: report which live connections the change would cut or admit, and why (exit 1 if any is cut)",
+    };
+
+    /// <summary>Prints what the change would do; exit 1 when a live connection would be cut.</summary>
+    private static async Task<int> DryRun(AgentClient client, DryRunRequest request, CliOutput output, bool json)
+    {
+        var result = await client.Post("v1/policies/dry-run", request, AgentJsonContext.Default.DryRunRequest,
+            AgentJsonContext.Default.DryRunResponse).ConfigureAwait(false);
+        if (json)
+        {
+            output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.DryRunResponse));
+        }
+        else
+        {
+            output.Out.WriteLine($"dry run: nothing was installed; {result.ConnectionsChecked} live connections checked, " +
+                $"{result.WouldBeCut.Count} would be cut, {result.WouldBeAllowed.Count} would be admitted; " +
+                $"{result.Endpoints.Count} endpoints' policy would change");
+            foreach (var e in result.Endpoints)
+            {
+                output.Out.WriteLine($"  {e.Pod}: {e.EntriesBefore} → {e.EntriesAfter} map entries");
+            }
+            foreach (var (title, connections) in new[] { ("WOULD BE CUT", result.WouldBeCut), ("WOULD BE ADMITTED",
+                result.WouldBeAllowed) })
+            {
+                if (connections.Count == 0)
+                {
+                    continue;
+                }
+                output.Out.WriteLine(title);
+                Membrane.Cli.Output.Table.Write(output.Out, ["POD", "DIRECTION", "FLOW", "SOURCE", "DESTINATION", "CAUSE"],
+                    connections.Select(c => (IReadOnlyList<string>)[c.Pod, c.Direction,
+                        c.IcmpType is { } type ? $"{c.Protocol} type {type}" : $"{c.Protocol}/{c.Port}", c.Source, c.Destination,
+                            c.Cause]));
+            }
+        }
+        return result.WouldBeCut.Count > 0 ? CliApp.Failure : CliApp.Success;
     }
 
     private static string Endpoint(string text, string option)

@@ -1,0 +1,104 @@
+using Membrane.Api;
+using Membrane.Datapath.Maps;
+using Membrane.Datapath.Sync;
+using Membrane.Policy.Api;
+using Membrane.Policy.Resolution;
+using Membrane.Policy.Rules;
+
+namespace Membrane.Agent;
+
+/// <summary>
+/// <c>policy import --dry-run</c> and <c>policy delete --dry-run</c>: the change is made on a fork of the engine, the
+/// new map state of every local endpoint compared with the one in force, and every live connection (conntrack)
+/// judged by both, exactly as the regenerator judges connections after a real change. Nothing is installed.
+/// </summary>
+public sealed partial class AgentService
+{
+    public Task<DryRunResponse> DryRunAsync(DryRunRequest request, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var set = request.Yaml is not null ? Parse(new ManifestRequest(request.Yaml, request.File)) : null;
+        if (set is not null && (set.Pods.Count > 0 || set.Namespaces.Count > 0))
+        {
+            throw new AgentInputException("a dry run takes policies only (as policy import does)");
+        }
+        if ((set is null) == (request.Delete is null && !request.All))
+        {
+            throw new AgentInputException("a dry run takes either policies (\"yaml\") or a policy to delete (\"delete\" or \"all\")");
+        }
+        return ReadAsync(() => DryRun(set, request), cancel);
+    }
+
+    private DryRunResponse DryRun(Policy.Workloads.ManifestSet? set, DryRunRequest request)
+    {
+        var fork = _engine.Fork();
+        if (set is not null)
+        {
+            foreach (var policy in set.Policies)
+            {
+                fork.UpsertPolicy(policy);
+            }
+        }
+        else
+        {
+            var origins = _engine.Policies.Select(p => p.Origin).ToList();
+            var targets = request.All ? origins : origins.Where(o => o.ToString() == request.Delete
+                || $"{o.Namespace}/{o.Name}" == request.Delete || o.Name == request.Delete).ToList();
+            if (!request.All && targets.Count != 1)
+            {
+                throw new AgentInputException(targets.Count == 0 ? $"no policy \"{request.Delete}\""
+                    : $"\"{request.Delete}\" is ambiguous: {string.Join(", ", targets)}; use Kind/namespace/name");
+            }
+            foreach (var origin in targets)
+            {
+                fork.RemovePolicy(origin.ToString());
+            }
+        }
+        var before = new Dictionary<uint, (string Pod, MapState State)>();
+        var after = new Dictionary<uint, MapState>();
+        var endpoints = new List<DryRunEndpoint>();
+        foreach (var (key, record) in _endpoints.Records)
+        {
+            var current = _engine.Resolve(key).State;
+            var next = fork.Resolve(key).State;
+            before[(uint)record.IfIndex] = (key, current);
+            after[(uint)record.IfIndex] = next;
+            if (!SameEntries(current, next))
+            {
+                endpoints.Add(new DryRunEndpoint(key, current.Count, next.Count));
+            }
+        }
+        var cut = new List<DryRunConnection>();
+        var admitted = new List<DryRunConnection>();
+        var checkedCount = 0;
+        foreach (var (tuple, value) in Datapath.Conntrack.Entries())
+        {
+            if (!before.TryGetValue(tuple.IfIndex, out var old))
+            {
+                continue;
+            }
+            checkedCount++;
+            var (source, destination, port) = value.OpenedLo == 1 ? (tuple.Lo, tuple.Hi, tuple.HiPort) : (tuple.Hi, tuple.Lo, tuple.LoPort);
+            var direction = PolicyMapSynchronizer.FromWire((WireDirection)value.Direction);
+            var icmp = IpProtocol.IsIcmp(tuple.Protocol);
+            var keyPort = icmp ? (ushort)(port << 8) : port;
+            var then = old.State.Lookup(direction, _engine.IdentityOf(direction == TrafficDirection.Egress ? destination : source),
+                tuple.Protocol, keyPort);
+            var now = after[tuple.IfIndex].Lookup(direction, fork.IdentityOf(direction == TrafficDirection.Egress ? destination : source),
+                tuple.Protocol, keyPort);
+            if (then.Allowed == now.Allowed)
+            {
+                continue;
+            }
+            var cause = now.Entry is { DerivedFrom.Count: > 0 } entry ? string.Join("; ", entry.DerivedFrom) : now.Reason;
+            var connection = new DryRunConnection(old.Pod, direction == TrafficDirection.Ingress ? "ingress" : "egress",
+                IpProtocol.Name(tuple.Protocol).ToLowerInvariant(), source.ToString(), destination.ToString(), icmp ? null : port,
+                icmp ? port : null, then.Allowed ? "allowed" : "denied", now.Allowed ? "allowed" : "denied", cause);
+            (now.Allowed ? admitted : cut).Add(connection);
+        }
+        return new DryRunResponse(cut, admitted, endpoints, checkedCount);
+    }
+
+    private static bool SameEntries(MapState a, MapState b) =>
+        a.Count == b.Count && a.Entries.All(e => b.Entries.TryGetValue(e.Key, out var other) && other.Verdict == e.Value.Verdict);
+}
