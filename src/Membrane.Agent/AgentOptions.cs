@@ -18,6 +18,9 @@ public sealed record AgentOptions
     /// <summary>Cluster mode: the etcd client URLs (<c>URL[,URL…]</c>) holding the cluster's desired state.</summary>
     public string? Etcd { get; init; }
 
+    /// <summary>How many recent flows (drops, new allowed connections) the agent keeps for <c>observe</c>; 0: none.</summary>
+    public int FlowRingSize { get; init; } = 4096;
+
     /// <summary>Where Prometheus scrapes the agent's metrics (HOST:PORT); null: not served.</summary>
     public string? MetricsAddress { get; init; } = DefaultMetricsAddress;
 

@@ -75,7 +75,8 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         _regenerator = new Regenerator(datapath, PolicyMap, _endpoints);
         (_engine, _ipam) = NewEngine();
         Queries = new AgentQueries(options, datapath, PolicyMap, _endpoints, () => _engine, store);
-        Events = new EventHub(datapath, Queries.Describe);
+        Events = new EventHub(datapath, Queries.Describe, options.FlowRingSize > 0 ? new FlowRing(options.FlowRingSize) : null);
+        Events.Start();
     }
 
     public PolicyDatapath Datapath { get; }

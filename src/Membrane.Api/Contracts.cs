@@ -38,6 +38,49 @@ public sealed record DryRunEndpoint(string Pod, int EntriesBefore, int EntriesAf
 public sealed record DryRunResponse(IReadOnlyList<DryRunConnection> WouldBeCut, IReadOnlyList<DryRunConnection> WouldBeAllowed,
     IReadOnlyList<DryRunEndpoint> Endpoints, int ConnectionsChecked);
 
+/// <summary>
+/// A flow as the reference system's flow tool prints it (its JSON field names): a drop or a new allowed connection
+/// kept in the agent's flow ring.
+/// </summary>
+public sealed record Flow(
+    [property: JsonPropertyName("time")] DateTimeOffset Time,
+    [property: JsonPropertyName("verdict")] string Verdict,
+    [property: JsonPropertyName("drop_reason_desc")] string? DropReasonDesc,
+    [property: JsonPropertyName("IP")] FlowIp Ip,
+    [property: JsonPropertyName("l4")] FlowL4 L4,
+    [property: JsonPropertyName("source")] FlowEndpoint Source,
+    [property: JsonPropertyName("destination")] FlowEndpoint Destination,
+    [property: JsonPropertyName("traffic_direction")] string TrafficDirection,
+    [property: JsonPropertyName("policy_match_type")] string? PolicyMatchType,
+    [property: JsonPropertyName("policy")] string? Policy);
+
+public sealed record FlowIp(
+    [property: JsonPropertyName("source")] string Source,
+    [property: JsonPropertyName("destination")] string Destination,
+    [property: JsonPropertyName("ipVersion")] string IpVersion);
+
+public sealed record FlowL4(
+    [property: JsonPropertyName("TCP")] FlowPorts? Tcp = null,
+    [property: JsonPropertyName("UDP")] FlowPorts? Udp = null,
+    [property: JsonPropertyName("SCTP")] FlowPorts? Sctp = null,
+    [property: JsonPropertyName("ICMPv4")] FlowIcmp? IcmpV4 = null,
+    [property: JsonPropertyName("ICMPv6")] FlowIcmp? IcmpV6 = null);
+
+public sealed record FlowPorts(
+    [property: JsonPropertyName("source_port")] int SourcePort,
+    [property: JsonPropertyName("destination_port")] int DestinationPort);
+
+public sealed record FlowIcmp([property: JsonPropertyName("type")] int Type, [property: JsonPropertyName("code")] int Code);
+
+public sealed record FlowEndpoint(
+    [property: JsonPropertyName("identity")] uint Identity,
+    [property: JsonPropertyName("namespace")] string? Namespace,
+    [property: JsonPropertyName("pod_name")] string? PodName,
+    [property: JsonPropertyName("labels")] IReadOnlyList<string> Labels);
+
+/// <summary>The flow ring: its flows (oldest first), its capacity, and how many events the kernel could not deliver.</summary>
+public sealed record FlowsResponse(IReadOnlyList<Flow> Flows, int Capacity, ulong EventsLost);
+
 /// <summary>A node of the cluster as the store announces it.</summary>
 public sealed record NodeOutput(string Name, string Address, IReadOnlyList<string> PodRanges);
 
@@ -129,6 +172,8 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(StatusResponse))]
 [JsonSerializable(typeof(LocalClusterFile))]
 [JsonSerializable(typeof(DryRunRequest))]
+[JsonSerializable(typeof(FlowsResponse))]
+[JsonSerializable(typeof(Flow))]
 [JsonSerializable(typeof(DryRunResponse))]
 [JsonSerializable(typeof(LocalClusterStatus))]
 [JsonSerializable(typeof(List<NodeOutput>))]

@@ -91,10 +91,16 @@ public static class AgentCommandLine
             Description = "Serve Prometheus metrics on HOST:PORT (/metrics), or 'off'",
             DefaultValueFactory = _ => AgentOptions.DefaultMetricsAddress,
         };
+        var flowRing = new Option<int>("--flow-ring")
+        {
+            Description = "How many recent flows (drops, new allowed connections) to keep for 'membrane observe'; 0 keeps none " +
+                "(and the kernel emits events only while a monitor listens)",
+            DefaultValueFactory = _ => 4096,
+        };
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
-                routing, metrics,
+                routing, metrics, flowRing,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -185,6 +191,12 @@ public static class AgentCommandLine
                 options = options with { UnderlayAddress = underAddress, UnderlayPrefixLength = length };
             }
             options = options with { UnderlayNamespace = parse.GetValue(underlayNetns)!, RoutingMode = parse.GetValue(routing) };
+            if (parse.GetValue(flowRing) is < 0 or > 1_000_000)
+            {
+                await Console.Error.WriteLineAsync("error: --flow-ring must be 0 to 1,000,000 flows").ConfigureAwait(false);
+                return Error;
+            }
+            options = options with { FlowRingSize = parse.GetValue(flowRing) };
             var metricsAddress = parse.GetValue(metrics)!;
             if (metricsAddress == "off")
             {

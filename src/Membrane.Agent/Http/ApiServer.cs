@@ -158,6 +158,7 @@ public static partial class ApiServer
             cancel));
         v1.MapDelete("/policies", (string? name, bool? all, CancellationToken cancel) => agent.DeletePoliciesAsync(name, all == true,
             cancel));
+        v1.MapGet("/flows", (CancellationToken cancel) => agent.ReadAsync(() => queries.Flows(agent.Events.Flows), cancel));
         v1.MapPost("/policies/dry-run", (DryRunRequest request, CancellationToken cancel) => agent.DryRunAsync(request, cancel));
         v1.MapPost("/trace", (TraceQuery query, CancellationToken cancel) => agent.ReadAsync(() => queries.Trace(query), cancel));
         v1.MapGet("/endpoints", (CancellationToken cancel) => agent.ReadAsync(queries.Endpoints, cancel));

@@ -8,15 +8,43 @@ using Membrane.Policy.Rules;
 namespace Membrane.Agent.Monitoring;
 
 /// <summary>
-/// Reads the datapath's event ring buffer while at least one monitor listens, and fans the events out. Event
-/// emission in the kernel is switched on only while someone listens, so an idle node pays nothing for it.
+/// Reads the datapath's event ring buffer and fans the events out to monitors; with a flow ring, every drop and new
+/// allowed connection is also kept there, always (the kernel emits them from the start). Without one, emission is on
+/// only while a monitor listens, so an idle node pays nothing for it.
 /// </summary>
-public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string Endpoint, string Peer)> describe) : IDisposable
+public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string Endpoint, string Peer)> describe, FlowRing? flows = null)
+    : IDisposable
 {
     private readonly Lock _gate = new();
     private readonly List<(Channel<MonitorEvent> Channel, bool Verdicts)> _subscribers = [];
     private Thread? _reader;
     private volatile bool _stopping;
+
+    public FlowRing? Flows => flows;
+
+    /// <summary>With a flow ring: events on and the reader running from the start.</summary>
+    public void Start()
+    {
+        if (flows is null)
+        {
+            return;
+        }
+        lock (_gate)
+        {
+            UpdateFlags();
+            StartReader();
+        }
+    }
+
+    private void StartReader()
+    {
+        if (_reader is null)
+        {
+            _stopping = false;
+            _reader = new Thread(ReadLoop) { IsBackground = true, Name = "event reader" };
+            _reader.Start();
+        }
+    }
 
     public ChannelReader<MonitorEvent> Subscribe(bool verdicts, CancellationToken cancel)
     {
@@ -25,12 +53,7 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
         {
             _subscribers.Add((channel, verdicts));
             UpdateFlags();
-            if (_reader is null)
-            {
-                _stopping = false;
-                _reader = new Thread(ReadLoop) { IsBackground = true, Name = "event reader" };
-                _reader.Start();
-            }
+            StartReader();
         }
         cancel.Register(() =>
         {
@@ -45,7 +68,8 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
     }
 
     private void UpdateFlags() =>
-        datapath.SetEvents(drops: _subscribers.Count > 0, verdicts: _subscribers.Any(s => s.Verdicts));
+        datapath.SetEvents(drops: flows is not null || _subscribers.Count > 0,
+            verdicts: flows is not null || _subscribers.Any(s => s.Verdicts));
 
     private void ReadLoop()
     {
@@ -59,6 +83,14 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
     private void Deliver(ReadOnlySpan<byte> record)
     {
         var e = DatapathEvent.Read(record);
+        flows?.Add(DateTimeOffset.UtcNow, e);
+        lock (_gate)
+        {
+            if (_subscribers.Count == 0)
+            {
+                return;
+            }
+        }
         var message = Format(e);
         lock (_gate)
         {

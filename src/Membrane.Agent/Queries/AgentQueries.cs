@@ -200,6 +200,60 @@ public sealed class AgentQueries(
         }).OrderBy(c => c.Endpoint, StringComparer.Ordinal).ToList();
     }
 
+    /// <summary>
+    /// The flow ring's events as flows: each side named by the endpoint (the pod whose veth saw it) and the peer (the pod
+    /// that has the address, else the identity's labels), as the engine knows them now.
+    /// </summary>
+    public FlowsResponse Flows(Monitoring.FlowRing? ring)
+    {
+        if (ring is null)
+        {
+            throw new AgentInputException("the flow ring is off (the agent runs with --flow-ring 0)");
+        }
+        var byAddress = new Dictionary<System.Net.IPAddress, Endpoint>();
+        foreach (var e in Engine.Endpoints)
+        {
+            foreach (var address in e.Addresses)
+            {
+                byAddress[address] = e;
+            }
+        }
+        FlowEndpoint Side(Endpoint? pod, uint identity)
+        {
+            if (pod is not null)
+            {
+                return new FlowEndpoint(pod.Identity.Id, pod.Pod.Namespace, pod.Pod.Name, pod.Labels.Labels.Select(l
+                    => l.ToString()).ToList());
+            }
+            var labels = Engine.IdentityAllocator.Get(identity)?.Labels.Labels.Select(l => l.ToString()).ToList() ?? [];
+            return new FlowEndpoint(identity, null, null, labels);
+        }
+        var flows = new List<Flow>();
+        foreach (var (time, e) in ring.Snapshot())
+        {
+            var local = endpoints.KeyOf(e.IfIndex) is { } key ? Engine.FindEndpoint(key) : null;
+            var ingress = (WireDirection)e.Direction == WireDirection.Ingress;
+            var peerAddress = ingress ? e.SourceAddress : e.DestinationAddress;
+            var peer = Side(byAddress.GetValueOrDefault(peerAddress), e.PeerIdentity);
+            var self = Side(local, local?.Identity.Id ?? 0);
+            var drop = e.Type == (byte)EventType.Drop;
+            var l4 = e.Protocol switch
+            {
+                IpProtocol.Tcp => new FlowL4(Tcp: new FlowPorts(e.SourcePort, e.DestinationPort)),
+                IpProtocol.Udp => new FlowL4(Udp: new FlowPorts(e.SourcePort, e.DestinationPort)),
+                IpProtocol.Sctp => new FlowL4(Sctp: new FlowPorts(e.SourcePort, e.DestinationPort)),
+                IpProtocol.Icmp => new FlowL4(IcmpV4: new FlowIcmp(e.IcmpType, e.IcmpCode)),
+                IpProtocol.IcmpV6 => new FlowL4(IcmpV6: new FlowIcmp(e.IcmpType, e.IcmpCode)),
+                _ => new FlowL4(),
+            };
+            flows.Add(new Flow(time, drop ? "DROPPED" : "FORWARDED", drop ? DropReasons.Describe((DropReason)e.Reason) : null,
+                new FlowIp(e.SourceAddress.ToString(), e.DestinationAddress.ToString(), e.Family == 4 ? "IPv4" : "IPv6"), l4,
+                ingress ? peer : self, ingress ? self : peer, ingress ? "INGRESS" : "EGRESS",
+                WireNames.Of((WireMatchKind)e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId)));
+        }
+        return new FlowsResponse(flows, ring.Capacity, datapath.EventsLost());
+    }
+
     /// <summary>What the monitor shows for an interface index and an identity.</summary>
     public (string Endpoint, string Peer) Describe(uint ifIndex, uint identity) =>
         (endpoints.KeyOf(ifIndex) ?? $"ifindex {ifIndex}", IdentityName(identity));

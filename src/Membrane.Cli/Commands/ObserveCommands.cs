@@ -1,0 +1,129 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Membrane.Api;
+
+namespace Membrane.Cli.Commands;
+
+/// <summary>
+/// <c>membrane observe</c>: the agent's recent flows (its flow ring) with the reference system's flow-tool filters,
+/// after the fact or followed; <c>-o json</c> prints one flow per line in that tool's JSON field names.
+/// </summary>
+public static class ObserveCommands
+{
+    /// <summary>One flow per line, as the reference system's flow tool prints JSON.</summary>
+    private static readonly AgentJsonContext OneLine = new(new JsonSerializerOptions(AgentJsonContext.Default.Options)
+    {
+        WriteIndented = false,
+    });
+
+    public static Command Create(CliOutput output)
+    {
+        var fromPod = new Option<string?>("--from-pod") { Description = "Flows from this pod (NAMESPACE/POD)" };
+        var toPod = new Option<string?>("--to-pod") { Description = "Flows to this pod (NAMESPACE/POD)" };
+        var ns = new Option<string?>("--namespace") { Description = "Flows from or to pods of this namespace" };
+        var verdict = new Option<string?>("--verdict") { Description = "DROPPED or FORWARDED" };
+        verdict.AcceptOnlyFromAmong("DROPPED", "FORWARDED");
+        var protocol = new Option<string?>("--protocol") { Description = "tcp, udp, sctp, icmp or icmpv6" };
+        protocol.AcceptOnlyFromAmong("tcp", "udp", "sctp", "icmp", "icmpv6");
+        var icmpType = new Option<int?>("--icmp-type") { Description = "ICMP or ICMPv6 type (number)" };
+        var port = new Option<int?>("--port") { Description = "Source or destination port" };
+        var since = new Option<string?>("--since") { Description = "Only flows of the last DURATION (30s, 5m, 1h)" };
+        var last = new Option<int?>("--last") { Description = "Only the last N matching flows" };
+        var follow = new Option<bool>("--follow", "-f") { Description = "Keep printing new flows as they come" };
+        var format = CliOutput.CreateFormatOption();
+        var command = new Command("observe", "Recent flows the datapath dropped or allowed (the agent's flow ring), with filters")
+        {
+            fromPod, toPod, ns, verdict, protocol, icmpType, port, since, last, follow, format,
+        };
+        command.SetAction(async (parse, cancel) =>
+        {
+            var window = parse.GetValue(since) is { } text ? Duration(text) : (TimeSpan?)null;
+            bool Matches(Flow f) =>
+                (parse.GetValue(fromPod) is not { } from || Pod(f.Source) == from)
+                && (parse.GetValue(toPod) is not { } to || Pod(f.Destination) == to)
+                && (parse.GetValue(ns) is not { } n || f.Source.Namespace == n || f.Destination.Namespace == n)
+                && (parse.GetValue(verdict) is not { } v || f.Verdict == v)
+                && (parse.GetValue(protocol) is not { } p || Protocol(f) == p)
+                && (parse.GetValue(icmpType) is not { } t || (f.L4.IcmpV4 ?? f.L4.IcmpV6)?.Type == t)
+                && (parse.GetValue(port) is not { } port2 || Ports(f) is { } ports && (ports.SourcePort == port2
+                    || ports.DestinationPort == port2))
+                && (window is null || f.Time >= DateTimeOffset.UtcNow - window);
+            var json = parse.GetValue(format) == "json";
+            using var client = AgentClient.FromEnvironment();
+            var result = await client.Get("v1/flows", AgentJsonContext.Default.FlowsResponse).ConfigureAwait(false);
+            var shown = result.Flows.Where(Matches).ToList();
+            if (parse.GetValue(last) is { } count)
+            {
+                shown = shown.TakeLast(Math.Max(count, 0)).ToList();
+            }
+            if (!json)
+            {
+                output.Out.WriteLine($"# {result.Flows.Count} flows in the ring (capacity {result.Capacity}); " +
+                    $"{result.EventsLost} events lost by the kernel since the agent started");
+            }
+            Print(shown, json, output);
+            var seen = result.Flows.Count == 0 ? DateTimeOffset.MinValue : result.Flows[^1].Time;
+            while (parse.GetValue(follow) && !cancel.IsCancellationRequested)
+            {
+                try
+                {
+                    await Task.Delay(500, cancel).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+                var next = await client.Get("v1/flows", AgentJsonContext.Default.FlowsResponse).ConfigureAwait(false);
+                Print(next.Flows.Where(f => f.Time > seen).Where(Matches).ToList(), json, output);
+                seen = next.Flows.Count == 0 ? seen : next.Flows[^1].Time;
+            }
+            return CliApp.Success;
+        });
+        return command;
+    }
+
+    private static void Print(IEnumerable<Flow> flows, bool json, CliOutput output)
+    {
+        foreach (var f in flows)
+        {
+            if (json)
+            {
+                output.Out.WriteLine(JsonSerializer.Serialize(f, OneLine.Flow));
+                continue;
+            }
+            var details = (f.L4.IcmpV4 ?? f.L4.IcmpV6) is { } icmp ? $"{Protocol(f)} type {icmp.Type} code {icmp.Code}"
+                : Ports(f) is { } p ? $"{Protocol(f)} {p.SourcePort} -> {p.DestinationPort}" : Protocol(f);
+            output.Out.WriteLine($"{f.Time.ToString("HH:mm:ss.fff", CultureInfo.InvariantCulture)}  {f.Verdict,-9}  " +
+                $"{Name(f.Source, f.Ip.Source)} -> {Name(f.Destination, f.Ip.Destination)}  {f.TrafficDirection.ToLowerInvariant()}  " +
+                $"{details}{(f.DropReasonDesc is { } reason ? $"  ({reason})" : "")}");
+        }
+    }
+
+    private static string? Pod(FlowEndpoint e) => e.PodName is null ? null : $"{e.Namespace}/{e.PodName}";
+
+    private static string Name(FlowEndpoint e, string address) => Pod(e) is { } pod ? $"{pod} ({address})"
+        : $"{address} (identity {e.Identity})";
+
+    private static FlowPorts? Ports(Flow f) => f.L4.Tcp ?? f.L4.Udp ?? f.L4.Sctp;
+
+    private static string Protocol(Flow f) => f.L4.Tcp is not null ? "tcp" : f.L4.Udp is not null ? "udp" : f.L4.Sctp is not null ? "sctp"
+        : f.L4.IcmpV4 is not null ? "icmp" : f.L4.IcmpV6 is not null ? "icmpv6" : "other";
+
+    private static TimeSpan Duration(string text)
+    {
+        if (text.Length >= 2 && int.TryParse(text[..^1], NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0)
+        {
+            switch (text[^1])
+            {
+                case 's':
+                    return TimeSpan.FromSeconds(n);
+                case 'm':
+                    return TimeSpan.FromMinutes(n);
+                case 'h':
+                    return TimeSpan.FromHours(n);
+            }
+        }
+        throw new CliException($"--since \"{text}\" is not a duration (30s, 5m, 1h)");
+    }
+}
