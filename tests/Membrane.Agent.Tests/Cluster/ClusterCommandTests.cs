@@ -43,21 +43,7 @@ public sealed class ClusterCommandTests : IDisposable
         Assert.True(up.Code == 0, up.Err + up.Out);
         Assert.NotEqual(0, Membrane("cluster", "up", "--nodes", "2", "--dir", _dir).Code); // one at a time
 
-        File.WriteAllText(_pods, """
-            apiVersion: v1
-            kind: Namespace
-            metadata: {name: shop}
-            ---
-            apiVersion: v1
-            kind: Pod
-            metadata: {name: client, namespace: shop, labels: {app: client}}
-            spec: {nodeName: node-3, containers: [{name: c}]}
-            ---
-            apiVersion: v1
-            kind: Pod
-            metadata: {name: web, namespace: shop, labels: {app: web}}
-            spec: {nodeName: node-2, containers: [{name: w, ports: [{containerPort: 80}]}]}
-            """);
+        File.WriteAllText(_pods, LocalCluster.Shop("node-3", "node-2"));
         File.WriteAllText(_policy, """
             apiVersion: cilium.io/v2
             kind: CiliumNetworkPolicy

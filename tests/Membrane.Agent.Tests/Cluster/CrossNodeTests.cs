@@ -19,20 +19,7 @@ public sealed class CrossNodeTests : IDisposable
     private readonly List<string> _files = [];
     private string? _stranger;
 
-    private const string Workloads = """
-        apiVersion: v1
-        kind: Namespace
-        metadata: {name: shop}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: client, namespace: shop, labels: {app: client}}
-        spec: {nodeName: node-1, containers: [{name: c}]}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: web, namespace: shop, labels: {app: web}}
-        spec: {nodeName: node-2, containers: [{name: w, ports: [{containerPort: 80}]}]}
+    private static readonly string Workloads = Shop("node-1", "node-2") + """
         ---
         apiVersion: cilium.io/v2
         kind: CiliumNetworkPolicy

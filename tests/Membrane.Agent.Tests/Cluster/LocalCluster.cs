@@ -60,21 +60,7 @@ public sealed class LocalCluster : IDisposable
         agent.WaitForExit();
     }
 
-    public static (int Code, string Out, string Err) OnNode(int node, params string[] args)
-    {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-        start.Environment["MEMBRANE_SOCKET"] = Socket(node);
-        using var p = Process.Start(start)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        return (p.ExitCode, stdout.Result, stderr);
-    }
+    public static (int Code, string Out, string Err) OnNode(int node, params string[] args) => AgentUnderTest.Cli(Socket(node), args);
 
     /// <summary>Runs the CLI and parses its JSON output (the command must succeed).</summary>
     public static JsonDocument Json(int node, params string[] args)
@@ -83,6 +69,24 @@ public sealed class LocalCluster : IDisposable
         Assert.True(output.Code == 0, $"membrane {string.Join(' ', args)} on node {node}: {output.Err}{output.Out}");
         return JsonDocument.Parse(output.Out);
     }
+
+    /// <summary>Namespace <c>shop</c> with <c>client</c> (app=client) and <c>web</c> (app=web, port 80) on the nodes named.</summary>
+    public static string Shop(string clientNode, string webNode) => $$$"""
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: shop}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: client, namespace: shop, labels: {app: client}}
+        spec: {nodeName: {{{clientNode}}}, containers: [{name: c}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web, namespace: shop, labels: {app: web}}
+        spec: {nodeName: {{{webNode}}}, containers: [{name: w, ports: [{containerPort: 80}]}]}
+
+        """;
 
     public static string Write(string yaml)
     {
@@ -111,19 +115,7 @@ public sealed class LocalCluster : IDisposable
 
     public static string Run(string file, params string[] args) => Ip.Exec(file, args, null);
 
-    private static void Cleanup(string prefix, string state)
-    {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "membrane.dll"), "cleanup", "--name-prefix", prefix, "--pin-dir",
-                     $"/sys/fs/bpf/{prefix}", "--state-dir", state, "--underlay-netns", Underlay })
-        {
-            start.ArgumentList.Add(a);
-        }
-        using var p = Process.Start(start)!;
-        p.StandardOutput.ReadToEnd();
-        p.StandardError.ReadToEnd();
-        p.WaitForExit();
-    }
+    private static void Cleanup(string prefix, string state) => AgentUnderTest.Cleanup(prefix, state, "--underlay-netns", Underlay);
 
     public void Dispose()
     {

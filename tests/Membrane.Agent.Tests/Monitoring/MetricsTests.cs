@@ -20,21 +20,8 @@ public sealed class MetricsTests : IDisposable
     private Process? _agent;
     private Process? _prometheus;
 
-    private static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-        start.Environment["MEMBRANE_SOCKET"] = Path.Combine(State, "membrane.sock");
-        using var p = Process.Start(start)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        return (p.ExitCode, stdout.Result, stderr);
-    }
+    private static (int Code, string Out, string Err) Cli(params string[] args) =>
+        AgentUnderTest.Cli(Path.Combine(State, "membrane.sock"), args);
 
     private static int FreePort()
     {
@@ -141,19 +128,7 @@ public sealed class MetricsTests : IDisposable
 
     private static bool LocalClusterWait(Func<bool> condition) => Cluster.LocalCluster.Eventually(condition, 60);
 
-    private static void Cleanup()
-    {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "membrane.dll"), "cleanup", "--name-prefix", Prefix, "--pin-dir",
-                     $"/sys/fs/bpf/{Prefix}", "--state-dir", State })
-        {
-            start.ArgumentList.Add(a);
-        }
-        using var p = Process.Start(start)!;
-        p.StandardOutput.ReadToEnd();
-        p.StandardError.ReadToEnd();
-        p.WaitForExit();
-    }
+    private static void Cleanup() => AgentUnderTest.Cleanup(Prefix, State);
 
     public void Dispose()
     {
