@@ -17,6 +17,20 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void VersionNamesTheBuildAndTheKernelFeatures()
+    {
+        var (code, output, _) = Run("version");
+        Assert.Equal(0, code);
+        Assert.Matches(@"^membrane \d+\.\d+\.\d+ \(commit ([0-9a-f]{7,}|unknown)\)", output);
+        Assert.Contains("BTF ", output, StringComparison.Ordinal);
+        var (jsonCode, json, _) = Run("version", "-o", "json");
+        Assert.Equal(0, jsonCode);
+        using var doc = System.Text.Json.JsonDocument.Parse(json);
+        Assert.True(doc.RootElement.GetProperty("features").TryGetProperty("ringbuf", out _));
+        Assert.Equal(File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), doc.RootElement.GetProperty("kernel").GetString());
+    }
+
+    [Fact]
     public void ValidateAcceptsTheExamples()
     {
         var (code, output, _) = Run("policy", "validate", Examples);
