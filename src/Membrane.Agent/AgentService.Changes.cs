@@ -371,55 +371,6 @@ public sealed partial class AgentService
         return changes;
     }, cancel);
 
-    /// <summary>
-    /// Cluster mode: the objects as the store holds them at <paramref name="revision"/> (delivered by the watch, other
-    /// nodes' changes included) become this node's desired state and are enforced; nothing is written to the store.
-    /// </summary>
-    /// <remarks>
-    /// A state older than this node's last commit waits for the watch to catch up, unless it is a full listing
-    /// (<paramref name="listing"/>): that is the store's whole truth (at start, after a compaction, or a store
-    /// recreated with lower revisions) and always wins.
-    /// </remarks>
-    public async Task ApplyStoreStateAsync(IReadOnlyDictionary<string, string> objects, long revision, bool listing = false,
-        CancellationToken cancel = default)
-    {
-        ArgumentNullException.ThrowIfNull(objects);
-        await _gate.WaitAsync(cancel).ConfigureAwait(false);
-        try
-        {
-            if ((!listing && revision < _store.Revision) || (revision == _store.Revision && SameObjects(objects)))
-            {
-                return; // this node committed something newer: the watch catches up first
-            }
-            var before = new Snapshot(_store.Snapshot(), PodIdentities(), PodAddresses(), _attachments?.Snapshot());
-            try
-            {
-                _store.Restore(new ObjectStoreSnapshot(objects, revision));
-                RebuildEngine(before.Identities, before.Addresses);
-                var plan = _regenerator.Plan(_engine);
-                Save();
-                if (Enforce(plan, attachAll: false))
-                {
-                    Save();
-                }
-                PublishState();
-            }
-            catch (Exception)
-            {
-                Rollback(before, persisted: true);
-                PublishState();
-                throw;
-            }
-        }
-        finally
-        {
-            _gate.Release();
-        }
-    }
-
-    private bool SameObjects(IReadOnlyDictionary<string, string> objects) =>
-        objects.Count == _store.Objects.Count && objects.All(o => _store.Objects.TryGetValue(o.Key, out var yaml) && yaml == o.Value);
-
     private void ReleaseAddresses(string pod)
     {
         if (_engine.FindEndpoint(pod) is not { } endpoint || !IsLocal(endpoint.Pod))

@@ -6,6 +6,7 @@ using System.Net.Sockets;
 using System.Text.Json;
 using Membrane.Api;
 using Membrane.Cli.Output;
+using static Membrane.Cli.Commands.LocalProcesses;
 
 namespace Membrane.Cli.Commands;
 
@@ -338,88 +339,10 @@ public static class ClusterCommands
         }
     }
 
-    /// <summary>Starts a process in its own session, detached from this one, its output appended to <paramref name="log"/>.</summary>
-    private static int Spawn(string file, IReadOnlyList<string> args, string log)
-    {
-        var result = Run("sh", ["-c", "log=$1; shift; setsid \"$@\" >>\"$log\" 2>&1 </dev/null & echo $!", "sh", log, file, .. args]);
-        if (result.Code != 0 || !int.TryParse(result.Output.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
-        {
-            throw new CliException($"cannot start {file}: {result.Error.Trim()}");
-        }
-        return pid;
-    }
-
-    private static (int Code, string Output, string Error) Run(string file, IReadOnlyList<string> args)
-    {
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-        try
-        {
-            using var process = Process.Start(start)!;
-            var stdout = process.StandardOutput.ReadToEndAsync();
-            var stderr = process.StandardError.ReadToEnd();
-            process.WaitForExit();
-            return (process.ExitCode, stdout.Result, stderr);
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            throw new CliException($"cannot run {file}: {e.Message} (run scripts/setup.sh to install what the cluster needs)");
-        }
-    }
-
-    private static bool Alive(int pid) => pid > 0 && File.Exists($"/proc/{pid}/stat")
-        && !File.ReadAllText($"/proc/{pid}/stat").Split(' ')[2].Equals("Z", StringComparison.Ordinal);
-
-    private static void Terminate(int pid)
-    {
-        if (!Alive(pid))
-        {
-            return;
-        }
-        try
-        {
-            using var process = Process.GetProcessById(pid);
-            Run("kill", ["-TERM", $"{pid}"]);
-            if (!Poll(() => !Alive(pid), TimeSpan.FromSeconds(10)))
-            {
-                process.Kill();
-                Poll(() => !Alive(pid), TimeSpan.FromSeconds(5));
-            }
-        }
-        catch (ArgumentException)
-        {
-            // gone meanwhile
-        }
-    }
-
-    private static bool Poll(Func<bool> condition, TimeSpan deadline)
-    {
-        var watch = Stopwatch.StartNew();
-        while (watch.Elapsed < deadline)
-        {
-            if (condition())
-            {
-                return true;
-            }
-            Thread.Sleep(100);
-        }
-        return condition();
-    }
-
     private static string Tail(string log) =>
         File.Exists(log) ? string.Join(" / ", File.ReadAllLines(log).TakeLast(3)) : "no log";
 
     private static void Save(LocalClusterFile file) =>
         File.WriteAllText(Path.Combine(file.Directory, "cluster.json"), JsonSerializer.Serialize(file,
             AgentJsonContext.Default.LocalClusterFile));
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }
