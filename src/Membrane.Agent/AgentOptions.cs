@@ -18,6 +18,9 @@ public sealed record AgentOptions
     /// <summary>Cluster mode: the etcd client URLs (<c>URL[,URL…]</c>) holding the cluster's desired state.</summary>
     public string? Etcd { get; init; }
 
+    /// <summary>Agent-wide policy audit mode: on every endpoint, what policy would drop is let through and reported.</summary>
+    public bool PolicyAuditMode { get; init; }
+
     /// <summary>How many recent flows (drops, new allowed connections) the agent keeps for <c>observe</c>; 0: none.</summary>
     public int FlowRingSize { get; init; } = 4096;
 

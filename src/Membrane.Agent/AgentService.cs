@@ -68,6 +68,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         _clusterIdentities = clusterIdentities;
         _log = log;
         Datapath = datapath;
+        datapath.SetAuditMode(options.PolicyAuditMode); // the pinned config may hold a previous run's
         PolicyMap = new PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules);
         _store = store;
         _stateFile = new StateStore(options.StateDirectory);

@@ -26,4 +26,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 22, Level = LogLevel.Warning, Message = "cannot apply the queued DEL {File}: {Reason}; it stays queued")]
     public static partial void QueuedDeleteFailed(ILogger logger, string file, string reason);
+
+    [LoggerMessage(EventId = 23, Level = LogLevel.Information, Message = "endpoint {Pod}: policy audit mode {Mode}")]
+    public static partial void EndpointAuditMode(ILogger logger, string pod, string mode);
 }

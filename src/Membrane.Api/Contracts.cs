@@ -12,7 +12,8 @@ public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Erro
 public sealed record StatusResponse(
     string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
     string StateDirectory, string PinDirectory, string NodeNamespace, IReadOnlyDictionary<string, ulong> Drops,
-    double LastRegenerationMilliseconds, IReadOnlyList<MapFillOutput>? Maps = null, ClusterStatusOutput? Cluster = null);
+    double LastRegenerationMilliseconds, IReadOnlyList<MapFillOutput>? Maps = null, ClusterStatusOutput? Cluster = null,
+    bool PolicyAuditMode = false);
 
 /// <summary>
 /// Cluster mode: this node, the store's health (<c>degraded</c> with every reason), the store revision it enforces,
@@ -132,7 +133,19 @@ public sealed record TraceOutput(
 
 public sealed record EndpointOutput(
     int Id, string Pod, uint Identity, IReadOnlyList<string> Labels, string? IPv4, string? IPv6, string Interface,
-    string Netns, bool IngressEnforced, bool EgressEnforced, int PolicyEntries, IReadOnlyList<string> SelectedBy, string? Node = null);
+    string Netns, bool IngressEnforced, bool EgressEnforced, int PolicyEntries, IReadOnlyList<string> SelectedBy, string? Node = null,
+    bool PolicyAudit = false);
+
+/// <summary><c>membrane endpoint config ID [SETTING=VALUE...]</c>: the settings to change (none: only show them).</summary>
+public sealed record EndpointConfigRequest(string? Id, IReadOnlyDictionary<string, string>? Settings = null);
+
+/// <summary>An endpoint's settings; <c>AgentPolicyAuditMode</c> is the agent-wide option, which applies to every endpoint.</summary>
+public sealed record EndpointConfigOutput(int Id, string Pod, IReadOnlyDictionary<string, string> Settings, bool AgentPolicyAuditMode)
+{
+    public const string PolicyAuditMode = nameof(PolicyAuditMode);
+    public const string Enabled = nameof(Enabled);
+    public const string Disabled = nameof(Disabled);
+}
 
 public sealed record IdentityOutput(uint Id, string Kind, IReadOnlyList<string> Labels, IReadOnlyList<string> Endpoints);
 
@@ -173,6 +186,8 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(LocalClusterFile))]
 [JsonSerializable(typeof(DryRunRequest))]
 [JsonSerializable(typeof(FlowsResponse))]
+[JsonSerializable(typeof(EndpointConfigRequest))]
+[JsonSerializable(typeof(EndpointConfigOutput))]
 [JsonSerializable(typeof(Flow))]
 [JsonSerializable(typeof(DryRunResponse))]
 [JsonSerializable(typeof(LocalClusterStatus))]

@@ -28,6 +28,7 @@ public sealed class PolicyDatapath : IDisposable
         Conntrack = new ConntrackTable(obj.Map<Conntrack4Key, ConntrackValue>("mb_ct4"), obj.Map<Conntrack6Key, ConntrackValue>("mb_ct6"));
         Drops = obj.Map<uint, Counter>("mb_drops");
         Stats = obj.Map<uint, Counter>("mb_stats");
+        Audits = obj.Map<uint, Counter>("mb_audit");
         Events = obj.Map("mb_events");
         Config = obj.Map<uint, DatapathConfig>("mb_config");
         Fragments = obj.Map<FragmentKey, byte>("mb_frag");
@@ -65,6 +66,9 @@ public sealed class PolicyDatapath : IDisposable
     /// <summary>Per-CPU drop counters by reason.</summary>
     public BpfMap<uint, Counter> Drops { get; }
 
+    /// <summary>Per-CPU counters of packets audit mode let through, by direction and match kind.</summary>
+    public BpfMap<uint, Counter> Audits { get; }
+
     /// <summary>Per-CPU counters: packets let through by direction, events lost (see <see cref="Forwarded"/>).</summary>
     public BpfMap<uint, Counter> Stats { get; }
 
@@ -92,12 +96,49 @@ public sealed class PolicyDatapath : IDisposable
         new(BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, ObjectName), options));
 
     /// <summary>Turns event emission on or off (a monitor turns it on while it listens).</summary>
-    public void SetEvents(bool drops, bool verdicts) =>
-        Config.Update(0u, new DatapathConfig
+    public void SetEvents(bool drops, bool verdicts)
+    {
+        lock (_configGate)
         {
-            Flags = (drops ? DatapathConfig.DropEvents : 0) | (verdicts ? DatapathConfig.VerdictEvents
-            : 0)
-        });
+            _eventFlags = (drops ? DatapathConfig.DropEvents : 0) | (verdicts ? DatapathConfig.VerdictEvents : 0);
+            WriteConfig();
+        }
+    }
+
+    /// <summary>Agent-wide policy audit mode: on every endpoint, what policy would drop is let through and reported.</summary>
+    public void SetAuditMode(bool enabled)
+    {
+        lock (_configGate)
+        {
+            _audit = enabled;
+            WriteConfig();
+        }
+    }
+
+    public bool AuditMode => _audit;
+
+    private readonly Lock _configGate = new();
+    private uint _eventFlags;
+    private bool _audit;
+
+    private void WriteConfig() => Config.Update(0u, new DatapathConfig { Flags = _eventFlags | (_audit ? DatapathConfig.Audit : 0) });
+
+    /// <summary>Packets audit mode let through, by direction (<see cref="WireDirection"/>) and match kind, summed over CPUs.</summary>
+    public IReadOnlyDictionary<(WireDirection Direction, WireMatchKind Kind), Counter> AuditCounters()
+    {
+        var result = new Dictionary<(WireDirection, WireMatchKind), Counter>();
+        foreach (var direction in new[] { WireDirection.Ingress, WireDirection.Egress })
+        {
+            foreach (var kind in Enum.GetValues<WireMatchKind>())
+            {
+                result[(direction, kind)] = Sum(Audits, (uint)direction * MatchSlots + (uint)kind);
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Match kinds per direction in mb_audit (MATCH_SLOTS in maps.h).</summary>
+    private const uint MatchSlots = 8;
 
     /// <summary>Drop counters by reason (both directions), summed over CPUs.</summary>
     public IReadOnlyDictionary<DropReason, Counter> DropCounters() => DropCountersByDirection()

@@ -99,6 +99,15 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         }
     }
 
+    /// <summary>Turns the endpoint's policy audit mode on or off, in its record and in the kernel at once.</summary>
+    public EndpointRecord SetPolicyAudit(string key, bool enabled)
+    {
+        var record = _records[key] with { PolicyAudit = enabled };
+        datapath.Endpoints.Set((uint)record.IfIndex, record.Addresses.Select(IPAddress.Parse), enabled);
+        _records[key] = record;
+        return record;
+    }
+
     /// <summary>
     /// Attaches the programs to endpoints that lack them (or to all, after a restart). The addresses an endpoint may
     /// send from go into the address map first: without them it may send nothing.
@@ -112,7 +121,7 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         }
         foreach (var record in pending)
         {
-            datapath.Endpoints.Set((uint)record.IfIndex, record.Addresses.Select(IPAddress.Parse));
+            datapath.Endpoints.Set((uint)record.IfIndex, record.Addresses.Select(IPAddress.Parse), record.PolicyAudit);
         }
         NetworkNamespace.Run(runtime.NodeNamespace, () =>
         {

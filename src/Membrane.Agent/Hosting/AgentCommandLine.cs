@@ -97,10 +97,14 @@ public static class AgentCommandLine
                 "(and the kernel emits events only while a monitor listens)",
             DefaultValueFactory = _ => 4096,
         };
+        var audit = new Option<bool>("--policy-audit-mode")
+        {
+            Description = "Audit every endpoint: packets policy would drop are let through and reported as AUDIT (flows, metrics)",
+        };
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
-                routing, metrics, flowRing,
+                routing, metrics, flowRing, audit,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -196,7 +200,7 @@ public static class AgentCommandLine
                 await Console.Error.WriteLineAsync("error: --flow-ring must be 0 to 1,000,000 flows").ConfigureAwait(false);
                 return Error;
             }
-            options = options with { FlowRingSize = parse.GetValue(flowRing) };
+            options = options with { FlowRingSize = parse.GetValue(flowRing), PolicyAuditMode = parse.GetValue(audit) };
             var metricsAddress = parse.GetValue(metrics)!;
             if (metricsAddress == "off")
             {

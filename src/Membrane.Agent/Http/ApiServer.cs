@@ -163,6 +163,8 @@ public static partial class ApiServer
         v1.MapPost("/trace", (TraceQuery query, CancellationToken cancel) => agent.ReadAsync(() => queries.Trace(query), cancel));
         v1.MapGet("/endpoints", (CancellationToken cancel) => agent.ReadAsync(queries.Endpoints, cancel));
         v1.MapGet("/endpoint", (string id, CancellationToken cancel) => agent.ReadAsync(() => queries.Endpoint(id), cancel));
+        v1.MapPost("/endpoint/config", (EndpointConfigRequest request, CancellationToken cancel) => agent.ConfigureEndpointAsync(request,
+            cancel));
         v1.MapGet("/identities", (CancellationToken cancel) => agent.ReadAsync(queries.Identities, cancel));
         v1.MapGet("/bpf/policy", (string endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.BpfPolicy(endpoint), cancel));
         v1.MapGet("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.Conntrack(endpoint), cancel));

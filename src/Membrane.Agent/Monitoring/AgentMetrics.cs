@@ -45,7 +45,8 @@ public sealed class AgentMetrics
 
     private readonly Counter _verdicts = Metrics.CreateCounter("membrane_policy_verdict_total",
         "Policy decisions on new connections, by direction, match kind and action (allow entries count connections admitted, " +
-        "deny entries and the default deny count packets dropped)", "direction", "match", "action");
+        "deny entries and the default deny count packets dropped, audit counts packets audit mode let through that policy would " +
+        "have dropped)", "direction", "match", "action");
 
     private readonly Counter _eventsLost = Metrics.CreateCounter("membrane_ringbuffer_events_lost_total",
         "Datapath events the ring buffer had no room for");
@@ -92,6 +93,10 @@ public sealed class AgentMetrics
             {
                 _verdicts.WithLabels(DirectionLabels[(int)direction], "none", "deny").IncTo(counter.Packets);
             }
+        }
+        foreach (var ((direction, kind), counter) in datapath.AuditCounters().Where(a => a.Value.Packets > 0))
+        {
+            _verdicts.WithLabels(DirectionLabels[(int)direction], kind.ToString().ToLowerInvariant(), "audit").IncTo(counter.Packets);
         }
         var (ingress, egress) = datapath.Forwarded();
         _forwarded.WithLabels("INGRESS").IncTo(ingress.Packets);

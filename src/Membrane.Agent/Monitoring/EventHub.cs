@@ -96,7 +96,7 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
         {
             foreach (var (channel, verdicts) in _subscribers)
             {
-                if (e.Type == (byte)EventType.Drop || verdicts)
+                if (e.Type != (byte)EventType.Verdict || verdicts)
                 {
                     channel.Writer.TryWrite(message);
                 }
@@ -109,12 +109,17 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
         var (endpoint, peer) = describe(e.IfIndex, e.PeerIdentity);
         var icmp = IpProtocol.IsIcmp(e.Protocol);
         var family = e.Family == 4 ? IcmpFamily.IPv4 : IcmpFamily.IPv6;
-        var drop = e.Type == (byte)EventType.Drop;
+        var (type, verdict) = (EventType)e.Type switch
+        {
+            EventType.Drop => ("drop", "DROPPED"),
+            EventType.Audit => ("audit", "AUDIT"), // policy would have dropped it; audit mode let it through
+            _ => ("verdict", "ALLOWED"),
+        };
         return new MonitorEvent(
-            DateTimeOffset.UtcNow, drop ? "drop" : "verdict", endpoint, WireNames.Of((WireDirection)e.Direction), e.PeerIdentity, peer,
+            DateTimeOffset.UtcNow, type, endpoint, WireNames.Of((WireDirection)e.Direction), e.PeerIdentity, peer,
             IpProtocol.Name(e.Protocol), e.SourceAddress.ToString(), e.DestinationAddress.ToString(),
             icmp ? null : e.SourcePort, icmp ? null : e.DestinationPort, icmp ? e.IcmpType : null, icmp ? e.IcmpCode : null,
-            icmp ? IcmpTypes.NameOf(family, e.IcmpType) : null, drop ? "DROPPED" : "ALLOWED", DropReasons.Describe((DropReason)e.Reason),
+            icmp ? IcmpTypes.NameOf(family, e.IcmpType) : null, verdict, DropReasons.Describe((DropReason)e.Reason) + (verdict == "AUDIT" ? "; let through by audit mode" : ""),
             WireNames.Of((WireMatchKind)e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId));
     }
 

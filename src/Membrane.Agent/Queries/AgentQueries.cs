@@ -66,7 +66,7 @@ public sealed class AgentQueries(
         return new StatusResponse(typeof(AgentQueries).Assembly.GetName().Version?.ToString() ?? "0", p.Revision,
             File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), p.Endpoints, p.Identities, p.Policies, p.Namespaces,
             options.StateDirectory, options.PinDirectory, NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps,
-            Cluster?.Invoke(p.Revision));
+            Cluster?.Invoke(p.Revision), datapath.AuditMode);
     }
 
     private List<MapFillOutput> MapFill()
@@ -122,7 +122,7 @@ public sealed class AgentQueries(
         return Endpoint(FindRecord(idOrPod));
     }
 
-    private EndpointRecord FindRecord(string idOrPod) =>
+    public EndpointRecord FindRecord(string idOrPod) =>
         (int.TryParse(idOrPod, out var id) ? endpoints.Records.Values.FirstOrDefault(r => r.IfIndex == id) : endpoints.Find(idOrPod))
         ?? throw new AgentInputException($"no endpoint \"{idOrPod}\" (use an id from 'membrane endpoint list' or NAMESPACE/POD)");
 
@@ -134,7 +134,8 @@ public sealed class AgentQueries(
             e.Address(AddressFamily.InterNetwork)?.ToString(), e.Address(AddressFamily.InterNetworkV6)?.ToString(),
             record.HostInterface, record.Netns, policy.Enforced.Contains(TrafficDirection.Ingress),
                 policy.Enforced.Contains(TrafficDirection.Egress),
-            policy.State.Count, policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList(), options.Node);
+            policy.State.Count, policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList(), options.Node,
+            record.PolicyAudit || datapath.AuditMode);
     }
 
     public List<IdentityOutput> Identities() => Engine.Identities.Select(i => new IdentityOutput(i.Id, i.Kind.ToString().ToLowerInvariant(),
@@ -236,7 +237,8 @@ public sealed class AgentQueries(
             var peerAddress = ingress ? e.SourceAddress : e.DestinationAddress;
             var peer = Side(byAddress.GetValueOrDefault(peerAddress), e.PeerIdentity);
             var self = Side(local, local?.Identity.Id ?? 0);
-            var drop = e.Type == (byte)EventType.Drop;
+            // An audited packet keeps the reason policy would have dropped it for.
+            var verdict = (EventType)e.Type switch { EventType.Drop => "DROPPED", EventType.Audit => "AUDIT", _ => "FORWARDED" };
             var l4 = e.Protocol switch
             {
                 IpProtocol.Tcp => new FlowL4(Tcp: new FlowPorts(e.SourcePort, e.DestinationPort)),
@@ -246,7 +248,7 @@ public sealed class AgentQueries(
                 IpProtocol.IcmpV6 => new FlowL4(IcmpV6: new FlowIcmp(e.IcmpType, e.IcmpCode)),
                 _ => new FlowL4(),
             };
-            flows.Add(new Flow(time, drop ? "DROPPED" : "FORWARDED", drop ? DropReasons.Describe((DropReason)e.Reason) : null,
+            flows.Add(new Flow(time, verdict, verdict == "FORWARDED" ? null : DropReasons.Describe((DropReason)e.Reason),
                 new FlowIp(e.SourceAddress.ToString(), e.DestinationAddress.ToString(), e.Family == 4 ? "IPv4" : "IPv6"), l4,
                 ingress ? peer : self, ingress ? self : peer, ingress ? "INGRESS" : "EGRESS",
                 WireNames.Of((WireMatchKind)e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId)));

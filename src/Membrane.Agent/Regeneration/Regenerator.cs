@@ -138,12 +138,29 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
     /// <summary>
     /// Connections opened under the old policy that the new one denies are forgotten, so their next packet meets
     /// the new policy: a narrowing change takes effect on established traffic too, not only on new connections.
+    /// Endpoints in audit mode keep theirs: audit lets them through anyway, and each was reported when it began.
+    /// Also called when an endpoint leaves audit mode, for the connections audit admitted.
     /// </summary>
-    private void RevalidateConnections(PolicyEngine engine, Dictionary<uint, MapState> changed)
+    public void RevalidateConnections(PolicyEngine engine, IReadOnlyDictionary<uint, MapState> changed)
     {
+        ArgumentNullException.ThrowIfNull(engine);
+        ArgumentNullException.ThrowIfNull(changed);
+        if (datapath.AuditMode)
+        {
+            return;
+        }
+        var audited = new Dictionary<uint, bool>();
         foreach (var (key, value) in datapath.Conntrack.Entries().ToList())
         {
             if (!changed.TryGetValue(key.IfIndex, out var state))
+            {
+                continue;
+            }
+            if (!audited.TryGetValue(key.IfIndex, out var isAudited))
+            {
+                audited[key.IfIndex] = isAudited = datapath.Endpoints.IsAudited(key.IfIndex);
+            }
+            if (isAudited)
             {
                 continue;
             }

@@ -4,8 +4,9 @@ using Membrane.Agent.Cni;
 
 namespace Membrane.Agent.State;
 
-/// <summary>What the sandbox created for one pod.</summary>
-public sealed record EndpointRecord(string Key, string Netns, string HostInterface, int IfIndex, IReadOnlyList<string> Addresses);
+/// <summary>An endpoint this node made: its interface and addresses, and its configuration (policy audit mode).</summary>
+public sealed record EndpointRecord(string Key, string Netns, string HostInterface, int IfIndex, IReadOnlyList<string> Addresses,
+    bool PolicyAudit = false);
 
 /// <summary>An identity number the agent handed out, so a restart keeps the numbers the maps use.</summary>
 public sealed record IdentityRecord(uint Id, string Labels);

@@ -15,7 +15,7 @@ public static class AgentCommands
         yield return Apply(output, delete: false);
         yield return Apply(output, delete: true);
         yield return Reset(output);
-        yield return Endpoint(output);
+        yield return EndpointCommands.Create(output);
         yield return Identity(output);
         yield return Monitor(output);
     }
@@ -35,7 +35,8 @@ public static class AgentCommands
             }
             output.Out.WriteLine($"Agent:       running (revision {s.Revision}), kernel {s.Kernel}");
             output.Out.WriteLine($"Endpoints:   {s.Endpoints} pods in {s.Namespaces} namespaces, {s.Identities} identities");
-            output.Out.WriteLine($"Policies:    {s.Policies}");
+            output.Out.WriteLine($"Policies:    {s.Policies}{(s.PolicyAuditMode ? "; audit mode on every endpoint (nothing is dropped by " +
+                "policy)" : "")}");
             output.Out.WriteLine($"Datapath:    maps pinned in {s.PinDirectory}; node namespace {s.NodeNamespace}; last regeneration " +
                 $"{s.LastRegenerationMilliseconds} ms");
             output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
@@ -129,63 +130,6 @@ public static class AgentCommands
             return CliApp.Success;
         });
         return command;
-    }
-
-    private static Command Endpoint(CliOutput output)
-    {
-        var endpoint = new Command("endpoint", "Pods as the datapath sees them");
-        var format = CliOutput.CreateFormatOption();
-        var list = new Command("list", "List endpoints") { format };
-        list.SetAction(async parse =>
-        {
-            using var client = AgentClient.FromEnvironment();
-            var endpoints = await client.Get("v1/endpoints", AgentJsonContext.Default.ListEndpointOutput).ConfigureAwait(false);
-            if (parse.GetValue(format) == "json")
-            {
-                output.Out.WriteLine(JsonSerializer.Serialize(endpoints, AgentJsonContext.Default.ListEndpointOutput));
-                return CliApp.Success;
-            }
-            if (endpoints.Any(e => e.Node is not null))
-            {
-                // Cluster mode: every pod of the cluster with its node; other nodes' pods have no endpoint id here.
-                Table.Write(output.Out, ["ENDPOINT", "POD", "NODE", "IDENTITY", "INGRESS", "EGRESS", "IPV4", "IPV6", "ENTRIES"],
-                    endpoints.Select(e => (IReadOnlyList<string>)[e.Id == 0 ? "-" : $"{e.Id}", e.Pod, e.Node ?? "", $"{e.Identity}",
-                        e.IngressEnforced ? "enforced" : "open", e.EgressEnforced ? "enforced" : "open", e.IPv4 ?? "", e.IPv6 ?? "",
-                        $"{e.PolicyEntries}"]));
-                return CliApp.Success;
-            }
-            Table.Write(output.Out, ["ENDPOINT", "POD", "IDENTITY", "INGRESS", "EGRESS", "IPV4", "IPV6", "ENTRIES"],
-                endpoints.Select(e => (IReadOnlyList<string>)[$"{e.Id}", e.Pod, $"{e.Identity}", e.IngressEnforced ? "enforced" : "open",
-                    e.EgressEnforced ? "enforced" : "open", e.IPv4 ?? "", e.IPv6 ?? "", $"{e.PolicyEntries}"]));
-            return CliApp.Success;
-        });
-        var id = new Argument<string>("endpoint") { Description = "Endpoint id or NAMESPACE/POD" };
-        var format2 = CliOutput.CreateFormatOption();
-        var get = new Command("get", "Show one endpoint") { id, format2 };
-        get.SetAction(async parse =>
-        {
-            using var client = AgentClient.FromEnvironment();
-            var e = await client.Get($"v1/endpoint?id={Uri.EscapeDataString(parse.GetValue(id)!)}",
-                AgentJsonContext.Default.EndpointOutput).ConfigureAwait(false);
-            if (parse.GetValue(format2) == "json")
-            {
-                output.Out.WriteLine(JsonSerializer.Serialize(e, AgentJsonContext.Default.EndpointOutput));
-                return CliApp.Success;
-            }
-            output.Out.WriteLine($"Endpoint {e.Id}: {e.Pod}");
-            output.Out.WriteLine($"  identity {e.Identity}; ingress {(e.IngressEnforced ? "enforced" : "open")}, egress " +
-                $"{(e.EgressEnforced ? "enforced" : "open")}; {e.PolicyEntries} map entries");
-            output.Out.WriteLine($"  addresses {e.IPv4}, {e.IPv6}; veth {e.Interface} (node side), namespace {e.Netns}");
-            output.Out.WriteLine($"  labels: {string.Join(", ", e.Labels)}");
-            foreach (var s in e.SelectedBy)
-            {
-                output.Out.WriteLine($"  selected by {s}");
-            }
-            return CliApp.Success;
-        });
-        endpoint.Subcommands.Add(list);
-        endpoint.Subcommands.Add(get);
-        return endpoint;
     }
 
     private static Command Identity(CliOutput output)

@@ -22,8 +22,8 @@ public static class ObserveCommands
         var fromPod = new Option<string?>("--from-pod") { Description = "Flows from this pod (NAMESPACE/POD)" };
         var toPod = new Option<string?>("--to-pod") { Description = "Flows to this pod (NAMESPACE/POD)" };
         var ns = new Option<string?>("--namespace") { Description = "Flows from or to pods of this namespace" };
-        var verdict = new Option<string?>("--verdict") { Description = "DROPPED or FORWARDED" };
-        verdict.AcceptOnlyFromAmong("DROPPED", "FORWARDED");
+        var verdict = new Option<string?>("--verdict") { Description = "DROPPED, FORWARDED or AUDIT (let through by audit mode)" };
+        verdict.AcceptOnlyFromAmong("DROPPED", "FORWARDED", "AUDIT");
         var protocol = new Option<string?>("--protocol") { Description = "tcp, udp, sctp, icmp or icmpv6" };
         protocol.AcceptOnlyFromAmong("tcp", "udp", "sctp", "icmp", "icmpv6");
         var icmpType = new Option<int?>("--icmp-type") { Description = "ICMP or ICMPv6 type (number)" };

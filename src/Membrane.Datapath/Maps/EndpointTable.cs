@@ -11,10 +11,10 @@ namespace Membrane.Datapath.Maps;
 /// </summary>
 public sealed unsafe class EndpointTable(BpfMap map)
 {
-    public void Set(uint ifIndex, IEnumerable<IPAddress> addresses)
+    public void Set(uint ifIndex, IEnumerable<IPAddress> addresses, bool audit = false)
     {
         ArgumentNullException.ThrowIfNull(addresses);
-        var value = new EndpointValue();
+        var value = new EndpointValue { Flags = audit ? EndpointValue.Audit : 0 };
         foreach (var address in addresses)
         {
             var bytes = address.GetAddressBytes();
@@ -34,6 +34,10 @@ public sealed unsafe class EndpointTable(BpfMap map)
         }
         map.Update(new EndpointKey { IfIndex = ifIndex }, value);
     }
+
+    /// <summary>Whether the endpoint's entry has policy audit mode on.</summary>
+    public bool IsAudited(uint ifIndex) =>
+        map.TryLookup<EndpointKey, EndpointValue>(new EndpointKey { IfIndex = ifIndex }, out var value) && (value.Flags & EndpointValue.Audit) != 0;
 
     public bool Remove(uint ifIndex) => map.Delete(new EndpointKey { IfIndex = ifIndex });
 

@@ -152,6 +152,7 @@ public struct DatapathConfig
 {
     public const uint VerdictEvents = 1;
     public const uint DropEvents = 2;
+    public const uint Audit = 4;
 
     public uint Flags;
     public uint Pad;
@@ -211,6 +212,7 @@ public enum EventType : byte
 {
     Drop = 1,
     Verdict = 2,
+    Audit = 3,
 }
 
 public static class DropReasons
@@ -242,7 +244,7 @@ public struct EndpointKey
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct EndpointValue
 {
-    public const uint HasIPv4 = 1, HasIPv6 = 2;
+    public const uint HasIPv4 = 1, HasIPv6 = 2, Audit = 4;
 
     public uint IPv4; // network byte order, as on the wire
     public fixed byte IPv6[16];

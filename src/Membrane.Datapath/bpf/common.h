@@ -41,6 +41,7 @@ enum drop_reason {
 enum event_type {
 	EVENT_DROP = 1,
 	EVENT_VERDICT = 2, /* a new connection was allowed by policy */
+	EVENT_AUDIT = 3,   /* policy would have dropped it; audit mode let it through */
 };
 
 /* What kind of entry matched; set by the control plane in the policy value. */
@@ -55,6 +56,7 @@ enum match_kind {
 
 #define CONFIG_VERDICT_EVENTS 1 /* emit an event for every new allowed connection */
 #define CONFIG_DROP_EVENTS 2    /* emit an event for every drop (set while a monitor listens) */
+#define CONFIG_AUDIT 4          /* audit mode on every endpoint: what policy would drop is let through and reported */
 
 /* ICMP of the packet's own family only: ICMPv6 over IPv4 and ICMP over IPv6 are refused by the parser. */
 static __always_inline int is_icmp(__u8 proto)

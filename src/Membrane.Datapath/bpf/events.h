@@ -58,14 +58,40 @@ static __always_inline __u32 config_flags(void)
 	return c ? c->flags : 0;
 }
 
-/* Counts a drop and reports it while a monitor listens. A global function: every drop site shares one verified
- * copy instead of inlining the event code (about 100 instructions a site, multiplied by the states reaching it).
- * At most five arguments, so direction, reason and match kind travel packed in one. */
+/* Audit mode, the endpoint's or the agent's: what policy would drop is let through, counted and reported as audited. */
+static __always_inline int audited(struct __sk_buff *skb, __u32 flags)
+{
+	struct endpoint_key k = { .ifindex = skb->ifindex };
+	struct endpoint_value *ep = bpf_map_lookup_elem(&mb_endpoints, &k);
+	return (flags & CONFIG_AUDIT) || (ep && (ep->flags & ENDPOINT_AUDIT));
+}
+
+/* Counts a drop and reports it while a monitor listens; returns TC_ACT_SHOT. A policy drop under audit mode is
+ * counted and reported as audited instead, and TC_ACT_OK returned: the caller lets it through. A global function:
+ * every drop site shares one verified copy instead of inlining the event code (about 100 instructions a site,
+ * multiplied by the states reaching it). At most five arguments, so direction, reason and match kind travel packed. */
 __attribute__((noinline)) int drop_packet(struct __sk_buff *skb, const struct flow *f, __u32 packed, __u32 peer, __u32 rule_id)
 {
 	__u8 dir = packed & 0xff, reason = (packed >> 8) & 0xff, kind = (packed >> 16) & 0xff;
-	count_drop(dir, reason, skb->len);
-	if (f && (config_flags() & CONFIG_DROP_EVENTS))
-		emit_event(skb, f, EVENT_DROP, dir, reason, peer, rule_id, kind);
-	return TC_ACT_SHOT;
+	__u32 flags = config_flags();
+	int verdict = TC_ACT_SHOT;
+	__u8 type = EVENT_DROP;
+	if ((reason == REASON_POLICY || reason == REASON_POLICY_DENY) && audited(skb, flags)) {
+		count(&mb_audit, (dir & 1) * MATCH_SLOTS + (kind & (MATCH_SLOTS - 1)), skb->len);
+		verdict = TC_ACT_OK;
+		type = EVENT_AUDIT;
+	} else {
+		count_drop(dir, reason, skb->len);
+	}
+	if (f && (flags & CONFIG_DROP_EVENTS))
+		emit_event(skb, f, type, dir, reason, peer, rule_id, kind);
+	return verdict;
+}
+
+/* Reports a new connection policy allowed, while verdict events are on. A global function for the same reason. */
+__attribute__((noinline)) int report_allowed(struct __sk_buff *skb, const struct flow *f, __u32 packed, __u32 peer, __u32 rule_id)
+{
+	if (f && (config_flags() & CONFIG_VERDICT_EVENTS))
+		emit_event(skb, f, EVENT_VERDICT, packed & 0xff, REASON_ALLOWED, peer, rule_id, (packed >> 16) & 0xff);
+	return 0;
 }

@@ -139,6 +139,7 @@ struct endpoint_value {
 
 #define ENDPOINT_HAS_IPV4 1
 #define ENDPOINT_HAS_IPV6 2
+#define ENDPOINT_AUDIT 4 /* policy audit mode: what policy would drop is let through and reported */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -177,6 +178,17 @@ struct {
 	__type(value, struct counter);
 	__uint(max_entries, 2 * REASON_MAX); /* direction * REASON_MAX + reason */
 } mb_drops SEC(".maps");
+
+/* Packets audit mode let through that policy would have dropped, by direction and match kind (MATCH_NONE: no rule
+ * allowed it; otherwise the kind of the deny entry that matched). */
+#define MATCH_SLOTS 8
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, 2 * MATCH_SLOTS); /* direction * MATCH_SLOTS + match kind */
+} mb_audit SEC(".maps");
 
 /* Packets every program let through, by direction, and events the ring buffer had no room for (the monitor and the
  * metrics read them; a lost event is counted, never silently missing). */

@@ -79,22 +79,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 tunnelled = dir == DIR_INGRESS ? mark_identity(skb) : 0;
 	__u32 peer = tunnelled ? tunnelled : ipcache_identity(&f, dir);
 	struct policy_value *entry = policy_lookup(ifindex, dir, peer, &f);
-	if (entry && entry->deny) {
-		/* A deny entry counts what it dropped, as an allow entry counts the connections it admitted. */
+	__u32 rule_id = entry ? entry->rule_id : 0;
+	if (!entry || entry->deny) {
+		__u32 packed = dir | (__u32)(entry ? REASON_POLICY_DENY : REASON_POLICY) << 8 |
+			       (__u32)(entry ? entry->kind : MATCH_NONE) << 16;
+		if (drop_packet(skb, &f, packed, peer, rule_id) != TC_ACT_OK) {
+			if (entry) { /* a deny entry counts what it dropped, as an allow entry what it admitted */
+				__sync_fetch_and_add(&entry->packets, 1);
+				__sync_fetch_and_add(&entry->bytes, skb->len);
+			}
+			if (f.frag == FRAG_FIRST)
+				remember_fragment(ifindex, dir, &f, 0);
+			return TC_ACT_SHOT;
+		}
+	} else {
 		__sync_fetch_and_add(&entry->packets, 1);
 		__sync_fetch_and_add(&entry->bytes, skb->len);
+		report_allowed(skb, &f, dir | (__u32)entry->kind << 16, peer, rule_id);
 	}
-	if (!entry || entry->deny) {
-		if (f.frag == FRAG_FIRST)
-			remember_fragment(ifindex, dir, &f, 0);
-		return drop(skb, &f, dir, entry ? REASON_POLICY_DENY : REASON_POLICY, peer, entry);
-	}
-	__sync_fetch_and_add(&entry->packets, 1);
-	__sync_fetch_and_add(&entry->bytes, skb->len);
+	/* An audited connection is tracked too: its replies and later packets pass as they would once allowed. */
 	if (ct_trackable(&f))
-		ct_create(&k, f.family, src_lo, dir, now, skb->len, entry->rule_id);
-	if (config_flags() & CONFIG_VERDICT_EVENTS)
-		emit_event(skb, &f, EVENT_VERDICT, dir, REASON_ALLOWED, peer, entry->rule_id, entry->kind);
+		ct_create(&k, f.family, src_lo, dir, now, skb->len, rule_id);
 pass:
 	if (f.frag == FRAG_FIRST)
 		remember_fragment(ifindex, dir, &f, 1);
