@@ -129,7 +129,7 @@ public sealed record TraceSideOutput(
 public sealed record TraceOutput(
     string From, string To, string Protocol, int? Port, int? IcmpType, int? IcmpCode, string Family,
     uint SourceIdentity, uint DestinationIdentity, TraceSideOutput Egress, TraceSideOutput Ingress, string Verdict,
-    string? Text = null);
+    string? Text = null, IReadOnlyList<string>? AuditedBy = null);
 
 public sealed record EndpointOutput(
     int Id, string Pod, uint Identity, IReadOnlyList<string> Labels, string? IPv4, string? IPv6, string Interface,

@@ -23,34 +23,6 @@ public sealed class DryRunTests
         _s.Reset();
     }
 
-    private static bool Echo(string netns, IPAddress target, ushort id)
-    {
-        using var socket = NetworkNamespace.Run(netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp));
-        socket.ReceiveTimeout = 1000;
-        byte[] request = [8, 0, 0, 0, (byte)(id >> 8), (byte)id, 0, 1];
-        var sum = (uint)(request[0] << 8) + (uint)(request[4] << 8 | request[5]) + 1;
-        sum = (sum & 0xffff) + (sum >> 16);
-        request[2] = (byte)(~sum >> 8);
-        request[3] = (byte)~sum;
-        socket.SendTo(request, new IPEndPoint(target, 0));
-        var buffer = new byte[256];
-        try
-        {
-            while (true)
-            {
-                var n = socket.Receive(buffer);
-                if (n >= 28 && buffer[20] == 0 && buffer[24] == (byte)(id >> 8) && buffer[25] == (byte)id)
-                {
-                    return true;
-                }
-            }
-        }
-        catch (SocketException)
-        {
-            return false;
-        }
-    }
-
     [Fact]
     public void LiveConnectionsThatAChangeWouldCutAreReportedAndNothingChanges()
     {
@@ -69,7 +41,7 @@ public sealed class DryRunTests
         using var connection = NetworkNamespace.Run(client.Netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Stream,
             ProtocolType.Tcp));
         connection.Connect(target, 80);
-        Assert.True(Echo(client.Netns, target, 0x4d01));
+        Assert.True(PodTraffic.Echo(client.Netns, target, 0x4d01));
 
         var deny = SandboxFixture.WriteYaml(SandboxFixture.Cnp("server-deny", """
             endpointSelector: {matchLabels: {app: server}}
@@ -121,6 +93,6 @@ public sealed class DryRunTests
         Assert.DoesNotContain("server-deny", policies, StringComparison.Ordinal);
         Assert.Contains("server-echo", policies, StringComparison.Ordinal);
         connection.Send("still here"u8);
-        Assert.True(Echo(client.Netns, target, 0x4d02), "echo stopped after a dry run");
+        Assert.True(PodTraffic.Echo(client.Netns, target, 0x4d02), "echo stopped after a dry run");
     }
 }

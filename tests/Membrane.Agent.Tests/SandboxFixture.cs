@@ -58,9 +58,9 @@ public sealed class SandboxFixture : IDisposable
 
     public int AgentPid => _agent!.Id;
 
-    public void StartAgent()
+    public void StartAgent(params string[] extra)
     {
-        var (started, code, stderr) = TryStartAgent();
+        var (started, code, stderr) = TryStartAgent(extra);
         if (!started)
         {
             throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
@@ -68,10 +68,10 @@ public sealed class SandboxFixture : IDisposable
     }
 
     /// <summary>Starts the agent and waits until it answers, or until it exits (with its exit code and error output).</summary>
-    public (bool Started, int ExitCode, string Stderr) TryStartAgent()
+    public (bool Started, int ExitCode, string Stderr) TryStartAgent(params string[] extra)
     {
         var (agent, code, stderr) = AgentUnderTest.Start(
-            ["--state-dir", StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory],
+            ["--state-dir", StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory, .. extra],
             () => File.Exists(Socket) && Cli("status").Code == 0);
         _agent = agent;
         return (agent is not null, code, stderr);

@@ -94,7 +94,7 @@ public sealed class AgentMetrics
                 _verdicts.WithLabels(DirectionLabels[(int)direction], "none", "deny").IncTo(counter.Packets);
             }
         }
-        foreach (var ((direction, kind), counter) in datapath.AuditCounters().Where(a => a.Value.Packets > 0))
+        foreach (var ((direction, kind), counter) in datapath.AuditCounters()) // from zero, so increase() sees the first ones
         {
             _verdicts.WithLabels(DirectionLabels[(int)direction], kind.ToString().ToLowerInvariant(), "audit").IncTo(counter.Packets);
         }

@@ -95,7 +95,16 @@ public sealed class AgentQueries(
             }
         }
         var result = Tracer.Trace(Engine, request);
-        return TraceJson.From(result) with { Text = Tracer.Format(Engine, result) };
+        // Audit mode: a side policy denies is let through by the datapath when its endpoint (this node's) is audited.
+        var audited = new[] { (result.Egress, request.From), (result.Ingress, request.To) }
+            .Where(side => !side.Item1.Allowed && endpoints.Find(side.Item2) is { } record && (record.PolicyAudit || datapath.AuditMode))
+            .Select(side => $"{side.Item2} ({side.Item1.Direction.ToString().ToLowerInvariant()})").ToList();
+        var text = Tracer.Format(Engine, result);
+        if (audited.Count > 0)
+        {
+            text += $"audit mode on {string.Join(", ", audited)}: the datapath lets this through and reports it as AUDIT\n";
+        }
+        return TraceJson.From(result) with { Text = text, AuditedBy = audited.Count > 0 ? audited : null };
     }
 
     /// <summary>This node's endpoints; in cluster mode also the other nodes' pods (no interface here), each with its node.</summary>

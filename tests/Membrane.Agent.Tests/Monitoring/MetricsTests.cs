@@ -116,6 +116,13 @@ public sealed class MetricsTests : IDisposable
         Assert.True(LocalClusterWait(() => Query(http, promPort,
             "increase(membrane_policy_verdict_total{direction=\"INGRESS\",match=\"l3l4\",action=\"allow\"}[1m])") > 0),
             "no increase of allowed L3/L4 verdicts through Prometheus");
+        // Audit mode: the same ping gets through and counts as an audit verdict, not a drop.
+        Assert.Equal(0, Cli("endpoint", "config", "met/web", "PolicyAuditMode=Enabled").Code);
+        Assert.Equal(0, Cli("connectivity", "probe", "--from", "met/client", "--to", "met/web", "--protocol", "icmp", "--icmp-type",
+            "EchoRequest").Code);
+        Assert.True(LocalClusterWait(() => Query(http, promPort,
+            "increase(membrane_policy_verdict_total{direction=\"INGRESS\",match=\"none\",action=\"audit\"}[1m])") > 0),
+            "no increase of audit verdicts through Prometheus");
         Assert.True(Query(http, promPort, "membrane_endpoint_state{endpoint_state=\"ready\"}") == 2);
         Assert.True(Query(http, promPort, "membrane_bpf_map_pressure{map_name=\"mb_policy\"}") > 0);
         Assert.True(Query(http, promPort, "sum(http_request_duration_seconds_count)") > 0, "API request durations are not measured");
