@@ -10,7 +10,8 @@ namespace Membrane.Agent;
 /// <summary>
 /// <c>policy import --dry-run</c> and <c>policy delete --dry-run</c>: the change is made on a fork of the engine, the
 /// new map state of every local endpoint compared with the one in force, and every live connection (conntrack)
-/// judged by both, exactly as the regenerator judges connections after a real change. Nothing is installed.
+/// judged by both, exactly as the regenerator judges connections after a real change; so is every policy decision the
+/// flow ring recorded (drops, audits, new connections). Nothing is installed.
 /// </summary>
 public sealed partial class AgentService
 {
@@ -96,8 +97,49 @@ public sealed partial class AgentService
                 icmp ? port : null, then.Allowed ? "allowed" : "denied", now.Allowed ? "allowed" : "denied", cause);
             (now.Allowed ? admitted : cut).Add(connection);
         }
-        return new DryRunResponse(cut, admitted, endpoints, checkedCount);
+        var (flowsCut, flowsAdmitted, flowsChecked) = JudgeFlows(before, after);
+        return new DryRunResponse(cut, admitted, endpoints, checkedCount, flowsCut, flowsAdmitted, flowsChecked);
     }
+
+    /// <summary>
+    /// The flow ring's policy decisions on this node's endpoints, judged by the policy in force and the changed one; alike
+    /// flows (pod, direction, addresses, port or ICMP type and code) are reported once, with how many were seen.
+    /// </summary>
+    private (List<DryRunConnection> Cut, List<DryRunConnection> Admitted, int Checked) JudgeFlows(
+        Dictionary<uint, (string Pod, MapState State)> before, Dictionary<uint, MapState> after)
+    {
+        var decisions = (Events.Flows?.Snapshot() ?? []).Where(f => before.ContainsKey(f.Event.IfIndex) && (EventType)f.Event.Type switch
+        {
+            EventType.Drop => f.Event.Reason is (byte)DropReason.Policy or (byte)DropReason.PolicyDeny,
+            _ => true, // a new allowed connection, or an audited one
+        }).ToList();
+        var cut = new List<DryRunConnection>();
+        var admitted = new List<DryRunConnection>();
+        foreach (var alike in decisions.GroupBy(f => (f.Event.IfIndex, f.Event.Direction, f.Event.Protocol, f.Event.PeerIdentity,
+            f.Event.SourceAddress, f.Event.DestinationAddress, Port: FlowPort(f.Event))))
+        {
+            var (ifIndex, wireDirection, protocol, peer, source, destination, port) = alike.Key;
+            var (pod, current) = before[ifIndex];
+            var direction = PolicyMapSynchronizer.FromWire((WireDirection)wireDirection);
+            var then = current.Lookup(direction, peer, protocol, port);
+            var now = after[ifIndex].Lookup(direction, peer, protocol, port);
+            if (then.Allowed == now.Allowed)
+            {
+                continue;
+            }
+            var icmp = IpProtocol.IsIcmp(protocol);
+            var cause = now.Entry is { DerivedFrom.Count: > 0 } entry ? string.Join("; ", entry.DerivedFrom) : now.Reason;
+            (now.Allowed ? admitted : cut).Add(new DryRunConnection(pod, direction == TrafficDirection.Ingress ? "ingress" : "egress",
+                IpProtocol.Name(protocol).ToLowerInvariant(), source.ToString(), destination.ToString(), icmp ? null : port,
+                icmp ? port >> 8 : null, then.Allowed ? "allowed" : "denied", now.Allowed ? "allowed" : "denied", cause,
+                icmp ? port & 0xff : null, alike.Count(), alike.Max(f => f.Time)));
+        }
+        return (cut, admitted, decisions.Count);
+    }
+
+    /// <summary>The policy key's port of a flow: the destination port, or ICMP type and code.</summary>
+    private static ushort FlowPort(DatapathEvent e) =>
+        IpProtocol.IsIcmp(e.Protocol) ? (ushort)(e.IcmpType << 8 | e.IcmpCode) : e.DestinationPort;
 
     private static bool SameEntries(MapState a, MapState b) =>
         a.Count == b.Count && a.Entries.All(e => b.Entries.TryGetValue(e.Key, out var other) && other.Verdict == e.Value.Verdict);

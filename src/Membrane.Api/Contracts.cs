@@ -29,15 +29,24 @@ public sealed record ClusterStatusOutput(
 /// </summary>
 public sealed record DryRunRequest(string? Yaml = null, string? File = null, string? Delete = null, bool All = false);
 
-/// <summary>A live connection (in conntrack) whose verdict the change would flip, with the rule that causes it.</summary>
+/// <summary>
+/// A live connection (in conntrack), or flows of the flow ring alike in pod, direction, addresses and port (<c>Seen</c>
+/// of them, the last at <c>LastSeen</c>), whose verdict the change would flip, with the rule that causes it.
+/// </summary>
 public sealed record DryRunConnection(string Pod, string Direction, string Protocol, string Source, string Destination,
-    int? Port, int? IcmpType, string Before, string After, string Cause);
+    int? Port, int? IcmpType, string Before, string After, string Cause, int? IcmpCode = null, int Seen = 1,
+    DateTimeOffset? LastSeen = null);
 
 /// <summary>An endpoint whose policy the change would alter: its map entries before and after.</summary>
 public sealed record DryRunEndpoint(string Pod, int EntriesBefore, int EntriesAfter);
 
+/// <summary>
+/// What a change would do: live connections cut or admitted, and the same for the recent flows of the flow ring (drops,
+/// audits, new connections), judged by the policy in force and the changed one.
+/// </summary>
 public sealed record DryRunResponse(IReadOnlyList<DryRunConnection> WouldBeCut, IReadOnlyList<DryRunConnection> WouldBeAllowed,
-    IReadOnlyList<DryRunEndpoint> Endpoints, int ConnectionsChecked);
+    IReadOnlyList<DryRunEndpoint> Endpoints, int ConnectionsChecked, IReadOnlyList<DryRunConnection>? FlowsWouldBeCut = null,
+    IReadOnlyList<DryRunConnection>? FlowsWouldBeAllowed = null, int FlowsChecked = 0);
 
 /// <summary>
 /// A flow as the reference system's flow tool prints it (its JSON field names): a drop or a new allowed connection

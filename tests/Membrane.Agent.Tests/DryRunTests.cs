@@ -95,4 +95,58 @@ public sealed class DryRunTests
         connection.Send("still here"u8);
         Assert.True(PodTraffic.Echo(client.Netns, target, 0x4d02), "echo stopped after a dry run");
     }
+
+    [Fact]
+    public void RecentFlowsOfTheFlowRingThatAChangeWouldFlipAreReported()
+    {
+        Assert.Equal(0, _s.Apply(SandboxFixture.Cnp("server-tcp", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+            """), "import").Code);
+        EndpointOutput client = _s.Endpoint(Client), server = _s.Endpoint(Server);
+        var target = IPAddress.Parse(server.IPv4!);
+        // Two pings dropped, one TCP connection admitted: all three in the flow ring, no connection left for echo.
+        Assert.False(PodTraffic.Echo(client.Netns, target, 0x4e01));
+        Assert.False(PodTraffic.Echo(client.Netns, target, 0x4e02));
+        using (var connection = PodTraffic.Connect(client.Netns, target, 80))
+        {
+            Assert.True(PodTraffic.RoundTrip(connection, "flow"u8));
+        }
+
+        var echo = SandboxFixture.WriteYaml(SandboxFixture.Cnp("server-echo", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromEndpoints: [{matchLabels: {app: client}}], icmps: [{fields: [{type: 8}]}]}]
+            """));
+        var deny = SandboxFixture.WriteYaml(SandboxFixture.Cnp("server-deny-tcp", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingressDeny: [{toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+            """));
+        try
+        {
+            var allow = _s.Cli("policy", "import", "--dry-run", echo, "-o", "json");
+            Assert.True(allow.Code == 0, $"allowing more cuts nothing: {allow.Out}{allow.Err}");
+            var report = JsonSerializer.Deserialize(allow.Out, AgentJsonContext.Default.DryRunResponse)!;
+            var pings = Assert.Single(report.FlowsWouldBeAllowed!, f => f.Protocol == "icmp" && f.Source == client.IPv4);
+            Assert.Equal((8, 0, "denied", "allowed", Server), (pings.IcmpType!.Value, pings.IcmpCode!.Value, pings.Before, pings.After,
+                pings.Pod));
+            Assert.True(pings.Seen >= 2, $"two dropped pings, reported {pings.Seen}");
+            Assert.Contains("server-echo", pings.Cause, StringComparison.Ordinal);
+            Assert.Empty(report.FlowsWouldBeCut!);
+            Assert.True(report.FlowsChecked >= 3);
+
+            var narrow = _s.Cli("policy", "import", "--dry-run", deny, "-o", "json");
+            Assert.Equal(1, narrow.Code);
+            var cut = JsonSerializer.Deserialize(narrow.Out, AgentJsonContext.Default.DryRunResponse)!;
+            Assert.Contains(cut.FlowsWouldBeCut!, f => f.Protocol == "tcp" && f.Port == 80 && f.Before == "allowed"
+                && f.Cause.Contains("server-deny-tcp", StringComparison.Ordinal));
+            Assert.Contains("RECENT FLOWS THAT WOULD BE DENIED", _s.Cli("policy", "import", "--dry-run", deny).Out,
+                StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(echo);
+            File.Delete(deny);
+        }
+        Assert.False(PodTraffic.Echo(client.Netns, target, 0x4e03), "a dry run installed the echo rule");
+    }
 }

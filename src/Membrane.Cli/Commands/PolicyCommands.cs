@@ -250,21 +250,24 @@ public static class PolicyCommands
             {
                 output.Out.WriteLine($"  {e.Pod}: {e.EntriesBefore} → {e.EntriesAfter} map entries");
             }
+            output.Out.WriteLine($"recent flows (flow ring): {result.FlowsChecked} policy decisions checked, " +
+                $"{result.FlowsWouldBeCut?.Count ?? 0} kinds would be denied, {result.FlowsWouldBeAllowed?.Count ?? 0} would be allowed");
             foreach (var (title, connections) in new[] { ("WOULD BE CUT", result.WouldBeCut), ("WOULD BE ADMITTED",
-                result.WouldBeAllowed) })
+                result.WouldBeAllowed), ("RECENT FLOWS THAT WOULD BE DENIED", result.FlowsWouldBeCut ?? []),
+                ("RECENT FLOWS THAT WOULD BE ALLOWED", result.FlowsWouldBeAllowed ?? []) })
             {
                 if (connections.Count == 0)
                 {
                     continue;
                 }
                 output.Out.WriteLine(title);
-                Membrane.Cli.Output.Table.Write(output.Out, ["POD", "DIRECTION", "FLOW", "SOURCE", "DESTINATION", "CAUSE"],
+                Membrane.Cli.Output.Table.Write(output.Out, ["POD", "DIRECTION", "FLOW", "SOURCE", "DESTINATION", "SEEN", "CAUSE"],
                     connections.Select(c => (IReadOnlyList<string>)[c.Pod, c.Direction,
                         c.IcmpType is { } type ? $"{c.Protocol} type {type}" : $"{c.Protocol}/{c.Port}", c.Source, c.Destination,
-                            c.Cause]));
+                            $"{c.Seen}", c.Cause]));
             }
         }
-        return result.WouldBeCut.Count > 0 ? CliApp.Failure : CliApp.Success;
+        return result.WouldBeCut.Count > 0 || result.FlowsWouldBeCut is { Count: > 0 } ? CliApp.Failure : CliApp.Success;
     }
 
     private static string Endpoint(string text, string option)
