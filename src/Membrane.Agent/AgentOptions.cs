@@ -21,6 +21,12 @@ public sealed record AgentOptions
     /// <summary>Agent-wide policy audit mode: on every endpoint, what policy would drop is let through and reported.</summary>
     public bool PolicyAuditMode { get; init; }
 
+    /// <summary>
+    /// Every packet a flow (the reference system's <c>--monitor-aggregation none</c>): established, reply and related
+    /// packets too, not only drops, audits and new connections. Costs an event per packet.
+    /// </summary>
+    public bool FlowsEveryPacket { get; init; }
+
     /// <summary>How many recent flows (drops, new allowed connections) the agent keeps for <c>observe</c>; 0: none.</summary>
     public int FlowRingSize { get; init; } = 4096;
 

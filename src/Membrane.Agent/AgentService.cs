@@ -76,7 +76,8 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         _regenerator = new Regenerator(datapath, PolicyMap, _endpoints);
         (_engine, _ipam) = NewEngine();
         Queries = new AgentQueries(options, datapath, PolicyMap, _endpoints, () => _engine, store);
-        Events = new EventHub(datapath, Queries.Describe, options.FlowRingSize > 0 ? new FlowRing(options.FlowRingSize) : null);
+        Events = new EventHub(datapath, Queries.Describe, options.FlowRingSize > 0 ? new FlowRing(options.FlowRingSize) : null,
+            options.FlowsEveryPacket);
         Events.Start();
     }
 

@@ -49,8 +49,9 @@ public sealed record DryRunResponse(IReadOnlyList<DryRunConnection> WouldBeCut, 
     IReadOnlyList<DryRunConnection>? FlowsWouldBeAllowed = null, int FlowsChecked = 0);
 
 /// <summary>
-/// A flow as the reference system's flow tool prints it (its JSON field names): a drop or a new allowed connection
-/// kept in the agent's flow ring.
+/// A flow as the reference system's flow tool prints it (its JSON field names): a drop, an audit or a new allowed
+/// connection (trace reason NEW) kept in the agent's flow ring; with <c>--monitor-aggregation none</c> also every other
+/// packet let through (ESTABLISHED, REPLY, RELATED).
 /// </summary>
 public sealed record Flow(
     [property: JsonPropertyName("time")] DateTimeOffset Time,
@@ -62,7 +63,9 @@ public sealed record Flow(
     [property: JsonPropertyName("destination")] FlowEndpoint Destination,
     [property: JsonPropertyName("traffic_direction")] string TrafficDirection,
     [property: JsonPropertyName("policy_match_type")] string? PolicyMatchType,
-    [property: JsonPropertyName("policy")] string? Policy);
+    [property: JsonPropertyName("policy")] string? Policy,
+    [property: JsonPropertyName("trace_reason")] string? TraceReason = null,
+    [property: JsonPropertyName("is_reply")] bool? IsReply = null);
 
 public sealed record FlowIp(
     [property: JsonPropertyName("source")] string Source,

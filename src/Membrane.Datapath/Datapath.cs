@@ -95,12 +95,16 @@ public sealed class PolicyDatapath : IDisposable
     public static PolicyDatapath Load(LoadOptions? options = null) =>
         new(BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, ObjectName), options));
 
-    /// <summary>Turns event emission on or off (a monitor turns it on while it listens).</summary>
-    public void SetEvents(bool drops, bool verdicts)
+    /// <summary>
+    /// Turns event emission on or off (a monitor turns it on while it listens): drops (and audits), new connections, and
+    /// every other packet let through (<paramref name="traces"/>: established, replies, related ICMP errors).
+    /// </summary>
+    public void SetEvents(bool drops, bool verdicts, bool traces = false)
     {
         lock (_configGate)
         {
-            _eventFlags = (drops ? DatapathConfig.DropEvents : 0) | (verdicts ? DatapathConfig.VerdictEvents : 0);
+            _eventFlags = (drops ? DatapathConfig.DropEvents : 0) | (verdicts ? DatapathConfig.VerdictEvents : 0)
+                | (traces ? DatapathConfig.TraceEvents : 0);
             WriteConfig();
         }
     }

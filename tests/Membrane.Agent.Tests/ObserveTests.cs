@@ -61,4 +61,35 @@ public sealed class ObserveTests
         Assert.Contains("e2e-a/client", text, StringComparison.Ordinal);
         Assert.NotEqual(0, _s.Cli("observe", "--since", "yesterday").Code);
     }
+
+    [Fact]
+    public void WithoutAggregationEveryPacketIsAFlow()
+    {
+        EndpointOutput client = _s.Endpoint("e2e-a/client"), server = _s.Endpoint("e2e-a/server");
+        _s.KillAgent();
+        try
+        {
+            _s.StartAgent("--monitor-aggregation", "none");
+            using (var connection = PodTraffic.Connect(client.Netns, System.Net.IPAddress.Parse(server.IPv4!), 80))
+            {
+                Assert.True(PodTraffic.RoundTrip(connection, "every packet"u8));
+            }
+            var flows = Observe("--from-pod", "e2e-a/client", "--port", "80");
+            Assert.Contains(flows, f => f.TraceReason == "NEW" && f.IsReply == false);
+            Assert.Contains(flows, f => f.TraceReason == "ESTABLISHED" && f.Verdict == "FORWARDED");
+            var replies = Observe("--from-pod", "e2e-a/server");
+            Assert.Contains(replies, f => f.TraceReason == "REPLY" && f.IsReply == true && f.L4.Tcp is { SourcePort: 80 });
+        }
+        finally
+        {
+            _s.KillAgent();
+            _s.StartAgent();
+        }
+        // Aggregated again: a new connection adds its NEW flow only, per direction that enforces nothing.
+        using (var connection = PodTraffic.Connect(client.Netns, System.Net.IPAddress.Parse(server.IPv4!), 80))
+        {
+            Assert.True(PodTraffic.RoundTrip(connection, "aggregated"u8));
+        }
+        Assert.DoesNotContain(Observe("--since", "5s"), f => f.TraceReason is "ESTABLISHED" or "REPLY");
+    }
 }

@@ -164,5 +164,10 @@ public sealed partial class BtfLayoutTests
             Assert.Equal(value, (long)Enum.Parse<WireDirection>(Normalise(name["DIR_".Length..]), ignoreCase: true));
         }
         Assert.Equal(enums["traffic_direction"].Count, Enum.GetValues<WireDirection>().Length);
+        foreach (var (name, value) in enums["trace_reason"])
+        {
+            Assert.Equal(value, (long)Enum.Parse<TraceReason>(Normalise(name["TRACE_".Length..]), ignoreCase: true));
+        }
+        Assert.Equal(enums["trace_reason"].Count, Enum.GetValues<TraceReason>().Length);
     }
 }

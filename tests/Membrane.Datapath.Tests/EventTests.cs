@@ -53,4 +53,26 @@ public sealed class EventTests : IDisposable
         Assert.Equal(80, e.DestinationPort);
         Assert.Equal(1, e.MatchKind); // any: no policy enforces ingress
     }
+
+    [Fact]
+    public void TraceEventsReportEveryPacketConntrackLetsThroughOnlyWhenOn()
+    {
+        _h.Use("", "a/server");
+        var (client, server) = (_h.V4("a/client"), _h.V4("a/server"));
+        _h.Datapath.SetEvents(drops: true, verdicts: true);
+        Assert.True(_h.Receives(Frame(client, server, Tcp, TcpSegment(2000, 80))));
+        Assert.True(_h.Sends(Frame(server, client, Tcp, TcpSegment(80, 2000, TcpSyn | TcpAck))));
+        Assert.Equal([(byte)EventType.Verdict], Collect().Select(e => e.Type)); // the reply is no new decision
+
+        _h.Datapath.SetEvents(drops: true, verdicts: true, traces: true);
+        Assert.True(_h.Sends(Frame(server, client, Tcp, TcpSegment(80, 2000, TcpAck, payload: 10))));
+        Assert.True(_h.Receives(Frame(client, server, Tcp, TcpSegment(2000, 80, TcpAck))));
+        var original = IPv4Packet(server, client, Tcp, TcpSegment(80, 2000, TcpAck));
+        Assert.True(_h.Receives(Frame(client, server, Icmp, IcmpError(3, 4, original))), "path-MTU error about the connection");
+        var events = Collect();
+        Assert.All(events, e => Assert.Equal((byte)EventType.Trace, e.Type));
+        Assert.Equal([(TraceReason.Reply, 1), (TraceReason.Established, 0), (TraceReason.Related, 0)],
+            events.Select(e => ((TraceReason)e.Reason, e.Direction)));
+        Assert.NotEqual(0u, events[0].RuleId); // the rule that admitted the connection
+    }
 }

@@ -101,10 +101,17 @@ public static class AgentCommandLine
         {
             Description = "Audit every endpoint: packets policy would drop are let through and reported as AUDIT (flows, metrics)",
         };
+        var aggregation = new Option<string>("--monitor-aggregation")
+        {
+            Description = "Which packets become flows: 'medium' (drops, audits, new connections) or 'none' (every packet let " +
+                "through too: established, replies, related ICMP errors; an event per packet)",
+            DefaultValueFactory = _ => "medium",
+        };
+        aggregation.AcceptOnlyFromAmong("none", "medium");
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
-                routing, metrics, flowRing, audit,
+                routing, metrics, flowRing, audit, aggregation,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -200,7 +207,12 @@ public static class AgentCommandLine
                 await Console.Error.WriteLineAsync("error: --flow-ring must be 0 to 1,000,000 flows").ConfigureAwait(false);
                 return Error;
             }
-            options = options with { FlowRingSize = parse.GetValue(flowRing), PolicyAuditMode = parse.GetValue(audit) };
+            options = options with
+            {
+                FlowRingSize = parse.GetValue(flowRing),
+                PolicyAuditMode = parse.GetValue(audit),
+                FlowsEveryPacket = parse.GetValue(aggregation) == "none",
+            };
             var metricsAddress = parse.GetValue(metrics)!;
             if (metricsAddress == "off")
             {

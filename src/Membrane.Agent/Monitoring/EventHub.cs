@@ -12,7 +12,8 @@ namespace Membrane.Agent.Monitoring;
 /// allowed connection is also kept there, always (the kernel emits them from the start). Without one, emission is on
 /// only while a monitor listens, so an idle node pays nothing for it.
 /// </summary>
-public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string Endpoint, string Peer)> describe, FlowRing? flows = null)
+public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string Endpoint, string Peer)> describe, FlowRing? flows = null,
+    bool everyPacket = false)
     : IDisposable
 {
     private readonly Lock _gate = new();
@@ -67,9 +68,11 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
         return channel.Reader;
     }
 
-    private void UpdateFlags() =>
-        datapath.SetEvents(drops: flows is not null || _subscribers.Count > 0,
-            verdicts: flows is not null || _subscribers.Any(s => s.Verdicts));
+    private void UpdateFlags()
+    {
+        var verdicts = flows is not null || _subscribers.Any(s => s.Verdicts);
+        datapath.SetEvents(drops: flows is not null || _subscribers.Count > 0, verdicts, traces: everyPacket && verdicts);
+    }
 
     private void ReadLoop()
     {
@@ -113,13 +116,15 @@ public sealed class EventHub(PolicyDatapath datapath, Func<uint, uint, (string E
         {
             EventType.Drop => ("drop", "DROPPED"),
             EventType.Audit => ("audit", "AUDIT"), // policy would have dropped it; audit mode let it through
+            EventType.Trace => ("trace", "FORWARDED"), // conntrack let it through: no policy decision
             _ => ("verdict", "ALLOWED"),
         };
         return new MonitorEvent(
             DateTimeOffset.UtcNow, type, endpoint, WireNames.Of((WireDirection)e.Direction), e.PeerIdentity, peer,
             IpProtocol.Name(e.Protocol), e.SourceAddress.ToString(), e.DestinationAddress.ToString(),
             icmp ? null : e.SourcePort, icmp ? null : e.DestinationPort, icmp ? e.IcmpType : null, icmp ? e.IcmpCode : null,
-            icmp ? IcmpTypes.NameOf(family, e.IcmpType) : null, verdict, DropReasons.Describe((DropReason)e.Reason) + (verdict == "AUDIT" ? "; let through by audit mode" : ""),
+            icmp ? IcmpTypes.NameOf(family, e.IcmpType) : null, verdict, type == "trace" ? FlowNames.Trace((TraceReason)e.Reason)
+                : DropReasons.Describe((DropReason)e.Reason) + (verdict == "AUDIT" ? "; let through by audit mode" : ""),
             WireNames.Of((WireMatchKind)e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId));
     }
 

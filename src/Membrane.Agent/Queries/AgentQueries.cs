@@ -247,7 +247,14 @@ public sealed class AgentQueries(
             var peer = Side(byAddress.GetValueOrDefault(peerAddress), e.PeerIdentity);
             var self = Side(local, local?.Identity.Id ?? 0);
             // An audited packet keeps the reason policy would have dropped it for.
-            var verdict = (EventType)e.Type switch { EventType.Drop => "DROPPED", EventType.Audit => "AUDIT", _ => "FORWARDED" };
+            var type = (EventType)e.Type;
+            var verdict = type switch { EventType.Drop => "DROPPED", EventType.Audit => "AUDIT", _ => "FORWARDED" };
+            var trace = type switch
+            {
+                EventType.Trace => FlowNames.Trace((TraceReason)e.Reason),
+                EventType.Verdict or EventType.Audit => "NEW",
+                _ => null,
+            };
             var l4 = e.Protocol switch
             {
                 IpProtocol.Tcp => new FlowL4(Tcp: new FlowPorts(e.SourcePort, e.DestinationPort)),
@@ -260,7 +267,8 @@ public sealed class AgentQueries(
             flows.Add(new Flow(time, verdict, verdict == "FORWARDED" ? null : DropReasons.Describe((DropReason)e.Reason),
                 new FlowIp(e.SourceAddress.ToString(), e.DestinationAddress.ToString(), e.Family == 4 ? "IPv4" : "IPv6"), l4,
                 ingress ? peer : self, ingress ? self : peer, ingress ? "INGRESS" : "EGRESS",
-                WireNames.Of((WireMatchKind)e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId)));
+                WireNames.Of((WireMatchKind)e.MatchKind), e.RuleId == 0 ? null : datapath.Rules.Describe(e.RuleId), trace,
+                trace is null ? null : trace == "REPLY"));
         }
         return new FlowsResponse(flows, ring.Capacity, datapath.EventsLost());
     }

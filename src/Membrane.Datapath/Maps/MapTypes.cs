@@ -153,6 +153,7 @@ public struct DatapathConfig
     public const uint VerdictEvents = 1;
     public const uint DropEvents = 2;
     public const uint Audit = 4;
+    public const uint TraceEvents = 8;
 
     public uint Flags;
     public uint Pad;
@@ -213,6 +214,27 @@ public enum EventType : byte
     Drop = 1,
     Verdict = 2,
     Audit = 3,
+    Trace = 4,
+}
+
+/// <summary>Why a traced packet passed without a policy decision (<c>enum trace_reason</c>): the reason byte of a trace event.</summary>
+public enum TraceReason : byte
+{
+    Established = 0,
+    Reply = 1,
+    Related = 2,
+}
+
+/// <summary>How flows name what the datapath reports (the reference system's flow names where it has them).</summary>
+public static class FlowNames
+{
+    public static string Trace(TraceReason reason) => reason switch
+    {
+        TraceReason.Established => "ESTABLISHED",
+        TraceReason.Reply => "REPLY",
+        TraceReason.Related => "RELATED",
+        _ => $"trace reason {(int)reason}",
+    };
 }
 
 public static class DropReasons

@@ -42,6 +42,14 @@ enum event_type {
 	EVENT_DROP = 1,
 	EVENT_VERDICT = 2, /* a new connection was allowed by policy */
 	EVENT_AUDIT = 3,   /* policy would have dropped it; audit mode let it through */
+	EVENT_TRACE = 4,   /* a packet of a tracked connection or a related ICMP error let through (every packet reported) */
+};
+
+/* Why a traced packet passed without a policy decision: the reason byte of an EVENT_TRACE. Mirrored by TraceReason. */
+enum trace_reason {
+	TRACE_ESTABLISHED = 0, /* a later packet of a connection, in the direction that opened it */
+	TRACE_REPLY = 1,       /* a packet of a connection, in the other direction */
+	TRACE_RELATED = 2,     /* an ICMP error about a tracked connection */
 };
 
 /* What kind of entry matched; set by the control plane in the policy value. */
@@ -56,6 +64,7 @@ enum match_kind {
 
 #define CONFIG_VERDICT_EVENTS 1 /* emit an event for every new allowed connection */
 #define CONFIG_DROP_EVENTS 2    /* emit an event for every drop (set while a monitor listens) */
+#define CONFIG_TRACE_EVENTS 8   /* emit an event for every packet let through (--monitor-aggregation none) */
 #define CONFIG_AUDIT 4          /* audit mode on every endpoint: what policy would drop is let through and reported */
 
 /* ICMP of the packet's own family only: ICMPv6 over IPv4 and ICMP over IPv6 are refused by the parser. */

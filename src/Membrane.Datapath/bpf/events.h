@@ -95,3 +95,11 @@ __attribute__((noinline)) int report_allowed(struct __sk_buff *skb, const struct
 		emit_event(skb, f, EVENT_VERDICT, packed & 0xff, REASON_ALLOWED, peer, rule_id, (packed >> 16) & 0xff);
 	return 0;
 }
+
+/* Reports a packet conntrack let through (established, reply or related), while trace events are on. */
+__attribute__((noinline)) int report_forwarded(struct __sk_buff *skb, const struct flow *f, __u32 packed, __u32 rule_id)
+{
+	if (f && (config_flags() & CONFIG_TRACE_EVENTS))
+		emit_event(skb, f, EVENT_TRACE, packed & 0xff, (packed >> 8) & 0xff, 0, rule_id, MATCH_NONE);
+	return 0;
+}

@@ -13,12 +13,17 @@
 #include "events.h"
 #include "tunnel.h"
 
-static __always_inline void remember_fragment(__u32 ifindex, __u8 dir, const struct flow *f, __u8 allowed)
+/* A global function: verified once, instead of inlined at each verdict (only first fragments get past its test). */
+__attribute__((noinline)) int remember_fragment(__u32 ifindex, __u32 dir, const struct flow *f, __u32 allowed)
 {
+	if (!f || f->frag != FRAG_FIRST)
+		return 0;
+	__u8 verdict = allowed;
 	struct frag_key k = { .ifindex = ifindex, .id = f->frag_id, .dir = dir, .family = f->family, .proto = f->proto };
 	__builtin_memcpy(k.saddr, f->saddr, sizeof(k.saddr));
 	__builtin_memcpy(k.daddr, f->daddr, sizeof(k.daddr));
-	bpf_map_update_elem(&mb_frag, &k, &allowed, BPF_ANY);
+	bpf_map_update_elem(&mb_frag, &k, &verdict, BPF_ANY);
+	return 0;
 }
 
 static __always_inline int fragment_allowed(__u32 ifindex, __u8 dir, const struct flow *f)
@@ -66,14 +71,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct ct_value *conn = ct_find(&k, f.family, f.proto, now);
 	if (conn && ct_from_endpoint(conn, src_lo) == (dir == DIR_EGRESS)) {
 		ct_account(conn, dir, now, skb->len, f.tcp_flags);
+		if (config_flags() & CONFIG_TRACE_EVENTS)
+			report_forwarded(skb, &f, dir | (__u32)(conn->dir == dir ? TRACE_ESTABLISHED : TRACE_REPLY) << 8, conn->rule_id);
 		goto pass;
 	}
 	if (dir == DIR_EGRESS && !source_is_endpoints(ifindex, &f, 0))
 		return drop(skb, &f, dir, REASON_INVALID_SOURCE, 0, 0);
 	if (is_neighbour_discovery(&f, dir))
 		return TC_ACT_OK;
-	if (is_icmp(f.proto) && is_icmp_error(f.family, f.icmp_type) && ct_related(skb, ifindex, &f, now, dir))
+	if (is_icmp(f.proto) && is_icmp_error(f.family, f.icmp_type) && ct_related(skb, ifindex, &f, now, dir)) {
+		report_forwarded(skb, &f, dir | (__u32)TRACE_RELATED << 8, 0);
 		goto pass;
+	}
 
 	/* From another node through the tunnel, the sender's identity came with the packet (from_tunnel). */
 	__u32 tunnelled = dir == DIR_INGRESS ? mark_identity(skb) : 0;
@@ -88,8 +97,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				__sync_fetch_and_add(&entry->packets, 1);
 				__sync_fetch_and_add(&entry->bytes, skb->len);
 			}
-			if (f.frag == FRAG_FIRST)
-				remember_fragment(ifindex, dir, &f, 0);
+			remember_fragment(ifindex, dir, &f, 0);
 			return TC_ACT_SHOT;
 		}
 	} else {
@@ -176,6 +184,11 @@ __attribute__((noinline)) int btf_layout_anchor(struct event *e, enum drop_reaso
 						  enum traffic_direction d)
 {
 	return e ? (int)r + (int)t + (int)k + (int)d : 0;
+}
+
+__attribute__((noinline)) int btf_layout_anchor_trace(enum trace_reason c)
+{
+	return (int)c;
 }
 
 char LICENSE[] SEC("license") = "GPL";
