@@ -164,17 +164,26 @@ public sealed class EtcdConnection : IDisposable
     public async Task<T> CallAsync<T>(Func<DateTime, Task<T>> request, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(request);
+        var action = typeof(T).Name.Replace("Response", "", StringComparison.Ordinal).ToLowerInvariant();
         for (var attempt = 1; ; attempt++)
         {
+            var started = System.Diagnostics.Stopwatch.GetTimestamp();
+            var success = false;
             try
             {
-                return await request(Deadline).ConfigureAwait(false);
+                var response = await request(Deadline).ConfigureAwait(false);
+                success = true;
+                return response;
             }
             // Cancelled without the caller asking: the connection under the call was torn down (a member went away).
             catch (RpcException e) when (attempt < 3 && !cancel.IsCancellationRequested
                                          && e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Unavailable or StatusCode.Cancelled)
             {
                 await Task.Delay(TimeSpan.FromMilliseconds(100 * attempt), cancel).ConfigureAwait(false);
+            }
+            finally
+            {
+                KvstoreMetrics.Operation(action, success, System.Diagnostics.Stopwatch.GetElapsedTime(started));
             }
         }
     }

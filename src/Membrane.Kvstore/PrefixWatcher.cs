@@ -4,8 +4,14 @@ using Grpc.Core;
 
 namespace Membrane.Kvstore;
 
-/// <summary>What a watcher reports: a full listing (at start, and again after a compaction) or one change.</summary>
-public abstract record StoreEvent(long Revision);
+/// <summary>
+/// What a watcher reports: a full listing (at start, and again after a compaction) or one change, with when it was
+/// received (a <see cref="System.Diagnostics.Stopwatch"/> timestamp).
+/// </summary>
+public abstract record StoreEvent(long Revision)
+{
+    public long Received { get; init; } = System.Diagnostics.Stopwatch.GetTimestamp();
+}
 
 /// <summary>Every key under the prefix at <see cref="StoreEvent.Revision"/>: replaces whatever the consumer had.</summary>
 public sealed record StoreSnapshot(IReadOnlyDictionary<string, string> Items, long Revision) : StoreEvent(Revision);
@@ -77,6 +83,7 @@ public sealed class PrefixWatcher(EtcdConnection etcd, string prefix)
                 {
                     var (items, revision) = await etcd.ListAsync(prefix, cancel).ConfigureAwait(false);
                     Revision = revision;
+                    KvstoreMetrics.Event(prefix, "list");
                     await output.WriteAsync(new StoreSnapshot(items.ToDictionary(kv => kv.Key.ToStringUtf8(), kv => kv.Value.ToStringUtf8(),
                         StringComparer.Ordinal), revision), cancel).ConfigureAwait(false);
                     listed = true;
@@ -134,6 +141,7 @@ public sealed class PrefixWatcher(EtcdConnection etcd, string prefix)
                 StoreEvent change = e.Type == Mvccpb.Event.Types.EventType.Delete
                     ? new StoreDelete(key, e.Kv.ModRevision)
                     : new StorePut(key, e.Kv.Value.ToStringUtf8(), e.Kv.ModRevision);
+                KvstoreMetrics.Event(prefix, change is StoreDelete ? "delete" : "put");
                 await output.WriteAsync(change, cancel).ConfigureAwait(false);
                 Revision = e.Kv.ModRevision;
             }

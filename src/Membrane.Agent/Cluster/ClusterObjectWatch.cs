@@ -22,6 +22,7 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
         {
             var next = await events.ReadAsync(stoppingToken).ConfigureAwait(false);
             var listing = false;
+            var received = next.Received;
             do
             {
                 listing |= next is StoreSnapshot;
@@ -32,6 +33,7 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
             {
                 await agent.ApplyStoreStateAsync(new Dictionary<string, string>(current, StringComparer.Ordinal), revision, listing,
                     stoppingToken).ConfigureAwait(false);
+                KvstoreMetrics.Enforced(received); // from the batch's first change: the longest wait in it
             }
             catch (Exception e) when (e is AgentInputException or InvalidOperationException or IOException)
             {

@@ -33,9 +33,12 @@ public static partial class AgentProcess
         {
             return null;
         }
+        // Not every library's .NET meter (internal diagnostics among them): AgentMetrics exports the store client's.
+        Prometheus.Metrics.SuppressDefaultMetrics(new Prometheus.SuppressDefaultMetricOptions { SuppressMeters = true });
         app.UseRouting();
         app.UseHttpMetrics();
         _ = new Monitoring.AgentMetrics(agent);
+        _ = new Monitoring.KvstoreMetricsExporter(); // lives as long as the process, as the metrics do
         var endpoint = System.Net.IPEndPoint.Parse(address);
         var server = new KestrelMetricServer(endpoint.Address.ToString(), endpoint.Port);
         try

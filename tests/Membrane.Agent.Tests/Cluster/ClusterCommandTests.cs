@@ -37,7 +37,7 @@ public sealed class ClusterCommandTests : IDisposable
         "--icmp-type", "EchoRequest"];
 
     [Fact]
-    public void ThreeNodesUpOnePolicyEverywhereDownLeavesNothing()
+    public async Task ThreeNodesUpOnePolicyEverywhereDownLeavesNothing()
     {
         var up = Membrane("cluster", "up", "--nodes", "3", "--dir", _dir);
         Assert.True(up.Code == 0, up.Err + up.Out);
@@ -81,6 +81,16 @@ public sealed class ClusterCommandTests : IDisposable
             Assert.All(json.RootElement.GetProperty("nodes").EnumerateArray(), n => Assert.Equal("ok",
                 n.GetProperty("health").GetString()));
             Assert.Equal(3, json.RootElement.GetProperty("etcd").EnumerateArray().Count(m => m.GetProperty("healthy").GetBoolean()));
+        }
+
+        // The store client's metrics on node 3 (cluster up serves node N's on 127.0.0.1:9962+N): requests, watch events and
+        // watch lag (the listing and the changes since, each enforced).
+        using (var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) })
+        {
+            var metrics = await http.GetStringAsync(new Uri("http://127.0.0.1:9965/metrics"));
+            Assert.Matches(@"membrane_kvstore_events_total\{scope=""membrane/objects/"",action=""put""\} [1-9]", metrics);
+            Assert.Matches(@"membrane_kvstore_operations_duration_seconds_count\{action=""put"",outcome=""success""\} [1-9]", metrics);
+            Assert.Matches(@"membrane_kvstore_watch_lag_seconds_count ([2-9]|\d\d)", metrics);
         }
 
         var down = Membrane("cluster", "down", "--dir", _dir);
