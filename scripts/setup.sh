@@ -2,7 +2,7 @@
 # Installs what Membrane needs to build and test on Debian 12 (run as root). Idempotent.
 set -euo pipefail
 
-packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++)
+packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++ systemd) # systemd: systemd-analyze checks the installed unit
 # Real containers (membrane-cni): podman with its CNI backend, containerd and its CRI, the reference plugins, and
 # busybox-static for an image made offline; etcd for the cluster store. Without recommends: podman's would bring
 # netavark and crun. openssl makes the certificates of the etcd TLS test. Nothing is started here: the tests start containerd and etcd themselves.

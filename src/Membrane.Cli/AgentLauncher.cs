@@ -19,7 +19,10 @@ internal static partial class AgentLauncher
     public static Command CleanupHelp() =>
         new("cleanup", "Remove the sandbox's namespaces, pod servers and pinned maps (stop the agent first)");
 
-    /// <summary>Where the agent is: $MEMBRANE_AGENT, beside this CLI, in the source tree beside it, or on PATH.</summary>
+    /// <summary>
+    /// Where the agent is: $MEMBRANE_AGENT, its executable beside this one (installed), its assembly beside this one, in the
+    /// source tree beside it, or on PATH.
+    /// </summary>
     public static (string File, string[] Prefix) Locate()
     {
         if (Environment.GetEnvironmentVariable("MEMBRANE_AGENT") is { Length: > 0 } configured)
@@ -29,6 +32,11 @@ internal static partial class AgentLauncher
                 : throw new CliException($"MEMBRANE_AGENT names {configured}, which does not exist");
         }
         var here = AppContext.BaseDirectory;
+        // Installed (scripts/install.sh): both executables side by side, self-contained; run the agent's own.
+        if (Path.GetFileName(Environment.ProcessPath) == "membrane" && File.Exists(Path.Combine(here, FileName)))
+        {
+            return (Path.Combine(here, FileName), []);
+        }
         // A build tree: src/Membrane.Cli/bin/<configuration>/<framework>/ beside src/Membrane.Agent/bin/<configuration>/<framework>/.
         var framework = new DirectoryInfo(here).Name;
         var configuration = new DirectoryInfo(here).Parent?.Name ?? "";

@@ -88,6 +88,8 @@ public static partial class AgentProcess
         builder.Services.Configure<ConsoleLoggerOptions>(c => c.LogToStandardErrorThreshold = LogLevel.Trace);
         builder.Logging.SetMinimumLevel(LogLevel.Information);
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        // Under systemd (Type=notify): READY=1 once the API answers, STOPPING=1 on the way down; elsewhere nothing.
+        builder.Services.AddSystemd();
         builder.Services.AddSingleton(Options.Create(options));
         // The two seams: how endpoints' interfaces come to exist, and where the desired objects live.
         if (options.Runtime == AgentRuntime.Cni)
