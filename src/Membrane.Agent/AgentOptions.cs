@@ -18,6 +18,9 @@ public sealed record AgentOptions
     /// <summary>Cluster mode: the etcd client URLs (<c>URL[,URL…]</c>) holding the cluster's desired state.</summary>
     public string? Etcd { get; init; }
 
+    /// <summary>How programs attach to devices: tcx links or clsact filters; null: tcx where the kernel has it.</summary>
+    public Membrane.Datapath.Ebpf.AttachMode? AttachMode { get; init; }
+
     /// <summary>Agent-wide policy audit mode: on every endpoint, what policy would drop is let through and reported.</summary>
     public bool PolicyAuditMode { get; init; }
 

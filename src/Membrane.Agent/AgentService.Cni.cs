@@ -121,7 +121,7 @@ public sealed partial class AgentService
             {
                 throw new AgentInputException($"{attachment.InterfaceName} in {attachment.Netns} lacks {string.Join(", ", missing)}");
             }
-            if (!CniRuntime.ProgramsAttached(record.IfIndex))
+            if (!CniRuntime.ProgramsAttached(Datapath.Hooks, record.IfIndex))
             {
                 throw new AgentInputException($"the policy programs are not attached to {record.HostInterface}; restart the agent");
             }

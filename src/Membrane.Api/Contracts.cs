@@ -13,7 +13,7 @@ public sealed record StatusResponse(
     string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
     string StateDirectory, string PinDirectory, string NodeNamespace, IReadOnlyDictionary<string, ulong> Drops,
     double LastRegenerationMilliseconds, IReadOnlyList<MapFillOutput>? Maps = null, ClusterStatusOutput? Cluster = null,
-    bool PolicyAuditMode = false);
+    bool PolicyAuditMode = false, string? Attachment = null);
 
 /// <summary>
 /// Cluster mode: this node, the store's health (<c>degraded</c> with every reason), the store revision it enforces,

@@ -44,6 +44,9 @@ public sealed class PolicyDatapath : IDisposable
 
     public BpfObject Bpf { get; }
 
+    /// <summary>How programs attach to devices; the agent sets tcx (pinned links) or clsact at start.</summary>
+    public DeviceHooks Hooks { get; set; } = new(AttachMode.Clsact, null);
+
     /// <summary>Runs on the pod's host-side veth tc ingress: what the pod sends (its egress policy).</summary>
     public BpfProgram FromPod { get; }
 

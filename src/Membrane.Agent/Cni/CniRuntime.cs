@@ -126,15 +126,8 @@ public sealed class CniRuntime(AgentOptions options, CniAttachments attachments)
         {
             RemoveOwn(record.HostInterface); // the peer, its addresses and the routes go with it
         }
-        else if (IfIndex(record.HostInterface) == record.IfIndex)
-        {
-            // Chained: the interface is the earlier plugin's to remove; only the programs are ours.
-            NetworkNamespace.Run(HostNamespace, () =>
-            {
-                TcAttachment.Detach(record.IfIndex, TcDirection.Ingress);
-                TcAttachment.Detach(record.IfIndex, TcDirection.Egress);
-            });
-        }
+        // Chained: the interface is the earlier plugin's to remove; only the programs were ours (the endpoint manager
+        // detached them).
     }
 
     /// <summary>Host ends this agent made for containers that are none of <paramref name="keep"/> (left by a crash).</summary>
@@ -174,8 +167,8 @@ public sealed class CniRuntime(AgentOptions options, CniAttachments attachments)
     }
 
     /// <summary>True when the programs are attached in both directions on the host end.</summary>
-    public static bool ProgramsAttached(int ifIndex) => NetworkNamespace.Run(HostNamespace, () =>
-        TcAttachment.Query(ifIndex, TcDirection.Ingress) is not null && TcAttachment.Query(ifIndex, TcDirection.Egress) is not null);
+    public static bool ProgramsAttached(DeviceHooks hooks, int ifIndex) => NetworkNamespace.Run(HostNamespace, () =>
+        hooks.Query(ifIndex, TcDirection.Ingress) is not null && hooks.Query(ifIndex, TcDirection.Egress) is not null);
 
     private bool IsOwn(string device)
     {

@@ -66,6 +66,7 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         {
             datapath.Endpoints.Remove(ifIndex);
         }
+        datapath.Hooks.PruneDefunctLinks(); // links of devices removed while the agent was away
     }
 
     /// <summary>
@@ -93,6 +94,13 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         if (_records.Remove(key, out var record))
         {
             runtime.Delete(key, record);
+            // The interface first, so the pod is never unfiltered; then the programs (a chained CNI interface stays, and
+            // a tcx link's pin would outlive its device).
+            NetworkNamespace.Run(runtime.NodeNamespace, () =>
+            {
+                datapath.Hooks.Detach(record.IfIndex, TcDirection.Ingress);
+                datapath.Hooks.Detach(record.IfIndex, TcDirection.Egress);
+            });
             _attached.Remove(record.IfIndex);
             policyMap.Remove((uint)record.IfIndex);
             datapath.Endpoints.Remove((uint)record.IfIndex);
@@ -127,8 +135,8 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         {
             foreach (var record in pending)
             {
-                TcAttachment.Attach(record.IfIndex, TcDirection.Ingress, datapath.FromPod);
-                TcAttachment.Attach(record.IfIndex, TcDirection.Egress, datapath.ToPod);
+                datapath.Hooks.Attach(record.IfIndex, TcDirection.Ingress, datapath.FromPod);
+                datapath.Hooks.Attach(record.IfIndex, TcDirection.Egress, datapath.ToPod);
             }
         });
         _attached.UnionWith(pending.Select(r => r.IfIndex));

@@ -108,10 +108,17 @@ public static class AgentCommandLine
             DefaultValueFactory = _ => "medium",
         };
         aggregation.AcceptOnlyFromAmong("none", "medium");
+        var attach = new Option<string>("--attach")
+        {
+            Description = "How programs attach to pods' devices: 'tcx' (pinned BPF links, kernel 6.6+), 'clsact' (tc filters), or " +
+                "'auto' (tcx where the kernel has it)",
+            DefaultValueFactory = _ => "auto",
+        };
+        attach.AcceptOnlyFromAmong("auto", "tcx", "clsact");
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
-                routing, metrics, flowRing, audit, aggregation,
+                routing, metrics, flowRing, audit, aggregation, attach,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -212,6 +219,12 @@ public static class AgentCommandLine
                 FlowRingSize = parse.GetValue(flowRing),
                 PolicyAuditMode = parse.GetValue(audit),
                 FlowsEveryPacket = parse.GetValue(aggregation) == "none",
+                AttachMode = parse.GetValue(attach) switch
+                {
+                    "tcx" => Datapath.Ebpf.AttachMode.Tcx,
+                    "clsact" => Datapath.Ebpf.AttachMode.Clsact,
+                    _ => null,
+                },
             };
             var metricsAddress = parse.GetValue(metrics)!;
             if (metricsAddress == "off")

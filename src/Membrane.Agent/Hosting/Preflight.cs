@@ -28,7 +28,15 @@ public static partial class Preflight
         StateStore.EnsurePrivateDirectory(options.StateDirectory);
         try
         {
-            return PolicyDatapath.Load(new LoadOptions { PinDirectory = options.PinDirectory });
+            var mode = options.AttachMode ?? DeviceHooks.Probe();
+            if (mode == AttachMode.Tcx && !TcxLinks.Supported())
+            {
+                throw new InvalidOperationException($"--attach tcx: this kernel ({Environment.OSVersion.Version}) has no tcx links " +
+                    "(6.6+); use --attach clsact or auto");
+            }
+            var datapath = PolicyDatapath.Load(new LoadOptions { PinDirectory = options.PinDirectory });
+            datapath.Hooks = new DeviceHooks(mode, Path.Combine(options.PinDirectory, "links"));
+            return datapath;
         }
         catch (BpfException e)
         {

@@ -66,7 +66,8 @@ public sealed class AgentQueries(
         return new StatusResponse(typeof(AgentQueries).Assembly.GetName().Version?.ToString() ?? "0", p.Revision,
             File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), p.Endpoints, p.Identities, p.Policies, p.Namespaces,
             options.StateDirectory, options.PinDirectory, NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps,
-            Cluster?.Invoke(p.Revision), datapath.AuditMode);
+            Cluster?.Invoke(p.Revision), datapath.AuditMode, datapath.Hooks.Mode == AttachMode.Tcx
+                ? $"tcx links pinned in {datapath.Hooks.LinkPinDirectory}" : "clsact (tc filters)");
     }
 
     private List<MapFillOutput> MapFill()

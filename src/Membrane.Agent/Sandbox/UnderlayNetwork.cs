@@ -87,8 +87,8 @@ public sealed class UnderlayNetwork(AgentOptions options)
             var tunnel = IfIndex(_node, TunnelDevice)!.Value;
             NetworkNamespace.Run(_node, () =>
             {
-                TcAttachment.Attach(tunnel, TcDirection.Egress, datapath.ToTunnel);
-                TcAttachment.Attach(tunnel, TcDirection.Ingress, datapath.FromTunnel);
+                datapath.Hooks.Attach(tunnel, TcDirection.Egress, datapath.ToTunnel);
+                datapath.Hooks.Attach(tunnel, TcDirection.Ingress, datapath.FromTunnel);
             });
         }
     }

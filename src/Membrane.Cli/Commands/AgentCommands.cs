@@ -39,6 +39,10 @@ public static class AgentCommands
                 "policy)" : "")}");
             output.Out.WriteLine($"Datapath:    maps pinned in {s.PinDirectory}; node namespace {s.NodeNamespace}; last regeneration " +
                 $"{s.LastRegenerationMilliseconds} ms");
+            if (s.Attachment is { } attachment)
+            {
+                output.Out.WriteLine($"Attachment:  {attachment}");
+            }
             output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
             if (s.Cluster is { } cluster)
             {

@@ -146,12 +146,15 @@ public static class BpfCommands
             }
             var kernel = File.Exists("/proc/sys/kernel/osrelease") ? File.ReadAllText("/proc/sys/kernel/osrelease").Trim() : "unknown";
             var total = rows.Sum(r => r.ProcessedInstructions);
+            var attachment = DeviceHooks.Describe(DeviceHooks.Probe());
             if (parse.GetValue(format) == "json")
             {
-                output.Out.WriteLine(Json.Write(new VerifyOutput(kernel, rows, total, VerifierLimit), CliJsonContext.Default.VerifyOutput));
+                output.Out.WriteLine(Json.Write(new VerifyOutput(kernel, rows, total, VerifierLimit, attachment),
+                    CliJsonContext.Default.VerifyOutput));
                 return CliApp.Success;
             }
-            output.Out.WriteLine($"kernel {kernel}; verifier limit {VerifierLimit:N0} processed instructions per program");
+            output.Out.WriteLine($"kernel {kernel}; verifier limit {VerifierLimit:N0} processed instructions per program; programs " +
+                $"attach with {(attachment == "tcx" ? "tcx links (the kernel has them)" : "clsact filters (no tcx links: kernel < 6.6)")}");
             output.Out.WriteLine($"{"OBJECT",-12} {"PROGRAM",-10} {"PROCESSED",10} {"% LIMIT",8} {"INSNS",7} {"PEAK STATES",12} " +
                 $"{"LOAD ms",8}");
             foreach (var r in rows)

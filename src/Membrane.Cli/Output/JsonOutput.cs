@@ -16,7 +16,8 @@ public sealed record ErrorOutput(string File, [property: JsonPropertyName("objec
 public sealed record VerifyProgramOutput([property: JsonPropertyName("object")] string ObjectFile, string Program,
     int ProcessedInstructions, int Instructions, int PeakStates, double LoadMilliseconds);
 
-public sealed record VerifyOutput(string Kernel, IReadOnlyList<VerifyProgramOutput> Programs, int TotalProcessedInstructions, int Limit);
+public sealed record VerifyOutput(string Kernel, IReadOnlyList<VerifyProgramOutput> Programs, int TotalProcessedInstructions, int Limit,
+    string? Attachment = null);
 
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
     DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]

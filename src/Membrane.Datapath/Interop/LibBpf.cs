@@ -98,6 +98,25 @@ internal static unsafe partial class LibBpf
     [LibraryImport(Library, EntryPoint = "bpf_tc_query")]
     public static partial int TcQuery(TcHook* hook, TcOptions* options);
 
+    [LibraryImport(Library, EntryPoint = "bpf_link_create")]
+    public static partial int LinkCreate(int programFd, int target, uint attachType, void* options);
+
+    [LibraryImport(Library, EntryPoint = "bpf_link_update")]
+    public static partial int LinkUpdate(int linkFd, int newProgramFd, void* options);
+
+    [LibraryImport(Library, EntryPoint = "bpf_link_detach")]
+    public static partial int LinkDetach(int linkFd);
+
+    [LibraryImport(Library, EntryPoint = "bpf_obj_pin", StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int ObjPin(int fd, string path);
+
+    [LibraryImport(Library, EntryPoint = "bpf_prog_query")]
+    public static partial int ProgramQuery(int target, uint attachType, uint queryFlags, uint* attachFlags, uint* programIds,
+        uint* programCount);
+
+    [LibraryImport("libc", EntryPoint = "close")]
+    public static partial int Close(int fd);
+
     [LibraryImport(Library, EntryPoint = "ring_buffer__new")]
     public static partial nint RingBufferNew(int mapFd, delegate* unmanaged[Cdecl]<nint, nint, nuint, int> callback, nint context,
         nint options);
