@@ -59,7 +59,8 @@ public sealed partial class AgentService
         foreach (var (name, value) in settings ?? new Dictionary<string, string>())
         {
             var known = EndpointSettings.Keys.FirstOrDefault(k => string.Equals(k, name, StringComparison.OrdinalIgnoreCase))
-                ?? throw new AgentInputException($"unknown endpoint setting \"{name}\" (known: {string.Join(", ", EndpointSettings.Keys)})");
+                ?? throw new AgentInputException(
+                    $"unknown endpoint setting \"{name}\" (known: {string.Join(", ", EndpointSettings.Keys)})");
             var accepted = EndpointSettings[known];
             var match = accepted.FirstOrDefault(v => string.Equals(v, value, StringComparison.OrdinalIgnoreCase))
                 ?? throw new AgentInputException($"{known}: \"{value}\" is not one of {string.Join(", ", accepted)}");

@@ -62,7 +62,8 @@ public sealed class InstallTests : IDisposable
         Assert.Equal(1, Run("bash", [Path.Combine(Root, "scripts", "install.sh"), "--prefix", InstallPrefix]).Code); // not twice
 
         // Self-contained: the installed CLI runs without dotnet on PATH, and finds its agent beside it.
-        var version = Run(Membrane, ["version"], environment: new Dictionary<string, string> { ["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin" });
+        var version = Run(Membrane, ["version"],
+            environment: new Dictionary<string, string> { ["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin" });
         Assert.True(version.Code == 0, version.Err);
         Assert.Matches(@"^membrane \d+\.\d+\.\d+ \(commit ", version.Out);
         var unit = Path.Combine(InstallPrefix, "lib", "systemd", "system", "membrane-agent.service");

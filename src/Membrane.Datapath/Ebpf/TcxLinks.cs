@@ -137,7 +137,9 @@ public sealed unsafe class TcxLinks(string pinDirectory)
         return fd >= 0 ? fd : null;
     }
 
-    /// <summary>struct bpf_link_info: type, id, prog_id, then (8-aligned) the tcx part: ifindex (0 once the device is gone), attach type.</summary>
+    /// <summary>
+    /// struct bpf_link_info: type, id, prog_id, then (8-aligned) the tcx part: ifindex (0 once the device is gone), attach type.
+    /// </summary>
     private static (int IfIndex, uint AttachType, uint ProgramId) Info(int link)
     {
         var info = stackalloc byte[128];

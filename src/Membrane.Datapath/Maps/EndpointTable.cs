@@ -37,7 +37,8 @@ public sealed unsafe class EndpointTable(BpfMap map)
 
     /// <summary>Whether the endpoint's entry has policy audit mode on.</summary>
     public bool IsAudited(uint ifIndex) =>
-        map.TryLookup<EndpointKey, EndpointValue>(new EndpointKey { IfIndex = ifIndex }, out var value) && (value.Flags & EndpointValue.Audit) != 0;
+        map.TryLookup<EndpointKey, EndpointValue>(new EndpointKey { IfIndex = ifIndex }, out var value)
+        && (value.Flags & EndpointValue.Audit) != 0;
 
     public bool Remove(uint ifIndex) => map.Delete(new EndpointKey { IfIndex = ifIndex });
 
