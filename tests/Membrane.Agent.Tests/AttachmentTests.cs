@@ -1,0 +1,110 @@
+using System.Net;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Membrane.Agent.Sandbox;
+using Membrane.Api;
+
+namespace Membrane.Agent.Tests;
+
+/// <summary>
+/// How programs hang on pods' devices: pinned tcx links on this kernel (6.18). Enforcement outlives the agent (kill -9:
+/// a denied ping stays denied), a restarted agent keeps the same links and swaps their programs, switching to clsact
+/// and back hands each device over with no moment unfiltered, and a deleted pod's links go with it.
+/// </summary>
+[Collection(SandboxGroup.Name)]
+public sealed partial class AttachmentTests
+{
+    private static readonly string Links = Path.Combine(SandboxFixture.PinDirectory, "links");
+    private readonly SandboxFixture _s;
+
+    public AttachmentTests(SandboxFixture sandbox)
+    {
+        _s = sandbox;
+        _s.Reset();
+    }
+
+    /// <summary>Link id and program id of a pinned link, as bpftool shows it ("92: type 11  prog 16771").</summary>
+    private static (int Link, int Program) Link(string pin)
+    {
+        var shown = Ip.Exec("bpftool", ["link", "show", "pinned", pin], null);
+        var match = LinkLine().Match(shown);
+        Assert.True(match.Success, $"bpftool link show pinned {pin}: {shown}");
+        return (int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture),
+            int.Parse(match.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    [GeneratedRegex(@"^(\d+):.*\bprog (\d+)", RegexOptions.Multiline)]
+    private static partial Regex LinkLine();
+
+    private static string Pin(EndpointOutput endpoint, string direction) => Path.Combine(Links, $"if{endpoint.Id}-{direction}");
+
+    private string NodeFilters(EndpointOutput endpoint, string direction)
+    {
+        var status = JsonSerializer.Deserialize(_s.CliOk("status", "-o", "json").Out, AgentJsonContext.Default.StatusResponse)!;
+        return Ip.Exec("ip", ["netns", "exec", status.NodeNamespace, "tc", "filter", "show", "dev", endpoint.Interface, direction], null);
+    }
+
+    [Fact]
+    public void PinnedTcxLinksKeepEnforcingWithoutTheAgentAndAreAdoptedOnRestart()
+    {
+        Assert.Equal(0, _s.Apply(SandboxFixture.Cnp("server-l4", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+            """), "import").Code);
+        EndpointOutput client = _s.Endpoint("e2e-a/client"), server = _s.Endpoint("e2e-a/server");
+        var target = IPAddress.Parse(server.IPv4!);
+        Assert.Contains("tcx links pinned in", _s.CliOk("status").Out, StringComparison.Ordinal);
+        var before = Link(Pin(server, "egress"));
+        Assert.Equal("", NodeFilters(server, "egress").Trim()); // no clsact filter beside the link
+
+        _s.KillAgent();
+        try
+        {
+            // No agent: the pinned links still run the programs. The hostile ping stays dropped, TCP 80 still connects.
+            Assert.False(PodTraffic.Echo(client.Netns, target, 0x6101), "a denied ping passed while the agent was down");
+            using var connection = PodTraffic.Connect(client.Netns, target, 80);
+            Assert.True(PodTraffic.RoundTrip(connection, "agent down"u8));
+        }
+        finally
+        {
+            _s.StartAgent();
+        }
+        var after = Link(Pin(server, "egress"));
+        Assert.Equal(before.Link, after.Link); // the same link, adopted
+        Assert.NotEqual(before.Program, after.Program); // with the restarted agent's program in it
+        Assert.False(PodTraffic.Echo(client.Netns, target, 0x6102));
+    }
+
+    [Fact]
+    public void SwitchingToClsactAndBackHandsEachDeviceOver()
+    {
+        Assert.Equal(0, _s.Apply(SandboxFixture.Cnp("server-l4", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+            """), "import").Code);
+        EndpointOutput client = _s.Endpoint("e2e-a/client"), server = _s.Endpoint("e2e-a/server");
+        var target = IPAddress.Parse(server.IPv4!);
+        _s.KillAgent();
+        try
+        {
+            _s.StartAgent("--attach", "clsact");
+            Assert.Contains("clsact", _s.CliOk("status").Out, StringComparison.Ordinal);
+            Assert.Contains("to_pod", NodeFilters(server, "egress"), StringComparison.Ordinal);
+            Assert.False(File.Exists(Pin(server, "egress")), "the tcx link stayed beside the clsact filter");
+            Assert.False(PodTraffic.Echo(client.Netns, target, 0x6201));
+        }
+        finally
+        {
+            _s.KillAgent();
+            _s.StartAgent();
+        }
+        Assert.True(File.Exists(Pin(server, "egress")));
+        Assert.DoesNotContain("to_pod", NodeFilters(server, "egress"), StringComparison.Ordinal);
+        Assert.False(PodTraffic.Echo(client.Netns, target, 0x6202));
+
+        // A pod's links go with it.
+        var pins = Directory.GetFiles(Links).Length;
+        Assert.Equal(0, _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: e2e-b}\n", "delete").Code);
+        Assert.Equal(pins - 2, Directory.GetFiles(Links).Length);
+    }
+}
