@@ -117,32 +117,104 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         return text.ToString();
     }
 
-    public async Task<IReadOnlyList<ThroughputResult>> ThroughputAsync(int pings, int repeats)
+    /// <summary>
+    /// Interleaved rounds: each round measures every variant back to back (no hook first), and a variant's ratio is the
+    /// median over rounds of its ratio to the same round's no-hook figure, so drift of the machine between rounds cancels.
+    /// Variants: no hook; the empty program on the same four hooks (tcx, then clsact): the hook's own cost; Membrane with
+    /// 10, 1,000 and 5,000 rules on tcx links, and with 5,000 on clsact; nftables with the same rules, linear.
+    /// </summary>
+    public async Task<IReadOnlyList<ThroughputResult>> ThroughputAsync(int pings, int rounds)
     {
         var a = Pod("bench/a");
         var b = Pod("bench/b");
         var node = _agent.Options.NodeNamespace;
-        var results = new List<(string Name, List<double> Ping, List<double> Tcp)>();
-        async Task Measure(string name)
+        var datapath = _agent.Datapath;
+        using var floor = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "floor.o"));
+        var empty = floor.Program("pass_all");
+        var tcx = new DeviceHooks(AttachMode.Tcx, Path.Combine(_agent.Options.PinDirectory, "bench-links"));
+        var clsact = new DeviceHooks(AttachMode.Clsact, Path.Combine(_agent.Options.PinDirectory, "bench-links"));
+        void Hook(DeviceHooks? hooks, BpfProgram? ingress, BpfProgram? egress) => NetworkNamespace.Run(node, () =>
         {
-            var ping = new List<double>();
-            var tcp = new List<double>();
-            for (var i = 0; i < repeats; i++)
+            foreach (var pod in new[] { a, b })
             {
-                ping.Add(PingFlood(a.Netns, b.Address, pings));
-                tcp.Add(Iperf(a.Netns, b.Address, seconds: 2));
+                datapath.Hooks.Detach(pod.IfIndex, TcDirection.Ingress);
+                datapath.Hooks.Detach(pod.IfIndex, TcDirection.Egress);
+                tcx.Detach(pod.IfIndex, TcDirection.Ingress);
+                tcx.Detach(pod.IfIndex, TcDirection.Egress);
+                if (hooks?.Mode != AttachMode.Clsact)
+                {
+                    try
+                    {
+                        // No clsact qdisc either: an empty one still costs its hook.
+                        Ip.Exec("ip", ["netns", "exec", node, "tc", "qdisc", "del", "dev", pod.Interface, "clsact"], null);
+                    }
+                    catch (InvalidOperationException)
+                    {
+                    }
+                }
+                if (hooks is not null)
+                {
+                    hooks.Attach(pod.IfIndex, TcDirection.Ingress, ingress!);
+                    hooks.Attach(pod.IfIndex, TcDirection.Egress, egress!);
+                }
             }
-            var existing = results.FindIndex(r => r.Name == name);
-            if (existing >= 0)
+        });
+        async Task Policy(int rules)
+        {
+            if (rules == 0)
             {
-                results[existing].Ping.AddRange(ping);
-                results[existing].Tcp.AddRange(tcp);
+                await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
             }
             else
             {
-                results.Add((name, ping, tcp));
+                await _agent.ApplyAsync(new ManifestRequest(MembranePolicy(rules), "bench-policy.yaml"), policiesOnly: true)
+                    .ConfigureAwait(false);
             }
-            Console.Error.WriteLine($"  {name}: {Median(ping):F0} pings/s, {Median(tcp):F0} MB/s");
+        }
+        void Nftables(int rules)
+        {
+            try
+            {
+                Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
+            }
+            catch (InvalidOperationException)
+            {
+            }
+            if (rules > 0)
+            {
+                var file = Path.Combine(Path.GetTempPath(), "mbbench.nft");
+                File.WriteAllText(file, NftablesRules(rules, b.Address));
+                Ip.Exec("ip", ["netns", "exec", node, "nft", "-f", file], null);
+                File.Delete(file); // loaded: the benchmark leaves nothing in /tmp
+            }
+        }
+        var variants = new List<(string Name, Func<Task> Setup)>
+        {
+            ("no hook (no eBPF, no nftables)", () => { Hook(null, null, null); return Task.CompletedTask; }),
+            ("empty program, tcx", () => { Hook(tcx, empty, empty); return Task.CompletedTask; }),
+            ("empty program, clsact", () => { Hook(clsact, empty, empty); return Task.CompletedTask; }),
+        };
+        foreach (var rules in new[] { 10, 1000, 5000 })
+        {
+            variants.Add(($"Membrane, {rules:N0} rules, tcx", async () =>
+            {
+                Hook(tcx, datapath.FromPod, datapath.ToPod);
+                await Policy(rules).ConfigureAwait(false);
+            }));
+        }
+        variants.Add(("Membrane, 5,000 rules, clsact", async () =>
+        {
+            Hook(clsact, datapath.FromPod, datapath.ToPod);
+            await Policy(5000).ConfigureAwait(false);
+        }));
+        foreach (var rules in new[] { 10, 1000, 5000 })
+        {
+            variants.Add(($"nftables, {rules:N0} linear rules", () =>
+            {
+                Hook(null, null, null);
+                Nftables(rules);
+                return Task.CompletedTask;
+            }));
         }
 
         // An iperf3 server in pod b for the TCP measurements (standard tool, no JIT warming up underneath).
@@ -152,80 +224,44 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         Thread.Sleep(300);
         PingFlood(a.Netns, b.Address, pings);
         Iperf(a.Netns, b.Address, seconds: 1);
+        var ping = variants.ToDictionary(v => v.Name, _ => new List<double>());
+        var tcp = variants.ToDictionary(v => v.Name, _ => new List<double>());
         try
         {
-
-            // Baseline: the same veths with no program attached and no rules.
-            NetworkNamespace.Run(node, () =>
+            for (var round = 0; round < rounds; round++)
             {
-                foreach (var pod in new[] { a, b })
+                foreach (var (name, setup) in variants)
                 {
-                    TcAttachment.Detach(pod.IfIndex, TcDirection.Ingress);
-                    TcAttachment.Detach(pod.IfIndex, TcDirection.Egress);
+                    await setup().ConfigureAwait(false);
+                    ping[name].Add(PingFlood(a.Netns, b.Address, pings));
+                    tcp[name].Add(Iperf(a.Netns, b.Address, seconds: 1));
+                    if (!name.StartsWith("nftables", StringComparison.Ordinal))
+                    {
+                        continue;
+                    }
+                    Nftables(0);
                 }
-            });
-            await Measure("no policy (no eBPF, no nftables)").ConfigureAwait(false);
-            NetworkNamespace.Run(node, () =>
-            {
-                foreach (var pod in new[] { a, b })
-                {
-                    TcAttachment.Attach(pod.IfIndex, TcDirection.Ingress, _agent.Datapath.FromPod);
-                    TcAttachment.Attach(pod.IfIndex, TcDirection.Egress, _agent.Datapath.ToPod);
-                }
-            });
-            foreach (var rules in new[] { 10, 1000, 5000 })
-            {
-                await _agent.ApplyAsync(new ManifestRequest(MembranePolicy(rules), "bench-policy.yaml"), policiesOnly: true)
-                    .ConfigureAwait(false);
-                await Measure($"Membrane, {rules:N0} rules").ConfigureAwait(false);
+                Console.Error.WriteLine($"  round {round + 1}/{rounds}: " + string.Join(", ", variants.Skip(1).Select(v =>
+                    $"{v.Name} {ping[v.Name][round] / ping[variants[0].Name][round]:F2}")));
             }
-            await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
-            NetworkNamespace.Run(node, () =>
-            {
-                foreach (var pod in new[] { a, b })
-                {
-                    TcAttachment.Detach(pod.IfIndex, TcDirection.Ingress);
-                    TcAttachment.Detach(pod.IfIndex, TcDirection.Egress);
-                }
-            });
-            foreach (var rules in new[] { 10, 1000, 5000 })
-            {
-                var file = Path.Combine(Path.GetTempPath(), "mbbench.nft");
-                await File.WriteAllTextAsync(file, NftablesRules(rules, b.Address)).ConfigureAwait(false);
-                try
-                {
-                    Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
-                }
-                catch (InvalidOperationException)
-                {
-                }
-                Ip.Exec("ip", ["netns", "exec", node, "nft", "-f", file], null);
-                File.Delete(file); // loaded: the benchmark leaves nothing in /tmp
-                await Measure($"nftables, {rules:N0} linear rules").ConfigureAwait(false);
-            }
-            Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
-            // The baseline again at the end: machine drift during the run shows as spread, not as a false ratio.
-            await Measure(results[0].Name).ConfigureAwait(false);
-            NetworkNamespace.Run(node, () =>
-            {
-                foreach (var pod in new[] { a, b })
-                {
-                    TcAttachment.Attach(pod.IfIndex, TcDirection.Ingress, _agent.Datapath.FromPod);
-                    TcAttachment.Attach(pod.IfIndex, TcDirection.Egress, _agent.Datapath.ToPod);
-                }
-            });
         }
         finally
         {
             iperfServer.Kill();
+            Nftables(0);
+            await Policy(0).ConfigureAwait(false);
+            Hook(datapath.Hooks, datapath.FromPod, datapath.ToPod);
         }
-        var basePing = Median(results[0].Ping);
-        var baseTcp = Median(results[0].Tcp);
-        // Spread: how far the baseline's own runs lie from their median, as a fraction — the noise floor of the ratios.
-        var pingSpread = results[0].Ping.Max(v => Math.Abs(v - basePing)) / basePing;
-        var tcpSpread = results[0].Tcp.Max(v => Math.Abs(v - baseTcp)) / baseTcp;
-        return results.Select(r => new ThroughputResult(r.Name, Median(r.Ping), Median(r.Ping) / basePing, Median(r.Tcp),
-            Median(r.Tcp) / baseTcp, pingSpread, tcpSpread)).ToList();
+        var baseline = variants[0].Name;
+        ThroughputResult Result(string name)
+        {
+            var pingRatios = ping[name].Zip(ping[baseline], (v, b) => v / b).ToList();
+            var tcpRatios = tcp[name].Zip(tcp[baseline], (v, b) => v / b).ToList();
+            // Spread: half the range of the same-round ratios — how far apart the rounds' answers lie.
+            return new ThroughputResult(name, Median(ping[name]), Median(pingRatios), Median(tcp[name]), Median(tcpRatios),
+                (pingRatios.Max() - pingRatios.Min()) / 2, (tcpRatios.Max() - tcpRatios.Min()) / 2);
+        }
+        return variants.Select(v => Result(v.Name)).ToList();
     }
 
     [GeneratedRegex(@"(\d+) received.*time (\d+)ms")]
