@@ -200,13 +200,15 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
             {
                 Hook(tcx, datapath.FromPod, datapath.ToPod);
                 await Policy(rules).ConfigureAwait(false);
-            }));
+            }
+            ));
         }
         variants.Add(("Membrane, 5,000 rules, clsact", async () =>
         {
             Hook(clsact, datapath.FromPod, datapath.ToPod);
             await Policy(5000).ConfigureAwait(false);
-        }));
+        }
+        ));
         foreach (var rules in new[] { 10, 1000, 5000 })
         {
             variants.Add(($"nftables, {rules:N0} linear rules", () =>
@@ -214,7 +216,8 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
                 Hook(null, null, null);
                 Nftables(rules);
                 return Task.CompletedTask;
-            }));
+            }
+            ));
         }
 
         // An iperf3 server in pod b for the TCP measurements (standard tool, no JIT warming up underneath).
