@@ -107,4 +107,49 @@ public sealed partial class AttachmentTests
         Assert.Equal(0, _s.Apply("apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: e2e-b}\n", "delete").Code);
         Assert.Equal(pins - 2, Directory.GetFiles(Links).Length);
     }
+
+    [Fact]
+    public void DeviceHooksOnAVethOfTheirOwn()
+    {
+        const string ns = "mbe2e-hooks";
+        var links = $"/sys/fs/bpf/{ns}-links";
+        Ip.Exec("ip", ["netns", "add", ns], null);
+        using var datapath = Datapath.PolicyDatapath.Load();
+        try
+        {
+            Ip.Exec("ip", ["-n", ns, "link", "add", "hk0", "type", "veth", "peer", "name", "hk1"], null);
+            NetworkNamespace.Run(ns, () =>
+            {
+                var ifIndex = (int)System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces().Single(i => i.Name == "hk0")
+                    .GetIPProperties().GetIPv4Properties().Index;
+                // clsact with no link directory at all: attaching and detaching never trips over missing pins.
+                var clsact = new Datapath.Ebpf.DeviceHooks(Datapath.Ebpf.AttachMode.Clsact, links);
+                clsact.Attach(ifIndex, Datapath.Ebpf.TcDirection.Ingress, datapath.FromPod);
+                Assert.Equal(datapath.FromPod.Id, clsact.Query(ifIndex, Datapath.Ebpf.TcDirection.Ingress));
+                clsact.Detach(ifIndex, Datapath.Ebpf.TcDirection.Ingress);
+                Assert.Null(clsact.Query(ifIndex, Datapath.Ebpf.TcDirection.Ingress));
+                Assert.False(Directory.Exists(links));
+
+                var tcx = new Datapath.Ebpf.DeviceHooks(Datapath.Ebpf.AttachMode.Tcx, links);
+                tcx.Attach(ifIndex, Datapath.Ebpf.TcDirection.Ingress, datapath.FromPod);
+                Assert.Equal(datapath.FromPod.Id, tcx.Query(ifIndex, Datapath.Ebpf.TcDirection.Ingress));
+                tcx.Attach(ifIndex, Datapath.Ebpf.TcDirection.Ingress, datapath.ToPod); // swapped in place
+                Assert.Equal(datapath.ToPod.Id, tcx.Query(ifIndex, Datapath.Ebpf.TcDirection.Ingress));
+                Assert.Single(Directory.GetFiles(links));
+                Assert.Equal(0, tcx.PruneDefunctLinks()); // the device is there
+                Ip.Exec("ip", ["-n", ns, "link", "del", "hk0"], null);
+                Assert.Null(tcx.Query(ifIndex, Datapath.Ebpf.TcDirection.Ingress));
+                Assert.Equal(1, tcx.PruneDefunctLinks());
+                Assert.Empty(Directory.GetFiles(links));
+            });
+        }
+        finally
+        {
+            Ip.Exec("ip", ["netns", "del", ns], null);
+            if (Directory.Exists(links))
+            {
+                Directory.Delete(links, recursive: true);
+            }
+        }
+    }
 }

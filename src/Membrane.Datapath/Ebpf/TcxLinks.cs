@@ -79,7 +79,10 @@ public sealed unsafe class TcxLinks(string pinDirectory)
             _ = LibBpf.LinkDetach(link); // fails only when the device is already gone, which detached it
             _ = LibBpf.Close(link);
         }
-        File.Delete(pin);
+        if (File.Exists(pin))
+        {
+            File.Delete(pin);
+        }
     }
 
     /// <summary>The id of the program on the device's pinned link, or null (no pin, or the device is gone).</summary>
