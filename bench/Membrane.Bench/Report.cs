@@ -100,10 +100,14 @@ public static class Report
         }
         var denied = r.Datapath.First(d => d.Scenario.StartsWith("new ICMP echo, denied", StringComparison.Ordinal));
         Line();
-        Line($"Goals: established ≤ 3× floor — {Goal(established.Ratio <= 3, $"{established.Ratio:F2}×")}; new denied ≤ 5× — " +
-            $"{Goal(denied.Ratio <= 5, $"{denied.Ratio:F2}×")}.");
-        Line("The established path pays parsing and one conntrack hash lookup (a 20-byte key for IPv4); new flows add an ipcache and " +
-            "two policy LPM lookups.");
+        var ipv6 = r.Datapath.First(d => d.Scenario.StartsWith("established ICMPv6", StringComparison.Ordinal));
+        var allowed = r.Datapath.First(d => d.Scenario.StartsWith("new ICMP echo, allowed", StringComparison.Ordinal));
+        Line($"Goals (issue 14): established ≤ 2.5× floor — {Goal(established.Ratio <= 2.5, $"{established.Ratio:F2}×")}; new allowed " +
+            $"≤ 4× — {Goal(allowed.Ratio <= 4, $"{allowed.Ratio:F2}×")}; IPv6 behind extension headers ≤ 3.5× — " +
+            $"{Goal(ipv6.Ratio <= 3.5, $"{ipv6.Ratio:F2}×")}; new denied ≤ 5× — {Goal(denied.Ratio <= 5, $"{denied.Ratio:F2}×")}.");
+        Line("The established path pays parsing, one conntrack hash lookup (a 20-byte key for IPv4) and the forwarded-packet " +
+            "counter; new flows add the source check, an ipcache and two policy LPM lookups and, when allowed, the conntrack " +
+            "insert into an LRU hash. What bounds the three missed goals is in [datapath](datapath.md#cost-per-packet).");
         Line();
         Line("## 2. Throughput between pods");
         Line();
@@ -148,7 +152,7 @@ public static class Report
         }
         Line($"| total | {r.Verifier.Sum(v => v.ProcessedInstructions):N0} | | | |");
         Line();
-        Line($"Goals: largest ≤ 15,000 — {Goal(largest <= 15_000, $"{largest:N0}")}; all ≤ 50,000 — " +
+        Line($"Goals: largest ≤ 10,000 (issue 14) — {Goal(largest <= 10_000, $"{largest:N0}")}; all ≤ 50,000 — " +
             $"{Goal(r.Verifier.Sum(v => v.ProcessedInstructions) <= 50_000, "")}. Every feature is compiled in.");
         Line();
         Line("## 4. Control plane");
