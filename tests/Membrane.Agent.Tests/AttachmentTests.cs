@@ -44,15 +44,21 @@ public sealed partial class AttachmentTests
         return Ip.Exec("ip", ["netns", "exec", status.NodeNamespace, "tc", "filter", "show", "dev", endpoint.Interface, direction], null);
     }
 
-    [Fact]
-    public void PinnedTcxLinksKeepEnforcingWithoutTheAgentAndAreAdoptedOnRestart()
+    /// <summary>Only TCP 80 from the client into the server: ping is what policy drops.</summary>
+    private (EndpointOutput Client, EndpointOutput Server, IPAddress Target) ServerTakesTcp80Only()
     {
         Assert.Equal(0, _s.Apply(SandboxFixture.Cnp("server-l4", """
             endpointSelector: {matchLabels: {app: server}}
             ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
             """), "import").Code);
-        EndpointOutput client = _s.Endpoint("e2e-a/client"), server = _s.Endpoint("e2e-a/server");
-        var target = IPAddress.Parse(server.IPv4!);
+        var server = _s.Endpoint("e2e-a/server");
+        return (_s.Endpoint("e2e-a/client"), server, IPAddress.Parse(server.IPv4!));
+    }
+
+    [Fact]
+    public void PinnedTcxLinksKeepEnforcingWithoutTheAgentAndAreAdoptedOnRestart()
+    {
+        var (client, server, target) = ServerTakesTcp80Only();
         Assert.Contains("tcx links pinned in", _s.CliOk("status").Out, StringComparison.Ordinal);
         var before = Link(Pin(server, "egress"));
         Assert.Equal("", NodeFilters(server, "egress").Trim()); // no clsact filter beside the link
@@ -78,12 +84,7 @@ public sealed partial class AttachmentTests
     [Fact]
     public void SwitchingToClsactAndBackHandsEachDeviceOver()
     {
-        Assert.Equal(0, _s.Apply(SandboxFixture.Cnp("server-l4", """
-            endpointSelector: {matchLabels: {app: server}}
-            ingress: [{fromEndpoints: [{matchLabels: {app: client}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
-            """), "import").Code);
-        EndpointOutput client = _s.Endpoint("e2e-a/client"), server = _s.Endpoint("e2e-a/server");
-        var target = IPAddress.Parse(server.IPv4!);
+        var (client, server, target) = ServerTakesTcp80Only();
         _s.KillAgent();
         try
         {

@@ -27,14 +27,6 @@ public sealed class AuditTests : IDisposable
     private void Audit(bool enabled) =>
         _h.Datapath.Endpoints.Set(DatapathHarness.TestIfIndex, _h.Engine.FindEndpoint("a/server")!.Addresses, enabled);
 
-    private List<DatapathEvent> Collect()
-    {
-        var events = new List<DatapathEvent>();
-        using var reader = new RingBufferReader(_h.Datapath.Events, record => events.Add(DatapathEvent.Read(record)));
-        reader.Poll(100);
-        return events;
-    }
-
     [Fact]
     public void EndpointAuditLetsPolicyDropsThroughCountsAndReportsThem()
     {
@@ -59,7 +51,7 @@ public sealed class AuditTests : IDisposable
         // The deny entry did not drop anything, so it counts nothing.
         Assert.DoesNotContain(_h.Datapath.PolicyMap.Entries(), e => e.Value.Deny == 1 && e.Value.Packets > 0);
 
-        var events = Collect();
+        var events = _h.Events();
         Assert.Equal(3, events.Count);
         Assert.All(events, e => Assert.Equal((byte)EventType.Audit, e.Type));
         Assert.Equal([(byte)DropReason.Policy, (byte)DropReason.PolicyDeny, (byte)DropReason.Policy], events.Select(e => e.Reason));

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
 using Membrane.Datapath.Sync;
 using Membrane.Policy.Resolution;
 
@@ -46,6 +47,15 @@ internal sealed class DatapathHarness : IDisposable
     public IPAddress V4(string pod) => Engine.FindEndpoint(pod)!.Address(AddressFamily.InterNetwork)!;
 
     public IPAddress V6(string pod) => Engine.FindEndpoint(pod)!.Address(AddressFamily.InterNetworkV6)!;
+
+    /// <summary>The events the programs put in the ring buffer since the last call.</summary>
+    public List<DatapathEvent> Events()
+    {
+        var events = new List<DatapathEvent>();
+        using var reader = new RingBufferReader(Datapath.Events, record => events.Add(DatapathEvent.Read(record)));
+        reader.Poll(100);
+        return events;
+    }
 
     /// <summary>True when the endpoint may send the frame (from_pod program).</summary>
     public bool Sends(byte[] frame) => Run(Datapath.FromPod, frame);

@@ -11,14 +11,6 @@ public sealed class EventTests : IDisposable
 
     public void Dispose() => _h.Dispose();
 
-    private List<DatapathEvent> Collect()
-    {
-        var events = new List<DatapathEvent>();
-        using var reader = new RingBufferReader(_h.Datapath.Events, record => events.Add(DatapathEvent.Read(record)));
-        reader.Poll(100);
-        return events;
-    }
-
     [Fact]
     public void DropEventNamesPeerIcmpTypeReasonAndRule()
     {
@@ -27,7 +19,7 @@ public sealed class EventTests : IDisposable
             "[cluster]}]"), "a/server");
         _h.Datapath.SetEvents(drops: true, verdicts: false);
         Assert.False(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Icmp, IcmpMessage(13, 0))));
-        var e = Assert.Single(Collect());
+        var e = Assert.Single(_h.Events());
         Assert.Equal((byte)EventType.Drop, e.Type);
         Assert.Equal((byte)DropReason.PolicyDeny, e.Reason);
         Assert.Equal(DatapathHarness.TestIfIndex, e.IfIndex);
@@ -44,11 +36,11 @@ public sealed class EventTests : IDisposable
     {
         _h.Use("", "a/server");
         Assert.True(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1000, 80))));
-        Assert.Empty(Collect());
+        Assert.Empty(_h.Events());
         _h.Datapath.SetEvents(drops: true, verdicts: true);
         Assert.True(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1001, 80))));
         Assert.True(_h.Receives(Frame(_h.V4("a/client"), _h.V4("a/server"), Tcp, TcpSegment(1001, 80, TcpAck))));
-        var e = Assert.Single(Collect());
+        var e = Assert.Single(_h.Events());
         Assert.Equal((byte)EventType.Verdict, e.Type);
         Assert.Equal(80, e.DestinationPort);
         Assert.Equal(1, e.MatchKind); // any: no policy enforces ingress
@@ -62,14 +54,14 @@ public sealed class EventTests : IDisposable
         _h.Datapath.SetEvents(drops: true, verdicts: true);
         Assert.True(_h.Receives(Frame(client, server, Tcp, TcpSegment(2000, 80))));
         Assert.True(_h.Sends(Frame(server, client, Tcp, TcpSegment(80, 2000, TcpSyn | TcpAck))));
-        Assert.Equal([(byte)EventType.Verdict], Collect().Select(e => e.Type)); // the reply is no new decision
+        Assert.Equal([(byte)EventType.Verdict], _h.Events().Select(e => e.Type)); // the reply is no new decision
 
         _h.Datapath.SetEvents(drops: true, verdicts: true, traces: true);
         Assert.True(_h.Sends(Frame(server, client, Tcp, TcpSegment(80, 2000, TcpAck, payload: 10))));
         Assert.True(_h.Receives(Frame(client, server, Tcp, TcpSegment(2000, 80, TcpAck))));
         var original = IPv4Packet(server, client, Tcp, TcpSegment(80, 2000, TcpAck));
         Assert.True(_h.Receives(Frame(client, server, Icmp, IcmpError(3, 4, original))), "path-MTU error about the connection");
-        var events = Collect();
+        var events = _h.Events();
         Assert.All(events, e => Assert.Equal((byte)EventType.Trace, e.Type));
         Assert.Equal([(TraceReason.Reply, 1), (TraceReason.Established, 0), (TraceReason.Related, 0)],
             events.Select(e => ((TraceReason)e.Reason, e.Direction)));
