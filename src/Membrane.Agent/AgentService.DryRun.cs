@@ -91,11 +91,8 @@ public sealed partial class AgentService
             {
                 continue;
             }
-            var cause = now.Entry is { DerivedFrom.Count: > 0 } entry ? string.Join("; ", entry.DerivedFrom) : now.Reason;
-            var connection = new DryRunConnection(old.Pod, direction == TrafficDirection.Ingress ? "ingress" : "egress",
-                IpProtocol.Name(tuple.Protocol).ToLowerInvariant(), source.ToString(), destination.ToString(), icmp ? null : port,
-                icmp ? port : null, then.Allowed ? "allowed" : "denied", now.Allowed ? "allowed" : "denied", cause);
-            (now.Allowed ? admitted : cut).Add(connection);
+            (now.Allowed ? admitted : cut).Add(Change(old.Pod, direction, tuple.Protocol, source, destination,
+                (icmp ? null : port, icmp ? port : null, null), now));
         }
         var (flowsCut, flowsAdmitted, flowsChecked) = JudgeFlows(before, after);
         return new DryRunResponse(cut, admitted, endpoints, checkedCount, flowsCut, flowsAdmitted, flowsChecked);
@@ -128,14 +125,26 @@ public sealed partial class AgentService
                 continue;
             }
             var icmp = IpProtocol.IsIcmp(protocol);
-            var cause = now.Entry is { DerivedFrom.Count: > 0 } entry ? string.Join("; ", entry.DerivedFrom) : now.Reason;
-            (now.Allowed ? admitted : cut).Add(new DryRunConnection(pod, direction == TrafficDirection.Ingress ? "ingress" : "egress",
-                IpProtocol.Name(protocol).ToLowerInvariant(), source.ToString(), destination.ToString(), icmp ? null : port,
-                icmp ? port >> 8 : null, then.Allowed ? "allowed" : "denied", now.Allowed ? "allowed" : "denied", cause,
-                icmp ? port & 0xff : null, alike.Count(), alike.Max(f => f.Time)));
+            (now.Allowed ? admitted : cut).Add(Change(pod, direction, protocol, source, destination,
+                (icmp ? null : port, icmp ? port >> 8 : null, icmp ? port & 0xff : null), now) with
+            {
+                Seen = alike.Count(),
+                LastSeen = alike.Max(f => f.Time),
+            });
         }
         return (cut, admitted, decisions.Count);
     }
+
+    /// <summary>
+    /// A connection or flow whose verdict the change flips to <paramref name="now"/>, with the rules of the deciding entry
+    /// (or why nothing matches) as the cause.
+    /// </summary>
+    private static DryRunConnection Change(string pod, TrafficDirection direction, byte protocol, System.Net.IPAddress source,
+        System.Net.IPAddress destination, (int? Port, int? IcmpType, int? IcmpCode) l4, LookupResult now) =>
+        new(pod, direction == TrafficDirection.Ingress ? "ingress" : "egress", IpProtocol.Name(protocol).ToLowerInvariant(),
+            source.ToString(), destination.ToString(), l4.Port, l4.IcmpType, now.Allowed ? "denied" : "allowed",
+            now.Allowed ? "allowed" : "denied", now.Entry is { DerivedFrom.Count: > 0 } entry ? string.Join("; ", entry.DerivedFrom)
+                : now.Reason, l4.IcmpCode);
 
     /// <summary>The policy key's port of a flow: the destination port, or ICMP type and code.</summary>
     private static ushort FlowPort(DatapathEvent e) =>
