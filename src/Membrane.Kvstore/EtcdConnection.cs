@@ -188,6 +188,14 @@ public sealed class EtcdConnection : IDisposable
         }
     }
 
+    /// <summary>
+    /// Whether <paramref name="e"/> is the end of a call that <paramref name="token"/> cancelled: gRPC reports a
+    /// cancelled stream as an <see cref="RpcException"/> with status Cancelled, not always as an
+    /// <see cref="OperationCanceledException"/>, depending on where the call was when the token fired.
+    /// </summary>
+    public static bool CancelledBy(Exception e, CancellationToken token) =>
+        token.IsCancellationRequested && e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled };
+
     public Task<PutResponse> PutAsync(string key, string value, long lease = 0, CancellationToken cancel = default) =>
         CallAsync(deadline => Client.PutAsync(new PutRequest { Key = Bytes(key), Value = Bytes(value), Lease = lease }, deadline: deadline,
             cancellationToken: cancel), cancel);

@@ -81,7 +81,7 @@ public sealed class NodeSession(EtcdConnection etcd, TimeSpan ttl) : IAsyncDispo
         {
             await KeepAliveLoopAsync(stop).ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        catch (Exception e) when (EtcdConnection.CancelledBy(e, stop))
         {
             // stopped
         }

@@ -56,7 +56,7 @@ public sealed class PrefixWatcher(EtcdConnection etcd, string prefix)
                 await RunAsync(channel.Writer, cancel).ConfigureAwait(false);
                 channel.Writer.TryComplete();
             }
-            catch (OperationCanceledException)
+            catch (Exception e) when (e is OperationCanceledException || EtcdConnection.CancelledBy(e, cancel))
             {
                 channel.Writer.TryComplete();
             }

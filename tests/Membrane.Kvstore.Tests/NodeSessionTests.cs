@@ -93,6 +93,23 @@ public sealed class NodeSessionTests : IDisposable
     }
 
     [Fact]
+    public async Task StoppingASessionAtAnyMomentOfItsKeepAliveEndsItQuietly()
+    {
+        // The stop can land while the keep-alive stream waits for an answer; gRPC then ends the call with status
+        // Cancelled instead of an OperationCanceledException. Stopping must not fail either way (an agent's orderly
+        // stop, or a test's dispose, would otherwise throw).
+        using var etcd = _etcd.Connect();
+        var random = new Random(14);
+        for (var i = 0; i < 40; i++)
+        {
+            var session = new NodeSession(etcd, TimeSpan.FromSeconds(1));
+            await session.StartAsync();
+            await Task.Delay(random.Next(0, 400));
+            await session.DisposeAsync();
+        }
+    }
+
+    [Fact]
     public async Task RevokingTheLeaseRemovesEveryKeyAtOnce()
     {
         using var etcd = _etcd.Connect();

@@ -131,5 +131,34 @@ public sealed class PrefixWatcherTests : IDisposable
         await stop.CancelAsync();
     }
 
+    [Fact]
+    public async Task StoppingAWatcherAtAnyMomentCompletesItsEventsWithoutAnError()
+    {
+        // Stopped while writes stream in, the watch call can end with status Cancelled rather than an
+        // OperationCanceledException; the consumer must see the events end, not a failure.
+        using var etcd = _etcd.Connect();
+        var random = new Random(14);
+        for (var i = 0; i < 20; i++)
+        {
+            using var stop = new CancellationTokenSource();
+            var events = new PrefixWatcher(etcd, Prefix).Start(stop.Token);
+            var writes = Task.Run(async () =>
+            {
+                for (var n = 0; n < 20; n++)
+                {
+                    await Put(etcd, $"stop-{i}-{n}", "v");
+                }
+            });
+            await Task.Delay(random.Next(0, 60));
+            await stop.CancelAsync();
+            // Reading to the end throws if the watcher failed instead of stopping.
+            using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            await foreach (var _ in events.ReadAllAsync(deadline.Token))
+            {
+            }
+            await writes.WaitAsync(TimeSpan.FromSeconds(30));
+        }
+    }
+
     public void Dispose() => _etcd.Dispose();
 }

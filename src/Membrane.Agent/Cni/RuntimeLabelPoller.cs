@@ -40,6 +40,10 @@ public sealed partial class RuntimeLabelPoller(AgentService agent, CriClient cri
                         Refused(log, attachment.PodKey, e.Message); // stays in init; asked again (said once)
                     }
                 }
+                catch (RpcException e) when (e.StatusCode == StatusCode.Cancelled && stoppingToken.IsCancellationRequested)
+                {
+                    return; // the agent stops: gRPC ends a cancelled call with this status, not an OperationCanceledException
+                }
                 catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
                 {
                     if (!unreachable)
