@@ -40,6 +40,10 @@ public sealed class ClusterHealth(AgentOptions options)
                     .ConfigureAwait(false);
                 problem = null;
             }
+            catch (Exception e) when (EtcdConnection.CancelledBy(e, cancel))
+            {
+                return;
+            }
             catch (Grpc.Core.RpcException e) when (!cancel.IsCancellationRequested)
             {
                 problem = $"the cluster store does not answer with a quorum ({e.Status.StatusCode})";
