@@ -23,11 +23,19 @@ public sealed record DatapathResult(string Scenario, double Nanoseconds, double 
 public static class DatapathBenchmark
 {
     private const uint IfIndex = 1;
+    private const uint SmallConntrackEntries = 8192;
 
     public static IReadOnlyList<DatapathResult> Run(int repeat, int runs, int singles)
     {
         using var floorObject = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "floor.o"));
         using var datapath = PolicyDatapath.Load();
+        // The same programs with a conntrack table of 8,192 IPv4 entries (about 1 MiB, cache-sized) instead of 262,144:
+        // a new flow's lookup miss and insert touch a bucket and a free element of the table, and on the full-size table
+        // those are cache (and TLB) misses. Measured side by side, the difference is what the table's size costs.
+        using var smallTable = PolicyDatapath.Load(new LoadOptions
+        {
+            MaxEntries = new Dictionary<string, uint> { ["mb_ct4"] = SmallConntrackEntries },
+        });
         var floor = floorObject.Program("pass_all");
 
         var manifests = ManifestLoader.LoadText("""
@@ -56,9 +64,12 @@ public static class DatapathBenchmark
             """, "bench.yaml").OrThrow();
         var engine = new PolicyEngine();
         engine.Apply(BenchAddresses.Assign(manifests));
-        datapath.IpCache.Sync(engine.IpCache());
-        new Membrane.Datapath.Sync.PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules).Sync(IfIndex,
-            engine.Resolve("bench/server").State);
+        foreach (var loaded in new[] { datapath, smallTable })
+        {
+            loaded.IpCache.Sync(engine.IpCache());
+            new Membrane.Datapath.Sync.PolicyMapSynchronizer(loaded.PolicyMap, loaded.Rules).Sync(IfIndex,
+                engine.Resolve("bench/server").State);
+        }
 
         var c = engine.FindEndpoint("bench/client")!.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
         var s = engine.FindEndpoint("bench/server")!.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
@@ -115,7 +126,10 @@ public static class DatapathBenchmark
         // New allowed flows: every packet a fresh echo identifier, one test run each.
         var fresh = (byte[])echo.Clone();
         var newAllowed = new List<double>(singles);
+        var newAllowedSmall = new List<double>(singles);
         var floorSingle = new List<double>(singles);
+        var establishedSingle = new List<double>(singles);
+        var deniedSingle = new List<double>(singles);
         for (var i = 0; i < singles; i++)
         {
             fresh[14 + 20 + 4] = (byte)(i >> 8);
@@ -124,9 +138,16 @@ public static class DatapathBenchmark
             fresh[14 + 20 + 6] = (byte)(i >> 16);
             newAllowed.Add(datapath.ToPod.TestRun(fresh).DurationNs);
             floorSingle.Add(floor.TestRun(fresh).DurationNs);
+            newAllowedSmall.Add(smallTable.ToPod.TestRun(fresh).DurationNs);
+            establishedSingle.Add(datapath.ToPod.TestRun(tcpAck).DurationNs);
+            deniedSingle.Add(datapath.ToPod.TestRun(deniedEcho).DurationNs);
             if (i % 50_000 == 49_999)
             {
                 datapath.FlushConntrack();
+            }
+            if (i % (SmallConntrackEntries - 192) == SmallConntrackEntries - 193)
+            {
+                smallTable.FlushConntrack(); // never full: an insert that evicts would measure the LRU's eviction instead
             }
         }
         var floorSingleNs = Median(floorSingle);
@@ -134,6 +155,13 @@ public static class DatapathBenchmark
         var newAllowedNs = Median(newAllowed);
         results.Add(new("new ICMP echo, allowed (incl. conntrack insert)", newAllowedNs, newAllowedNs / floorSingleNs,
             $"{singles:N0} single runs"));
+        var smallNs = Median(newAllowedSmall);
+        results.Add(new($"new ICMP echo, allowed, conntrack table of {SmallConntrackEntries:N0}", smallNs, smallNs / floorSingleNs,
+            $"{singles:N0} single runs"));
+        var e1 = Median(establishedSingle);
+        results.Add(new("established TCP, single-shot", e1, e1 / floorSingleNs, $"{singles:N0} single runs"));
+        var d1 = Median(deniedSingle);
+        results.Add(new("new ICMP echo, denied, single-shot", d1, d1 / floorSingleNs, $"{singles:N0} single runs"));
         return results;
     }
 
