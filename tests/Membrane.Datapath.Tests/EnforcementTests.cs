@@ -358,6 +358,27 @@ public sealed class EnforcementTests : IDisposable
     }
 
     [Fact]
+    public void TheExtensionHeaderWalkStopsAtItsLimitAndRefusesWhatItCannotFinish()
+    {
+        // A hostile pod stacks extension headers to hide its real protocol behind more than the walk reads, or cuts
+        // the first one short (the first is read directly at its fixed offset, the rest through the helper).
+        _h.Use(Cnp("ping", "a", ServerPing), "a/server");
+        IPAddress c6 = _h.V6("a/client"), s6 = _h.V6("a/server");
+        var destOpts = ((byte)60, new byte[] { 1, 4, 0, 0, 0, 0 });
+        var longHopByHop = ((byte)0, new byte[] { 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }); // 16 bytes
+        Assert.True(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 1), Enumerable.Repeat(destOpts, 8).ToArray()))),
+            "eight extension headers are walked");
+        Assert.True(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 2), longHopByHop, destOpts))),
+            "a first header longer than 8 bytes moves the rest");
+        Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, Tcp, TcpSegment(1, 80), longHopByHop, destOpts))), "TCP 80 is not allowed");
+        var malformed = _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets;
+        Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 3), Enumerable.Repeat(destOpts, 9).ToArray()))),
+            "nine extension headers are more than the walk reads");
+        Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, 0, new byte[] { 58 }))), "a hop-by-hop header cut short");
+        Assert.Equal(malformed + 2, _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets);
+    }
+
+    [Fact]
     public void LaterFragmentsFollowTheirFirstFragment()
     {
         _h.Use(Cnp("p", "a", ServerTcp80AndRange), "a/server");
