@@ -379,6 +379,35 @@ public sealed class EnforcementTests : IDisposable
     }
 
     [Fact]
+    public void PortsBehindZeroToThreeExtensionHeadersAreReadAlikeAndShortHeadersAreRefused()
+    {
+        // Behind none, one or two 8-byte extension headers the L4 header is read directly at a constant offset, behind
+        // three through the helper: every path must classify alike, and refuse a header cut short or lying about
+        // its length, whatever a hostile pod puts there.
+        _h.Use(Cnp("p", "a", ServerTcp80AndRange), "a/server");
+        IPAddress c6 = _h.V6("a/client"), s6 = _h.V6("a/server");
+        var destOpts = ((byte)60, new byte[] { 1, 4, 0, 0, 0, 0 });
+        for (var headers = 0; headers <= 3; headers++)
+        {
+            var ext = Enumerable.Repeat(destOpts, headers).ToArray();
+            var port = (ushort)(41000 + headers);
+            Assert.True(_h.Receives(V6(IPv6Packet(c6, s6, Tcp, TcpSegment(port, 80), ext))), $"TCP 80 behind {headers}");
+            Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, Tcp, TcpSegment(port, 81), ext))), $"TCP 81 behind {headers}");
+            Assert.True(_h.Receives(V6(IPv6Packet(c6, s6, Udp, UdpDatagram(port, 9005), ext))), $"UDP 9005 behind {headers}");
+            Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, Udp, UdpDatagram(port, 9011), ext))), $"UDP 9011 behind {headers}");
+            var malformed = _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets;
+            var shortTcp = TcpSegment(port, 80)[..12]; // ports and sequence number, no data offset or flags
+            Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, Tcp, shortTcp, ext))), $"TCP header cut short behind {headers}");
+            var lyingTcp = TcpSegment(port, 80);
+            lyingTcp[12] = 0x40; // a data offset of 16 bytes: shorter than a TCP header
+            Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, Tcp, lyingTcp, ext))), $"TCP data offset 4 behind {headers}");
+            Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, Udp, UdpDatagram(port, 9005).AsSpan(0, 6), ext))),
+                $"UDP cut short behind {headers}");
+            Assert.Equal(malformed + 3, _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets);
+        }
+    }
+
+    [Fact]
     public void LaterFragmentsFollowTheirFirstFragment()
     {
         _h.Use(Cnp("p", "a", ServerTcp80AndRange), "a/server");
