@@ -375,7 +375,12 @@ public sealed class EnforcementTests : IDisposable
         Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 3), Enumerable.Repeat(destOpts, 9).ToArray()))),
             "nine extension headers are more than the walk reads");
         Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, 0, new byte[] { 58 }))), "a hop-by-hop header cut short");
-        Assert.Equal(malformed + 2, _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets);
+        // The second header is read directly only behind an 8-byte first one: the limit holds on the other path too.
+        Assert.True(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 4),
+            [longHopByHop, .. Enumerable.Repeat(destOpts, 7)]))), "a long first header and seven more are walked");
+        Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 5),
+            [longHopByHop, .. Enumerable.Repeat(destOpts, 8)]))), "a long first header and eight more are too many");
+        Assert.Equal(malformed + 3, _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets);
     }
 
     [Fact]
