@@ -380,7 +380,13 @@ public sealed class EnforcementTests : IDisposable
             [longHopByHop, .. Enumerable.Repeat(destOpts, 7)]))), "a long first header and seven more are walked");
         Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 5),
             [longHopByHop, .. Enumerable.Repeat(destOpts, 8)]))), "a long first header and eight more are too many");
-        Assert.Equal(malformed + 3, _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets);
+        // A chain that starts with a fragment header is walked in the loop from its first header.
+        var atomicFragment = ((byte)44, FragmentHeaderBody(0, false, 90));
+        Assert.True(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 6),
+            [atomicFragment, .. Enumerable.Repeat(destOpts, 7)]))), "a fragment header and seven more are walked");
+        Assert.False(_h.Receives(V6(IPv6Packet(c6, s6, IcmpV6, IcmpMessage(128, 0, id: 7),
+            [atomicFragment, .. Enumerable.Repeat(destOpts, 8)]))), "a fragment header and eight more are too many");
+        Assert.Equal(malformed + 4, _h.Datapath.DropCounters()[Maps.DropReason.Malformed].Packets);
     }
 
     [Fact]
