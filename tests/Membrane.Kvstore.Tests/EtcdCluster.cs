@@ -1,29 +1,47 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
+using Membrane.TestSupport;
 
 namespace Membrane.Kvstore.Tests;
 
 /// <summary>
 /// A real etcd cluster of three members on loopback ports, with data directories of its own; members can be
-/// stopped (kill -9) and started again. Everything is removed at the end.
+/// stopped (kill -9) and started again. A cluster whose member exits while it forms (a port taken meanwhile) is
+/// formed again on other ports; a failure names each member's last output lines. Everything is removed at the end.
 /// </summary>
 public sealed class EtcdCluster : IDisposable
 {
+    private const int OutputLinesKept = 15;
+    private const int FormingAttempts = 3;
     private readonly string _root = Path.Combine(Path.GetTempPath(), $"mbetcd-{Guid.NewGuid():N}"[..18]);
-    private readonly (int Client, int Peer)[] _ports;
     private readonly Process?[] _members;
+    private readonly ConcurrentQueue<string>[] _output;
+    private readonly (int Client, int Peer)[] _ports = [];
 
     public EtcdCluster(int members = 3)
     {
-        _ports = Enumerable.Range(0, members).Select(_ => (FreePort(), FreePort())).ToArray();
         _members = new Process?[members];
-        for (var i = 0; i < members; i++)
+        _output = [.. Enumerable.Range(0, members).Select(_ => new ConcurrentQueue<string>())];
+        for (var attempt = 1; ; attempt++)
         {
-            Start(i);
+            var ports = LoopbackPorts.Reserve(2 * members);
+            _ports = [.. Enumerable.Range(0, members).Select(i => (ports[2 * i], ports[(2 * i) + 1]))];
+            try
+            {
+                StartAll();
+                return;
+            }
+            catch (MemberExitedException) when (attempt < FormingAttempts)
+            {
+                RemoveMembersAndData();
+            }
+            catch
+            {
+                RemoveMembersAndData();
+                throw;
+            }
         }
-        WaitHealthy();
     }
 
     public int Count => _members.Length;
@@ -50,7 +68,22 @@ public sealed class EtcdCluster : IDisposable
         {
             start.ArgumentList.Add(a);
         }
-        var process = Process.Start(start)!;
+        var output = _output[member];
+        output.Clear();
+        var process = new Process { StartInfo = start };
+        DataReceivedEventHandler keep = (_, e) =>
+        {
+            if (e.Data is { } line)
+            {
+                output.Enqueue(line);
+                while (output.Count > OutputLinesKept && output.TryDequeue(out var _))
+                {
+                }
+            }
+        };
+        process.OutputDataReceived += keep;
+        process.ErrorDataReceived += keep;
+        process.Start();
         process.BeginErrorReadLine();
         process.BeginOutputReadLine();
         _members[member] = process;
@@ -59,10 +92,14 @@ public sealed class EtcdCluster : IDisposable
     /// <summary>kill -9 of one member.</summary>
     public void Kill(int member)
     {
-        if (_members[member] is { HasExited: false } process)
+        if (_members[member] is { } process)
         {
-            process.Kill();
-            process.WaitForExit();
+            if (!process.HasExited)
+            {
+                process.Kill();
+                process.WaitForExit();
+            }
+            process.Dispose();
         }
         _members[member] = null;
     }
@@ -87,33 +124,43 @@ public sealed class EtcdCluster : IDisposable
         WaitHealthy();
     }
 
-    /// <summary>Polls until a write succeeds (a leader is elected), with a 30 s deadline.</summary>
+    /// <summary>
+    /// Polls until a write succeeds (a leader is elected), with a 30 s deadline; a started member that exits
+    /// meanwhile ends the wait at once. Either failure names every member's last output lines.
+    /// </summary>
     public void WaitHealthy()
     {
         using var etcd = Connect(TimeSpan.FromSeconds(1));
         var watch = Stopwatch.StartNew();
         while (true)
         {
+            if (Array.FindIndex(_members, m => m is { HasExited: true }) is var exited and >= 0)
+            {
+                throw new MemberExitedException($"etcd member m{exited} exited (code {_members[exited]!.ExitCode}). {Outputs()}");
+            }
             try
             {
                 etcd.Client.Put("membrane-test/health", watch.ElapsedTicks.ToString(CultureInfo.InvariantCulture), deadline: etcd.Deadline);
                 return;
             }
-            catch (Grpc.Core.RpcException) when (watch.Elapsed < TimeSpan.FromSeconds(30))
+            catch (Grpc.Core.RpcException e)
             {
+                if (watch.Elapsed > TimeSpan.FromSeconds(30))
+                {
+                    throw new TimeoutException($"etcd ({Urls}) took no write within 30 s: {e.Status.Detail}. {Outputs()}", e);
+                }
                 Thread.Sleep(50);
             }
         }
     }
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
+    private string Outputs() => string.Join(" ", _output.Select((lines, i) =>
+        $"m{i} (client {_ports[i].Client}, peer {_ports[i].Peer}{(_members[i] is null ? ", stopped" : "")}):\n  " +
+        string.Join("\n  ", lines) + "\n"));
 
-    public void Dispose()
+    public void Dispose() => RemoveMembersAndData();
+
+    private void RemoveMembersAndData()
     {
         KillAll();
         if (Directory.Exists(_root))
@@ -121,4 +168,6 @@ public sealed class EtcdCluster : IDisposable
             Directory.Delete(_root, recursive: true);
         }
     }
+
+    private sealed class MemberExitedException(string message) : Exception(message);
 }

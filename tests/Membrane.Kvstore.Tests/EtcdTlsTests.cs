@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Etcdserverpb;
 using Grpc.Core;
+using Membrane.TestSupport;
 
 namespace Membrane.Kvstore.Tests;
 
@@ -49,13 +50,6 @@ public sealed class EtcdTlsTests : IDisposable
 
     private string F(string name) => Path.Combine(_dir, name);
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
-
     [Fact]
     public async Task MutualTlsWorksAndAnythingLessIsRefused()
     {
@@ -64,7 +58,7 @@ public sealed class EtcdTlsTests : IDisposable
         Authority("other-ca");
         Certificate("server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
         Certificate("client", "ca", "extendedKeyUsage=clientAuth\n");
-        var (client, peer) = (FreePort(), FreePort());
+        var (client, peer) = LoopbackPorts.Reserve(2) switch { var p => (p[0], p[1]) };
         var start = new ProcessStartInfo("etcd") { RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (var a in new[]
                  {

@@ -111,7 +111,7 @@ public static class ClusterCommands
 
     private static LocalClusterFile Start(string directory, int count, string routing, int leaseSeconds, CliOutput output)
     {
-        var ports = Enumerable.Range(0, 3).Select(_ => (Client: FreePort(), Peer: FreePort())).ToList();
+        var ports = FreePorts(6).Chunk(2).Select(p => (Client: p[0], Peer: p[1])).ToList();
         var initial = string.Join(",", ports.Select((p, i) => $"etcd-{i + 1}=http://127.0.0.1:{p.Peer}"));
         var members = new List<LocalEtcdMember>();
         var file = new LocalClusterFile(directory, routing, UnderlayNamespace, members, []);
@@ -130,7 +130,12 @@ public static class ClusterCommands
                     pid));
                 Save(file);
             }
-            if (!Poll(() => members.All(m => EtcdHealthy(m.ClientUrl)), TimeSpan.FromSeconds(30)))
+            var formed = Poll(() => members.All(m => EtcdHealthy(m.ClientUrl)) || members.Any(m => !Alive(m.Pid)), TimeSpan.FromSeconds(30));
+            if (members.FirstOrDefault(m => !Alive(m.Pid)) is { } exited)
+            {
+                throw new CliException($"etcd member {exited.Name} exited: {Tail(Path.Combine(directory, $"{exited.Name}.log"))}");
+            }
+            if (!formed)
             {
                 throw new CliException($"etcd did not become healthy within 30 s (logs in {directory}/etcd-*.log)");
             }

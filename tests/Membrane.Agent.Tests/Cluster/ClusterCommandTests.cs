@@ -101,6 +101,35 @@ public sealed class ClusterCommandTests : IDisposable
         Assert.False(Directory.Exists("/sys/fs/bpf/membrane-cluster"));
     }
 
+    [Fact]
+    public void AnEtcdMemberThatExitsFailsClusterUpAtOnceWithItsLogAndLeavesNothing()
+    {
+        Directory.CreateDirectory(_dir);
+        File.WriteAllText(Path.Combine(_dir, "etcd-2"), "a file where etcd-2's data directory goes");
+
+        var up = Membrane("cluster", "up", "--nodes", "2", "--dir", _dir);
+
+        Assert.Equal(2, up.Code);
+        Assert.Contains("etcd member etcd-2 exited: ", up.Err, StringComparison.Ordinal);
+        Assert.Contains("error listing data dir", up.Err, StringComparison.Ordinal); // etcd's own last words
+        Assert.False(Directory.Exists(_dir));
+        Assert.DoesNotContain(LocalProcessesNamed("etcd"), cmd => cmd.Contains(_dir, StringComparison.Ordinal));
+    }
+
+    private static IEnumerable<string> LocalProcessesNamed(string name) => Directory.EnumerateDirectories("/proc")
+        .Select(d => Path.Combine(d, "cmdline")).Where(File.Exists).Select(f =>
+        {
+            try
+            {
+                return File.ReadAllText(f).Replace('\0', ' ');
+            }
+            catch (IOException)
+            {
+                return "";
+            }
+        })
+        .Where(cmd => cmd.StartsWith(name, StringComparison.Ordinal));
+
     public void Dispose()
     {
         if (Directory.Exists(_dir))

@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
 using Membrane.Agent.Sandbox;
+using Membrane.TestSupport;
 
 namespace Membrane.Agent.Tests.Monitoring;
 
@@ -23,13 +24,6 @@ public sealed class MetricsTests : IDisposable
     private static (int Code, string Out, string Err) Cli(params string[] args) =>
         AgentUnderTest.Cli(Path.Combine(State, "membrane.sock"), args);
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
-
     private static double Query(HttpClient http, int port, string promql)
     {
         var json = http.GetStringAsync(new Uri($"http://127.0.0.1:{port}/api/v1/query?query={Uri.EscapeDataString(promql)}"))
@@ -44,7 +38,7 @@ public sealed class MetricsTests : IDisposable
     public void PrometheusSeesPolicyDropsOfRealTraffic()
     {
         Cleanup();
-        var metricsPort = FreePort();
+        var (metricsPort, promPort) = LoopbackPorts.Reserve(2) switch { var p => (p[0], p[1]) };
         (_agent, var code, var stderr) = AgentUnderTest.Start(["--state-dir", State, "--name-prefix", Prefix, "--pin-dir",
             $"/sys/fs/bpf/{Prefix}",
             "--pod-ipv4-range", "10.231.0.0/16", "--pod-ipv6-range", "fd00:231::/64", "--metrics-address", $"127.0.0.1:{metricsPort}"],
@@ -75,7 +69,6 @@ public sealed class MetricsTests : IDisposable
             """);
         Assert.Equal(0, Cli("apply", "-f", workloads).Code);
 
-        var promPort = FreePort();
         Directory.CreateDirectory(_prometheusDir);
         File.WriteAllText(Path.Combine(_prometheusDir, "prometheus.yml"), $"""
             global: {"{"}scrape_interval: 1s, evaluation_interval: 1s{"}"}

@@ -1,0 +1,65 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+
+namespace Membrane.TestSupport;
+
+/// <summary>
+/// Loopback TCP ports for servers the tests start as other processes (etcd, Prometheus, an agent's metrics). A port
+/// the kernel hands out for an ephemeral bind can be taken again, as the source port of any outgoing connection,
+/// between the choice and the server's bind; these are chosen below the ephemeral range instead, and every listener is
+/// held until all are chosen, so the ports are distinct.
+/// </summary>
+public static class LoopbackPorts
+{
+    private const int Lowest = 10_000;
+
+    public static int[] Reserve(int count)
+    {
+        var below = EphemeralLow();
+        var held = new List<TcpListener>();
+        try
+        {
+            for (var attempt = 0; held.Count < count; attempt++)
+            {
+                if (attempt > 10_000)
+                {
+                    throw new InvalidOperationException($"no {count} free loopback ports in {Lowest}-{below - 1}");
+                }
+                var listener = new TcpListener(IPAddress.Loopback, Random.Shared.Next(Lowest, below));
+                try
+                {
+                    listener.Start();
+                    held.Add(listener);
+                }
+                catch (SocketException)
+                {
+                    listener.Dispose();
+                }
+            }
+            return [.. held.Select(l => ((IPEndPoint)l.LocalEndpoint).Port)];
+        }
+        finally
+        {
+            foreach (var listener in held)
+            {
+                listener.Dispose();
+            }
+        }
+    }
+
+    public static int Reserve() => Reserve(1)[0];
+
+    private static int EphemeralLow()
+    {
+        try
+        {
+            var low = int.Parse(File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range").Split('\t', ' ')[0], CultureInfo.InvariantCulture);
+            return low > Lowest + 1_000 ? low : 32_768;
+        }
+        catch (IOException)
+        {
+            return 32_768;
+        }
+    }
+}
