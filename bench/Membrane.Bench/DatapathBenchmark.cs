@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net;
 using Membrane.Datapath;
 using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
 using Membrane.Datapath.Tests;
 using Membrane.Policy.Api;
 using Membrane.Policy.Resolution;
@@ -18,16 +19,25 @@ public sealed record DatapathResult(string Scenario, double Nanoseconds, double 
 /// the same round.
 /// Scenarios whose every packet must be a new flow (an allowed one creates conntrack state) cannot repeat one
 /// packet; they run many single-shot packets with distinct identifiers and are compared with the floor measured
-/// single-shot too.
+/// single-shot too. The programs of steps.o, to_pod's established path cut short after each step, show where an
+/// established packet's time goes, and their lookup step run on new packets what the conntrack insert costs.
 /// </summary>
 public static class DatapathBenchmark
 {
     private const uint IfIndex = 1;
-    private const uint SmallConntrackEntries = 8192;
+    public const uint SmallConntrackEntries = 8192;
+    public const string CutAfterParse = "established TCP, cut after parsing";
+    public const string CutAfterLookup = "established TCP, cut after the conntrack lookup";
+    public const string CutAfterAccounting = "established TCP, cut after the accounting";
+    public const string LookupHitSingle = "conntrack lookup that hits, single-shot";
+    public const string LookupInsertSingle = "conntrack lookup that misses and inserts, single-shot";
 
     public static IReadOnlyList<DatapathResult> Run(int repeat, int runs, int singles)
     {
         using var floorObject = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "floor.o"));
+        using var stepsObject = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "steps.o"));
+        var steps = new ConntrackTable(stepsObject.Map<Conntrack4Key, ConntrackValue>("mb_ct4"),
+            stepsObject.Map<Conntrack6Key, ConntrackValue>("mb_ct6"));
         using var datapath = PolicyDatapath.Load();
         // The same programs with a conntrack table of 8,192 IPv4 entries (about 1 MiB, cache-sized) instead of 262,144:
         // a new flow's lookup miss and insert touch a bucket and a free element of the table, and on the full-size table
@@ -90,12 +100,19 @@ public static class DatapathBenchmark
         Require(datapath.ToPod.TestRun(echo6ext).ReturnValue == BpfProgram.TcActOk, "echo6 allowed");
         Require(datapath.ToPod.TestRun(deniedEcho).ReturnValue == BpfProgram.TcActShot, "world echo denied");
         Require(datapath.ToPod.TestRun(denyHit).ReturnValue == BpfProgram.TcActShot, "timestamp denied");
+        var cutAfterLookup = stepsObject.Program("cut_after_lookup");
+        Require(cutAfterLookup.TestRun(tcpAck).ReturnValue == BpfProgram.TcActShot, "the steps' first lookup to miss");
+        Require(cutAfterLookup.TestRun(tcpAck).ReturnValue == BpfProgram.TcActOk, "the steps' second lookup to hit");
+        Require(stepsObject.Program("cut_after_accounting").TestRun(tcpAck).ReturnValue == BpfProgram.TcActOk, "the steps' accounting");
 
         // Rounds interleave the floor with every scenario, and each scenario's ratio is the median of its ratios to the
         // floor of the same round: the host's noise comes in bursts of seconds, which would otherwise land on a
         // whole scenario (or on the floor) and skew its ratio.
         (string Name, BpfProgram Program, byte[] Frame)[] scenarios =
         [
+            (CutAfterParse, stepsObject.Program("cut_after_parse"), tcpAck),
+            (CutAfterLookup, cutAfterLookup, tcpAck),
+            (CutAfterAccounting, stepsObject.Program("cut_after_accounting"), tcpAck),
             ("established TCP", datapath.ToPod, tcpAck),
             ("established ICMP echo", datapath.ToPod, echo),
             ("established ICMPv6 echo, 2 extension headers", datapath.ToPod, echo6ext),
@@ -130,6 +147,8 @@ public static class DatapathBenchmark
         var floorSingle = new List<double>(singles);
         var establishedSingle = new List<double>(singles);
         var deniedSingle = new List<double>(singles);
+        var lookupHitSingle = new List<double>(singles);
+        var lookupInsertSingle = new List<double>(singles);
         for (var i = 0; i < singles; i++)
         {
             fresh[14 + 20 + 4] = (byte)(i >> 8);
@@ -141,9 +160,13 @@ public static class DatapathBenchmark
             newAllowedSmall.Add(smallTable.ToPod.TestRun(fresh).DurationNs);
             establishedSingle.Add(datapath.ToPod.TestRun(tcpAck).DurationNs);
             deniedSingle.Add(datapath.ToPod.TestRun(deniedEcho).DurationNs);
+            lookupHitSingle.Add(cutAfterLookup.TestRun(tcpAck).DurationNs);
+            lookupInsertSingle.Add(cutAfterLookup.TestRun(fresh).DurationNs);
             if (i % 50_000 == 49_999)
             {
                 datapath.FlushConntrack();
+                steps.Flush();
+                cutAfterLookup.TestRun(tcpAck); // the hit's entry again
             }
             if (i % (SmallConntrackEntries - 192) == SmallConntrackEntries - 193)
             {
@@ -151,17 +174,19 @@ public static class DatapathBenchmark
             }
         }
         var floorSingleNs = Median(floorSingle);
-        results.Add(new("empty program (floor), single-shot", floorSingleNs, 1, $"{singles:N0} single runs"));
-        var newAllowedNs = Median(newAllowed);
-        results.Add(new("new ICMP echo, allowed (incl. conntrack insert)", newAllowedNs, newAllowedNs / floorSingleNs,
-            $"{singles:N0} single runs"));
-        var smallNs = Median(newAllowedSmall);
-        results.Add(new($"new ICMP echo, allowed, conntrack table of {SmallConntrackEntries:N0}", smallNs, smallNs / floorSingleNs,
-            $"{singles:N0} single runs"));
-        var e1 = Median(establishedSingle);
-        results.Add(new("established TCP, single-shot", e1, e1 / floorSingleNs, $"{singles:N0} single runs"));
-        var d1 = Median(deniedSingle);
-        results.Add(new("new ICMP echo, denied, single-shot", d1, d1 / floorSingleNs, $"{singles:N0} single runs"));
+        var singleMethod = $"{singles:N0} single runs";
+        results.Add(new("empty program (floor), single-shot", floorSingleNs, 1, singleMethod));
+        void AddSingle(string scenario, List<double> times)
+        {
+            var ns = Median(times);
+            results.Add(new(scenario, ns, ns / floorSingleNs, singleMethod));
+        }
+        AddSingle("new ICMP echo, allowed (incl. conntrack insert)", newAllowed);
+        AddSingle($"new ICMP echo, allowed, conntrack table of {SmallConntrackEntries:N0}", newAllowedSmall);
+        AddSingle("established TCP, single-shot", establishedSingle);
+        AddSingle("new ICMP echo, denied, single-shot", deniedSingle);
+        AddSingle(LookupHitSingle, lookupHitSingle);
+        AddSingle(LookupInsertSingle, lookupInsertSingle);
         return results;
     }
 

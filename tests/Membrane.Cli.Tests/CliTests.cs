@@ -31,6 +31,23 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void BpfVerifyListsEveryProgramOfEveryObjectInAlignedColumns()
+    {
+        var (code, output, err) = Run("bpf", "verify");
+        Assert.True(code == 0, err);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries)[1..];
+        var processedEnd = lines[0].IndexOf("PROCESSED", StringComparison.Ordinal) + "PROCESSED".Length;
+        foreach (var row in lines[1..])
+        {
+            Assert.True(char.IsDigit(row[processedEnd - 1]) && (row.Length == processedEnd || row[processedEnd] == ' '),
+                $"the processed count is not under its header:\n{lines[0]}\n{row}");
+        }
+        var objects = Directory.GetFiles(Path.Combine(AppContext.BaseDirectory, "bpf"), "*.o").Select(Path.GetFileName).Order();
+        Assert.Equal(objects, lines[1..^1].Select(l => l.Split(' ')[0]).Distinct().Order());
+        Assert.StartsWith("total ", lines[^1], StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void ValidateAcceptsTheExamples()
     {
         var (code, output, _) = Run("policy", "validate", Examples);

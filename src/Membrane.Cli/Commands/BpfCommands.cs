@@ -155,15 +155,17 @@ public static class BpfCommands
             }
             output.Out.WriteLine($"kernel {kernel}; verifier limit {VerifierLimit:N0} processed instructions per program; programs " +
                 $"attach with {(attachment == "tcx" ? "tcx links (the kernel has them)" : "clsact filters (no tcx links: kernel < 6.6)")}");
-            output.Out.WriteLine($"{"OBJECT",-12} {"PROGRAM",-10} {"PROCESSED",10} {"% LIMIT",8} {"INSNS",7} {"PEAK STATES",12} " +
-                $"{"LOAD ms",8}");
+            var objectWidth = rows.Select(r => r.ObjectFile.Length).Append("OBJECT".Length).Max();
+            var programWidth = rows.Select(r => r.Program.Length).Append("PROGRAM".Length).Max();
+            output.Out.WriteLine($"{"OBJECT".PadRight(objectWidth)}  {"PROGRAM".PadRight(programWidth)} {"PROCESSED",10} {"% LIMIT",8} " +
+                $"{"INSNS",7} {"PEAK STATES",12} {"LOAD ms",8}");
             foreach (var r in rows)
             {
-                output.Out.WriteLine($"{r.ObjectFile,-12} {r.Program,-10} {r.ProcessedInstructions,10:N0} " +
-                    $"{100.0 * r.ProcessedInstructions / VerifierLimit,7:F2}% {r.Instructions,7:N0} {r.PeakStates,12:N0} " +
-                    $"{r.LoadMilliseconds,8:F1}");
+                output.Out.WriteLine($"{r.ObjectFile.PadRight(objectWidth)}  {r.Program.PadRight(programWidth)} " +
+                    $"{r.ProcessedInstructions,10:N0} {100.0 * r.ProcessedInstructions / VerifierLimit,7:F2}% {r.Instructions,7:N0} " +
+                    $"{r.PeakStates,12:N0} {r.LoadMilliseconds,8:F1}");
             }
-            output.Out.WriteLine($"{"total",-23} {total,10:N0}");
+            output.Out.WriteLine($"{"total".PadRight(objectWidth + 2 + programWidth)} {total,10:N0}");
             return CliApp.Success;
         });
         return command;

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: GPL-2.0
+/* An established packet's path through to_pod, cut short after each of its steps: bench/run measures these beside
+ * to_pod and the empty program in the same rounds, to show where an established packet's time goes. Never attached.
+ * Each program does what the one before it does and one step more; to_pod adds the fragment and trace checks and
+ * the forwarded counter. */
+#include "common.h"
+#include "headers.h"
+#include "maps.h"
+#include "parse.h"
+#include "policy.h"
+#include "source.h"
+#include "conntrack.h"
+
+SEC("tc")
+int cut_after_parse(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	return parse_packet(skb, &f) == PARSE_OK ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
+/* Parses, builds the conntrack key and looks it up; a miss inserts the connection, as to_pod does for an allowed
+ * new flow, so that repeated runs of one packet hit it and single runs of new packets measure the insert. */
+static __always_inline struct ct_value *tracked(struct __sk_buff *skb, struct flow *f, int *src_lo, __u64 now)
+{
+	union ct_key k;
+	if (parse_packet(skb, f) != PARSE_OK)
+		return 0;
+	*src_lo = ct_key_of(&k, skb->ifindex, f->proto, f->family, f->saddr, f->daddr, f->sport, f->dport);
+	struct ct_value *conn = ct_find(&k, f->family, f->proto, now);
+	if (!conn)
+		ct_create(&k, f->family, *src_lo, DIR_INGRESS, now, skb->len, 0);
+	return conn;
+}
+
+SEC("tc")
+int cut_after_lookup(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	int src_lo;
+	return tracked(skb, &f, &src_lo, ct_now()) ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
+SEC("tc")
+int cut_after_accounting(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	int src_lo;
+	__u64 now = ct_now();
+	struct ct_value *conn = tracked(skb, &f, &src_lo, now);
+	if (!conn || ct_from_endpoint(conn, src_lo))
+		return TC_ACT_SHOT;
+	ct_account(conn, DIR_INGRESS, now, skb->len, f.tcp_flags);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";
