@@ -54,7 +54,8 @@ public static class LoopbackPorts
     {
         try
         {
-            var low = int.Parse(File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range").Split('\t', ' ')[0], CultureInfo.InvariantCulture);
+            var range = File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range");
+            var low = int.Parse(range.Split('\t', ' ')[0], CultureInfo.InvariantCulture);
             return low > Lowest + 1_000 ? low : 32_768;
         }
         catch (IOException)

@@ -130,7 +130,8 @@ public static class ClusterCommands
                     pid));
                 Save(file);
             }
-            var formed = Poll(() => members.All(m => EtcdHealthy(m.ClientUrl)) || members.Any(m => !Alive(m.Pid)), TimeSpan.FromSeconds(30));
+            var formed = Poll(() => members.All(m => EtcdHealthy(m.ClientUrl)) || members.Any(m => !Alive(m.Pid)),
+                TimeSpan.FromSeconds(30));
             if (members.FirstOrDefault(m => !Alive(m.Pid)) is { } exited)
             {
                 throw new CliException($"etcd member {exited.Name} exited: {Tail(Path.Combine(directory, $"{exited.Name}.log"))}");

@@ -88,7 +88,9 @@ internal static class LocalProcesses
     {
         const int lowest = 10_000;
         var range = File.Exists(EphemeralRangeFile) ? File.ReadAllText(EphemeralRangeFile).Split('\t', ' ')[0] : "";
-        var below = int.TryParse(range, NumberStyles.None, CultureInfo.InvariantCulture, out var low) && low > lowest + 1_000 ? low : 32_768;
+        var below = int.TryParse(range, NumberStyles.None, CultureInfo.InvariantCulture, out var low) && low > lowest + 1_000
+            ? low
+            : 32_768;
         var held = new List<TcpListener>();
         try
         {
