@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
-using Membrane.TestSupport;
+using Membrane.Api;
 
 namespace Membrane.Kvstore.Tests;
 

@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Etcdserverpb;
 using Grpc.Core;
-using Membrane.TestSupport;
+using Membrane.Api;
 
 namespace Membrane.Kvstore.Tests;
 

@@ -111,7 +111,7 @@ public static class ClusterCommands
 
     private static LocalClusterFile Start(string directory, int count, string routing, int leaseSeconds, CliOutput output)
     {
-        var ports = FreePorts(6).Chunk(2).Select(p => (Client: p[0], Peer: p[1])).ToList();
+        var ports = ReservePorts(6).Chunk(2).Select(p => (Client: p[0], Peer: p[1])).ToList();
         var initial = string.Join(",", ports.Select((p, i) => $"etcd-{i + 1}=http://127.0.0.1:{p.Peer}"));
         var members = new List<LocalEtcdMember>();
         var file = new LocalClusterFile(directory, routing, UnderlayNamespace, members, []);

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
+using Membrane.Api;
 
 namespace Membrane.Cli.Commands;
 
@@ -65,6 +64,19 @@ internal static class LocalProcesses
         }
     }
 
+    /// <summary>Free loopback ports for etcd (see <see cref="LoopbackPorts"/>), or an error that says why there are none.</summary>
+    internal static int[] ReservePorts(int count)
+    {
+        try
+        {
+            return LoopbackPorts.Reserve(count);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CliException(e.Message);
+        }
+    }
+
     internal static bool Poll(Func<bool> condition, TimeSpan deadline)
     {
         var watch = Stopwatch.StartNew();
@@ -78,46 +90,4 @@ internal static class LocalProcesses
         }
         return condition();
     }
-
-    /// <summary>
-    /// Distinct free loopback ports for servers started as other processes. They are chosen below the kernel's
-    /// ephemeral range: a port from that range can be taken, as an outgoing connection's source port, before the
-    /// server binds it. Each is held until all are chosen.
-    /// </summary>
-    internal static int[] FreePorts(int count)
-    {
-        const int lowest = 10_000;
-        var range = File.Exists(EphemeralRangeFile) ? File.ReadAllText(EphemeralRangeFile).Split('\t', ' ')[0] : "";
-        var below = int.TryParse(range, NumberStyles.None, CultureInfo.InvariantCulture, out var low) && low > lowest + 1_000
-            ? low
-            : 32_768;
-        var held = new List<TcpListener>();
-        try
-        {
-            for (var attempt = 0; held.Count < count; attempt++)
-            {
-                if (attempt > 10_000)
-                {
-                    throw new CliException($"no {count} free loopback ports between {lowest} and {below - 1}");
-                }
-                var listener = new TcpListener(IPAddress.Loopback, Random.Shared.Next(lowest, below));
-                try
-                {
-                    listener.Start();
-                    held.Add(listener);
-                }
-                catch (SocketException)
-                {
-                    listener.Dispose();
-                }
-            }
-            return [.. held.Select(l => ((IPEndPoint)l.LocalEndpoint).Port)];
-        }
-        finally
-        {
-            held.ForEach(l => l.Dispose());
-        }
-    }
-
-    private const string EphemeralRangeFile = "/proc/sys/net/ipv4/ip_local_port_range";
 }

@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
 using Membrane.Agent.Sandbox;
-using Membrane.TestSupport;
+using Membrane.Api;
 
 namespace Membrane.Agent.Tests.Monitoring;
 

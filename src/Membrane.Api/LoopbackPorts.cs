@@ -2,13 +2,13 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 
-namespace Membrane.TestSupport;
+namespace Membrane.Api;
 
 /// <summary>
-/// Loopback TCP ports for servers the tests start as other processes (etcd, Prometheus, an agent's metrics). A port
-/// the kernel hands out for an ephemeral bind can be taken again, as the source port of any outgoing connection,
-/// between the choice and the server's bind; these are chosen below the ephemeral range instead, and every listener is
-/// held until all are chosen, so the ports are distinct.
+/// Free loopback TCP ports for servers started as other processes (<c>membrane cluster up</c>'s etcd members, the
+/// tests' etcd and Prometheus). A port the kernel hands out for an ephemeral bind can be taken again, as the source
+/// port of any outgoing connection, between the choice and the server's bind; these are chosen below the ephemeral
+/// range instead, and every listener is held until all are chosen, so the ports are distinct.
 /// </summary>
 public static class LoopbackPorts
 {
