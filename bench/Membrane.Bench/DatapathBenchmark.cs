@@ -29,6 +29,7 @@ public static class DatapathBenchmark
     public const string CutAfterParse = "established TCP, cut after parsing";
     public const string CutAfterLookup = "established TCP, cut after the conntrack lookup";
     public const string CutAfterAccounting = "established TCP, cut after the accounting";
+    public const string Ipv6Established = "established ICMPv6 echo, 2 extension headers";
     public const string Ipv6CutAfterParse = "established ICMPv6 echo, 2 extension headers, cut after parsing";
     public const string Ipv6CutAfterLookup = "established ICMPv6 echo, 2 extension headers, cut after the lookup";
     public const string LookupHitSingle = "conntrack lookup that hits, single-shot";
@@ -121,7 +122,7 @@ public static class DatapathBenchmark
             ("established ICMP echo", datapath.ToPod, echo),
             (Ipv6CutAfterParse, stepsObject.Program("cut_after_parse"), echo6ext),
             (Ipv6CutAfterLookup, cutAfterLookup, echo6ext),
-            ("established ICMPv6 echo, 2 extension headers", datapath.ToPod, echo6ext),
+            (Ipv6Established, datapath.ToPod, echo6ext),
             ("new ICMP echo, denied (no rule)", datapath.ToPod, deniedEcho),
             ("new ICMP timestamp, deny-rule hit", datapath.ToPod, denyHit),
         ];
