@@ -48,8 +48,6 @@ public static class LoopbackPorts
         }
     }
 
-    public static int Reserve() => Reserve(1)[0];
-
     private static int EphemeralLow()
     {
         try

@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using Etcdserverpb;
 using Grpc.Core;
 using Membrane.Api;
@@ -58,7 +56,8 @@ public sealed class EtcdTlsTests : IDisposable
         Authority("other-ca");
         Certificate("server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
         Certificate("client", "ca", "extendedKeyUsage=clientAuth\n");
-        var (client, peer) = LoopbackPorts.Reserve(2) switch { var p => (p[0], p[1]) };
+        var ports = LoopbackPorts.Reserve(2);
+        var (client, peer) = (ports[0], ports[1]);
         var start = new ProcessStartInfo("etcd") { RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (var a in new[]
                  {

@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using System.Text.Json;
 using Membrane.Agent.Sandbox;
 using Membrane.Api;
@@ -38,7 +36,8 @@ public sealed class MetricsTests : IDisposable
     public void PrometheusSeesPolicyDropsOfRealTraffic()
     {
         Cleanup();
-        var (metricsPort, promPort) = LoopbackPorts.Reserve(2) switch { var p => (p[0], p[1]) };
+        var ports = LoopbackPorts.Reserve(2);
+        var (metricsPort, promPort) = (ports[0], ports[1]);
         (_agent, var code, var stderr) = AgentUnderTest.Start(["--state-dir", State, "--name-prefix", Prefix, "--pin-dir",
             $"/sys/fs/bpf/{Prefix}",
             "--pod-ipv4-range", "10.231.0.0/16", "--pod-ipv6-range", "fd00:231::/64", "--metrics-address", $"127.0.0.1:{metricsPort}"],
