@@ -189,12 +189,13 @@ public sealed class EtcdConnection : IDisposable
     }
 
     /// <summary>
-    /// Whether <paramref name="e"/> is the end of a call that <paramref name="token"/> cancelled: gRPC reports a
-    /// cancelled stream as an <see cref="RpcException"/> with status Cancelled, not always as an
-    /// <see cref="OperationCanceledException"/>, depending on where the call was when the token fired.
+    /// Whether <paramref name="e"/> is the end of a call that <paramref name="token"/> cancelled. Depending on where
+    /// the call was when the token fired, gRPC reports it as an <see cref="OperationCanceledException"/>, an
+    /// <see cref="RpcException"/> with status Cancelled, or one with status Unavailable ("the request was aborted",
+    /// when a stream was being read); once the caller asked to stop, no failure of the call is news to it.
     /// </summary>
     public static bool CancelledBy(Exception e, CancellationToken token) =>
-        token.IsCancellationRequested && e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled };
+        token.IsCancellationRequested && e is OperationCanceledException or RpcException or IOException or HttpRequestException;
 
     public Task<PutResponse> PutAsync(string key, string value, long lease = 0, CancellationToken cancel = default) =>
         CallAsync(deadline => Client.PutAsync(new PutRequest { Key = Bytes(key), Value = Bytes(value), Lease = lease }, deadline: deadline,
