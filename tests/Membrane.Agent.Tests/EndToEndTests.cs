@@ -174,6 +174,43 @@ public sealed class EndToEndTests
         Flow(Client, Server, true, Icmp(13));
     }
 
+    /// <summary>
+    /// The reference system's connectivity deny cases: allow-all (every endpoint and every CIDR, 0.0.0.0/0 and ::/0
+    /// included) both ways, plus deny rules. The CIDR 0.0.0.0/0 is the world prefix too; a plan holding it twice
+    /// was refused with "An item with the same key has already been added" (issue 23's regression).
+    /// </summary>
+    [Fact]
+    public void AllowAllCombinedWithDenyRulesIsEnforced()
+    {
+        const string Ccnp = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: NAME}\nspec:\n";
+        Import(Ccnp.Replace("NAME", "allow-all", StringComparison.Ordinal) + """
+              endpointSelector: {}
+              ingress: [{fromEndpoints: [{}]}, {fromCIDR: [0.0.0.0/0, "::/0"]}]
+              egress: [{toEndpoints: [{}]}, {toCIDR: [0.0.0.0/0, "::/0"]}]
+            """);
+        Assert.True(Ping(Client, Server));
+        Import(Cnp("deny-ping", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingressDeny: [{icmps: [{fields: [{type: EchoRequest}, {type: EchoRequest, family: IPv6}]}]}]
+            """));
+        Import(Ccnp.Replace("NAME", "deny-other", StringComparison.Ordinal) + """
+              endpointSelector: {matchLabels: {app: other}}
+              egressDeny: [{toEndpoints: [{matchLabels: {app: server}}], toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+            """);
+        Assert.False(Ping(Client, Server));
+        Assert.False(Ping(Client, Server, v6: true));
+        Flow(Client, Server, false, Icmp(8));
+        Flow(Client, Server, true, Tcp(80));
+        Flow(Client, Server, true, Icmp(13));
+        Flow(Other, Server, false, Tcp(80));
+        Flow(Other, Server, true, Udp(53));
+        // The world prefix maps to the policy's CIDR identity, once, in the kernel's ipcache.
+        var ipcache = JsonDocument.Parse(_s.CliOk("bpf", "ipcache", "list", "-o", "json").Out).RootElement.EnumerateArray().ToList();
+        Assert.Single(ipcache, e => e.GetProperty("prefix").GetString() == "0.0.0.0/0");
+        _s.CliOk("policy", "delete", "e2e-a/deny-ping");
+        Assert.True(Ping(Client, Server));
+    }
+
     [Fact]
     public void TypeZeroDoesNotAllowEchoRequests()
     {

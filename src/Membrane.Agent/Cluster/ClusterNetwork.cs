@@ -170,10 +170,10 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
         }
     }
 
-    [LoggerMessage(EventId = 41, Level = LogLevel.Error, Message = "the underlay could not be set up: {Reason}")]
+    [LoggerMessage(EventId = 46, Level = LogLevel.Error, Message = "the underlay could not be set up: {Reason}")]
     private static partial void UnderlayFailed(ILogger logger, string reason);
 
-    [LoggerMessage(EventId = 42, Level = LogLevel.Error, Message = "the other nodes' routes are not installed: {Reason}")]
+    [LoggerMessage(EventId = 47, Level = LogLevel.Error, Message = "the other nodes' routes are not installed: {Reason}")]
     private static partial void NodesFailed(ILogger logger, string reason);
 
     [LoggerMessage(EventId = 43, Level = LogLevel.Error, Message = "other nodes' pod addresses are not enforced: {Reason}")]

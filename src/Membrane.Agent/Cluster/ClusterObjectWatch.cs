@@ -35,9 +35,18 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
                     stoppingToken).ConfigureAwait(false);
                 KvstoreMetrics.Enforced(received); // from the batch's first change: the longest wait in it
             }
-            catch (Exception e) when (e is AgentInputException or InvalidOperationException or IOException)
+            catch (Exception e) when (e is not OperationCanceledException || !stoppingToken.IsCancellationRequested)
             {
-                NotEnforced(log, revision, e.Message); // the next change tries again with the whole state
+                // Whatever the store holds, this node keeps enforcing its last good state and serving: the next
+                // change tries again with the whole state. An unexpected failure is logged with its type and stack.
+                if (e is AgentInputException or InvalidOperationException or IOException)
+                {
+                    NotEnforced(log, revision, e.Message);
+                }
+                else
+                {
+                    NotEnforcedUnexpectedly(log, revision, e);
+                }
             }
         }
     }
@@ -69,4 +78,8 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
     [LoggerMessage(EventId = 40, Level = LogLevel.Error,
         Message = "the cluster's state at revision {Revision} is not enforced here: {Reason}")]
     private static partial void NotEnforced(ILogger logger, long revision, string reason);
+
+    [LoggerMessage(EventId = 45, Level = LogLevel.Error,
+        Message = "the cluster's state at revision {Revision} is not enforced here: an unexpected failure")]
+    private static partial void NotEnforcedUnexpectedly(ILogger logger, long revision, Exception exception);
 }

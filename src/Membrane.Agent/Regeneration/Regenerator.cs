@@ -32,7 +32,7 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
             .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.Host));
         var remoteNodes = RemoteNodes
             .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.RemoteNode));
-        var ipcache = engine.IpCache().Concat(remoteNodes).Concat(host).ToList();
+        var ipcache = OnePerPrefix(engine.IpCache().Concat(remoteNodes).Concat(host));
         try
         {
             // Pods not created yet have no interface: a placeholder index that no real interface has counts them.
@@ -49,11 +49,42 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
         return new RegenerationPlan(dirty, ipcache);
     }
 
+    /// <summary>
+    /// One entry per prefix, the later source winning, in the order the sources come: a policy's CIDR equal to the
+    /// world prefix (toCIDR 0.0.0.0/0) over world, a pod's address over a CIDR, a remote node's and the host's own
+    /// addresses over everything — the precedence the engine's trace uses too (<see cref="PolicyEngine.IdentityOf"/>).
+    /// </summary>
+    public static List<(IPNetwork Prefix, uint Identity)> OnePerPrefix(IEnumerable<(IPNetwork Prefix, uint Identity)> entries)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        var position = new Dictionary<IPNetwork, int>();
+        var list = new List<(IPNetwork Prefix, uint Identity)>();
+        foreach (var entry in entries)
+        {
+            if (position.TryGetValue(entry.Prefix, out var at))
+            {
+                list[at] = entry;
+            }
+            else
+            {
+                position[entry.Prefix] = list.Count;
+                list.Add(entry);
+            }
+        }
+        return list;
+    }
+
     /// <summary>Writes the plan: policy of dirty endpoints, the ipcache, programs where missing, then conntrack.</summary>
     public void Regenerate(PolicyEngine engine, RegenerationPlan plan, bool attachAll)
     {
         ArgumentNullException.ThrowIfNull(engine);
         ArgumentNullException.ThrowIfNull(plan);
+        if (plan.IpCache.GroupBy(e => e.Prefix).FirstOrDefault(g => g.Count() > 1) is { } twice)
+        {
+            // A plan is built one entry per prefix (OnePerPrefix); one that is not would write an order-dependent map.
+            throw new AgentInputException($"the plan gives the prefix {twice.Key} {twice.Count()} identities " +
+                $"({string.Join(", ", twice.Select(e => e.Identity))}); nothing was changed");
+        }
         // Make before break for pods whose identity changes (a label change): until the ipcache says Y, their
         // packets still carry the old identity X, so the maps first hold Y's new entries under X too, then the
         // ipcache switches, then the X copies go. Those copies give X's packets exactly the new verdict of Y.
