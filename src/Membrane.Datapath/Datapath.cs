@@ -31,7 +31,7 @@ public sealed class PolicyDatapath : IDisposable
         Audits = obj.Map<uint, Counter>("mb_audit");
         Events = obj.Map("mb_events");
         Config = obj.Map<uint, DatapathConfig>("mb_config");
-        Fragments = obj.Map<FragmentKey, byte>("mb_frag");
+        Fragments = obj.Map<FragmentKey, FragmentValue>("mb_frag");
         EndpointMap = obj.Map<EndpointKey, EndpointValue>("mb_endpoints");
         Endpoints = new EndpointTable(EndpointMap);
         IpCache4Map = obj.Map<IpCache4Key, IpCacheValue>("mb_ipcache4");
@@ -80,7 +80,7 @@ public sealed class PolicyDatapath : IDisposable
 
     public BpfMap<uint, DatapathConfig> Config { get; }
 
-    public BpfMap<FragmentKey, byte> Fragments { get; }
+    public BpfMap<FragmentKey, FragmentValue> Fragments { get; }
 
     public BpfMap<EndpointKey, EndpointValue> EndpointMap { get; }
 
@@ -193,11 +193,22 @@ public sealed class PolicyDatapath : IDisposable
     public int FlushConntrack()
     {
         var count = Conntrack.Flush();
+        FlushFragments();
+        return count;
+    }
+
+    /// <summary>
+    /// Forgets the first fragments' verdicts of the endpoints in <paramref name="ifIndexes"/> (all when null): a
+    /// verdict given under a policy that changed must not carry the datagram's later fragments. Returns how many.
+    /// </summary>
+    public int FlushFragments(IReadOnlySet<uint>? ifIndexes = null)
+    {
+        var removed = 0;
         foreach (var key in Fragments.Keys<FragmentKey>())
         {
-            Fragments.Delete(key);
+            removed += (ifIndexes is null || ifIndexes.Contains(key.IfIndex)) && Fragments.Delete(key) ? 1 : 0;
         }
-        return count;
+        return removed;
     }
 
     public void Dispose() => Bpf.Dispose();

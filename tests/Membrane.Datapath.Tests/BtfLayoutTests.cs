@@ -111,7 +111,8 @@ public sealed partial class BtfLayoutTests
         { "policy_key", typeof(PolicyMapKey) }, { "policy_value", typeof(PolicyMapValue) },
         { "ipcache4_key", typeof(IpCache4Key) }, { "ipcache6_key", typeof(IpCache6Key) }, { "ipcache_value", typeof(IpCacheValue) },
         { "ct4_key", typeof(Conntrack4Key) }, { "ct6_key", typeof(Conntrack6Key) }, { "ct_value", typeof(ConntrackValue) },
-        { "frag_key", typeof(FragmentKey) }, { "counter", typeof(Counter) }, { "config", typeof(DatapathConfig) },
+        { "frag_key", typeof(FragmentKey) }, { "frag_value", typeof(FragmentValue) }, { "counter", typeof(Counter) },
+        { "config", typeof(DatapathConfig) },
         { "event", typeof(DatapathEvent) }, { "endpoint_key", typeof(EndpointKey) }, { "endpoint_value", typeof(EndpointValue) },
     };
 

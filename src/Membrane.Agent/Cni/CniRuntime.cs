@@ -26,8 +26,13 @@ public sealed class CniRuntime(AgentOptions options, CniAttachments attachments)
 
     public string NodeNamespace => HostNamespace;
 
-    /// <summary>The pods' gateway (an address of every host end): replies from it are the host's.</summary>
-    public IReadOnlyList<IPAddress> HostAddresses { get; } = [AgentOptions.GatewayIPv4];
+    /// <summary>
+    /// The pods' gateways (addresses of every host end), every address of the node's interfaces (a chained plugin's
+    /// bridge address is a pod's gateway too) with their subnets' broadcasts, and the node-scoped prefixes; read anew
+    /// at every regeneration.
+    /// </summary>
+    public IReadOnlyList<IPNetwork> HostPrefixes =>
+        [NodeScope.HostRoute(AgentOptions.GatewayIPv4), .. NodeScope.OfThisNamespace(), .. NodeScope.Prefixes];
 
     private string AliasPrefix => $"membrane:{options.NamePrefix}:";
 

@@ -14,8 +14,11 @@ public interface IEndpointRuntime
     /// <summary>The network namespace holding the host ends of the endpoints' interfaces: where the programs attach.</summary>
     string NodeNamespace { get; }
 
-    /// <summary>The node's own addresses that pods can reach (the ipcache gives them the host identity).</summary>
-    IReadOnlyList<IPAddress> HostAddresses { get; }
+    /// <summary>
+    /// What a pod reaches the node at: its own addresses and the node-scoped prefixes (<see cref="NodeScope"/>). The
+    /// ipcache gives them the host identity; read at every regeneration, so addresses the node gains are covered then.
+    /// </summary>
+    IReadOnlyList<IPNetwork> HostPrefixes { get; }
 
     /// <summary>Makes the node ready (called once at start, before anything is adopted or created).</summary>
     void Prepare();

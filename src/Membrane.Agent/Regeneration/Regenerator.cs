@@ -28,8 +28,7 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
     {
         ArgumentNullException.ThrowIfNull(engine);
         var dirty = engine.ResolveDirty();
-        var host = endpoints.Runtime.HostAddresses
-            .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.Host));
+        var host = endpoints.Runtime.HostPrefixes.Select(p => (p, ReservedIdentities.Host));
         var remoteNodes = RemoteNodes
             .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.RemoteNode));
         var ipcache = OnePerPrefix(engine.IpCache().Concat(remoteNodes).Concat(host));
@@ -170,7 +169,8 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
     /// Connections opened under the old policy that the new one denies are forgotten, so their next packet meets
     /// the new policy: a narrowing change takes effect on established traffic too, not only on new connections.
     /// Endpoints in audit mode keep theirs: audit lets them through anyway, and each was reported when it began.
-    /// Also called when an endpoint leaves audit mode, for the connections audit admitted.
+    /// Also called when an endpoint leaves audit mode, for the connections audit admitted. The first fragments'
+    /// verdicts of the changed endpoints are forgotten with them (a datagram in flight loses its later fragments).
     /// </summary>
     public void RevalidateConnections(PolicyEngine engine, IReadOnlyDictionary<uint, MapState> changed)
     {
@@ -181,6 +181,7 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
             return;
         }
         var audited = new Dictionary<uint, bool>();
+        datapath.FlushFragments(changed.Keys.Where(ifIndex => !datapath.Endpoints.IsAudited(ifIndex)).ToHashSet());
         foreach (var (key, value) in datapath.Conntrack.Entries().ToList())
         {
             if (!changed.TryGetValue(key.IfIndex, out var state))

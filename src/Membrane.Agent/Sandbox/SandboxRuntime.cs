@@ -19,9 +19,10 @@ public sealed class SandboxRuntime : IEndpointRuntime
     public SandboxRuntime(AgentOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        HostAddresses = options.UnderlayAddress is { } underlay
+        IPAddress[] own = options.UnderlayAddress is { } underlay
             ? [AgentOptions.GatewayIPv4, options.NodeIPv4, options.NodeIPv6, underlay, UnderlayNetwork.IPv6Of(underlay)]
             : [AgentOptions.GatewayIPv4, options.NodeIPv4, options.NodeIPv6];
+        HostPrefixes = [.. own.Select(NodeScope.HostRoute), .. NodeScope.Prefixes];
         _node = new NodeNetwork(options);
         _pods = new PodNetwork(options, _node);
         _servers = new PodServers(options);
@@ -30,8 +31,11 @@ public sealed class SandboxRuntime : IEndpointRuntime
 
     public string NodeNamespace => _node.Name;
 
-    /// <summary>The pods' IPv4 gateway and the node's address in each pod range (all on the node namespace's loopback).</summary>
-    public IReadOnlyList<IPAddress> HostAddresses { get; }
+    /// <summary>
+    /// The pods' IPv4 gateway and the node's address in each pod range (all on the node namespace's loopback), and the
+    /// node-scoped prefixes (the IPv6 gateway fe80::1 among them). The node namespace has no other address.
+    /// </summary>
+    public IReadOnlyList<IPNetwork> HostPrefixes { get; }
 
     public void Prepare() => _node.Ensure();
 

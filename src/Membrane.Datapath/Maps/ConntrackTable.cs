@@ -6,7 +6,9 @@ namespace Membrane.Datapath.Maps;
 
 /// <summary>One tracked connection of an endpoint, whichever family's map holds it.</summary>
 /// <param name="Lo">The lower of the two addresses (with <paramref name="LoPort"/>): the key is normalised.</param>
-public readonly record struct ConntrackTuple(uint IfIndex, byte Protocol, IPAddress Lo, ushort LoPort, IPAddress Hi, ushort HiPort);
+/// <param name="Kind">ICMP queries: the request's type (the key's kind), so requests of two kinds never share an entry.</param>
+public readonly record struct ConntrackTuple(uint IfIndex, byte Protocol, IPAddress Lo, ushort LoPort, IPAddress Hi, ushort HiPort,
+    byte Kind = 0);
 
 /// <summary>
 /// The conntrack maps of both families (an IPv4 key is less than half the size of an IPv6 one, and hashing the key
@@ -64,11 +66,11 @@ public sealed unsafe class ConntrackTable
     }
 
     private static ConntrackTuple FromKey(Conntrack4Key k) =>
-        new(k.IfIndex, k.Protocol, new IPAddress(k.LoAddress), k.LoPort, new IPAddress(k.HiAddress), k.HiPort);
+        new(k.IfIndex, k.Protocol, new IPAddress(k.LoAddress), k.LoPort, new IPAddress(k.HiAddress), k.HiPort, k.Kind);
 
     private static ConntrackTuple FromKey(Conntrack6Key k) =>
         new(k.IfIndex, k.Protocol, new IPAddress(new ReadOnlySpan<byte>(k.LoAddress, 16)), k.LoPort,
-            new IPAddress(new ReadOnlySpan<byte>(k.HiAddress, 16)), k.HiPort);
+            new IPAddress(new ReadOnlySpan<byte>(k.HiAddress, 16)), k.HiPort, k.Kind);
 
     private static Conntrack4Key ToKey4(ConntrackTuple t)
     {
@@ -83,12 +85,13 @@ public sealed unsafe class ConntrackTable
             LoPort = t.LoPort,
             HiPort = t.HiPort,
             Protocol = t.Protocol,
+            Kind = t.Kind,
         };
     }
 
     private static Conntrack6Key ToKey6(ConntrackTuple t)
     {
-        var key = new Conntrack6Key { IfIndex = t.IfIndex, LoPort = t.LoPort, HiPort = t.HiPort, Protocol = t.Protocol };
+        var key = new Conntrack6Key { IfIndex = t.IfIndex, LoPort = t.LoPort, HiPort = t.HiPort, Protocol = t.Protocol, Kind = t.Kind };
         t.Lo.TryWriteBytes(new Span<byte>(key.LoAddress, 16), out _);
         t.Hi.TryWriteBytes(new Span<byte>(key.HiAddress, 16), out _);
         return key;

@@ -106,8 +106,8 @@ public struct Conntrack4Key
     public ushort LoPort;
     public ushort HiPort;
     public byte Protocol;
-    public byte Pad0;
-    public ushort Pad1;
+    public byte Kind; // ICMP queries: the request's type (kind in maps.h), else 0
+    public ushort Pad0;
 }
 
 /// <summary>IPv6 conntrack key, normalised like <see cref="Conntrack4Key"/>.</summary>
@@ -120,8 +120,8 @@ public unsafe struct Conntrack6Key
     public ushort LoPort;
     public ushort HiPort;
     public byte Protocol;
-    public byte Pad0;
-    public ushort Pad1;
+    public byte Kind; // ICMP queries: the request's type (kind in maps.h), else 0
+    public ushort Pad0;
 }
 
 [StructLayout(LayoutKind.Sequential)]
@@ -273,6 +273,18 @@ public unsafe struct EndpointValue
     public uint Flags;
 }
 
+/// <summary>A first fragment's remembered verdict and when it was given (struct frag_value).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct FragmentValue
+{
+    public ulong Created; // kernel ticks (jiffies)
+    public byte Allowed;
+    public byte Pad0;
+    public ushort Pad1;
+    public uint Pad2;
+}
+
+/// <summary>The key of a first fragment's remembered verdict (struct frag_key).</summary>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct FragmentKey
 {

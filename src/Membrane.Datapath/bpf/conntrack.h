@@ -27,9 +27,11 @@ static __always_inline __u64 ct_ticks(__u64 seconds)
 
 /* Builds the normalised key of a tuple in the key layout of its family; returns 1 when the tuple's source is
  * the key's lo side. */
-static __always_inline int ct_key_of(union ct_key *k, __u32 ifindex, __u8 proto, __u8 family, const __u32 *saddr,
-				     const __u32 *daddr, __u16 sport, __u16 dport)
+static __always_inline int ct_key_of(union ct_key *k, __u32 ifindex, const struct flow *f)
 {
+	__u8 proto = f->proto, family = f->family;
+	const __u32 *saddr = f->saddr, *daddr = f->daddr;
+	__u16 sport = f->sport, dport = f->dport;
 	int src_lo;
 	if (family == 4) {
 		src_lo = saddr[0] != daddr[0] ? bpf_ntohl(saddr[0]) < bpf_ntohl(daddr[0]) : sport <= dport;
@@ -40,6 +42,7 @@ static __always_inline int ct_key_of(union ct_key *k, __u32 ifindex, __u8 proto,
 			.lo_port = src_lo ? sport : dport,
 			.hi_port = src_lo ? dport : sport,
 			.proto = proto,
+			.kind = f->query,
 		};
 		return src_lo;
 	}
@@ -56,6 +59,7 @@ static __always_inline int ct_key_of(union ct_key *k, __u32 ifindex, __u8 proto,
 		.lo_port = src_lo ? sport : dport,
 		.hi_port = src_lo ? dport : sport,
 		.proto = proto,
+		.kind = f->query,
 	};
 	__builtin_memcpy(k->v6.lo_addr, src_lo ? saddr : daddr, sizeof(k->v6.lo_addr));
 	__builtin_memcpy(k->v6.hi_addr, src_lo ? daddr : saddr, sizeof(k->v6.hi_addr));
@@ -106,6 +110,13 @@ static __always_inline void ct_account(struct ct_value *v, __u8 dir, __u64 now, 
 		flags |= reply ? CT_SEEN_FIN_REV : CT_SEEN_FIN_FWD;
 	if (flags != v->flags)
 		v->flags = flags;
+}
+
+/* 1 when a packet of an ICMP query travels as its kind says: a request in the direction that opened the entry, a
+ * reply in the other (forward: the packet goes the opening packet's way). Other packets: always 1. */
+static __always_inline int ct_query_fits(const struct flow *f, int forward)
+{
+	return !f->query || f->query_reply == !forward;
 }
 
 /* 1 when a packet whose source is the lo side of the key (src_lo) comes from the endpoint's side of the connection.
@@ -175,17 +186,22 @@ __attribute__((noinline)) int ct_related(struct __sk_buff *skb, __u32 ifindex, c
 	struct flow inner = {};
 	if (!f)
 		return 0;
-	if (skb->len > ETH_HLEN_M + (f->family == 4 ? ICMP_ERROR_MAX_V4 : ICMP_ERROR_MAX_V6))
+	/* A host never fragments an error (both limits fit the minimum MTU); a fragmented one would pass the size
+	 * check on its first fragment and carry the rest on the fragment's verdict. */
+	if (f->frag != FRAG_NONE || f->l3_end > ETH_HLEN_M + (f->family == 4 ? ICMP_ERROR_MAX_V4 : ICMP_ERROR_MAX_V6))
 		return 0;
 	if (parse_embedded(skb, f, &inner) != PARSE_OK || inner.family != f->family)
 		return 0;
 	union ct_key k;
-	int inner_src_lo = ct_key_of(&k, ifindex, inner.proto, inner.family, inner.saddr, inner.daddr, inner.sport, inner.dport);
+	int inner_src_lo = ct_key_of(&k, ifindex, &inner);
 	struct ct_value *v = ct_find(&k, inner.family, inner.proto, now);
 	/* Checked once the connection is found, where they cost the verifier least. In both directions the embedded
 	 * packet was sent to the error's sender by the error's receiver; only towards the pod may the sender be a
-	 * router rather than the packet's destination. */
+	 * router rather than the packet's destination. The embedded packet came from the endpoint exactly when the
+	 * error goes to it; it went the opening packet's way when the endpoint opened the connection. */
 	if (!v || ct_from_endpoint(v, inner_src_lo) != (dir == DIR_INGRESS) || !addr_equal(inner.saddr, f->daddr))
+		return 0;
+	if (!ct_query_fits(&inner, (dir == DIR_INGRESS) == (v->dir == DIR_EGRESS)))
 		return 0;
 	if (!addr_equal(inner.daddr, f->saddr) && (dir != DIR_INGRESS || is_pod_identity(source_identity(f))))
 		return 0;

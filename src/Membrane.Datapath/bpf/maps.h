@@ -73,10 +73,11 @@ struct ct4_key {
 	__u32 ifindex;
 	__u32 lo_addr;
 	__u32 hi_addr;
-	__u16 lo_port; /* host byte order; ICMP echo: the identifier stands in for one port, 0 for the other */
+	__u16 lo_port; /* host byte order; ICMP queries: the identifier for one port, the request's type for the other */
 	__u16 hi_port;
 	__u8 proto;
-	__u8 pad[3];
+	__u8 kind; /* ICMP queries: the request's type, so two kinds of query never share an entry; else 0 */
+	__u8 pad[2];
 };
 
 struct ct6_key {
@@ -86,7 +87,8 @@ struct ct6_key {
 	__u16 lo_port;
 	__u16 hi_port;
 	__u8 proto;
-	__u8 pad[3];
+	__u8 kind;
+	__u8 pad[2];
 };
 
 union ct_key {
@@ -160,10 +162,19 @@ struct frag_key {
 	__u32 daddr[4];
 };
 
+/* A verdict holds for the receiver's reassembly window only (RFC 8200's 60 s; IPv4's is Linux's 30 s): a later
+ * fragment after it belongs to no datagram the first fragment began. The control plane removes an endpoint's
+ * verdicts when its policy changes, so none outlives the policy that gave it. */
+struct frag_value {
+	__u64 created; /* kernel ticks (jiffies) */
+	__u8 allowed;
+	__u8 pad[7];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct frag_key);
-	__type(value, __u8); /* 1 = allowed, 0 = denied */
+	__type(value, struct frag_value);
 	__uint(max_entries, 16384);
 } mb_frag SEC(".maps");
 

@@ -13,26 +13,36 @@
 #include "events.h"
 #include "tunnel.h"
 
+/* A datagram's fragments as the receiver reassembles them: by addresses and identifier, and for IPv4 the protocol.
+ * Not for IPv6: a first fragment's protocol is the one after the whole header chain, a later fragment's the fragment
+ * header's next header, which differ when extension headers follow the fragment header. */
+static __always_inline struct frag_key frag_key_of(__u32 ifindex, __u8 dir, const struct flow *f)
+{
+	struct frag_key k = { .ifindex = ifindex, .id = f->frag_id, .dir = dir, .family = f->family,
+			      .proto = f->family == 4 ? f->proto : 0 };
+	__builtin_memcpy(k.saddr, f->saddr, sizeof(k.saddr));
+	__builtin_memcpy(k.daddr, f->daddr, sizeof(k.daddr));
+	return k;
+}
+
 /* A global function: verified once, instead of inlined at each verdict (only first fragments get past its test). */
 __attribute__((noinline)) int remember_fragment(__u32 ifindex, __u32 dir, const struct flow *f, __u32 allowed)
 {
 	if (!f || f->frag != FRAG_FIRST)
 		return 0;
-	__u8 verdict = allowed;
-	struct frag_key k = { .ifindex = ifindex, .id = f->frag_id, .dir = dir, .family = f->family, .proto = f->proto };
-	__builtin_memcpy(k.saddr, f->saddr, sizeof(k.saddr));
-	__builtin_memcpy(k.daddr, f->daddr, sizeof(k.daddr));
+	struct frag_value verdict = { .created = ct_now(), .allowed = allowed };
+	struct frag_key k = frag_key_of(ifindex, dir, f);
 	bpf_map_update_elem(&mb_frag, &k, &verdict, BPF_ANY);
 	return 0;
 }
 
+#define FRAG_TIMEOUT_S 60
+
 static __always_inline int fragment_allowed(__u32 ifindex, __u8 dir, const struct flow *f)
 {
-	struct frag_key k = { .ifindex = ifindex, .id = f->frag_id, .dir = dir, .family = f->family, .proto = f->proto };
-	__builtin_memcpy(k.saddr, f->saddr, sizeof(k.saddr));
-	__builtin_memcpy(k.daddr, f->daddr, sizeof(k.daddr));
-	__u8 *allowed = bpf_map_lookup_elem(&mb_frag, &k);
-	return allowed && *allowed;
+	struct frag_key k = frag_key_of(ifindex, dir, f);
+	struct frag_value *v = bpf_map_lookup_elem(&mb_frag, &k);
+	return v && v->allowed && ct_now() - v->created <= ct_ticks(FRAG_TIMEOUT_S);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 dir, __u8 reason, __u32 peer,
@@ -67,9 +77,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	__u64 now = ct_now();
 	union ct_key k;
-	int src_lo = ct_key_of(&k, ifindex, f.proto, f.family, f.saddr, f.daddr, f.sport, f.dport);
+	int src_lo = ct_key_of(&k, ifindex, &f);
 	struct ct_value *conn = ct_find(&k, f.family, f.proto, now);
-	if (conn && ct_from_endpoint(conn, src_lo) == (dir == DIR_EGRESS)) {
+	if (conn && ct_from_endpoint(conn, src_lo) == (dir == DIR_EGRESS) && ct_query_fits(&f, conn->dir == dir)) {
 		ct_account(conn, dir, now, skb->len, f.tcp_flags);
 		if (config_flags() & CONFIG_TRACE_EVENTS)
 			report_forwarded(skb, &f, dir | (__u32)(conn->dir == dir ? TRACE_ESTABLISHED : TRACE_REPLY) << 8, conn->rule_id);

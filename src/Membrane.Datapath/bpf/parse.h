@@ -22,8 +22,12 @@ struct flow {
 	__u8 tcp_flags;
 	__u8 frag;
 	__u8 hop_limit; /* IPv6 hop limit, IPv4 TTL: 255 on a neighbour discovery message proves it was not routed */
+	__u8 query;       /* ICMP queries: the request's type (both for the request and its reply), else 0 */
+	__u8 query_reply; /* 1 when the ICMP query message is a reply */
 	__u16 l4_off;
 	__u32 frag_id;
+	__u32 l3_end; /* offset of the datagram's end (IPv4 total length, IPv6 payload length): bytes after it are
+		       * the frame's trailer, which no header read may reach */
 };
 
 /* The packet's bounds, each read as one load from the context register: with several inlined readers clang would
@@ -99,14 +103,18 @@ static __always_inline int is_icmp_error(__u8 family, __u8 type)
 }
 
 /* Queries are tracked by identifier and kind: a request looks like (id -> request type), its reply like
- * (request type -> id), so reversing the tuple of a reply gives its request's, and a reply of another kind of query
- * never matches. Other ICMP messages are stateless (0 -> 0). */
-static __always_inline void icmp_ports(__u8 family, __u8 type, __u16 id, __u16 *sport, __u16 *dport)
+ * (request type -> id), so reversing the tuple of a reply gives its request's. The ports alone do not tell a request
+ * from a reply (an echo with id 8 and one of type 8 look alike), so the kind (f->query) goes into the conntrack key
+ * and whether it is a reply (f->query_reply) is checked against the entry's direction. Other ICMP messages are
+ * stateless (0 -> 0). */
+static __always_inline void icmp_ports(struct flow *f, __u8 type, __u16 id)
 {
 	int reply;
-	__u8 query = icmp_query(family, type, &reply);
-	*sport = query ? (reply ? query : id) : 0;
-	*dport = query ? (reply ? id : query) : 0;
+	__u8 query = icmp_query(f->family, type, &reply);
+	f->sport = query ? (reply ? query : id) : 0;
+	f->dport = query ? (reply ? id : query) : 0;
+	f->query = query;
+	f->query_reply = reply;
 }
 
 /* Copies the start of the L4 header at off: 14 bytes of TCP (up to its flags), 8 of anything else (UDP's header,
@@ -116,20 +124,22 @@ static __always_inline int load_l4(struct __sk_buff *skb, __u32 off, __u8 *l4, i
 	return tcp ? load(skb, off, l4, 14) : load(skb, off, l4, 8);
 }
 
-/* Fills ports/type/flags from the start of the L4 header at off, copied into l4 by load_l4. */
-static __always_inline int parse_l4_header(struct __sk_buff *skb, struct flow *f, __u32 off, const __u8 *l4, int tcp)
+/* Fills ports/type/flags from the start of the L4 header at off, copied into l4 by load_l4. The whole header must
+ * lie inside the datagram: a first fragment that ends before it, with the rest of the frame as a trailer, would
+ * otherwise be judged by bytes the receiver never reads as its header. */
+static __always_inline int parse_l4_header(struct flow *f, __u32 off, const __u8 *l4, int tcp)
 {
 	if (tcp) {
-		if ((l4[12] >> 4) < 5 || skb->len < off + ((l4[12] >> 4) << 2))
+		if ((l4[12] >> 4) < 5 || f->l3_end < off + ((l4[12] >> 4) << 2))
 			return PARSE_MALFORMED;
 		f->tcp_flags = l4[13];
-	} else if (f->proto == PROTO_SCTP && skb->len < off + 12) {
-		return PARSE_MALFORMED; /* SCTP's common header is 12 bytes; its ports come first, as UDP's */
+	} else if (f->l3_end < off + (f->proto == PROTO_SCTP ? 12 : 8)) {
+		return PARSE_MALFORMED; /* UDP's and ICMP's headers are 8 bytes, SCTP's common header 12 */
 	}
 	if (is_icmp(f->proto)) {
 		f->icmp_type = l4[0];
 		f->icmp_code = l4[1];
-		icmp_ports(f->family, l4[0], ((__u16)l4[4] << 8) | l4[5], &f->sport, &f->dport);
+		icmp_ports(f, l4[0], ((__u16)l4[4] << 8) | l4[5]);
 	} else {
 		f->sport = ((__u16)l4[0] << 8) | l4[1];
 		f->dport = ((__u16)l4[2] << 8) | l4[3];
@@ -155,7 +165,7 @@ static __always_inline int parse_l4_ipv4(struct __sk_buff *skb, struct flow *f)
 	__u32 off = f->l4_off;
 	int tcp = f->proto == PROTO_TCP;
 	int r = off == ETH_HLEN_M + 20 ? load_l4(skb, ETH_HLEN_M + 20, l4, tcp) : load_l4(skb, off, l4, tcp);
-	return r < 0 ? PARSE_MALFORMED : parse_l4_header(skb, f, off, l4, tcp);
+	return r < 0 ? PARSE_MALFORMED : parse_l4_header(f, off, l4, tcp);
 }
 
 /* IPv6's L4 header: behind no, one or two 8-byte extension headers (as a fragment header or a hop-by-hop router
@@ -180,7 +190,7 @@ __attribute__((noinline)) int parse_l4_ipv6(struct __sk_buff *skb, struct flow *
 		r = load_l4(skb, ETH_HLEN_M + 56, l4, tcp);
 	else
 		r = load_l4(skb, off, l4, tcp);
-	return r < 0 ? PARSE_MALFORMED : parse_l4_header(skb, f, off, l4, tcp);
+	return r < 0 ? PARSE_MALFORMED : parse_l4_header(f, off, l4, tcp);
 }
 
 static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct flow *f)
@@ -192,6 +202,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 	__u32 total = bpf_ntohs(ip.tot_len);
 	if ((ip.ver_ihl >> 4) != 4 || hlen < sizeof(ip) || total < hlen || skb->len < off + total)
 		return PARSE_MALFORMED;
+	f->l3_end = off + total;
 	f->family = 4;
 	f->proto = ip.protocol;
 	f->hop_limit = ip.ttl;
@@ -224,15 +235,16 @@ static __always_inline __u32 ext_header_len(__u8 type, __u8 len)
 }
 
 /* Steps over the extension header of type *next whose start is copied from at (*pos, or the same offset as a
- * constant so the read is direct): *pos moves past it, *next becomes the header after it. */
-static __always_inline int skip_ext_header(struct __sk_buff *skb, __u32 at, __u32 *pos, __u8 *next)
+ * constant so the read is direct): *pos moves past it, *next becomes the header after it. The header must end
+ * inside the datagram (end): past it lies the frame's trailer. */
+static __always_inline int skip_ext_header(struct __sk_buff *skb, __u32 at, __u32 *pos, __u8 *next, __u32 end)
 {
 	struct ipv6_ext_hdr eh;
 	if (load(skb, at, &eh, sizeof(eh)) < 0)
 		return -1;
 	*pos += ext_header_len(*next, eh.len);
 	*next = eh.nexthdr;
-	return 0;
+	return *pos > end ? -1 : 0;
 }
 
 static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct flow *f)
@@ -240,8 +252,12 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct f
 	struct ipv6_hdr ip __attribute__((aligned(8)));
 	if (load(skb, off, &ip, sizeof(ip)) < 0)
 		return PARSE_MALFORMED;
-	if ((bpf_ntohl(ip.vtc_flow) >> 28) != 6 || skb->len < off + sizeof(ip) + bpf_ntohs(ip.payload_len))
+	/* A zero payload length announces a jumbogram, which no link here carries (and BIG TCP is not enabled on the
+	 * veths): refused, since its datagram has no length to bound the headers by. */
+	__u32 end = off + sizeof(ip) + bpf_ntohs(ip.payload_len);
+	if ((bpf_ntohl(ip.vtc_flow) >> 28) != 6 || !ip.payload_len || skb->len < end)
 		return PARSE_MALFORMED;
+	f->l3_end = end;
 	f->family = 6;
 	f->hop_limit = ip.hop_limit;
 	__builtin_memcpy(f->saddr, ip.saddr, sizeof(f->saddr));
@@ -254,11 +270,11 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct f
 	 * (about 8 ns each). The loop is as many iterations shorter: the walk still covers IPV6_MAX_EXT_HEADERS. */
 	int first = 0;
 	if (is_ext_header(next)) {
-		if (skip_ext_header(skb, off + sizeof(ip), &pos, &next) < 0)
+		if (skip_ext_header(skb, off + sizeof(ip), &pos, &next, end) < 0)
 			return PARSE_MALFORMED;
 		first = 1;
 		if (pos == ETH_HLEN_M + 48 && is_ext_header(next)) {
-			if (skip_ext_header(skb, ETH_HLEN_M + 48, &pos, &next) < 0)
+			if (skip_ext_header(skb, ETH_HLEN_M + 48, &pos, &next, end) < 0)
 				return PARSE_MALFORMED;
 			first = 2;
 		}
@@ -266,7 +282,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct f
 	for (int i = first; i < IPV6_MAX_EXT_HEADERS; i++) {
 		if (next == IPV6_FRAGMENT) {
 			struct ipv6_frag_hdr fh;
-			if (load(skb, pos, &fh, sizeof(fh)) < 0)
+			if (pos + sizeof(fh) > end || load(skb, pos, &fh, sizeof(fh)) < 0)
 				return PARSE_MALFORMED;
 			__u16 fo = bpf_ntohs(fh.frag_off);
 			f->frag_id = bpf_ntohl(fh.id);
@@ -281,7 +297,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct f
 			next = fh.nexthdr;
 			pos += sizeof(fh);
 		} else if (is_ext_header(next)) {
-			if (skip_ext_header(skb, pos, &pos, &next) < 0)
+			if (skip_ext_header(skb, pos, &pos, &next, end) < 0)
 				return PARSE_MALFORMED;
 		} else {
 			break;
@@ -323,16 +339,18 @@ __attribute__((noinline)) int parse_packet(struct __sk_buff *skb, struct flow *f
 	return PARSE_UNKNOWN_L3;
 }
 
-/* Parses the packet embedded in an ICMP error (IP header + first 8 bytes of its L4 header) into *inner. */
+/* Parses the packet embedded in an ICMP error (IP header + first 8 bytes of its L4 header) into *inner; all of it
+ * inside the error's datagram. */
 static __always_inline int parse_embedded(struct __sk_buff *skb, const struct flow *outer, struct flow *inner)
 {
 	__u32 off = outer->l4_off + sizeof(struct icmp_hdr);
+	__u32 end = outer->l3_end;
 	if (outer->family == 4) {
 		struct ipv4_hdr ip;
 		if (load(skb, off, &ip, sizeof(ip)) < 0 || (ip.ver_ihl >> 4) != 4)
 			return PARSE_MALFORMED;
 		__u32 hlen = (ip.ver_ihl & 0x0f) << 2;
-		if (hlen < sizeof(ip))
+		if (hlen < sizeof(ip) || off + hlen + 8 > end)
 			return PARSE_MALFORMED;
 		inner->family = 4;
 		inner->proto = ip.protocol;
@@ -341,7 +359,7 @@ static __always_inline int parse_embedded(struct __sk_buff *skb, const struct fl
 		off += hlen;
 	} else {
 		struct ipv6_hdr ip;
-		if (load(skb, off, &ip, sizeof(ip)) < 0 || (bpf_ntohl(ip.vtc_flow) >> 28) != 6)
+		if (off + sizeof(ip) + 8 > end || load(skb, off, &ip, sizeof(ip)) < 0 || (bpf_ntohl(ip.vtc_flow) >> 28) != 6)
 			return PARSE_MALFORMED;
 		inner->family = 6;
 		inner->proto = ip.nexthdr;
@@ -353,7 +371,7 @@ static __always_inline int parse_embedded(struct __sk_buff *skb, const struct fl
 		struct icmp_hdr icmp;
 		if (load(skb, off, &icmp, sizeof(icmp)) < 0)
 			return PARSE_MALFORMED;
-		icmp_ports(inner->family, icmp.type, bpf_ntohs(icmp.id), &inner->sport, &inner->dport);
+		icmp_ports(inner, icmp.type, bpf_ntohs(icmp.id));
 	} else {
 		struct l4_ports ports;
 		if (load(skb, off, &ports, sizeof(ports)) < 0)

@@ -27,7 +27,8 @@ static __always_inline int is_unspecified6(const __u32 *a)
 }
 
 /* Neighbour discovery (RFC 4861: router/neighbour solicitation and advertisement) is never subject to policy, or
- * IPv6 stops working; so it must be exactly that: ICMPv6 133-136, code 0, hop limit 255. A routed packet has a
+ * IPv6 stops working; so it must be exactly that: ICMPv6 133-136, code 0, hop limit 255, never fragmented (RFC 6980;
+ * a first fragment let through here would carry its later fragments). A routed packet has a
  * lower hop limit, so towards the pod 255 means the node itself sent it. From the pod, the destination must also
  * be on the link (link-local or link-scope multicast): anything else would be forwarded past egress policy.
  * A global function: its many comparisons would otherwise split the caller's states (about 1,100 instructions). */
@@ -36,7 +37,7 @@ __attribute__((noinline)) int is_neighbour_discovery(const struct flow *f, __u8 
 	if (!f)
 		return 0;
 	if (f->family != 6 || f->proto != PROTO_ICMPV6 || f->icmp_type < 133 || f->icmp_type > 136 ||
-	    f->icmp_code != 0 || f->hop_limit != 255)
+	    f->icmp_code != 0 || f->hop_limit != 255 || f->frag != FRAG_NONE)
 		return 0;
 	return dir == DIR_INGRESS || is_link_local6(f->daddr) || is_link_multicast6(f->daddr);
 }

@@ -25,7 +25,7 @@ static __always_inline struct ct_value *tracked(struct __sk_buff *skb, struct fl
 	union ct_key k;
 	if (parse_packet(skb, f) != PARSE_OK)
 		return 0;
-	*src_lo = ct_key_of(&k, skb->ifindex, f->proto, f->family, f->saddr, f->daddr, f->sport, f->dport);
+	*src_lo = ct_key_of(&k, skb->ifindex, f);
 	struct ct_value *conn = ct_find(&k, f->family, f->proto, now);
 	if (!conn)
 		ct_create(&k, f->family, *src_lo, DIR_INGRESS, now, skb->len, 0);
