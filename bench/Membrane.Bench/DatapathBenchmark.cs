@@ -25,9 +25,10 @@ public sealed record DatapathResult(string Scenario, double Nanoseconds, double 
 public static class DatapathBenchmark
 {
     private const uint IfIndex = 1;
-    public const uint SmallConntrackEntries = 8192;
+    public const uint LargeConntrackEntries = 262144;
     public const string CutAfterParse = "established TCP, cut after parsing";
     public const string CutAfterLookup = "established TCP, cut after the conntrack lookup";
+    public const string CutAfterSharedLookup = "established TCP, cut after a lookup in one shared table (no per-endpoint tables)";
     public const string CutAfterAccounting = "established TCP, cut after the accounting";
     public const string Ipv6Established = "established ICMPv6 echo, 2 extension headers";
     public const string Ipv6CutAfterParse = "established ICMPv6 echo, 2 extension headers, cut after parsing";
@@ -39,16 +40,17 @@ public static class DatapathBenchmark
     {
         using var floorObject = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "floor.o"));
         using var stepsObject = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "steps.o"));
-        var steps = new ConntrackTable(stepsObject.Map<Conntrack4Key, ConntrackValue>("mb_ct4"),
-            stepsObject.Map<Conntrack6Key, ConntrackValue>("mb_ct6"));
+        var steps = new ConntrackTable(stepsObject.Map<uint, uint>("mb_ct4_tables"), stepsObject.Map<uint, uint>("mb_ct6_tables"));
+        steps.AddEndpoint(IfIndex);
         using var datapath = PolicyDatapath.Load();
-        // The same programs with a conntrack table of 8,192 IPv4 entries (about 1 MiB, cache-sized) instead of 262,144:
-        // a new flow's lookup miss and insert touch a bucket and a free element of the table, and on the full-size table
-        // those are cache (and TLB) misses. Measured side by side, the difference is what the table's size costs.
-        using var smallTable = PolicyDatapath.Load(new LoadOptions
-        {
-            MaxEntries = new Dictionary<string, uint> { ["mb_ct4"] = SmallConntrackEntries },
-        });
+        datapath.Conntrack.AddEndpoint(IfIndex);
+        // The same programs with the endpoint's conntrack table at 262,144 IPv4 entries (about 30 MiB) instead of the
+        // default 8,192 (about 1 MiB, cache-sized): a new flow's lookup miss and insert touch a bucket and a free element
+        // of the table, and on the large table those are cache (and TLB) misses. Measured side by side, the difference is
+        // what the table's size costs.
+        using var largeTable = PolicyDatapath.Load();
+        largeTable.Conntrack.EndpointCapacity = LargeConntrackEntries;
+        largeTable.Conntrack.AddEndpoint(IfIndex);
         var floor = floorObject.Program("pass_all");
 
         var manifests = ManifestLoader.LoadText("""
@@ -77,7 +79,7 @@ public static class DatapathBenchmark
             """, "bench.yaml").OrThrow();
         var engine = new PolicyEngine();
         engine.Apply(BenchAddresses.Assign(manifests));
-        foreach (var loaded in new[] { datapath, smallTable })
+        foreach (var loaded in new[] { datapath, largeTable })
         {
             loaded.IpCache.Sync(engine.IpCache());
             new Membrane.Datapath.Sync.PolicyMapSynchronizer(loaded.PolicyMap, loaded.Rules).Sync(IfIndex,
@@ -106,6 +108,9 @@ public static class DatapathBenchmark
         var cutAfterParse = stepsObject.Program("cut_after_parse");
         var cutAfterLookup = stepsObject.Program("cut_after_lookup");
         var cutAfterAccounting = stepsObject.Program("cut_after_accounting");
+        var cutAfterSharedLookup = stepsObject.Program("cut_after_shared_lookup");
+        Require(cutAfterSharedLookup.TestRun(tcpAck).ReturnValue == BpfProgram.TcActShot, "the shared table's first lookup to miss");
+        Require(cutAfterSharedLookup.TestRun(tcpAck).ReturnValue == BpfProgram.TcActOk, "the shared table's second lookup to hit");
         Require(cutAfterLookup.TestRun(tcpAck).ReturnValue == BpfProgram.TcActShot, "the steps' first lookup to miss");
         Require(cutAfterLookup.TestRun(tcpAck).ReturnValue == BpfProgram.TcActOk, "the steps' second lookup to hit");
         Require(cutAfterAccounting.TestRun(tcpAck).ReturnValue == BpfProgram.TcActOk, "the steps' accounting");
@@ -118,6 +123,7 @@ public static class DatapathBenchmark
         (string Name, BpfProgram Program, byte[] Frame)[] scenarios =
         [
             (CutAfterParse, cutAfterParse, tcpAck),
+            (CutAfterSharedLookup, cutAfterSharedLookup, tcpAck),
             (CutAfterLookup, cutAfterLookup, tcpAck),
             (CutAfterAccounting, cutAfterAccounting, tcpAck),
             ("established TCP", datapath.ToPod, tcpAck),
@@ -152,7 +158,7 @@ public static class DatapathBenchmark
         // New allowed flows: every packet a fresh echo identifier, one test run each.
         var fresh = (byte[])echo.Clone();
         var newAllowed = new List<double>(singles);
-        var newAllowedSmall = new List<double>(singles);
+        var newAllowedLarge = new List<double>(singles);
         var floorSingle = new List<double>(singles);
         var establishedSingle = new List<double>(singles);
         var deniedSingle = new List<double>(singles);
@@ -166,20 +172,21 @@ public static class DatapathBenchmark
             fresh[14 + 20 + 6] = (byte)(i >> 16);
             newAllowed.Add(datapath.ToPod.TestRun(fresh).DurationNs);
             floorSingle.Add(floor.TestRun(fresh).DurationNs);
-            newAllowedSmall.Add(smallTable.ToPod.TestRun(fresh).DurationNs);
+            newAllowedLarge.Add(largeTable.ToPod.TestRun(fresh).DurationNs);
             establishedSingle.Add(datapath.ToPod.TestRun(tcpAck).DurationNs);
             deniedSingle.Add(datapath.ToPod.TestRun(deniedEcho).DurationNs);
             lookupHitSingle.Add(cutAfterLookup.TestRun(tcpAck).DurationNs);
             lookupInsertSingle.Add(cutAfterLookup.TestRun(fresh).DurationNs);
-            if (i % 50_000 == 49_999)
+            // Never full: an insert that evicts would measure the LRU's eviction instead.
+            if (i % (ConntrackTable.DefaultEndpointCapacity - 192) == ConntrackTable.DefaultEndpointCapacity - 193)
             {
                 datapath.FlushConntrack();
                 steps.Flush();
                 cutAfterLookup.TestRun(tcpAck); // the hit's entry again
             }
-            if (i % (SmallConntrackEntries - 192) == SmallConntrackEntries - 193)
+            if (i % 50_000 == 49_999)
             {
-                smallTable.FlushConntrack(); // never full: an insert that evicts would measure the LRU's eviction instead
+                largeTable.FlushConntrack();
             }
         }
         var floorSingleNs = Median(floorSingle);
@@ -190,8 +197,9 @@ public static class DatapathBenchmark
             var ns = Median(times);
             results.Add(new(scenario, ns, ns / floorSingleNs, singleMethod));
         }
-        AddSingle("new ICMP echo, allowed (incl. conntrack insert)", newAllowed);
-        AddSingle($"new ICMP echo, allowed, conntrack table of {SmallConntrackEntries:N0}", newAllowedSmall);
+        AddSingle($"new ICMP echo, allowed (incl. conntrack insert), endpoint table of {ConntrackTable.DefaultEndpointCapacity:N0}",
+            newAllowed);
+        AddSingle($"new ICMP echo, allowed, endpoint table of {LargeConntrackEntries:N0}", newAllowedLarge);
         AddSingle("established TCP, single-shot", establishedSingle);
         AddSingle("new ICMP echo, denied, single-shot", deniedSingle);
         AddSingle(LookupHitSingle, lookupHitSingle);

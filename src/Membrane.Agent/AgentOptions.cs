@@ -30,6 +30,12 @@ public sealed record AgentOptions
     /// </summary>
     public bool FlowsEveryPacket { get; init; }
 
+    /// <summary>
+    /// Connections each endpoint's conntrack table holds per family: the endpoint's own budget, so a flood evicts only the
+    /// flooder's connections. Tables made before a change of size keep theirs until their endpoint is made again.
+    /// </summary>
+    public uint ConntrackEntriesPerEndpoint { get; init; } = Membrane.Datapath.Maps.ConntrackTable.DefaultEndpointCapacity;
+
     /// <summary>How many recent flows (drops, new allowed connections) the agent keeps for <c>observe</c>; 0: none.</summary>
     public int FlowRingSize { get; init; } = 4096;
 

@@ -173,6 +173,9 @@ public sealed record ConntrackOutput(
 
 public sealed record ConntrackFlushOutput(int Removed);
 
+/// <summary>One endpoint's conntrack tables: entries per family against each table's capacity (its own budget).</summary>
+public sealed record ConntrackUsageOutput(string Endpoint, long IPv4, long IPv6, long Capacity, double PercentFull);
+
 public sealed record IpCacheOutput(string Prefix, uint Identity, string Name);
 
 public sealed record MonitorEvent(
@@ -215,6 +218,7 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(BpfPolicyOutput))]
 [JsonSerializable(typeof(List<ConntrackOutput>))]
 [JsonSerializable(typeof(ConntrackFlushOutput))]
+[JsonSerializable(typeof(List<ConntrackUsageOutput>))]
 [JsonSerializable(typeof(List<IpCacheOutput>))]
 [JsonSerializable(typeof(MonitorEvent))]
 [JsonSerializable(typeof(ProbeQuery))]

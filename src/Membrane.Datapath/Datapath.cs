@@ -25,7 +25,7 @@ public sealed class PolicyDatapath : IDisposable
         FromTunnel = obj.Program(FromTunnelProgram);
         // Each map bound once, to its C struct mirrors: a size mismatch fails here, at load.
         PolicyMap = obj.Map<PolicyMapKey, PolicyMapValue>("mb_policy");
-        Conntrack = new ConntrackTable(obj.Map<Conntrack4Key, ConntrackValue>("mb_ct4"), obj.Map<Conntrack6Key, ConntrackValue>("mb_ct6"));
+        Conntrack = new ConntrackTable(obj.Map<uint, uint>("mb_ct4_tables"), obj.Map<uint, uint>("mb_ct6_tables"));
         Drops = obj.Map<uint, Counter>("mb_drops");
         Stats = obj.Map<uint, Counter>("mb_stats");
         Audits = obj.Map<uint, Counter>("mb_audit");
@@ -33,7 +33,7 @@ public sealed class PolicyDatapath : IDisposable
         Config = obj.Map<uint, DatapathConfig>("mb_config");
         Fragments = obj.Map<FragmentKey, FragmentValue>("mb_frag");
         EndpointMap = obj.Map<EndpointKey, EndpointValue>("mb_endpoints");
-        Endpoints = new EndpointTable(EndpointMap);
+        Endpoints = new EndpointTable(EndpointMap, Conntrack);
         IpCache4Map = obj.Map<IpCache4Key, IpCacheValue>("mb_ipcache4");
         IpCache6Map = obj.Map<IpCache6Key, IpCacheValue>("mb_ipcache6");
         Rules = new RuleRegistry();

@@ -16,6 +16,9 @@ public sealed class SandboxFixture : IDisposable
     public static string StateDirectory { get; } = Path.Combine(Path.GetTempPath(), $"{Prefix}-state");
     private Process? _agent;
 
+    /// <summary>Small enough that a flood fills a pod's conntrack table in a second (ConntrackFairnessTests).</summary>
+    public const int ConntrackEntriesPerEndpoint = 2048;
+
     public const string Workloads = """
         apiVersion: v1
         kind: Namespace
@@ -71,7 +74,8 @@ public sealed class SandboxFixture : IDisposable
     public (bool Started, int ExitCode, string Stderr) TryStartAgent(params string[] extra)
     {
         var (agent, code, stderr) = AgentUnderTest.Start(
-            ["--state-dir", StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory, .. extra],
+            ["--state-dir", StateDirectory, "--name-prefix", Prefix, "--pin-dir", PinDirectory, "--conntrack-entries-per-endpoint",
+                $"{ConntrackEntriesPerEndpoint}", .. extra],
             () => File.Exists(Socket) && Cli("status").Code == 0);
         _agent = agent;
         return (agent is not null, code, stderr);

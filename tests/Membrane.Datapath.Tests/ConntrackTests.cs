@@ -67,12 +67,11 @@ public sealed class ConntrackTests : IDisposable
         IPAddress c = _h.V4("a/client"), s = _h.V4("a/server");
         Assert.True(_h.Sends(Frame(c, s, Udp, UdpDatagram(5353, 53))));
 
-        var map = _h.Datapath.Bpf.Map("mb_ct4");
-        var (key, value) = Assert.Single(map.Entries<Conntrack4Key, ConntrackValue>());
+        var (key, value) = Assert.Single(_h.Datapath.Conntrack.Entries());
         var now = KernelTicks.Now() ?? throw new InvalidOperationException("/proc/timer_list has no jiffies line");
         Assert.InRange(ConntrackTable.SecondsSince(value.LastSeen, now), 0, 5);
         value.LastSeen -= (ulong)idleSeconds * KernelTicks.PerSecond;
-        map.Update(key, value);
+        Assert.True(_h.Datapath.Conntrack.Update(key, value));
 
         Assert.Equal(replyPasses, _h.Receives(Frame(s, c, Udp, UdpDatagram(53, 5353))));
         Assert.Equal(replyPasses ? 1 : 0, _h.Datapath.Conntrack.Entries().Count());

@@ -66,6 +66,10 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         {
             datapath.Endpoints.Remove(ifIndex);
         }
+        foreach (var ifIndex in datapath.Conntrack.Endpoints().Where(i => !known.Contains((int)i)).ToList())
+        {
+            datapath.Conntrack.RemoveEndpoint(ifIndex); // tables of endpoints removed while the agent was away
+        }
         datapath.Hooks.PruneDefunctLinks(); // links of devices removed while the agent was away
     }
 

@@ -97,6 +97,12 @@ public static class AgentCommandLine
                 "(and the kernel emits events only while a monitor listens)",
             DefaultValueFactory = _ => 4096,
         };
+        var conntrackEntries = new Option<int>("--conntrack-entries-per-endpoint")
+        {
+            Description = "Connections each endpoint's own conntrack table holds per family (16 to 1,048,576); a full table evicts " +
+                "that endpoint's oldest connections only. About 2 KiB of kernel memory per 8 entries of both families",
+            DefaultValueFactory = _ => (int)Datapath.Maps.ConntrackTable.DefaultEndpointCapacity,
+        };
         var audit = new Option<bool>("--policy-audit-mode")
         {
             Description = "Audit every endpoint: packets policy would drop are let through and reported as AUDIT (flows, metrics)",
@@ -118,7 +124,7 @@ public static class AgentCommandLine
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
-                routing, metrics, flowRing, audit, aggregation, attach,
+                routing, metrics, flowRing, conntrackEntries, audit, aggregation, attach,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -214,8 +220,14 @@ public static class AgentCommandLine
                 await Console.Error.WriteLineAsync("error: --flow-ring must be 0 to 1,000,000 flows").ConfigureAwait(false);
                 return Error;
             }
+            if (parse.GetValue(conntrackEntries) is < 16 or > 1 << 20)
+            {
+                await Console.Error.WriteLineAsync("error: --conntrack-entries-per-endpoint must be 16 to 1,048,576").ConfigureAwait(false);
+                return Error;
+            }
             options = options with
             {
+                ConntrackEntriesPerEndpoint = (uint)parse.GetValue(conntrackEntries),
                 FlowRingSize = parse.GetValue(flowRing),
                 PolicyAuditMode = parse.GetValue(audit),
                 FlowsEveryPacket = parse.GetValue(aggregation) == "none",

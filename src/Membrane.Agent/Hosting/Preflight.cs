@@ -36,6 +36,7 @@ public static partial class Preflight
             }
             var datapath = PolicyDatapath.Load(new LoadOptions { PinDirectory = options.PinDirectory });
             datapath.Hooks = new DeviceHooks(mode, Path.Combine(options.PinDirectory, "links"));
+            datapath.Conntrack.EndpointCapacity = options.ConntrackEntriesPerEndpoint;
             return datapath;
         }
         catch (BpfException e)

@@ -168,6 +168,8 @@ public static partial class ApiServer
         v1.MapGet("/identities", (CancellationToken cancel) => agent.ReadAsync(queries.Identities, cancel));
         v1.MapGet("/bpf/policy", (string endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.BpfPolicy(endpoint), cancel));
         v1.MapGet("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.Conntrack(endpoint), cancel));
+        v1.MapGet("/bpf/ct/usage", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.ConntrackUsage(endpoint),
+            cancel));
         v1.MapDelete("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.FlushConntrack(endpoint),
             cancel));
         v1.MapGet("/bpf/ipcache", (CancellationToken cancel) => agent.ReadAsync(queries.IpCache, cancel));

@@ -63,6 +63,13 @@ public sealed class AgentMetrics
     private readonly Gauge _conntrack = Metrics.CreateGauge("membrane_datapath_conntrack_entries", "Conntrack entries by family",
         "family");
 
+    private readonly Gauge _conntrackEndpoint = Metrics.CreateGauge("membrane_datapath_conntrack_endpoint_entries",
+        "Conntrack entries of each endpoint's own table, by family (each table evicts only its endpoint's connections)", "endpoint",
+        "family");
+
+    private readonly Gauge _conntrackEndpointCapacity = Metrics.CreateGauge("membrane_datapath_conntrack_endpoint_capacity",
+        "Entries each endpoint's conntrack table of a family holds at most");
+
     private readonly Gauge _revision = Metrics.CreateGauge("membrane_kvstore_enforced_revision",
         "Cluster mode: the store revision this node enforces");
 
@@ -112,9 +119,20 @@ public sealed class AgentMetrics
             _verdicts.WithLabels(direction, match, verdict.Key.Deny == 1 ? "deny" : "allow")
                 .IncTo(verdict.Aggregate(0UL, (sum, e) => sum + e.Value.Packets));
         }
-        var (v4, v6) = datapath.Conntrack.Count();
-        _conntrack.WithLabels("ipv4").Set(v4);
-        _conntrack.WithLabels("ipv6").Set(v6);
+        var usage = datapath.Conntrack.Usage();
+        _conntrack.WithLabels("ipv4").Set(usage.Sum(u => u.IPv4));
+        _conntrack.WithLabels("ipv6").Set(usage.Sum(u => u.IPv6));
+        var names = _agent.Queries.EndpointNames;
+        foreach (var labels in _conntrackEndpoint.GetAllLabelValues().Where(l => !names.Values.Contains(l[0])).ToList())
+        {
+            _conntrackEndpoint.RemoveLabelled(labels); // a deleted endpoint's series ends with it
+        }
+        foreach (var u in usage.Where(u => names.ContainsKey(u.IfIndex)))
+        {
+            _conntrackEndpoint.WithLabels(names[u.IfIndex], "ipv4").Set(u.IPv4);
+            _conntrackEndpoint.WithLabels(names[u.IfIndex], "ipv6").Set(u.IPv6);
+        }
+        _conntrackEndpointCapacity.Set(datapath.Conntrack.EndpointCapacity);
 
         var status = _agent.Queries.TryStatus();
         if (status is null)
@@ -131,8 +149,9 @@ public sealed class AgentMetrics
         {
             _pressure.WithLabels(map.Name).Set((double)map.Entries / map.MaxEntries);
         }
-        _pressure.WithLabels("mb_ct4").Set((double)v4 / datapath.Conntrack.Capacity);
-        _pressure.WithLabels("mb_ct6").Set((double)v6 / datapath.Conntrack.Capacity);
+        // The fullest endpoint's table: conntrack has no shared capacity to press on.
+        _pressure.WithLabels("mb_ct4").Set(usage.Select(u => u.Capacity == 0 ? 0 : (double)u.IPv4 / u.Capacity).DefaultIfEmpty().Max());
+        _pressure.WithLabels("mb_ct6").Set(usage.Select(u => u.Capacity == 0 ? 0 : (double)u.IPv6 / u.Capacity).DefaultIfEmpty().Max());
         if (status.Cluster is { } cluster)
         {
             _revision.Set(cluster.EnforcedRevision);

@@ -44,6 +44,7 @@ public sealed class AgentQueries(
     {
         IdentityKinds = Engine.Identities.GroupBy(i => i.Kind.ToString().ToLowerInvariant())
             .ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+        EndpointNames = endpoints.Records.Values.ToDictionary(r => (uint)r.IfIndex, r => r.Key);
         _published = new(store.Revision, endpoints.Records.Count, Engine.Identities.Count(), Engine.Policies.Count(),
             Engine.Namespaces.Count(), Math.Round(LastRegenerationMilliseconds, 3), MapFill());
     }
@@ -51,6 +52,9 @@ public sealed class AgentQueries(
     /// <summary>Where the host ends of the endpoints are: the sandbox's node namespace, or the machine's own (CNI).</summary>
     private string NodeNamespace => options.Runtime == AgentRuntime.Cni ? "the host's (container runtimes through membrane-cni)"
         : options.NodeNamespace;
+
+    /// <summary>Endpoints by the ifindex of their host end at the last publication (metrics read it without the lock).</summary>
+    public IReadOnlyDictionary<uint, string> EndpointNames { get; private set; } = new Dictionary<uint, string>();
 
     /// <summary>Identities by kind at the last publication (metrics read it without the lock).</summary>
     public IReadOnlyDictionary<string, int> IdentityKinds { get; private set; } = new Dictionary<string, int>();
@@ -174,6 +178,20 @@ public sealed class AgentQueries(
 
     private uint? EndpointIfIndex(string? endpoint) =>
         endpoint is null ? null : (uint)FindRecord(endpoint).IfIndex;
+
+    /// <summary>
+    /// Each endpoint's use of its own conntrack tables (fullest first): a table at 100% evicts only that endpoint's
+    /// oldest connections.
+    /// </summary>
+    public List<ConntrackUsageOutput> ConntrackUsage(string? endpoint = null)
+    {
+        var ifIndex = EndpointIfIndex(endpoint);
+        var pods = endpoints.Records.Values.ToDictionary(r => (uint)r.IfIndex, r => r.Key);
+        return datapath.Conntrack.Usage().Where(u => ifIndex is null || u.IfIndex == ifIndex)
+            .Select(u => new ConntrackUsageOutput(pods.GetValueOrDefault(u.IfIndex) ?? $"ifindex {u.IfIndex}", u.IPv4, u.IPv6, u.Capacity,
+                u.Capacity == 0 ? 0 : Math.Round(100.0 * Math.Max(u.IPv4, u.IPv6) / u.Capacity, 2)))
+            .OrderByDescending(u => u.PercentFull).ThenBy(u => u.Endpoint, StringComparer.Ordinal).ToList();
+    }
 
     public List<ConntrackOutput> Conntrack(string? endpoint = null)
     {

@@ -98,6 +98,26 @@ public static class BpfCommands
         });
         ct.Subcommands.Add(list);
 
+        var usage = new Command("usage", "Each endpoint's use of its own conntrack tables (a flood fills only the sender's)")
+        {
+            endpoint, format,
+        };
+        usage.SetAction(async parse =>
+        {
+            using var client = AgentClient.FromEnvironment();
+            var path = parse.GetValue(endpoint) is { } e ? $"v1/bpf/ct/usage?endpoint={Uri.EscapeDataString(e)}" : "v1/bpf/ct/usage";
+            var result = await client.Get(path, AgentJsonContext.Default.ListConntrackUsageOutput).ConfigureAwait(false);
+            if (parse.GetValue(format) == "json")
+            {
+                output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.ListConntrackUsageOutput));
+                return CliApp.Success;
+            }
+            Table.Write(output.Out, ["ENDPOINT", "IPV4", "IPV6", "CAPACITY", "FULL %"], result.Select(u => (IReadOnlyList<string>)[
+                u.Endpoint, $"{u.IPv4}", $"{u.IPv6}", $"{u.Capacity}", u.PercentFull.ToString(CultureInfo.InvariantCulture)]));
+            return CliApp.Success;
+        });
+        ct.Subcommands.Add(usage);
+
         var flush = new Command("flush",
             "Forget tracked connections (all, or one endpoint's): their next packets meet policy as new ones") { endpoint, format };
         flush.SetAction(async parse =>

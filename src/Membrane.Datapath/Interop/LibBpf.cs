@@ -114,6 +114,14 @@ internal static unsafe partial class LibBpf
     public static partial int ProgramQuery(int target, uint attachType, uint queryFlags, uint* attachFlags, uint* programIds,
         uint* programCount);
 
+    [LibraryImport(Library, EntryPoint = "bpf_map_create", StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int MapCreate(uint mapType, string name, uint keySize, uint valueSize, uint maxEntries, void* options);
+
+    [LibraryImport(Library, EntryPoint = "bpf_map_get_fd_by_id")]
+    public static partial int MapGetFdById(uint id);
+
+    public const uint MapTypeLruHash = 9; // BPF_MAP_TYPE_LRU_HASH
+
     [LibraryImport("libc", EntryPoint = "close")]
     public static partial int Close(int fd);
 

@@ -10,59 +10,176 @@ namespace Membrane.Datapath.Maps;
 public readonly record struct ConntrackTuple(uint IfIndex, byte Protocol, IPAddress Lo, ushort LoPort, IPAddress Hi, ushort HiPort,
     byte Kind = 0);
 
+/// <summary>How full one endpoint's tables are.</summary>
+public readonly record struct ConntrackUsage(uint IfIndex, long IPv4, long IPv6, long Capacity);
+
 /// <summary>
-/// The conntrack maps of both families (an IPv4 key is less than half the size of an IPv6 one, and hashing the key
-/// is a large part of what an established packet costs) behind one view for listing, revalidation and flushing.
+/// The conntrack tables: one LRU map per endpoint and family (an IPv4 key is less than half the size of an IPv6 one,
+/// and hashing the key is a large part of what an established packet costs), held by the outer maps mb_ct4_tables and mb_ct6_tables
+/// by the endpoint's ifindex. An endpoint's flood evicts only its own connections. One view for listing,
+/// revalidation and flushing.
 /// </summary>
 public sealed unsafe class ConntrackTable
 {
-    private readonly BpfMap _v4;
-    private readonly BpfMap _v6;
+    /// <summary>Entries per endpoint and family unless the agent says otherwise (CT_ENDPOINT_ENTRIES in maps.h).</summary>
+    public const uint DefaultEndpointCapacity = 8192;
 
-    public ConntrackTable(BpfMap v4, BpfMap v6)
+    private readonly BpfMap<uint, uint> _v4;
+    private readonly BpfMap<uint, uint> _v6;
+    private readonly Lock _gate = new();
+
+    public ConntrackTable(BpfMap<uint, uint> v4, BpfMap<uint, uint> v6)
     {
         _v4 = v4;
         _v6 = v6;
     }
 
+    /// <summary>Entries each endpoint's table of each family holds at most (the LRU evicts its oldest beyond it).</summary>
+    public uint EndpointCapacity
+    {
+        get;
+        set => field = value is >= 16 and <= 1 << 20 ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, "a conntrack table holds 16 to 1,048,576 entries");
+    } = DefaultEndpointCapacity;
+
     /// <summary>Seconds from a conntrack timestamp (kernel ticks) to <paramref name="now"/> (see <see cref="KernelTicks.Now"/>).</summary>
     public static double SecondsSince(ulong timestamp, ulong now) => now >= timestamp ? (now - timestamp) / (double)KernelTicks.PerSecond
         : 0;
 
-    /// <summary>Connections tracked now, per family (walks the keys only).</summary>
-    public (long IPv4, long IPv6) Count() => (_v4.Keys<Conntrack4Key>().LongCount(), _v6.Keys<Conntrack6Key>().LongCount());
-
-    /// <summary>Entries each family's map holds at most (the LRU evicts the oldest beyond it).</summary>
-    public long Capacity => _v4.MaxEntries;
-
-    public IEnumerable<KeyValuePair<ConntrackTuple, ConntrackValue>> Entries()
+    /// <summary>
+    /// Gives the endpoint its tables (both families) unless it has them: before its programs run, or it tracks nothing.
+    /// A table that exists is kept with its connections (a restarted agent adopts them).
+    /// </summary>
+    public void AddEndpoint(uint ifIndex)
     {
-        foreach (var (key, value) in _v4.Entries<Conntrack4Key, ConntrackValue>())
+        lock (_gate)
         {
-            yield return new(FromKey(key), value);
-        }
-        foreach (var (key, value) in _v6.Entries<Conntrack6Key, ConntrackValue>())
-        {
-            yield return new(FromKey(key), value);
+            Ensure(_v4, ifIndex, "mb_ct4_ep", (uint)sizeof(Conntrack4Key));
+            Ensure(_v6, ifIndex, "mb_ct6_ep", (uint)sizeof(Conntrack6Key));
         }
     }
 
-    public bool Delete(ConntrackTuple tuple) =>
-        tuple.Lo.AddressFamily == AddressFamily.InterNetwork ? _v4.Delete(ToKey4(tuple)) : _v6.Delete(ToKey6(tuple));
+    private void Ensure(BpfMap<uint, uint> outer, uint ifIndex, string name, uint keySize)
+    {
+        if (outer.TryLookup(ifIndex, out _))
+        {
+            return;
+        }
+        using var table = DescriptorMap.CreateLruHash(name, keySize, (uint)sizeof(ConntrackValue), EndpointCapacity);
+        outer.Update(ifIndex, (uint)table.Fd);
+    }
+
+    /// <summary>Drops the endpoint's tables and their connections; true when it had any.</summary>
+    public bool RemoveEndpoint(uint ifIndex)
+    {
+        lock (_gate)
+        {
+            return _v4.Delete(ifIndex) | _v6.Delete(ifIndex);
+        }
+    }
+
+    /// <summary>The endpoints that have tables.</summary>
+    public IReadOnlyList<uint> Endpoints() => _v4.Keys().Union(_v6.Keys()).Order().ToList();
+
+    /// <summary>Connections tracked now, per family (walks the keys only).</summary>
+    public (long IPv4, long IPv6) Count()
+    {
+        var usage = Usage();
+        return (usage.Sum(u => u.IPv4), usage.Sum(u => u.IPv6));
+    }
+
+    /// <summary>Each endpoint's use of its tables.</summary>
+    public IReadOnlyList<ConntrackUsage> Usage() => Endpoints().Select(ifIndex =>
+    {
+        long v4 = 0, v6 = 0, capacity = 0;
+        WithTable(_v4, ifIndex, sizeof(Conntrack4Key), t => { v4 = t.Keys<Conntrack4Key>().LongCount(); capacity = t.MaxEntries; });
+        WithTable(_v6, ifIndex, sizeof(Conntrack6Key), t => { v6 = t.Keys<Conntrack6Key>().LongCount(); capacity = t.MaxEntries; });
+        return new ConntrackUsage(ifIndex, v4, v6, capacity);
+    }).ToList();
+
+    public IEnumerable<KeyValuePair<ConntrackTuple, ConntrackValue>> Entries()
+    {
+        var entries = new List<KeyValuePair<ConntrackTuple, ConntrackValue>>();
+        foreach (var ifIndex in Endpoints())
+        {
+            WithTable(_v4, ifIndex, sizeof(Conntrack4Key), t =>
+                entries.AddRange(t.Entries<Conntrack4Key, ConntrackValue>().Select(e => KeyValuePair.Create(FromKey(e.Key), e.Value))));
+            WithTable(_v6, ifIndex, sizeof(Conntrack6Key), t =>
+                entries.AddRange(t.Entries<Conntrack6Key, ConntrackValue>().Select(e => KeyValuePair.Create(FromKey(e.Key), e.Value))));
+        }
+        return entries;
+    }
+
+    public bool Delete(ConntrackTuple tuple)
+    {
+        var deleted = false;
+        if (tuple.Lo.AddressFamily == AddressFamily.InterNetwork)
+        {
+            WithTable(_v4, tuple.IfIndex, sizeof(Conntrack4Key), t => deleted = t.Delete(ToKey4(tuple)));
+        }
+        else
+        {
+            WithTable(_v6, tuple.IfIndex, sizeof(Conntrack6Key), t => deleted = t.Delete(ToKey6(tuple)));
+        }
+        return deleted;
+    }
+
+    /// <summary>Rewrites a tracked connection's value (tests age connections this way); false when it is not tracked.</summary>
+    public bool Update(ConntrackTuple tuple, ConntrackValue value)
+    {
+        const ulong existingOnly = 2; // BPF_EXIST: never creates an entry
+        var updated = false;
+        if (tuple.Lo.AddressFamily == AddressFamily.InterNetwork)
+        {
+            WithTable(_v4, tuple.IfIndex, sizeof(Conntrack4Key), t =>
+            {
+                if (t.TryLookup<Conntrack4Key, ConntrackValue>(ToKey4(tuple), out _))
+                {
+                    t.Update(ToKey4(tuple), value, existingOnly);
+                    updated = true;
+                }
+            });
+        }
+        else
+        {
+            WithTable(_v6, tuple.IfIndex, sizeof(Conntrack6Key), t =>
+            {
+                if (t.TryLookup<Conntrack6Key, ConntrackValue>(ToKey6(tuple), out _))
+                {
+                    t.Update(ToKey6(tuple), value, existingOnly);
+                    updated = true;
+                }
+            });
+        }
+        return updated;
+    }
 
     /// <summary>Removes the entries of one endpoint, or of all when <paramref name="ifIndex"/> is null; returns how many.</summary>
     public int Flush(uint? ifIndex = null)
     {
         var removed = 0;
-        foreach (var key in _v4.Keys<Conntrack4Key>())
+        foreach (var endpoint in ifIndex is { } one ? [one] : Endpoints())
         {
-            removed += (ifIndex is null || key.IfIndex == ifIndex) && _v4.Delete(key) ? 1 : 0;
-        }
-        foreach (var key in _v6.Keys<Conntrack6Key>())
-        {
-            removed += (ifIndex is null || key.IfIndex == ifIndex) && _v6.Delete(key) ? 1 : 0;
+            WithTable(_v4, endpoint, sizeof(Conntrack4Key), t =>
+                removed += t.Keys<Conntrack4Key>().Count(k => t.Delete(k)));
+            WithTable(_v6, endpoint, sizeof(Conntrack6Key), t =>
+                removed += t.Keys<Conntrack6Key>().Count(k => t.Delete(k)));
         }
         return removed;
+    }
+
+    /// <summary>Runs <paramref name="action"/> on the endpoint's table in <paramref name="outer"/>, if it has one.</summary>
+    private static void WithTable(BpfMap<uint, uint> outer, uint ifIndex, int keySize, Action<BpfMap> action)
+    {
+        if (!outer.TryLookup(ifIndex, out var id))
+        {
+            return;
+        }
+        using var table = DescriptorMap.Open(id, outer.Name + "_ep");
+        if (table is not null && table.Map.KeySize == keySize)
+        {
+            action(table.Map);
+        }
     }
 
     private static ConntrackTuple FromKey(Conntrack4Key k) =>

@@ -7,9 +7,9 @@ namespace Membrane.Datapath.Maps;
 /// <summary>
 /// Each endpoint's own addresses, by the ifindex of its host-side veth (map <c>mb_endpoints</c>): the only
 /// sources the pod may send from. An interface without an entry may send nothing, so an entry is written before
-/// programs are attached and removed with the endpoint.
+/// programs are attached and removed with the endpoint; so are the endpoint's conntrack tables.
 /// </summary>
-public sealed unsafe class EndpointTable(BpfMap map)
+public sealed unsafe class EndpointTable(BpfMap map, ConntrackTable conntrack)
 {
     public void Set(uint ifIndex, IEnumerable<IPAddress> addresses, bool audit = false)
     {
@@ -32,6 +32,7 @@ public sealed unsafe class EndpointTable(BpfMap map)
                 value.Flags |= EndpointValue.HasIPv6;
             }
         }
+        conntrack.AddEndpoint(ifIndex);
         map.Update(new EndpointKey { IfIndex = ifIndex }, value);
     }
 
@@ -40,7 +41,12 @@ public sealed unsafe class EndpointTable(BpfMap map)
         map.TryLookup<EndpointKey, EndpointValue>(new EndpointKey { IfIndex = ifIndex }, out var value)
         && (value.Flags & EndpointValue.Audit) != 0;
 
-    public bool Remove(uint ifIndex) => map.Delete(new EndpointKey { IfIndex = ifIndex });
+    public bool Remove(uint ifIndex)
+    {
+        var removed = map.Delete(new EndpointKey { IfIndex = ifIndex });
+        conntrack.RemoveEndpoint(ifIndex);
+        return removed;
+    }
 
     /// <summary>The interfaces that have an entry.</summary>
     public IReadOnlyList<uint> IfIndexes() => map.Keys<EndpointKey>().Select(k => k.IfIndex).ToList();

@@ -76,17 +76,26 @@ static __always_inline __u64 ct_timeout(__u8 proto, __u8 flags)
 	return ct_ticks(CT_TIMEOUT_UDP_S);
 }
 
-/* Finds the live connection of a key (an expired one counts as absent and is removed). */
+/* Finds the live connection of a key in the endpoint's table of its family (an expired one counts as absent and is
+ * removed). Each family's calls stay apart: a helper call site that could see either family's table would not be
+ * bound to one map by the verifier (a generic call instead of the inlined lookup). */
 static __always_inline struct ct_value *ct_find(const union ct_key *k, __u8 family, __u8 proto, __u64 now)
 {
-	struct ct_value *v = family == 4 ? bpf_map_lookup_elem(&mb_ct4, &k->v4) : bpf_map_lookup_elem(&mb_ct6, &k->v6);
-	if (!v)
-		return 0;
-	if (now - v->last_seen > ct_timeout(proto, v->flags)) {
-		if (family == 4)
-			bpf_map_delete_elem(&mb_ct4, &k->v4);
-		else
-			bpf_map_delete_elem(&mb_ct6, &k->v6);
+	__u32 ifindex = k->v4.ifindex; /* first in both layouts */
+	struct ct_value *v;
+	if (family == 4) {
+		void *table = bpf_map_lookup_elem(&mb_ct4_tables, &ifindex);
+		v = table ? bpf_map_lookup_elem(table, &k->v4) : 0;
+		if (v && now - v->last_seen > ct_timeout(proto, v->flags)) {
+			bpf_map_delete_elem(table, &k->v4);
+			return 0;
+		}
+		return v;
+	}
+	void *table = bpf_map_lookup_elem(&mb_ct6_tables, &ifindex);
+	v = table ? bpf_map_lookup_elem(table, &k->v6) : 0;
+	if (v && now - v->last_seen > ct_timeout(proto, v->flags)) {
+		bpf_map_delete_elem(table, &k->v6);
 		return 0;
 	}
 	return v;
@@ -151,10 +160,16 @@ static __always_inline void ct_create(const union ct_key *k, __u8 family, int sr
 		.dir = dir,
 		.opened_lo = src_lo,
 	};
-	if (family == 4)
-		bpf_map_update_elem(&mb_ct4, &k->v4, &v, BPF_ANY);
-	else
-		bpf_map_update_elem(&mb_ct6, &k->v6, &v, BPF_ANY);
+	__u32 ifindex = k->v4.ifindex;
+	if (family == 4) {
+		void *table = bpf_map_lookup_elem(&mb_ct4_tables, &ifindex);
+		if (table)
+			bpf_map_update_elem(table, &k->v4, &v, BPF_ANY);
+		return;
+	}
+	void *table = bpf_map_lookup_elem(&mb_ct6_tables, &ifindex);
+	if (table)
+		bpf_map_update_elem(table, &k->v6, &v, BPF_ANY);
 }
 
 /* The identity of the packet's source, as a global function: the family branches of the lookup stay out of the

@@ -108,24 +108,50 @@ struct ct_value {
 	__u8 pad;
 };
 
+/* A key and its value by value: what the BTF anchor of the conntrack types holds (see btf_layout_anchor_ct). */
+struct ct_entry {
+	union ct_key key;
+	struct ct_value value;
+};
+
 #define CT_SEEN_FIN_FWD 0x01
 #define CT_SEEN_FIN_REV 0x02
 #define CT_SEEN_RST 0x04
 #define CT_SEEN_REPLY 0x08
 
-struct {
+/* Each endpoint has its own table per family, made by the control plane when the endpoint is set up (its size is
+ * the agent's choice; this is the template's): an LRU evicts only the connections of the endpoint that fills it, so
+ * a pod that floods new flows churns its own table and never another endpoint's. A connection between two pods of
+ * the node has an entry in each one's table, charged to each. An endpoint without a table tracks nothing. */
+#define CT_ENDPOINT_ENTRIES 8192
+
+struct ct4_table {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct ct4_key);
 	__type(value, struct ct_value);
-	__uint(max_entries, 262144);
-} mb_ct4 SEC(".maps");
+	__uint(max_entries, CT_ENDPOINT_ENTRIES);
+};
 
-struct {
+struct ct6_table {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct ct6_key);
 	__type(value, struct ct_value);
-	__uint(max_entries, 262144);
-} mb_ct6 SEC(".maps");
+	__uint(max_entries, CT_ENDPOINT_ENTRIES);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32); /* the endpoint's ifindex */
+	__uint(max_entries, 65536);
+	__array(values, struct ct4_table);
+} mb_ct4_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 65536);
+	__array(values, struct ct6_table);
+} mb_ct6_tables SEC(".maps");
 
 /* Each endpoint's own addresses, by the ifindex of its host-side veth: what a pod may send from. An interface
  * without an entry may send nothing (fail closed). */

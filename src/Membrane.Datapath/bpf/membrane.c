@@ -201,4 +201,12 @@ __attribute__((noinline)) int btf_layout_anchor_trace(enum trace_reason c)
 	return (int)c;
 }
 
+/* The conntrack keys reach the maps' BTF only through the inner-map templates, where clang would leave them as
+ * forward declarations (libbpf then cannot size the template's key): a prototype over a struct that holds them by
+ * value makes them whole. */
+__attribute__((noinline)) int btf_layout_anchor_ct(struct ct_entry *e)
+{
+	return e ? e->value.flags : 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";
