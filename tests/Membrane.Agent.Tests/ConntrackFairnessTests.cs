@@ -44,9 +44,7 @@ public sealed class ConntrackFairnessTests
             """), "import").Code == 0);
         EndpointOutput client = _s.Endpoint(Client), server = _s.Endpoint(Server), other = _s.Endpoint(Other);
         _s.CliOk("bpf", "ct", "flush"); // earlier tests' connections would count in the tables
-        using var doc = JsonDocument.Parse(Ip.Run("-n", NodeNetns, "-j", "addr", "show", "dev", "lo"));
-        var nodeAddress = doc.RootElement[0].GetProperty("addr_info").EnumerateArray()
-            .Select(a => IPAddress.Parse(a.GetProperty("local").GetString()!))
+        var nodeAddress = HostilePodTests.Addresses(NodeNetns, "lo")
             .First(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a));
 
         using var node = NetworkNamespace.Run(NodeNetns, () => new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp));

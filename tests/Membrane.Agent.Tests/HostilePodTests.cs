@@ -233,10 +233,7 @@ public sealed class HostilePodTests
     public void APodAllowedTheWorldDoesNotReachTheNodeAtItsLinkScopedAddresses()
     {
         EndpointOutput client = _s.Endpoint(Client);
-        using var doc = JsonDocument.Parse(Ip.Run("-n", NodeNetns, "-j", "addr", "show", "dev", client.Interface));
-        var hostEnd = doc.RootElement[0].GetProperty("addr_info").EnumerateArray()
-            .Select(a => IPAddress.Parse(a.GetProperty("local").GetString()!))
-            .First(a => a.IsIPv6LinkLocal && !a.Equals(IPAddress.Parse("fe80::1")));
+        var hostEnd = Addresses(NodeNetns, client.Interface).First(a => a.IsIPv6LinkLocal && !a.Equals(IPAddress.Parse("fe80::1")));
         var eth0 = RawFrames.Link(client.Netns, "eth0").IfIndex;
         IPAddress[] targets = [new(IPAddress.Parse("fe80::1").GetAddressBytes(), eth0), new(hostEnd.GetAddressBytes(), eth0),
             new(IPAddress.Parse("ff02::1").GetAddressBytes(), eth0), IPAddress.Parse("169.254.1.1")];
@@ -252,24 +249,7 @@ public sealed class HostilePodTests
                 ProtocolType.Udp));
             var marker = RawFrames.NewMarker();
             socket.SendTo(marker, new IPEndPoint(target, port));
-            var buffer = new byte[2048];
-            var deadline = DateTime.UtcNow.AddMilliseconds(1500);
-            while (DateTime.UtcNow < deadline)
-            {
-                node.ReceiveTimeout = Math.Max(1, (int)(deadline - DateTime.UtcNow).TotalMilliseconds);
-                try
-                {
-                    if (buffer.AsSpan(0, node.Receive(buffer)).SequenceEqual(marker))
-                    {
-                        return true;
-                    }
-                }
-                catch (SocketException)
-                {
-                    return false;
-                }
-            }
-            return false;
+            return Receives(node, marker);
         }
 
         Import("client-to-host", "endpointSelector: {matchLabels: {app: client}}\negress: [{toEntities: [host]}]");
@@ -296,10 +276,8 @@ public sealed class HostilePodTests
     public void AFirstFragmentCutInItsHeaderChainDoesNotReachTheNode()
     {
         EndpointOutput client = _s.Endpoint(Client);
-        using var doc = JsonDocument.Parse(Ip.Run("-n", NodeNetns, "-j", "addr", "show", "dev", "lo"));
-        var nodeAddress = doc.RootElement[0].GetProperty("addr_info").EnumerateArray()
-            .Select(a => IPAddress.Parse(a.GetProperty("local").GetString()!))
-            .First(a => a.AddressFamily == AddressFamily.InterNetworkV6 && !a.Equals(IPAddress.IPv6Loopback));
+        var nodeAddress = Addresses(NodeNetns, "lo").First(a => a.AddressFamily == AddressFamily.InterNetworkV6
+            && !a.Equals(IPAddress.IPv6Loopback));
         using var node = NetworkNamespace.Run(NodeNetns, () => new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram,
             ProtocolType.Udp));
         node.Bind(new IPEndPoint(IPAddress.IPv6Any, 0));
@@ -338,24 +316,7 @@ public sealed class HostilePodTests
                 : Fragment(1, false, [.. optionsB, .. udp], 8 + udp.Length);
             RawFrames.Send(client.Netns, FromPod(client, 0x86DD, first));
             RawFrames.Send(client.Netns, FromPod(client, 0x86DD, second));
-            var buffer = new byte[2048];
-            var deadline = DateTime.UtcNow.AddMilliseconds(1500);
-            while (DateTime.UtcNow < deadline)
-            {
-                node.ReceiveTimeout = Math.Max(1, (int)(deadline - DateTime.UtcNow).TotalMilliseconds);
-                try
-                {
-                    if (buffer.AsSpan(0, node.Receive(buffer)).SequenceEqual(marker))
-                    {
-                        return true;
-                    }
-                }
-                catch (SocketException)
-                {
-                    return false;
-                }
-            }
-            return false;
+            return Receives(node, marker);
         }
 
         Assert.True(Delivered(honest: true, 0x1001), "without policy the honest fragments reach the node (else this test sees nothing)");
@@ -365,5 +326,36 @@ public sealed class HostilePodTests
         Assert.False(Delivered(honest: false, 0x1003), "a first fragment judged by its trailer carried UDP to another port of the node");
         Assert.False(Delivered(honest: true, 0x1004), "the honest datagram to a port policy does not allow");
         Assert.True(Drops(DropReason.Malformed) > before, "the cut first fragment is counted as malformed");
+    }
+
+    /// <summary>The addresses of a device in a namespace.</summary>
+    internal static List<IPAddress> Addresses(string netns, string device)
+    {
+        using var doc = JsonDocument.Parse(Ip.Run("-n", netns, "-j", "addr", "show", "dev", device));
+        return doc.RootElement[0].GetProperty("addr_info").EnumerateArray()
+            .Select(a => IPAddress.Parse(a.GetProperty("local").GetString()!)).ToList();
+    }
+
+    /// <summary>True as soon as the socket receives a datagram that is the marker; false after 1.5 s.</summary>
+    private static bool Receives(Socket socket, byte[] marker)
+    {
+        var buffer = new byte[2048];
+        var deadline = DateTime.UtcNow.AddMilliseconds(1500);
+        while (DateTime.UtcNow < deadline)
+        {
+            socket.ReceiveTimeout = Math.Max(1, (int)(deadline - DateTime.UtcNow).TotalMilliseconds);
+            try
+            {
+                if (buffer.AsSpan(0, socket.Receive(buffer)).SequenceEqual(marker))
+                {
+                    return true;
+                }
+            }
+            catch (SocketException)
+            {
+                return false;
+            }
+        }
+        return false;
     }
 }
