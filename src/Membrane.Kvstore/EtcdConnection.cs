@@ -68,6 +68,17 @@ public sealed class EtcdConnection : IDisposable
                             RetryableStatusCodes = { StatusCode.Unavailable },
                         },
                     },
+                    // Streams re-open themselves from the last revision or keep-alive they saw. A transport retry of a
+                    // stream replays buffered writes and has failed inside Grpc.Net.Client (index out of range) when
+                    // a member went away mid-stream, so they get none.
+                    new MethodConfig
+                    {
+                        Names =
+                        {
+                            new MethodName { Service = "etcdserverpb.Watch", Method = "Watch" },
+                            new MethodName { Service = "etcdserverpb.Lease", Method = "LeaseKeepAlive" },
+                        },
+                    },
                 },
             },
         });

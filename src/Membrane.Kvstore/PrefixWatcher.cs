@@ -95,9 +95,12 @@ public sealed class PrefixWatcher(EtcdConnection etcd, string prefix)
                 }
                 delay = RetryDelay;
             }
-            catch (Exception e) when (e is RpcException or IOException or HttpRequestException && !cancel.IsCancellationRequested)
+#pragma warning disable CA1031 // a watch must outlive any failure of the store, the connection or the gRPC client
+            catch (Exception e) when (!cancel.IsCancellationRequested && e is not ChannelClosedException)
+#pragma warning restore CA1031
             {
-                // The connection broke under the stream (an etcd restart): resume from the last revision delivered.
+                // The connection broke under the stream (an etcd restart, a member gone): resume from the last revision
+                // delivered. Nothing was delivered past it, so resuming can neither lose nor repeat an event.
                 Reconnects++;
                 await Task.Delay(delay, cancel).ConfigureAwait(false);
                 delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(1).Ticks));
