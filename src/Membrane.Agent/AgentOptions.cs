@@ -36,6 +36,14 @@ public sealed record AgentOptions
     /// </summary>
     public uint ConntrackEntriesPerEndpoint { get; init; } = Membrane.Datapath.Maps.ConntrackTable.DefaultEndpointCapacity;
 
+    /// <summary>
+    /// Entries the policy map holds for all endpoints together (identity × port × direction, ICMP types included); a
+    /// change that would need more is refused on this node before anything is written. Pinned: fixed until the pins go.
+    /// </summary>
+    public uint PolicyMapEntries { get; init; } = DefaultPolicyMapEntries;
+
+    public const uint DefaultPolicyMapEntries = 262_144;
+
     /// <summary>How many recent flows (drops, new allowed connections) the agent keeps for <c>observe</c>; 0: none.</summary>
     public int FlowRingSize { get; init; } = 4096;
 

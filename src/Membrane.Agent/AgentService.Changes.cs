@@ -19,43 +19,81 @@ public sealed partial class AgentService
 {
     // ---- changes: one path for all of them ----
 
+    /// <summary>Where a change comes from: every source takes the same path, with the same rollback.</summary>
+    private enum ChangeSource
+    {
+        /// <summary>A request of the API (apply, delete, policy import/delete, reset): committed to the object store.</summary>
+        Api,
+
+        /// <summary>A container runtime's CNI request, or its labels: committed with the attachments.</summary>
+        Cni,
+
+        /// <summary>Cluster mode: the store's objects as the watch delivered them; adopted, not committed again.</summary>
+        Store,
+
+        /// <summary>Cluster mode: other nodes' pod addresses (the cluster's ipcache); not persisted.</summary>
+        RemoteEndpoints,
+
+        /// <summary>Cluster mode: the other nodes' own addresses; not persisted.</summary>
+        RemoteNodes,
+    }
+
     /// <summary>What a change was before it began, to put everything back if it fails.</summary>
     private sealed record Snapshot(ObjectStoreSnapshot Objects, List<(uint Id, LabelSet Labels)> Identities,
-        Dictionary<string, IReadOnlyList<IPAddress>> Addresses, List<CniAttachment>? Attachments);
+        Dictionary<string, IReadOnlyList<IPAddress>> Addresses, List<CniAttachment>? Attachments,
+        Dictionary<string, IReadOnlyList<IPAddress>> RemoteAddresses, IReadOnlyList<IPAddress> RemoteNodes);
+
+    private Task<ApplyResponse> CommitAsync(Func<List<ObjectChange>> change, CancellationToken cancel,
+        ChangeSource source = ChangeSource.Api) => ChangeAsync(source, change, cancel);
 
     /// <summary>
     /// Runs one change under the lock. <paramref name="change"/> validates and changes the desired state in memory
-    /// only (engine and object store); then the maps are planned (their capacity checked before anything is written),
-    /// the state is persisted, and only then the endpoints and the kernel follow. Any failure puts memory, endpoints,
-    /// kernel and disk back as they were: nothing is enforced that is not remembered, nothing remembered that was
-    /// refused. Cancellation is honoured until the change is persisted; after that it runs to the end.
+    /// only (engine, object store, peers), or returns null when there is nothing to do; then the maps are planned
+    /// (their capacity checked before anything is written), the state is committed and persisted (API and CNI
+    /// changes; a store state is adopted and persisted; other nodes' addresses are not persisted), and only then the
+    /// endpoints and the kernel follow. Any failure puts memory, endpoints, kernel and disk back as they were: nothing
+    /// is enforced that is not remembered, nothing remembered that was refused. Cancellation is honoured until the
+    /// change is persisted; after that it runs to the end. Every change is logged once with its revision.
     /// </summary>
-    private async Task<ApplyResponse> CommitAsync(Func<List<ObjectChange>> change, CancellationToken cancel)
+    private async Task<ApplyResponse> ChangeAsync(ChangeSource source, Func<List<ObjectChange>?> change, CancellationToken cancel)
     {
         await _gate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var before = new Snapshot(_store.Snapshot(), PodIdentities(), PodAddresses(), _attachments?.Snapshot());
+            var before = new Snapshot(_store.Snapshot(), PodIdentities(), PodAddresses(), _attachments?.Snapshot(), _remoteAddresses,
+                _regenerator.RemoteNodes);
+            var endpointsBefore = _endpoints.Records.Keys.ToHashSet(StringComparer.Ordinal);
             var persisted = false;
+            var persists = source is ChangeSource.Api or ChangeSource.Cni or ChangeSource.Store;
             try
             {
-                var changes = change();
+                if (change() is not { } changes)
+                {
+                    return new ApplyResponse(_store.Revision, [], _options.Etcd is null ? null : _options.Node);
+                }
                 var plan = _regenerator.Plan(_engine);
                 cancel.ThrowIfCancellationRequested();
-                var revision = _store.Commit();
-                Save();
-                persisted = true;
-                if (Enforce(plan, attachAll: false))
+                var revision = source is ChangeSource.Api or ChangeSource.Cni ? _store.Commit() : _store.Revision;
+                if (persists)
+                {
+                    Save();
+                    persisted = true;
+                }
+                if (Enforce(plan, attachAll: false) && persists)
                 {
                     Save(); // the records of endpoints just created
                 }
-                PublishState();
-                return new ApplyResponse(revision, changes);
+                AfterChange();
+#pragma warning disable CA1873 // one line per change, the point of the log; its cost is the change's, not the packets'
+                Log.Changed(_log, source.ToString(), revision, Describe(changes), Touched(endpointsBefore));
+#pragma warning restore CA1873
+                return new ApplyResponse(revision, changes, _options.Etcd is null ? null : _options.Node);
             }
-            catch (Exception)
+            catch (Exception e)
             {
                 Rollback(before, persisted);
-                PublishState();
+                AfterChange();
+                Log.ChangeRefused(_log, source.ToString(), _store.Revision, e.Message);
                 throw;
             }
         }
@@ -63,6 +101,24 @@ public sealed partial class AgentService
         {
             _gate.Release();
         }
+    }
+
+    private static string Describe(List<ObjectChange> changes) => changes.Count switch
+    {
+        0 => "no object",
+        <= 8 => string.Join(", ", changes.Select(c => $"{c.ObjectName} {c.Action}")),
+        _ => $"{string.Join(", ", changes.Take(8).Select(c => $"{c.ObjectName} {c.Action}"))} and {changes.Count - 8} more",
+    };
+
+    /// <summary>The endpoints a change created and removed, for its log line.</summary>
+    private string Touched(HashSet<string> before)
+    {
+        var now = _endpoints.Records.Keys.ToHashSet(StringComparer.Ordinal);
+        var created = now.Where(k => !before.Contains(k)).Order(StringComparer.Ordinal).ToList();
+        var removed = before.Where(k => !now.Contains(k)).Order(StringComparer.Ordinal).ToList();
+        return created.Count + removed.Count == 0 ? "none created or removed"
+            : string.Join("; ", new[] { created.Count > 0 ? $"created {string.Join(", ", created)}" : null,
+                removed.Count > 0 ? $"removed {string.Join(", ", removed)}" : null }.Where(x => x is not null));
     }
 
     /// <summary>Endpoints created or removed as the engine says, then the kernel: true when endpoints were created.</summary>
@@ -88,6 +144,8 @@ public sealed partial class AgentService
     {
         _store.Restore(before.Objects);
         _attachments?.Restore(before.Attachments ?? []);
+        _remoteAddresses = before.RemoteAddresses;
+        _regenerator.RemoteNodes = before.RemoteNodes;
         try
         {
             RebuildEngine(before.Identities, before.Addresses);
@@ -139,7 +197,7 @@ public sealed partial class AgentService
         }
     }
 
-    private Task<ApplyResponse> ApplyOrRefuseAsync(ManifestRequest request, bool policiesOnly, CancellationToken cancel)
+    private async Task<ApplyResponse> ApplyOrRefuseAsync(ManifestRequest request, bool policiesOnly, CancellationToken cancel)
     {
         ArgumentNullException.ThrowIfNull(request);
         var set = Parse(request);
@@ -147,7 +205,13 @@ public sealed partial class AgentService
         {
             throw new AgentInputException("policy import takes policies only; use 'membrane apply' for Namespaces and Pods");
         }
-        return CommitAsync(() => Apply(set), cancel);
+        if (set.Pods.Count > 0 && _clusterIdentities is not null)
+        {
+            var known = await ReadAsync(() => (IReadOnlyDictionary<string, NamespaceManifest>)_engine.Namespaces.ToDictionary(n => n.Name,
+                StringComparer.Ordinal), cancel).ConfigureAwait(false);
+            await PrefetchNumbersAsync(set, known, cancel).ConfigureAwait(false);
+        }
+        return await CommitAsync(() => Apply(set), cancel).ConfigureAwait(false);
     }
 
     private static ManifestSet Parse(ManifestRequest request)

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Threading.Channels;
 using Membrane.Agent.State;
+using Membrane.Api;
 using Membrane.Kvstore;
 using Membrane.Policy.Workloads;
 
@@ -24,17 +25,51 @@ public sealed partial class AgentService
     /// <summary>The nodes announced in the store (this one included): where pods without a node are placed.</summary>
     private IReadOnlyCollection<string> _readyNodes = [];
 
-    /// <summary>The cluster's announced nodes changed.</summary>
-    public void SetReadyNodes(IReadOnlyCollection<string> nodes) => _readyNodes = nodes;
-
     /// <summary>Signalled after every change to this node's pods (their addresses or identities may have moved).</summary>
     public ChannelReader<bool> LocalEndpointsChanged => _localChanged.Reader;
+
+    private readonly Channel<bool> _enforcementChanged = Channel.CreateBounded<bool>(new BoundedChannelOptions(1)
+    {
+        FullMode = BoundedChannelFullMode.DropWrite,
+    });
+
+    /// <summary>Cluster mode: what this node enforces (null on one node); reported to the store for <c>apply</c> to wait on.</summary>
+    public NodeEnforcement? Enforcement { get; private set; }
+
+    /// <summary>Signalled when <see cref="Enforcement"/> changed.</summary>
+    public ChannelReader<bool> EnforcementChanged => _enforcementChanged.Reader;
 
     /// <summary>The status snapshot and the signal to publish this node's pods; after every change, under the lock.</summary>
     private void PublishState()
     {
         Queries.Publish();
         _localChanged.Writer.TryWrite(true);
+    }
+
+    /// <summary>After every change, applied or undone, under the lock: status, publishing, and what this node enforces.</summary>
+    private void AfterChange()
+    {
+        PublishState();
+        UpdateEnforcement();
+    }
+
+    /// <summary>
+    /// The latest store revision is enforced here when this node's endpoints and maps follow it (every change that
+    /// returned did) and every pod of it on a node that is up has its addresses here (its node published them).
+    /// </summary>
+    private void UpdateEnforcement()
+    {
+        if (_options.Node is not { } node || _options.Etcd is null)
+        {
+            return;
+        }
+        var ready = _readyNodes.ToHashSet(StringComparer.Ordinal);
+        var lacks = _engine.Endpoints
+            .Where(e => !IsLocal(e.Pod) && e.Addresses.Count == 0 && e.Pod.NodeName is { } on && ready.Contains(on))
+            .Select(e => $"the addresses of Pod/{e.Key} (on {e.Pod.NodeName})").Order(StringComparer.Ordinal).ToList();
+        var seen = _store.Revision;
+        Enforcement = new NodeEnforcement(node, lacks.Count == 0 ? seen : Math.Min(Enforcement?.Enforced ?? 0, seen), seen, lacks);
+        _enforcementChanged.Writer.TryWrite(true);
     }
 
     /// <summary>This node's pods' addresses with identity and pod key (what the cluster's ipcache should hold for it).</summary>
@@ -48,102 +83,101 @@ public sealed partial class AgentService
 
     /// <summary>
     /// The other nodes' published pod addresses changed: peers get them (or lose them) and the datapath's ipcache
-    /// follows. An address that one of this node's pods has is never taken from it.
+    /// follows, through the one change path. An address that one of this node's pods has is never taken from it.
     /// </summary>
-    public async Task ApplyRemoteEndpointsAsync(IReadOnlyDictionary<IPAddress, RemoteEndpoint> view, CancellationToken cancel = default)
+    public Task ApplyRemoteEndpointsAsync(IReadOnlyDictionary<IPAddress, RemoteEndpoint> view, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(view);
-        await _gate.WaitAsync(cancel).ConfigureAwait(false);
-        try
+        return ChangeAsync(ChangeSource.RemoteEndpoints, () =>
         {
             var local = LocalEndpoints();
             _remoteAddresses = view.Values.Where(e => !local.ContainsKey(e.Address)).GroupBy(e => e.Pod, StringComparer.Ordinal)
                 .ToDictionary(g => g.Key, g => (IReadOnlyList<IPAddress>)g.Select(e => e.Address).Order(AddressOrder.Instance).ToList(),
                     StringComparer.Ordinal);
-            var changed = false;
+            var changes = new List<ObjectChange>();
             foreach (var endpoint in _engine.Endpoints.Where(e => !IsLocal(e.Pod)).ToList())
             {
                 var wanted = WithRemoteAddresses(endpoint.Pod);
                 if (!wanted.Addresses.SequenceEqual(endpoint.Addresses))
                 {
                     _engine.UpsertRemotePod(wanted);
-                    changed = true;
+                    changes.Add(new ObjectChange($"Peer/{endpoint.Key}", wanted.Addresses.Count == 0 ? "no addresses"
+                        : string.Join(" ", wanted.Addresses)));
                 }
             }
-            if (changed)
-            {
-                _regenerator.Regenerate(_engine, _regenerator.Plan(_engine), attachAll: false);
-                Queries.Publish();
-            }
-        }
-        finally
-        {
-            _gate.Release();
-        }
+            return changes.Count == 0 ? null : changes;
+        }, cancel);
     }
 
-    /// <summary>The other nodes' own addresses changed: the ipcache gives them the remote-node identity.</summary>
-    public async Task ApplyRemoteNodesAsync(IReadOnlyList<IPAddress> addresses, CancellationToken cancel = default)
+    /// <summary>
+    /// The cluster's announced nodes changed: pods without a node are placed on them, and the other nodes' own
+    /// addresses get the remote-node identity in the ipcache.
+    /// </summary>
+    public Task ApplyRemoteNodesAsync(IReadOnlyCollection<string> names, IReadOnlyList<IPAddress> addresses,
+        CancellationToken cancel = default)
     {
+        ArgumentNullException.ThrowIfNull(names);
         ArgumentNullException.ThrowIfNull(addresses);
-        await _gate.WaitAsync(cancel).ConfigureAwait(false);
-        try
+        return ChangeAsync(ChangeSource.RemoteNodes, () =>
         {
-            if (!_regenerator.RemoteNodes.SequenceEqual(addresses))
+            var namesChanged = !_readyNodes.ToHashSet(StringComparer.Ordinal).SetEquals(names);
+            _readyNodes = names;
+            if (_regenerator.RemoteNodes.SequenceEqual(addresses))
             {
-                _regenerator.RemoteNodes = addresses;
-                _regenerator.Regenerate(_engine, _regenerator.Plan(_engine), attachAll: false);
+                if (namesChanged)
+                {
+                    UpdateEnforcement(); // a node that went or came changes which peers' addresses are awaited
+                }
+                return null;
             }
-        }
-        finally
-        {
-            _gate.Release();
-        }
+            _regenerator.RemoteNodes = addresses;
+            return [new ObjectChange("RemoteNodes", string.Join(" ", addresses))];
+        }, cancel);
     }
 
     /// <summary>
     /// Cluster mode: the objects as the store holds them at <paramref name="revision"/> (delivered by the watch, other
-    /// nodes' changes included) become this node's desired state and are enforced; nothing is written to the store.
+    /// nodes' changes included) become this node's desired state and are enforced through the one change path;
+    /// nothing is written to the store.
     /// </summary>
     /// <remarks>
     /// A state older than this node's last commit waits for the watch to catch up, unless it is a full listing
     /// (<paramref name="listing"/>): that is the store's whole truth (at start, after a compaction, or a store
-    /// recreated with lower revisions) and always wins.
+    /// recreated with lower revisions) and always wins. Identity numbers for the state's pods are obtained from the
+    /// store before the lock is taken.
     /// </remarks>
     public async Task ApplyStoreStateAsync(IReadOnlyDictionary<string, string> objects, long revision, bool listing = false,
         CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(objects);
-        await _gate.WaitAsync(cancel).ConfigureAwait(false);
-        try
+        await PrefetchNumbersAsync(objects, cancel).ConfigureAwait(false);
+        await ChangeAsync(ChangeSource.Store, () =>
         {
             if ((!listing && revision < _store.Revision) || (revision == _store.Revision && SameObjects(objects)))
             {
-                return; // this node committed something newer: the watch catches up first
+                return null; // this node committed something newer (the watch catches up first), or has this already
             }
-            var before = new Snapshot(_store.Snapshot(), PodIdentities(), PodAddresses(), _attachments?.Snapshot());
-            try
-            {
-                _store.Restore(new ObjectStoreSnapshot(objects, revision));
-                RebuildEngine(before.Identities, before.Addresses);
-                var plan = _regenerator.Plan(_engine);
-                Save();
-                if (Enforce(plan, attachAll: false))
-                {
-                    Save();
-                }
-                PublishState();
-            }
-            catch (Exception)
-            {
-                Rollback(before, persisted: true);
-                PublishState();
-                throw;
-            }
-        }
-        finally
+            var identities = PodIdentities();
+            var addresses = PodAddresses();
+            var before = _store.Objects;
+            _store.Restore(new ObjectStoreSnapshot(objects, revision));
+            RebuildEngine(identities, addresses);
+            return objects.Where(o => !before.TryGetValue(o.Key, out var yaml) || yaml != o.Value)
+                .Select(o => new ObjectChange(o.Key, before.ContainsKey(o.Key) ? "updated" : "created"))
+                .Concat(before.Keys.Where(k => !objects.ContainsKey(k)).Select(k => new ObjectChange(k, "deleted"))).ToList();
+        }, cancel).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The store's state could not be enforced here: what this node reports (the cluster's <c>apply</c> waits on it)
+    /// says so; it keeps enforcing its last good state.
+    /// </summary>
+    public void NotEnforced(long revision, string reason)
+    {
+        if (Enforcement is { } current)
         {
-            _gate.Release();
+            Enforcement = current with { Seen = Math.Max(current.Seen, revision), Lacks = [$"not enforced: {reason}"] };
+            _enforcementChanged.Writer.TryWrite(true);
         }
     }
 

@@ -27,6 +27,9 @@ public sealed class AgentInputException(string message, IReadOnlyList<PolicyErro
 {
     public IReadOnlyList<PolicyError> Errors { get; } = errors ?? [];
 
+    /// <summary>The node whose agent can answer the request (the pod it names runs there).</summary>
+    public string? Node { get; init; }
+
     /// <summary>A flow as trace and probe requests give it; what is wrong with it is the caller's error.</summary>
     public static TraceRequest Flow(string from, string to, string protocol, int? port, string? icmpType, int? icmpCode, string? family)
     {
@@ -111,12 +114,59 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         return (engine, new PodAddressAllocator(_options.PodIPv4Range, _options.PodIPv6Range));
     }
 
-    /// <summary>Cluster mode: a new label set's number comes from the store (the same on every node).</summary>
-    private static uint ClusterNumber(ClusterIdentities cluster, LabelSet labels)
+    /// <summary>Cluster numbers obtained before a change took the lock, by canonical labels.</summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, uint> _numbers = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Cluster mode: numbers for the local pods of a state are obtained from the store before the change takes the
+    /// lock, so no change waits on etcd while holding it; a store that does not answer fails the change here.
+    /// </summary>
+    private Task PrefetchNumbersAsync(IReadOnlyDictionary<string, string> objects, CancellationToken cancel) =>
+        _clusterIdentities is null || _attachments is not null ? Task.CompletedTask
+            : PrefetchNumbersAsync(ManifestLoader.LoadText(string.Join("\n---\n", objects.Values), "store").Manifests, null, cancel);
+
+    /// <summary>
+    /// Numbers for the pods of <paramref name="set"/> placed on this node (namespaces from the set or
+    /// <paramref name="known"/>).
+    /// </summary>
+    private async Task PrefetchNumbersAsync(ManifestSet set, IReadOnlyDictionary<string, NamespaceManifest>? known,
+        CancellationToken cancel)
     {
+        if (_clusterIdentities is not { } cluster || _attachments is not null)
+        {
+            return;
+        }
+        var namespaces = set.Namespaces.ToDictionary(n => n.Name, StringComparer.Ordinal);
+        foreach (var pod in set.Pods.Where(p => p.NodeName == _options.Node))
+        {
+            var ns = namespaces.GetValueOrDefault(pod.Namespace) ?? known?.GetValueOrDefault(pod.Namespace);
+            var labels = Endpoint.DeriveLabels(pod, ns).Canonical;
+            if (!_numbers.ContainsKey(labels))
+            {
+                try
+                {
+                    _numbers[labels] = await cluster.AcquireAsync(labels, cancel).ConfigureAwait(false);
+                }
+                catch (Grpc.Core.RpcException e) when (!cancel.IsCancellationRequested)
+                {
+                    throw new InvalidOperationException($"the cluster store is not reachable to number the identity of {labels} " +
+                        $"({e.Status.StatusCode}); nothing was changed, it is tried again", e);
+                }
+            }
+        }
+    }
+
+    /// <summary>Cluster mode: a new label set's number comes from the store (the same on every node).</summary>
+    private uint ClusterNumber(ClusterIdentities cluster, LabelSet labels)
+    {
+        if (_numbers.TryGetValue(labels.Canonical, out var known))
+        {
+            return known;
+        }
         try
         {
-            return cluster.AcquireAsync(labels.Canonical).GetAwaiter().GetResult();
+            // Not obtained before the change (an API or CNI change, or a restart): asked for now.
+            return _numbers[labels.Canonical] = cluster.AcquireAsync(labels.Canonical).GetAwaiter().GetResult();
         }
         catch (Grpc.Core.RpcException e)
         {
@@ -126,7 +176,16 @@ public sealed partial class AgentService : IDisposable, IPodLookup
     }
 
     /// <summary>This node no longer uses the number; best effort (a use left behind ends with this node's lease).</summary>
-    private void ReleaseClusterNumber(ClusterIdentities cluster, uint id) => _ = cluster.ReleaseAsync(id).ContinueWith(
+    private void ReleaseClusterNumber(ClusterIdentities cluster, uint id)
+    {
+        foreach (var known in _numbers.Where(n => n.Value == id).ToList())
+        {
+            _numbers.TryRemove(known);
+        }
+        ReleaseInStore(cluster, id);
+    }
+
+    private void ReleaseInStore(ClusterIdentities cluster, uint id) => _ = cluster.ReleaseAsync(id).ContinueWith(
         t => Log.ClusterReleaseFailed(_log, id, t.Exception?.GetBaseException().Message ?? ""), CancellationToken.None,
         TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
 
@@ -196,7 +255,7 @@ public sealed partial class AgentService : IDisposable, IPodLookup
         ClaimRestoredIdentities();
         Enforce(_regenerator.Plan(_engine), attachAll: true);
         Save();
-        PublishState();
+        AfterChange();
     }
 
     /// <summary>What the kernel still enforces for pods (pinned policy and address entries): never dropped silently.</summary>

@@ -29,4 +29,12 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 23, Level = LogLevel.Information, Message = "endpoint {Pod}: policy audit mode {Mode}")]
     public static partial void EndpointAuditMode(ILogger logger, string pod, string mode);
+
+    [LoggerMessage(EventId = 11, Level = LogLevel.Information,
+        Message = "change from {Source} at revision {Revision}: {Objects}; endpoints: {Endpoints}")]
+    public static partial void Changed(ILogger logger, string source, long revision, string objects, string endpoints);
+
+    [LoggerMessage(EventId = 12, Level = LogLevel.Warning,
+        Message = "change from {Source} refused, state kept at revision {Revision}: {Reason}")]
+    public static partial void ChangeRefused(ILogger logger, string source, long revision, string reason);
 }

@@ -7,7 +7,8 @@ namespace Membrane.Api;
 public sealed record ErrorDetail(string File, [property: JsonPropertyName("object")] string ObjectName, string Path, string Message,
     int Line, int Column);
 
-public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Errors);
+/// <summary>An error; <see cref="Node"/> names the node that can answer instead (a pod of another node, cluster mode).</summary>
+public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Errors, string? Node = null);
 
 public sealed record StatusResponse(
     string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
@@ -16,12 +17,21 @@ public sealed record StatusResponse(
     bool PolicyAuditMode = false, string? Attachment = null);
 
 /// <summary>
-/// Cluster mode: this node, the store's health (<c>degraded</c> with every reason), the store revision it enforces,
-/// the nodes it knows and how many of other nodes' pod addresses it holds.
+/// Cluster mode: this node, the store's health (<c>degraded</c> with every reason), the store revision it has fully
+/// enforced (its endpoints, its maps and the addresses of every pod on a node that is up), the latest it has seen and
+/// what it lacks for that one, the nodes it knows and how many of other nodes' pod addresses it holds.
 /// </summary>
 public sealed record ClusterStatusOutput(
     string Node, string RoutingMode, string Health, IReadOnlyList<string> Reasons, long EnforcedRevision, string? UnderlayAddress,
-    IReadOnlyList<NodeOutput> Nodes, int RemoteEndpoints);
+    IReadOnlyList<NodeOutput> Nodes, int RemoteEndpoints, long SeenRevision = 0, IReadOnlyList<string>? Lacks = null);
+
+/// <summary>
+/// Whether every node that is up has enforced <see cref="Revision"/> (<c>apply</c> in cluster mode waits on it), and
+/// each node's report.
+/// </summary>
+public sealed record ClusterEnforcementOutput(long Revision, bool Enforced, IReadOnlyList<NodeEnforcementOutput> Nodes);
+
+public sealed record NodeEnforcementOutput(string Node, long EnforcedRevision, long SeenRevision, IReadOnlyList<string> Lacks);
 
 /// <summary>
 /// <c>policy import --dry-run</c> (Yaml) or <c>policy delete --dry-run</c> (Delete names a policy, or All): what the
@@ -126,7 +136,8 @@ public sealed record ManifestRequest(string? Yaml, string? File);
 
 public sealed record ObjectChange([property: JsonPropertyName("object")] string ObjectName, string Action);
 
-public sealed record ApplyResponse(long Revision, IReadOnlyList<ObjectChange> Changes);
+/// <summary>What a change did; in cluster mode <see cref="Node"/> names the node that committed it (the CLI then waits).</summary>
+public sealed record ApplyResponse(long Revision, IReadOnlyList<ObjectChange> Changes, string? Node = null);
 
 public sealed record PolicyItem(string Kind, string? Namespace, string Name, string Yaml);
 
@@ -146,7 +157,7 @@ public sealed record TraceOutput(
 public sealed record EndpointOutput(
     int Id, string Pod, uint Identity, IReadOnlyList<string> Labels, string? IPv4, string? IPv6, string Interface,
     string Netns, bool IngressEnforced, bool EgressEnforced, int PolicyEntries, IReadOnlyList<string> SelectedBy, string? Node = null,
-    bool PolicyAudit = false);
+    bool PolicyAudit = false, bool Remote = false);
 
 /// <summary><c>membrane endpoint config ID [SETTING=VALUE...]</c>: the settings to change (none: only show them).</summary>
 public sealed record EndpointConfigRequest(string? Id, IReadOnlyDictionary<string, string>? Settings = null);
@@ -209,6 +220,7 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(List<NodeOutput>))]
 [JsonSerializable(typeof(ManifestRequest))]
 [JsonSerializable(typeof(ApplyResponse))]
+[JsonSerializable(typeof(ClusterEnforcementOutput))]
 [JsonSerializable(typeof(PolicyListResponse))]
 [JsonSerializable(typeof(TraceQuery))]
 [JsonSerializable(typeof(TraceOutput))]

@@ -21,9 +21,20 @@ public sealed class ClusterHealth(AgentOptions options)
 
     public int RemoteEndpoints { get; set; }
 
-    public void Problem(string part, string reason) => _problems[part] = reason;
+    public void Problem(string part, string reason)
+    {
+        _problems[part] = reason;
+        Monitoring.AgentMetrics.Degraded.WithLabels(part).Set(1);
+    }
 
-    public void Resolved(string part) => _problems.TryRemove(part, out _);
+    public void Resolved(string part)
+    {
+        _problems.TryRemove(part, out _);
+        Monitoring.AgentMetrics.Degraded.WithLabels(part).Set(0);
+    }
+
+    /// <summary>The reason a part is behind, if it is.</summary>
+    public string? ProblemOf(string part) => _problems.GetValueOrDefault(part);
 
     /// <summary>Reads this node's key linearizably (the store must have a quorum to answer) every second.</summary>
     public async Task ProbeAsync(EtcdConnection etcd, string node, CancellationToken cancel)
@@ -50,6 +61,7 @@ public sealed class ClusterHealth(AgentOptions options)
             }
             if (problem != _store)
             {
+                Monitoring.AgentMetrics.Degraded.WithLabels("store").Set(problem is null ? 0 : 1);
                 _store = problem;
                 _storeSince = DateTime.UtcNow;
             }
@@ -64,8 +76,8 @@ public sealed class ClusterHealth(AgentOptions options)
         }
     }
 
-    /// <summary>The cluster part of <c>status</c>; <paramref name="revision"/> is the store revision this node enforces.</summary>
-    public ClusterStatusOutput Status(long revision)
+    /// <summary>The cluster part of <c>status</c>, with what this node enforces.</summary>
+    public ClusterStatusOutput Status(NodeEnforcement? enforcement)
     {
         var reasons = new List<string>();
         if (_store is { } store)
@@ -76,8 +88,8 @@ public sealed class ClusterHealth(AgentOptions options)
         reasons.AddRange(_problems.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => p.Value));
         var health = reasons.Count == 0 ? "ok" : "degraded";
         return new ClusterStatusOutput(options.Node!, options.RoutingMode.ToString().ToLowerInvariant(), health,
-            reasons, revision, options.UnderlayAddress?.ToString(),
+            reasons, enforcement?.Enforced ?? 0, options.UnderlayAddress?.ToString(),
             [.. Nodes.Select(n => new NodeOutput(n.Name, n.Address.ToString(), n.PodRanges.Select(r => r.ToString()).ToList()))],
-            RemoteEndpoints);
+            RemoteEndpoints, enforcement?.Seen ?? 0, enforcement?.Lacks ?? []);
     }
 }

@@ -1,4 +1,5 @@
 using System.Net;
+using Membrane.Agent.Hosting;
 using Membrane.Agent.Sandbox;
 using Membrane.Kvstore;
 using Microsoft.Extensions.Hosting;
@@ -35,13 +36,23 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
             UnderlayFailed(log, e.Message);
             underlay = null;
         }
+        // Each part on its own: one that fails is reported and restarted, the others go on.
         await Task.WhenAll(
-            Retrying("announce", () => ipcache.AnnounceAsync([_options.PodIPv4Range, _options.PodIPv6Range], stoppingToken), stoppingToken),
-            FollowNodesAsync(ipcache, underlay, stoppingToken),
-            FollowEndpointsAsync(ipcache, stoppingToken),
-            PublishAsync(ipcache, stoppingToken),
-            health.ProbeAsync(etcd, _options.Node!, stoppingToken)).ConfigureAwait(false);
+            Supervise("announcing this node", stop => Retrying("announce", () => ipcache.AnnounceAsync([_options.PodIPv4Range,
+                _options.PodIPv6Range], stop), stop), stoppingToken),
+            Supervise("following the nodes", stop => FollowNodesAsync(ipcache, underlay, stop), stoppingToken),
+            Supervise("following the ipcache", stop => FollowEndpointsAsync(ipcache, stop), stoppingToken),
+            Supervise("publishing this node's pods", stop => PublishAsync(ipcache, stop), stoppingToken),
+            Supervise("reporting what this node enforces", stop => ReportAsync(session, stop), stoppingToken),
+            Supervise("probing the store", stop => health.ProbeAsync(etcd, _options.Node!, stop), stoppingToken)).ConfigureAwait(false);
     }
+
+    private Task Supervise(string part, Func<CancellationToken, Task> loop, CancellationToken stop) =>
+        Supervised.RunAsync(part, async cancel =>
+        {
+            health.Resolved(part);
+            await loop(cancel).ConfigureAwait(false);
+        }, log, stop, health.Problem);
 
     private async Task FollowNodesAsync(ClusterIpCache ipcache, UnderlayNetwork? underlay, CancellationToken cancel)
     {
@@ -51,7 +62,6 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
             {
                 var others = view.Values.Where(n => n.Name != _options.Node).ToList();
                 health.Nodes = view.Values.OrderBy(n => n.Name, StringComparer.Ordinal).ToList();
-                agent.SetReadyNodes([.. view.Keys]);
                 try
                 {
                     underlay?.Route(others);
@@ -60,7 +70,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
                         agent.Datapath.Tunnels.Sync(others.SelectMany(n => n.PodRanges.Select(r => (r, n.Address))).ToList());
                     }
                     var addresses = others.SelectMany(n => new[] { n.Address, UnderlayNetwork.IPv6Of(n.Address) }).ToList();
-                    await agent.ApplyRemoteNodesAsync(addresses, cancel).ConfigureAwait(false);
+                    await agent.ApplyRemoteNodesAsync([.. view.Keys], addresses, cancel).ConfigureAwait(false);
                     health.Resolved("nodes");
                 }
                 catch (Exception e) when (e is InvalidOperationException or ArgumentException or Datapath.Ebpf.BpfException
@@ -142,6 +152,41 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
+        }
+    }
+
+    /// <summary>
+    /// Keeps <c>membrane/enforced/NODE</c> equal to what this node enforces (the cluster's <c>apply</c> waits on it):
+    /// after every change, and again after a failure until the store takes it.
+    /// </summary>
+    private async Task ReportAsync(NodeSession node, CancellationToken cancel)
+    {
+        string? reported = null;
+        var pending = true;
+        while (!cancel.IsCancellationRequested)
+        {
+            if (!pending)
+            {
+                await agent.EnforcementChanged.ReadAsync(cancel).ConfigureAwait(false);
+            }
+            if (agent.Enforcement is not { } state || ClusterEnforcement.Format(state) == reported)
+            {
+                pending = false;
+                continue;
+            }
+            try
+            {
+                await ClusterEnforcement.ReportAsync(node, state, cancel).ConfigureAwait(false);
+                reported = ClusterEnforcement.Format(state);
+                pending = false;
+                health.Resolved("report");
+            }
+            catch (Grpc.Core.RpcException e) when (!cancel.IsCancellationRequested)
+            {
+                pending = true;
+                health.Problem("report", $"what this node enforces is not reported to the cluster ({e.Status.StatusCode})");
+                await Task.Delay(RetryDelay, cancel).ConfigureAwait(false);
+            }
         }
     }
 

@@ -1,3 +1,4 @@
+using Membrane.Agent.Hosting;
 using Membrane.Agent.State;
 using Membrane.Kvstore;
 using Microsoft.Extensions.Hosting;
@@ -7,48 +8,121 @@ namespace Membrane.Agent.Cluster;
 
 /// <summary>
 /// Cluster mode: watches the cluster's objects in etcd (list, then every change, never losing one) and hands the
-/// store's state to the agent, which enforces it. Changes that arrive together are applied as one.
+/// store's state to the agent, which enforces it. Changes that arrive together are applied as one. A state this node
+/// cannot enforce leaves it enforcing its last good one: status says <c>degraded</c> with the revision, the objects
+/// changed since the last good state and the reason, and the whole state is tried again on the next change or after
+/// a backoff (1 s doubling to 30 s), whichever comes first.
 /// </summary>
-public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnection etcd, ClusterObjectStore store,
+public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnection etcd, ClusterObjectStore store, ClusterHealth health,
     ILogger<ClusterObjectWatch> log) : BackgroundService
 {
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    public const string Part = "objects";
+
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        Supervised.RunAsync("the store watch", FollowAsync, log, stoppingToken, health.Problem);
+
+    private async Task FollowAsync(CancellationToken stop)
     {
         var watcher = new PrefixWatcher(etcd, ClusterObjects.Prefix);
-        var events = watcher.Start(stoppingToken);
+        var events = watcher.Start(stop);
         var current = new Dictionary<string, string>(StringComparer.Ordinal);
+        var enforced = new Dictionary<string, string>(StringComparer.Ordinal);
         var revision = 0L;
-        while (!stoppingToken.IsCancellationRequested)
+        var listing = false;
+        TimeSpan? retry = null;
+        health.Resolved("the store watch");
+        while (!stop.IsCancellationRequested)
         {
-            var next = await events.ReadAsync(stoppingToken).ConfigureAwait(false);
-            var listing = false;
-            var received = next.Received;
-            do
+            if (await NextAsync(events, retry, stop).ConfigureAwait(false) is { } next)
             {
-                listing |= next is StoreSnapshot;
-                revision = Take(next, current);
-            }
-            while (events.TryRead(out next));
-            try
-            {
-                await agent.ApplyStoreStateAsync(new Dictionary<string, string>(current, StringComparer.Ordinal), revision, listing,
-                    stoppingToken).ConfigureAwait(false);
+                var received = next.Received;
+                do
+                {
+                    listing |= next is StoreSnapshot;
+                    revision = Take(next, current);
+                }
+                while (events.TryRead(out next));
+                if (!await EnforceAsync(current, enforced, revision, listing, stop).ConfigureAwait(false))
+                {
+                    retry = Supervised.FirstDelay;
+                    continue;
+                }
                 KvstoreMetrics.Enforced(received); // from the batch's first change: the longest wait in it
             }
-            catch (Exception e) when (e is not OperationCanceledException || !stoppingToken.IsCancellationRequested)
+            else if (!await EnforceAsync(current, enforced, revision, listing, stop).ConfigureAwait(false))
             {
-                // Whatever the store holds, this node keeps enforcing its last good state and serving: the next
-                // change tries again with the whole state. An unexpected failure is logged with its type and stack.
-                if (e is AgentInputException or InvalidOperationException or IOException)
-                {
-                    NotEnforced(log, revision, e.Message);
-                }
-                else
-                {
-                    NotEnforcedUnexpectedly(log, revision, e);
-                }
+                retry = Supervised.Next(retry ?? Supervised.FirstDelay);
+                continue;
             }
+            listing = false;
+            retry = null;
         }
+    }
+
+    /// <summary>The next change; when a state is waiting to be tried again, null once <paramref name="retry"/> has passed.</summary>
+    private static async Task<StoreEvent?> NextAsync(System.Threading.Channels.ChannelReader<StoreEvent> events, TimeSpan? retry,
+        CancellationToken stop)
+    {
+        if (retry is not { } delay)
+        {
+            return await events.ReadAsync(stop).ConfigureAwait(false);
+        }
+        using var timer = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        timer.CancelAfter(delay);
+        try
+        {
+            return await events.ReadAsync(timer.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!stop.IsCancellationRequested)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Enforces the store's state; false (reported, the last good state still enforced) when this node cannot.</summary>
+    private async Task<bool> EnforceAsync(Dictionary<string, string> current, Dictionary<string, string> enforced, long revision,
+        bool listing, CancellationToken stop)
+    {
+        try
+        {
+            await agent.ApplyStoreStateAsync(new Dictionary<string, string>(current, StringComparer.Ordinal), revision, listing, stop)
+                .ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // whatever the store holds, this node keeps serving and enforcing its last good state
+        catch (Exception e) when (!stop.IsCancellationRequested)
+#pragma warning restore CA1031
+        {
+            var changed = current.Where(o => !enforced.TryGetValue(o.Key, out var yaml) || yaml != o.Value).Select(o => o.Key)
+                .Concat(enforced.Keys.Where(k => !current.ContainsKey(k)).Select(k => $"{k} (deleted)")).Order(StringComparer.Ordinal)
+                .ToList();
+            var objects = changed.Count == 0 ? "no object changed since its last good state"
+                : $"changed since its last good state: {string.Join(", ", changed.Take(10))}{(changed.Count > 10 ? ", …" : "")}";
+            var reason = e is AgentInputException or InvalidOperationException or IOException ? e.Message
+                : $"{e.GetType().Name}: {e.Message}";
+            agent.NotEnforced(revision, reason);
+            health.Problem(Part, $"the store's state at revision {revision} is not enforced on this node ({objects}): {reason}; it " +
+                $"keeps enforcing its last good state and tries again");
+            if (e is AgentInputException or InvalidOperationException or IOException)
+            {
+                NotEnforced(log, revision, string.Join(", ", changed), e.Message);
+            }
+            else
+            {
+                NotEnforcedUnexpectedly(log, revision, string.Join(", ", changed), e);
+            }
+            return false;
+        }
+        if (health.ProblemOf(Part) is not null)
+        {
+            Recovered(log, revision);
+        }
+        health.Resolved(Part);
+        enforced.Clear();
+        foreach (var (key, yaml) in current)
+        {
+            enforced[key] = yaml;
+        }
+        return true;
     }
 
     private long Take(StoreEvent change, Dictionary<string, string> current)
@@ -76,10 +150,14 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
     }
 
     [LoggerMessage(EventId = 40, Level = LogLevel.Error,
-        Message = "the cluster's state at revision {Revision} is not enforced here: {Reason}")]
-    private static partial void NotEnforced(ILogger logger, long revision, string reason);
+        Message = "the cluster's state at revision {Revision} is not enforced here (changed: {Changed}): {Reason}")]
+    private static partial void NotEnforced(ILogger logger, long revision, string changed, string reason);
 
     [LoggerMessage(EventId = 45, Level = LogLevel.Error,
-        Message = "the cluster's state at revision {Revision} is not enforced here: an unexpected failure")]
-    private static partial void NotEnforcedUnexpectedly(ILogger logger, long revision, Exception exception);
+        Message = "the cluster's state at revision {Revision} is not enforced here (changed: {Changed}): an unexpected failure")]
+    private static partial void NotEnforcedUnexpectedly(ILogger logger, long revision, string changed, Exception exception);
+
+    [LoggerMessage(EventId = 49, Level = LogLevel.Information,
+        Message = "the cluster's state at revision {Revision} is enforced here again")]
+    private static partial void Recovered(ILogger logger, long revision);
 }

@@ -15,7 +15,10 @@ public sealed partial class RuntimeLabelPoller(AgentService agent, CriClient cri
     private static readonly TimeSpan Interval = TimeSpan.FromMilliseconds(200);
     private readonly HashSet<string> _refused = new(StringComparer.Ordinal);
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        Hosting.Supervised.RunAsync("the CRI label poller", PollAsync, log, stoppingToken);
+
+    private async Task PollAsync(CancellationToken stoppingToken)
     {
         using var timer = new PeriodicTimer(Interval);
         var unreachable = false;

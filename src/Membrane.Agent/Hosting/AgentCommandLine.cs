@@ -103,6 +103,12 @@ public static class AgentCommandLine
                 "that endpoint's oldest connections only. About 2 KiB of kernel memory per 8 entries of both families",
             DefaultValueFactory = _ => (int)Datapath.Maps.ConntrackTable.DefaultEndpointCapacity,
         };
+        var policyEntries = new Option<int>("--policy-map-entries")
+        {
+            Description = "Entries of the policy map, for all endpoints together (16 to 4,194,304); a change that needs more is " +
+                "refused on this node. Fixed once pinned",
+            DefaultValueFactory = _ => (int)AgentOptions.DefaultPolicyMapEntries,
+        };
         var audit = new Option<bool>("--policy-audit-mode")
         {
             Description = "Audit every endpoint: packets policy would drop are let through and reported as AUDIT (flows, metrics)",
@@ -124,7 +130,7 @@ public static class AgentCommandLine
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
-                routing, metrics, flowRing, conntrackEntries, audit, aggregation, attach,
+                routing, metrics, flowRing, conntrackEntries, policyEntries, audit, aggregation, attach,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -225,9 +231,15 @@ public static class AgentCommandLine
                 await Console.Error.WriteLineAsync("error: --conntrack-entries-per-endpoint must be 16 to 1,048,576").ConfigureAwait(false);
                 return Error;
             }
+            if (parse.GetValue(policyEntries) is < 16 or > 1 << 22)
+            {
+                await Console.Error.WriteLineAsync("error: --policy-map-entries must be 16 to 4,194,304").ConfigureAwait(false);
+                return Error;
+            }
             options = options with
             {
                 ConntrackEntriesPerEndpoint = (uint)parse.GetValue(conntrackEntries),
+                PolicyMapEntries = (uint)parse.GetValue(policyEntries),
                 FlowRingSize = parse.GetValue(flowRing),
                 PolicyAuditMode = parse.GetValue(audit),
                 FlowsEveryPacket = parse.GetValue(aggregation) == "none",

@@ -159,7 +159,7 @@ public static partial class AgentProcess
         }
         if (app.Services.GetService<ClusterHealth>() is { } health)
         {
-            agent.Queries.Cluster = health.Status;
+            agent.Queries.Cluster = _ => health.Status(agent.Enforcement);
         }
         ApiServer.PrepareSocket(options.SocketPath);
         using var metrics = StartMetrics(options, agent, app);
@@ -169,6 +169,15 @@ public static partial class AgentProcess
         }
         ApiServer.Map(app, agent);
         await app.RunAsync().ConfigureAwait(false);
+        // Background loops are supervised and never fault; if one did anyway, the host stopped because of it: that is
+        // a failure, and the exit status says so (a service manager restarts on it).
+        if (app.Services.GetServices<IHostedService>().OfType<BackgroundService>().FirstOrDefault(s => s.ExecuteTask is
+            { IsFaulted: true }) is { } faulted)
+        {
+            await Console.Error.WriteLineAsync($"error: {faulted.GetType().Name} failed: " +
+                $"{faulted.ExecuteTask!.Exception?.GetBaseException().Message}").ConfigureAwait(false);
+            return AgentCommandLine.Error;
+        }
         return AgentCommandLine.Success;
     }
 }

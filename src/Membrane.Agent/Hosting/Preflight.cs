@@ -34,7 +34,11 @@ public static partial class Preflight
                 throw new InvalidOperationException($"--attach tcx: this kernel ({Environment.OSVersion.Version}) has no tcx links " +
                     "(6.6+); use --attach clsact or auto");
             }
-            var datapath = PolicyDatapath.Load(new LoadOptions { PinDirectory = options.PinDirectory });
+            var datapath = PolicyDatapath.Load(new LoadOptions
+            {
+                PinDirectory = options.PinDirectory,
+                MaxEntries = new Dictionary<string, uint>(StringComparer.Ordinal) { ["mb_policy"] = options.PolicyMapEntries },
+            });
             datapath.Hooks = new DeviceHooks(mode, Path.Combine(options.PinDirectory, "links"));
             datapath.Conntrack.EndpointCapacity = options.ConntrackEntriesPerEndpoint;
             return datapath;

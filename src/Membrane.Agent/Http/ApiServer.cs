@@ -63,7 +63,7 @@ public static partial class ApiServer
             }
             catch (AgentInputException e)
             {
-                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(Detail).ToList())
+                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(Detail).ToList(), e.Node)
                     .ConfigureAwait(false);
             }
             catch (BadHttpRequestException e)
@@ -72,6 +72,12 @@ public static partial class ApiServer
                     ? TooLarge
                     : e.InnerException is { } inner ? $"{e.Message} {inner.Message}" : e.Message;
                 await Error(context, e.StatusCode, message, []).ConfigureAwait(false);
+            }
+            catch (Grpc.Core.RpcException e) when (!context.RequestAborted.IsCancellationRequested)
+            {
+                // The cluster store did not answer: unavailable, not the agent's failure; nothing was changed.
+                await Error(context, StatusCodes.Status503ServiceUnavailable,
+                    $"the cluster store is unavailable ({e.Status.StatusCode}): {e.Status.Detail}", []).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
             {
@@ -108,6 +114,27 @@ public static partial class ApiServer
         await app.StopAsync(CancellationToken.None).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Cluster mode: waits (at most <paramref name="timeoutMs"/>, 0 = only read) until every node that is up has
+    /// enforced <paramref name="revision"/>, and says which have not and what each lacks.
+    /// </summary>
+    private static async Task<ClusterEnforcementOutput> WaitForClusterAsync(Kvstore.EtcdConnection? etcd, long? revision, int? timeoutMs,
+        CancellationToken cancel)
+    {
+        if (etcd is null)
+        {
+            throw new AgentInputException("the agent is not in cluster mode (no --etcd): a change is enforced when it returns");
+        }
+        if (revision is not > 0 || timeoutMs is < 0 or > 600_000)
+        {
+            throw new AgentInputException("give revision=N (N > 0) and timeoutMs between 0 and 600000");
+        }
+        var (enforced, nodes) = await Kvstore.ClusterEnforcement.WaitAsync(etcd, revision.Value,
+            TimeSpan.FromMilliseconds(timeoutMs ?? 30_000), cancel).ConfigureAwait(false);
+        return new ClusterEnforcementOutput(revision.Value, enforced, [.. nodes.Select(n => new NodeEnforcementOutput(n.Node, n.Enforced,
+            n.Seen, n.Lacks))]);
+    }
+
     private static ErrorDetail Detail(PolicyError e) => new(e.File, e.ObjectName, e.Path, e.Message, e.Line, e.Column);
 
     /// <summary>A socket file left by an agent that was killed would stop Kestrel from listening.</summary>
@@ -131,7 +158,7 @@ public static partial class ApiServer
 
     private static readonly string TooLarge = $"the request is larger than the {MaxRequestBytes:N0} bytes the agent accepts";
 
-    private static async Task Error(HttpContext context, int status, string message, List<ErrorDetail> details)
+    private static async Task Error(HttpContext context, int status, string message, List<ErrorDetail> details, string? node = null)
     {
         if (context.Response.HasStarted)
         {
@@ -139,7 +166,7 @@ public static partial class ApiServer
         }
         context.Response.Clear();
         context.Response.StatusCode = status;
-        await context.Response.WriteAsJsonAsync(new ErrorResponse(message, details), AgentJsonContext.Default.ErrorResponse)
+        await context.Response.WriteAsJsonAsync(new ErrorResponse(message, details, node), AgentJsonContext.Default.ErrorResponse)
             .ConfigureAwait(false);
     }
 
@@ -173,6 +200,8 @@ public static partial class ApiServer
         v1.MapDelete("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.FlushConntrack(endpoint),
             cancel));
         v1.MapGet("/bpf/ipcache", (CancellationToken cancel) => agent.ReadAsync(queries.IpCache, cancel));
+        v1.MapGet("/cluster/enforcement", (long? revision, int? timeoutMs, CancellationToken cancel) =>
+            WaitForClusterAsync(app.Services.GetService<Kvstore.EtcdConnection>(), revision, timeoutMs, cancel));
         v1.MapPost("/probe", (ProbeQuery query, CancellationToken cancel) => prober.ProbeAsync(query, cancel));
         v1.MapPost("/matrix", (MatrixQuery query, CancellationToken cancel) => prober.MatrixAsync(query, cancel));
         if (agent.ServesContainerRuntimes)

@@ -31,6 +31,14 @@ public sealed class AgentMetrics
     public static readonly Counter PolicyImportErrors = Metrics.CreateCounter("membrane_policy_import_errors_total",
         "Policy imports that were refused");
 
+    /// <summary>Background loops restarted after a failure, by part.</summary>
+    public static readonly Counter LoopRestarts = Metrics.CreateCounter("membrane_agent_loop_restarts_total",
+        "Background loops of the agent restarted after an unexpected failure", "part");
+
+    /// <summary>Parts of the agent that are behind (1) with the reason in status; cluster mode.</summary>
+    public static readonly Gauge Degraded = Metrics.CreateGauge("membrane_agent_degraded",
+        "1 while a part of the agent is behind (status names the reason): objects, ipcache, nodes, publish, store, ...", "part");
+
     private readonly Counter _drops = Metrics.CreateCounter("membrane_drop_count_total", "Packets dropped, by reason and direction",
         "reason", "direction");
 

@@ -38,9 +38,11 @@ public sealed class Prober(IPodLookup pods)
         var source = await pods.FindPodAsync(query.From, cancel).ConfigureAwait(false);
         if (source is null)
         {
-            throw new AgentInputException(await pods.FindPeerAsync(query.From, cancel).ConfigureAwait(false) is { } elsewhere
+            var elsewhere = await pods.FindPeerAsync(query.From, cancel).ConfigureAwait(false);
+            throw new AgentInputException(elsewhere is not null
                 ? $"{query.From} runs on node {elsewhere.Pod.NodeName}: probe from that node's agent"
-                : $"no pod {query.From}");
+                : $"no pod {query.From}")
+            { Node = elsewhere?.Pod.NodeName };
         }
         // The destination may run on another node (cluster mode): it is reached by its address.
         var local = await pods.FindPodAsync(query.To, cancel).ConfigureAwait(false);

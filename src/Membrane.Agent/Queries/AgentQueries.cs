@@ -131,8 +131,16 @@ public sealed class AgentQueries(
             policy.SelectingSpecs.Select(s => $"{s.Origin}: {s.Path}").Distinct().ToList(), e.Pod.NodeName);
     }
 
+    /// <summary>This node's endpoint; in cluster mode a pod of another node is shown as the peer it is here, with its node.</summary>
     public EndpointOutput Endpoint(string idOrPod)
     {
+        if (!int.TryParse(idOrPod, out _) && endpoints.Find(idOrPod) is null && Engine.FindEndpoint(idOrPod) is { } peer
+            && peer.Pod.NodeName is { } node && node != options.Node)
+        {
+            return new EndpointOutput(0, peer.Key, peer.Identity.Id, peer.Labels.Labels.Select(l => l.ToString()).ToList(),
+                peer.Address(AddressFamily.InterNetwork)?.ToString(), peer.Address(AddressFamily.InterNetworkV6)?.ToString(), "", "",
+                false, false, 0, [], node, Remote: true);
+        }
         return Endpoint(FindRecord(idOrPod));
     }
 

@@ -95,16 +95,20 @@ public static class AgentCommands
             AllowMultipleArgumentsPerToken = true
         };
         var format = CliOutput.CreateFormatOption();
-        var command = new Command(delete ? "delete" : "apply", delete ? "Remove the objects named in the files"
-            : "Create or update Namespaces, Pods and policies") { files, format };
+        var timeout = ClusterWait.TimeoutOption();
+        var noWait = ClusterWait.NoWaitOption();
+        var command = new Command(delete ? "delete" : "apply", (delete ? "Remove the objects named in the files"
+            : "Create or update Namespaces, Pods and policies") + "; in cluster mode, wait until every node that is up enforces the " +
+            "change (exit 3 if one does not within --timeout)") { files, format, timeout, noWait };
         command.SetAction(async parse =>
         {
             var request = ReadManifests(parse.GetValue(files)!, output);
+            _ = ClusterWait.Duration(parse.GetValue(timeout)!); // a bad duration is refused before anything changes
             using var client = AgentClient.FromEnvironment();
             var result = await client.Post(delete ? "v1/delete" : "v1/apply", request, AgentJsonContext.Default.ManifestRequest,
                 AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
-            PrintChanges(output, result, parse.GetValue(format) == "json");
-            return CliApp.Success;
+            return await ClusterWait.PrintAfterEnforcedAsync(client, output, result, parse.GetValue(format) == "json",
+                parse.GetValue(timeout)!, parse.GetValue(noWait)).ConfigureAwait(false);
         });
         return command;
     }

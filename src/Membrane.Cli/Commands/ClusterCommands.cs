@@ -164,11 +164,12 @@ public static class ClusterCommands
             }
             return file;
         }
-        catch (CliException)
+        catch (Exception e) when (e is CliException or IOException or UnauthorizedAccessException
+                                   or System.ComponentModel.Win32Exception or InvalidOperationException)
         {
             output.Err.WriteLine("cluster up failed; removing what was started");
             Stop(file, output);
-            throw;
+            throw e is CliException ? e : new CliException($"cluster up failed: {e.Message}");
         }
     }
 
@@ -199,14 +200,25 @@ public static class ClusterCommands
         {
             Terminate(node.Pid);
         }
-        var (agent, prefix) = AgentLauncher.Locate();
-        foreach (var node in file.Nodes)
+        if (file.Nodes.Count > 0)
         {
-            var result = Run(agent, [.. prefix, "cleanup", "--name-prefix", node.NamePrefix, "--pin-dir", node.PinDirectory, "--state-dir",
-                node.StateDirectory, "--underlay-netns", file.UnderlayNamespace]);
-            if (result.Code != 0)
+            try
             {
-                output.Err.WriteLine($"warning: cleaning {node.Name} failed: {result.Error.Trim()}");
+                var (agent, prefix) = AgentLauncher.Locate();
+                foreach (var node in file.Nodes)
+                {
+                    var result = Run(agent, [.. prefix, "cleanup", "--name-prefix", node.NamePrefix, "--pin-dir", node.PinDirectory,
+                        "--state-dir", node.StateDirectory, "--underlay-netns", file.UnderlayNamespace]);
+                    if (result.Code != 0)
+                    {
+                        output.Err.WriteLine($"warning: cleaning {node.Name} failed: {result.Error.Trim()}");
+                    }
+                }
+            }
+            catch (CliException e)
+            {
+                // Without the agent nothing can clean the nodes' interfaces and pins; etcd and the directory still go.
+                output.Err.WriteLine($"warning: the nodes' interfaces and pins were not cleaned: {e.Message}");
             }
         }
         foreach (var member in file.Etcd)

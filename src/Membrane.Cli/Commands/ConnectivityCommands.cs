@@ -23,17 +23,37 @@ public static class ConnectivityCommands
         var timeout = new Option<int?>("--timeout") { Description = "Milliseconds to wait for an answer (default 1000)" };
         var flow = new FlowOptions();
         var format = CliOutput.CreateFormatOption();
-        var command = new Command("probe", "Probe one flow from inside the source pod; exit 0 allowed, 1 denied") { from, to, timeout,
-            format };
+        var command = new Command("probe", "Probe one flow from inside the source pod; exit 0 allowed, 1 denied, 2 an error")
+        {
+            from, to, timeout, format,
+        };
         flow.AddTo(command);
         command.SetAction(async parse =>
         {
             var (protocol, port, type, code, family) = flow.Values(parse);
             flow.Build(parse, parse.GetValue(from)!, parse.GetValue(to)!); // validates the flow before asking the agent
-            using var client = AgentClient.FromEnvironment();
-            var result = await client.Post("v1/probe", new ProbeQuery(parse.GetValue(from)!, parse.GetValue(to)!, protocol, port, type,
-                code, family, parse.GetValue(timeout)),
-                AgentJsonContext.Default.ProbeQuery, AgentJsonContext.Default.ProbeResult).ConfigureAwait(false);
+            var query = new ProbeQuery(parse.GetValue(from)!, parse.GetValue(to)!, protocol, port, type, code, family,
+                parse.GetValue(timeout));
+            ProbeResult result;
+            using (var client = AgentClient.FromEnvironment())
+            {
+                try
+                {
+                    result = await client.Post("v1/probe", query, AgentJsonContext.Default.ProbeQuery, AgentJsonContext.Default.ProbeResult)
+                        .ConfigureAwait(false);
+                }
+                catch (AgentRequestException e) when (e.Response.Node is { } node)
+                {
+                    // The source pod runs on another node: its agent sends the probe (the local cluster says where it is).
+                    using var there = new AgentClient(SocketOfNode(node, e.Message));
+                    result = await AnswerOrError(() => there.Post("v1/probe", query, AgentJsonContext.Default.ProbeQuery,
+                        AgentJsonContext.Default.ProbeResult)).ConfigureAwait(false);
+                }
+                catch (AgentRequestException e)
+                {
+                    throw new CliException(e.Message);
+                }
+            }
             if (parse.GetValue(format) == "json")
             {
                 output.Out.WriteLine(JsonSerializer.Serialize(result, AgentJsonContext.Default.ProbeResult));
@@ -47,6 +67,34 @@ public static class ConnectivityCommands
             return result.Result == "allowed" ? CliApp.Success : CliApp.Failure;
         });
         return command;
+    }
+
+    /// <summary>
+    /// A probe's exit status is its answer (0 allowed, 1 denied): a request the agent refused is an error (2), never
+    /// read as "denied".
+    /// </summary>
+    private static async Task<T> AnswerOrError<T>(Func<Task<T>> request)
+    {
+        try
+        {
+            return await request().ConfigureAwait(false);
+        }
+        catch (AgentRequestException e)
+        {
+            throw new CliException(e.Message);
+        }
+    }
+
+    private static string SocketOfNode(string node, string why)
+    {
+        try
+        {
+            return ClusterCommands.SocketOf(node);
+        }
+        catch (CliException e)
+        {
+            throw new CliException($"{why}; that node's agent is not known here ({e.Message})");
+        }
     }
 
     private static Command Matrix(CliOutput output)
@@ -72,9 +120,9 @@ public static class ConnectivityCommands
         command.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();
-            var result = await client.Post("v1/matrix", new MatrixQuery(parse.GetValue(protocol), parse.GetValue(port),
+            var result = await AnswerOrError(() => client.Post("v1/matrix", new MatrixQuery(parse.GetValue(protocol), parse.GetValue(port),
                 parse.GetValue(family), parse.GetValue(namespaces), parse.GetValue(timeout)),
-                AgentJsonContext.Default.MatrixQuery, AgentJsonContext.Default.MatrixResponse).ConfigureAwait(false);
+                AgentJsonContext.Default.MatrixQuery, AgentJsonContext.Default.MatrixResponse)).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
                 output.Out.WriteLine(JsonSerializer.Serialize(result, AgentJsonContext.Default.MatrixResponse));

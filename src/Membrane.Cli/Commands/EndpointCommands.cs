@@ -49,6 +49,14 @@ internal static class EndpointCommands
                 output.Out.WriteLine(JsonSerializer.Serialize(e, AgentJsonContext.Default.EndpointOutput));
                 return CliApp.Success;
             }
+            if (e.Remote)
+            {
+                output.Out.WriteLine($"Pod {e.Pod} runs on node {e.Node}: a peer here (its endpoint and policy are on that node, " +
+                    $"'membrane --node {e.Node} endpoint get {e.Pod}')");
+                output.Out.WriteLine($"  identity {e.Identity}; addresses {e.IPv4 ?? "none yet"}, {e.IPv6 ?? "none yet"}");
+                output.Out.WriteLine($"  labels: {string.Join(", ", e.Labels)}");
+                return CliApp.Success;
+            }
             output.Out.WriteLine($"Endpoint {e.Id}: {e.Pod}");
             output.Out.WriteLine($"  identity {e.Identity}; ingress {(Mode(e.IngressEnforced, e.PolicyAudit))}, egress " +
                 $"{(Mode(e.EgressEnforced, e.PolicyAudit))}; {e.PolicyEntries} map entries");

@@ -150,9 +150,12 @@ public static class PolicyCommands
         var path = new Argument<string[]>("path") { Arity = ArgumentArity.OneOrMore, Description = "Policy files or directories" };
         var format = CliOutput.CreateFormatOption();
         var dryRun = DryRunOption();
-        var command = new Command("import", "Add or replace policies in the running agent; prints the new revision")
+        var timeout = ClusterWait.TimeoutOption();
+        var noWait = ClusterWait.NoWaitOption();
+        var command = new Command("import", "Add or replace policies in the running agent; prints the new revision (in cluster " +
+            "mode once every node that is up enforces it)")
         {
-            path, format, dryRun,
+            path, format, dryRun, timeout, noWait,
         };
         command.SetAction(async parse =>
         {
@@ -163,10 +166,11 @@ public static class PolicyCommands
                 return await DryRun(client, new DryRunRequest(request.Yaml, request.File), output, parse.GetValue(format) == "json")
                     .ConfigureAwait(false);
             }
+            _ = ClusterWait.Duration(parse.GetValue(timeout)!);
             var result = await client.Post("v1/policies", request, AgentJsonContext.Default.ManifestRequest,
                 AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
-            AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
-            return CliApp.Success;
+            return await ClusterWait.PrintAfterEnforcedAsync(client, output, result, parse.GetValue(format) == "json",
+                parse.GetValue(timeout)!, parse.GetValue(noWait)).ConfigureAwait(false);
         });
         return command;
     }
@@ -206,7 +210,10 @@ public static class PolicyCommands
         var all = new Option<bool>("--all") { Description = "Delete every policy" };
         var format = CliOutput.CreateFormatOption();
         var dryRun = DryRunOption();
-        var command = new Command("delete", "Delete a policy (or all) from the running agent") { name, all, format, dryRun };
+        var timeout = ClusterWait.TimeoutOption();
+        var noWait = ClusterWait.NoWaitOption();
+        var command = new Command("delete", "Delete a policy (or all) from the running agent (in cluster mode, return once every " +
+            "node that is up enforces it)") { name, all, format, dryRun, timeout, noWait };
         command.SetAction(async parse =>
         {
             if (parse.GetValue(name) is null == !parse.GetValue(all))
@@ -220,9 +227,10 @@ public static class PolicyCommands
                     parse.GetValue(format) == "json").ConfigureAwait(false);
             }
             var query = parse.GetValue(all) ? "all=true" : $"name={Uri.EscapeDataString(parse.GetValue(name)!)}";
+            _ = ClusterWait.Duration(parse.GetValue(timeout)!);
             var result = await client.Delete($"v1/policies?{query}", AgentJsonContext.Default.ApplyResponse).ConfigureAwait(false);
-            AgentCommands.PrintChanges(output, result, parse.GetValue(format) == "json");
-            return CliApp.Success;
+            return await ClusterWait.PrintAfterEnforcedAsync(client, output, result, parse.GetValue(format) == "json",
+                parse.GetValue(timeout)!, parse.GetValue(noWait)).ConfigureAwait(false);
         });
         return command;
     }

@@ -44,6 +44,15 @@ public sealed unsafe partial class BpfObject : IDisposable
         where TKey : unmanaged
         where TValue : unmanaged => new(Map(name));
 
+    /// <summary>The size of an open map (struct bpf_map_info: type, id, key_size, value_size, max_entries).</summary>
+    private static uint PinnedMaxEntries(int fd)
+    {
+        var info = stackalloc uint[6];
+        var length = 6u * sizeof(uint);
+        BpfException.Check(LibBpf.ObjectGetInfoByFd(fd, info, &length), "information on a pinned map");
+        return info[4];
+    }
+
     /// <summary>The directory holding the compiled objects shipped with this assembly.</summary>
     public static string ObjectDirectory => Path.Combine(AppContext.BaseDirectory, "bpf");
 
@@ -76,6 +85,13 @@ public sealed unsafe partial class BpfObject : IDisposable
                 {
                     var fd = LibBpf.ObjGet(Path.Combine(dir, name));
                     BpfException.Check(fd, $"open of pinned map {Path.Combine(dir, name)}");
+                    if (options.MaxEntries.TryGetValue(name, out var wanted) && PinnedMaxEntries(fd) is var pinned && pinned != wanted)
+                    {
+                        _ = LibBpf.Close(fd);
+                        throw new BpfException($"the pinned map {Path.Combine(dir, name)} holds {pinned:N0} entries and {wanted:N0} were " +
+                            $"asked for: a pinned map keeps its size (ask for {pinned:N0}, or remove the pins with 'membrane cleanup' " +
+                            "while no pod needs enforcing)");
+                    }
                     BpfException.Check(LibBpf.MapReuseFd(map, fd), $"adoption of pinned map {name} (was it created by another version?)");
                 }
             }

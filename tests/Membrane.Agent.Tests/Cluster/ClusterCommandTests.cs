@@ -16,7 +16,9 @@ public sealed class ClusterCommandTests : IDisposable
     private readonly string _pods = Path.Combine(Path.GetTempPath(), $"mbclu-cmd-{Guid.NewGuid():N}.yaml");
     private readonly string _policy = Path.Combine(Path.GetTempPath(), $"mbclu-cmd-{Guid.NewGuid():N}.yaml");
 
-    private (int Code, string Out, string Err) Membrane(params string[] args)
+    private (int Code, string Out, string Err) Membrane(params string[] args) => MembraneWithAgent(null, args);
+
+    private (int Code, string Out, string Err) MembraneWithAgent(string? agent, params string[] args)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
@@ -26,6 +28,10 @@ public sealed class ClusterCommandTests : IDisposable
         }
         start.Environment["MEMBRANE_CLUSTER_DIR"] = _dir;
         start.Environment.Remove("MEMBRANE_SOCKET");
+        if (agent is not null)
+        {
+            start.Environment["MEMBRANE_AGENT"] = agent;
+        }
         using var p = Process.Start(start)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEnd();
@@ -57,6 +63,15 @@ public sealed class ClusterCommandTests : IDisposable
         Assert.Equal(0, Membrane("--node", "node-1", "policy", "import", _policy).Code);
         Assert.True(LocalCluster.Eventually(() => Membrane(["--node", "node-3", .. Echo]).Code == 1),
             "a policy imported on node 1 never reached node 2's web as seen from node 3");
+        // Asked on node 1, a probe from node 3's pod is sent by node 3's agent (the CLI finds it): the same answer.
+        var redirected = Membrane(["--node", "node-1", .. Echo]);
+        Assert.True(redirected.Code == 1 && redirected.Out.Contains("denied", StringComparison.Ordinal), redirected.Out + redirected.Err);
+        var tcp = Membrane("--node", "node-1", "connectivity", "probe", "--from", "shop/client", "--to", "shop/web", "--protocol", "tcp",
+            "--port", "80");
+        Assert.True(tcp.Code == 0, tcp.Out + tcp.Err);
+        // endpoint get of another node's pod shows it as the peer it is here, with its node.
+        var remote = Membrane("--node", "node-1", "endpoint", "get", "shop/web");
+        Assert.True(remote.Code == 0 && remote.Out.Contains("runs on node node-2", StringComparison.Ordinal), remote.Out + remote.Err);
 
         // Cluster-wide answers are the same on every node.
         var lists = new[] { "node-1", "node-2", "node-3" }.Select(n => Membrane("--node", n, "node", "list", "-o", "json").Out).ToList();
@@ -114,6 +129,23 @@ public sealed class ClusterCommandTests : IDisposable
         Assert.Contains("error listing data dir", up.Err, StringComparison.Ordinal); // etcd's own last words
         Assert.False(Directory.Exists(_dir));
         Assert.DoesNotContain(LocalProcessesNamed("etcd"), cmd => cmd.Contains(_dir, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void AClusterUpWithoutItsAgentLeavesNothingAndTheNextOneStarts()
+    {
+        var up = MembraneWithAgent("/nonexistent/membrane-agent", "cluster", "up", "--nodes", "1", "--dir", _dir);
+
+        Assert.Equal(2, up.Code);
+        Assert.Contains("MEMBRANE_AGENT names /nonexistent/membrane-agent", up.Err, StringComparison.Ordinal);
+        Assert.Contains("removing what was started", up.Err, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(_dir), "cluster.json and the etcd data stayed behind");
+        Assert.DoesNotContain(LocalProcessesNamed("etcd"), cmd => cmd.Contains(_dir, StringComparison.Ordinal));
+
+        var again = Membrane("cluster", "up", "--nodes", "1", "--dir", _dir);
+        Assert.True(again.Code == 0, again.Err);
+        Assert.Equal(0, Membrane("cluster", "down", "--dir", _dir).Code);
+        Assert.False(Directory.Exists(_dir));
     }
 
     private static IEnumerable<string> LocalProcessesNamed(string name) => Directory.EnumerateDirectories("/proc")

@@ -79,7 +79,13 @@ public sealed class ClusterModeTests : IDisposable
             Assert.True(applied.Code == 0, applied.Out + applied.Err);
             Assert.True(Eventually(1, 0, "endpoint", "get", "shop/web"), "node 1 never ran shop/web");
             Assert.Equal(0, Cli(2, "endpoint", "get", "shop/other").Code);
-            Assert.NotEqual(0, Cli(2, "endpoint", "get", "shop/web").Code); // not this node's pod
+            var remote = Cli(2, "endpoint", "get", "shop/web", "-o", "json"); // not this node's pod: shown as a peer, with its node
+            Assert.True(remote.Code == 0, remote.Err);
+            using (var peer = System.Text.Json.JsonDocument.Parse(remote.Out))
+            {
+                Assert.True(peer.RootElement.GetProperty("remote").GetBoolean());
+                Assert.Equal("node-1", peer.RootElement.GetProperty("node").GetString());
+            }
             Assert.True(Eventually(1, 0, Probe("icmp", "--icmp-type", "EchoRequest")), "ping before any policy");
             // Equal labels, equal identity numbers on both nodes: they come from the store.
             Assert.Equal(Identity(1, "shop/web"), Identity(2, "shop/web2"));

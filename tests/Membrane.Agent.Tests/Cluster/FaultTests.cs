@@ -101,9 +101,11 @@ public sealed class FaultTests(ITestOutputHelper log) : IDisposable
             _cluster.Etcd.Kill(member);
             AllowedAndDeniedHold($"with etcd member {member} down");
             var name = $"deny-{member}";
-            Assert.Equal(0, OnNode(1, "policy", "import", File(Policy(name))).Code);
+            var imported = OnNode(1, "policy", "import", File(Policy(name)));
+            Assert.True(imported.Code == 0, $"import on node 1 with member {member} down: {imported.Err}{imported.Out}");
             Measure($"member {member} down: a policy imported on node 1 enforced on node 2", () => OnNode(1, Tcp80).Code == 1);
-            Assert.Equal(0, OnNode(2, "policy", "delete", $"shop/{name}").Code);
+            var deleted = OnNode(2, "policy", "delete", $"shop/{name}");
+            Assert.True(deleted.Code == 0, $"delete on node 2 with member {member} down: {deleted.Err}{deleted.Out}");
             Assert.True(Eventually(1, 0, Tcp80));
             Assert.Equal("ok", Health(1));
             _cluster.Etcd.StartAll();
