@@ -54,7 +54,7 @@ public sealed partial class AgentService
                 request.PodName!, chained, [.. addresses.Select(a => a.ToString())]));
             SyncCniPods();
             return [new ObjectChange($"Attachment/{request.ContainerId}/{request.InterfaceName}", "created")];
-        }, cancel).ConfigureAwait(false);
+        }, cancel, ChangeSource.Cni).ConfigureAwait(false);
         if (chained)
         {
             return new CniAddResponse("");
@@ -77,7 +77,7 @@ public sealed partial class AgentService
             Forget(attachment);
             SyncCniPods();
             return [new ObjectChange($"Attachment/{request.ContainerId}/{request.InterfaceName}", "deleted")];
-        }, cancel);
+        }, cancel, ChangeSource.Cni);
     }
 
     /// <summary>GC: every attachment the runtime no longer lists goes.</summary>
@@ -95,7 +95,7 @@ public sealed partial class AgentService
             }
             SyncCniPods();
             return stale.Select(a => new ObjectChange($"Attachment/{a.ContainerId}/{a.InterfaceName}", "deleted")).ToList();
-        }, cancel);
+        }, cancel, ChangeSource.Cni);
     }
 
     /// <summary>CHECK: the attachment exists, its interface is intact with its addresses, and the programs are attached.</summary>
@@ -321,6 +321,6 @@ public sealed partial class AgentService
             attachments.Put(attachment with { RuntimeLabels = own });
             SyncCniPods();
             return [new ObjectChange($"Attachment/{containerId}/{interfaceName}", "labelled")];
-        }, cancel);
+        }, cancel, ChangeSource.Cni);
     }
 }

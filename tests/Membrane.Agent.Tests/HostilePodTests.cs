@@ -39,7 +39,7 @@ public sealed class HostilePodTests
     }
 
     /// <summary>A frame from the pod to the node (the next hop of everything it sends).</summary>
-    private static byte[] FromPod(EndpointOutput pod, ushort etherType, byte[] payload) =>
+    internal static byte[] FromPod(EndpointOutput pod, ushort etherType, byte[] payload) =>
         RawFrames.Ethernet(RawFrames.Link(NodeNetns, pod.Interface).Mac, RawFrames.Link(pod.Netns, "eth0").Mac, etherType, payload);
 
     private static IPAddress V4(EndpointOutput e) => IPAddress.Parse(e.IPv4!);
