@@ -33,15 +33,26 @@ public sealed partial class AgentService
         var previous = chained ? CniRequestCheck.PreviousAddresses(request.PrevResult!, request.InterfaceName) : null;
         await CommitAsync(() =>
         {
-            if (attachments.Find(request.ContainerId, request.InterfaceName) is not null)
+            var key = $"{request.PodNamespace}/{request.PodName}";
+            if (attachments.Find(request.ContainerId, request.InterfaceName) is { } existing)
             {
+                if (existing.Netns != request.Netns || existing.PodKey != key || existing.Chained != chained)
+                {
+                    throw new AgentInputException($"container {request.ContainerId} already has {request.InterfaceName} in " +
+                        $"{existing.Netns} for pod {existing.PodKey}; an ADD with another namespace or pod is refused (DEL it first)");
+                }
                 return []; // a repeated ADD: the attachment is there already
             }
-            var key = $"{request.PodNamespace}/{request.PodName}";
             if (attachments.ForPod(key) is { } other)
             {
                 throw new AgentInputException($"pod {key} already has an interface ({other.InterfaceName} of container " +
                     $"{other.ContainerId}); the runtime must DEL it before adding another");
+            }
+            if (previous?.FirstOrDefault(a => _options.PodIPv4Range.Contains(a) || _options.PodIPv6Range.Contains(a)) is { } ours)
+            {
+                throw new AgentInputException($"prevResult gives {request.InterfaceName} {ours}, inside the agent's own pod ranges " +
+                    $"({_options.PodIPv4Range}, {_options.PodIPv6Range}) that it allocates itself: give the plugin before membrane-cni " +
+                    "another range");
             }
             var addresses = previous ?? _ipam.Allocate();
             var owners = _engine.Endpoints.SelectMany(e => e.Addresses.Select(a => (a, e.Key))).ToDictionary(x => x.a, x => x.Key);
@@ -85,7 +96,8 @@ public sealed partial class AgentService
     {
         ArgumentNullException.ThrowIfNull(request);
         var attachments = Attachments;
-        var valid = (request.ValidAttachments ?? []).Select(v => (v.ContainerId, v.InterfaceName)).ToHashSet();
+        var valid = (request.ValidAttachments ?? throw new AgentInputException("GC needs the attachments the runtime still has " +
+            "(validAttachments); without them nothing is removed")).Select(v => (v.ContainerId, v.InterfaceName)).ToHashSet();
         return CommitAsync(() =>
         {
             var stale = attachments.All.Where(a => !valid.Contains((a.ContainerId, a.InterfaceName))).ToList();
@@ -241,6 +253,8 @@ public sealed partial class AgentService
         return Encoding.UTF8.GetString(buffer.ToArray());
     }
 
+    private const long MaxQueuedDeleteBytes = 64 * 1024;
+
     /// <summary>The directory where the plugin queues DELs while the agent is away (its default beside the socket).</summary>
     public string DeleteQueue => Path.Combine(_options.StateDirectory, "cni-delete-queue");
 
@@ -263,21 +277,37 @@ public sealed partial class AgentService
     /// <summary>Applies the DELs the plugin queued while the agent was away, oldest first; each file goes once applied.</summary>
     private void ApplyQueuedDeletes()
     {
-        if (_attachments is null || !Directory.Exists(DeleteQueue))
+        if (_attachments is null || SafeFiles.Inspect(DeleteQueue).Kind == PathKind.Missing)
         {
+            return;
+        }
+        try
+        {
+            // A queue another user could write would let them delete attachments (and their policy): not read.
+            SafeFiles.EnsurePrivateDirectory(DeleteQueue);
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException)
+        {
+            Log.QueuedDeleteFailed(_log, DeleteQueue, e.Message);
             return;
         }
         foreach (var file in new DirectoryInfo(DeleteQueue).GetFiles("*.json").OrderBy(f => f.LastWriteTimeUtc))
         {
             try
             {
-                using var document = JsonDocument.Parse(File.ReadAllText(file.FullName));
+                // Only a regular file of a few KiB: a FIFO would block the start, a link to /dev/zero never end.
+                using var document = JsonDocument.Parse(SafeFiles.ReadRegular(file.FullName, MaxQueuedDeleteBytes));
                 var root = document.RootElement;
                 var request = new CniAttachmentRequest(root.GetProperty("containerId").GetString() ?? "",
                     root.GetProperty("ifName").GetString() ?? "", null, "default", null, null);
                 CniDelAsync(request).GetAwaiter().GetResult();
                 file.Delete();
                 Log.QueuedDeleteApplied(_log, file.Name);
+            }
+            catch (InvalidDataException e)
+            {
+                Log.QueuedDeleteFailed(_log, file.Name, $"{e.Message}; removed, it is no queued DEL");
+                File.Delete(file.FullName);
             }
             catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or IOException
                                        or AgentInputException)

@@ -20,7 +20,7 @@ public static class CniPlugin
         try
         {
             var request = CniRequest.FromEnvironment(environment);
-            var text = await stdin.ReadToEndAsync().ConfigureAwait(false);
+            var text = await ReadBoundedAsync(stdin).ConfigureAwait(false);
             if (request.Command == "VERSION")
             {
                 await stdout.WriteAsync(Version(RequestedVersion(text) ?? version)).ConfigureAwait(false);
@@ -41,6 +41,32 @@ public static class CniPlugin
             await stdout.WriteAsync(Error(version, e.Code, e.Message, e.Details)).ConfigureAwait(false);
             return 1;
         }
+#pragma warning disable CA1031 // a runtime must always get CNI error JSON, whatever failed (the transport included)
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            await stdout.WriteAsync(Error(version, CniErrorCode.IoFailure, $"membrane-cni failed: {e.Message}", e.GetType().Name))
+                .ConfigureAwait(false);
+            return 1;
+        }
+    }
+
+    /// <summary>The network configuration runtimes send is a few KiB; more than 1 MiB is refused, not read into memory.</summary>
+    public const int MaxConfigurationChars = 1 << 20;
+
+    private static async Task<string> ReadBoundedAsync(TextReader stdin)
+    {
+        var buffer = new char[MaxConfigurationChars + 1];
+        var total = 0;
+        int n;
+        while (total < buffer.Length && (n = await stdin.ReadAsync(buffer.AsMemory(total)).ConfigureAwait(false)) > 0)
+        {
+            total += n;
+        }
+        return total > MaxConfigurationChars
+            ? throw new CniException(CniErrorCode.DecodeFailure, $"the network configuration on stdin is larger than " +
+                $"{MaxConfigurationChars:N0} characters")
+            : new string(buffer, 0, total);
     }
 
     private static async Task<string?> ExecuteAsync(CniRequest request, NetworkConfig config)
@@ -104,7 +130,7 @@ public static class CniPlugin
             new PendingDeletes(config.DeleteQueue).Enqueue(request);
             return null;
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
         {
             throw new CniException(CniErrorCode.IoFailure,
                 $"the agent is away and the deletion could not be queued in {config.DeleteQueue}: {e.Message}");
@@ -112,7 +138,9 @@ public static class CniPlugin
     }
 
     /// <summary>GC's <c>cni.dev/valid-attachments</c>: the attachments the runtime still has.</summary>
-    private static List<CniAttachmentKey> ValidAttachments(NetworkConfig config) => config.ValidAttachments
+    private static List<CniAttachmentKey> ValidAttachments(NetworkConfig config) => (config.ValidAttachments
+        ?? throw new CniException(CniErrorCode.InvalidNetworkConfig, "GC needs \"cni.dev/valid-attachments\" (the attachments the " +
+            "runtime still has): without it nothing is removed"))
         .Select(a => new CniAttachmentKey(a.ContainerId, a.InterfaceName)).ToList();
 
     private static string? RequestedVersion(string text)

@@ -6,7 +6,8 @@ namespace Membrane.Cni;
 public sealed record NetworkConfig(string CniVersion, string Name, string Type, string AgentSocket, string DeleteQueue, string? PrevResult)
 {
     /// <summary>GC's <c>cni.dev/valid-attachments</c>: the attachments the runtime still has.</summary>
-    public IReadOnlyList<(string ContainerId, string InterfaceName)> ValidAttachments { get; init; } = [];
+    /// <remarks>Null when the runtime did not send the list (a GC then removes nothing).</remarks>
+    public IReadOnlyList<(string ContainerId, string InterfaceName)>? ValidAttachments { get; init; }
 
     public static readonly IReadOnlyList<string> SupportedVersions = ["1.0.0", "1.1.0"];
 
@@ -66,12 +67,12 @@ public sealed record NetworkConfig(string CniVersion, string Name, string Type, 
         }
     }
 
-    private static List<(string, string)> Attachments(JsonElement root)
+    private static List<(string, string)>? Attachments(JsonElement root)
     {
         var result = new List<(string, string)>();
         if (!root.TryGetProperty("cni.dev/valid-attachments", out var list) || list.ValueKind == JsonValueKind.Null)
         {
-            return result;
+            return null;
         }
         if (list.ValueKind != JsonValueKind.Array)
         {

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Membrane.Api;
 
 namespace Membrane.Cni;
 
@@ -14,7 +15,8 @@ public sealed class PendingDeletes(string directory)
     public string Enqueue(CniRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
-        System.IO.Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        // The queue is root's alone: one prepared by another user (or a link) is refused, never written through.
+        SafeFiles.EnsurePrivateDirectory(directory);
         var name = $"{Sanitise(request.ContainerId!)}-{Sanitise(request.InterfaceName!)}.json";
         var path = Path.Combine(directory, name);
         using var buffer = new MemoryStream();
@@ -29,8 +31,10 @@ public sealed class PendingDeletes(string directory)
             json.WriteEndObject();
         }
         var temporary = path + ".tmp";
-        File.WriteAllBytes(temporary, buffer.ToArray());
-        File.SetUnixFileMode(temporary, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        using (var file = SafeFiles.CreateExclusive(temporary))
+        {
+            file.Write(buffer.ToArray());
+        }
         File.Move(temporary, path, overwrite: true);
         return path;
     }

@@ -104,6 +104,32 @@ public sealed class ProtocolTests : IDisposable
     }
 
     [Fact]
+    public async Task AQueueAnotherUserPreparedIsNeverWrittenThrough()
+    {
+        // A queue directory another user owns: refused with an I/O error, nothing written into it.
+        Directory.CreateDirectory(Queue);
+        using (var chown = System.Diagnostics.Process.Start("chown", ["65534", Queue]))
+        {
+            chown.WaitForExit();
+        }
+        var (code, output) = await Run("DEL", Config(), Container);
+        Assert.Equal((1, 5), (code, output.GetProperty("code").GetInt32()));
+        Assert.Contains("owned by uid 65534", output.GetProperty("msg").GetString(), StringComparison.Ordinal);
+        Assert.Empty(Directory.GetFileSystemEntries(Queue));
+
+        // root's own queue with a link planted where the entry's temporary file goes: the link is replaced, not followed.
+        Directory.Delete(Queue);
+        Directory.CreateDirectory(Queue, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var victim = Path.Combine(_directory, "victim");
+        File.WriteAllText(victim, "root's file");
+        File.CreateSymbolicLink(Path.Combine(Queue, "c0ffee-eth0.json.tmp"), victim);
+        Assert.Equal(0, (await Run("DEL", Config(), Container)).Code);
+        Assert.Equal("root's file", File.ReadAllText(victim));
+        Assert.Equal("c0ffee", JsonDocument.Parse(File.ReadAllText(Path.Combine(Queue, "c0ffee-eth0.json"))).RootElement
+            .GetProperty("containerId").GetString());
+    }
+
+    [Fact]
     public async Task DelAfterTheNetnsIsGoneNeedsNoNetns()
     {
         var (code, _) = await Run("DEL", Config(), Container.Where(v => v.Item1 != "CNI_NETNS").ToArray());

@@ -50,6 +50,11 @@ internal static partial class CniRequestCheck
         {
             throw new AgentInputException($"CNI_NETNS {request.Netns} does not exist");
         }
+        if (NetworkNamespaceIdentity.Problem(request.Netns) is { } problem)
+        {
+            throw new AgentInputException($"CNI_NETNS {request.Netns} {problem}: a container's interface goes only into a " +
+                "container's own network namespace");
+        }
         if (request.PodName is null)
         {
             throw new AgentInputException("CNI_ARGS has no K8S_POD_NAME: membrane-cni needs the pod's name to find its labels (podman " +
@@ -86,6 +91,16 @@ internal static partial class CniRequestCheck
                 if (onContainer && ip.TryGetProperty("address", out var address) && IPNetwork.TryParse(address.GetString(), out _))
                 {
                     addresses.Add(IPAddress.Parse(address.GetString()!.Split('/')[0]));
+                }
+            }
+            foreach (var address in addresses)
+            {
+                if (IPAddress.IsLoopback(address) || address.IsIPv6LinkLocal || address.IsIPv6Multicast || address.Equals(IPAddress.Any)
+                    || address.Equals(IPAddress.IPv6Any) || (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork
+                        && (address.GetAddressBytes()[0] >= 224 || address.GetAddressBytes() is [169, 254, _, _])))
+                {
+                    throw new AgentInputException($"prevResult gives {interfaceName} {address}: loopback, link-local, multicast and " +
+                        "unspecified addresses are no pod's (the node and the gateway use them)");
                 }
             }
             return addresses.Count > 0

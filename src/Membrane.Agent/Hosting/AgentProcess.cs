@@ -40,6 +40,11 @@ public static partial class AgentProcess
         _ = new Monitoring.AgentMetrics(agent);
         _ = new Monitoring.KvstoreMetricsExporter(); // lives as long as the process, as the metrics do
         var endpoint = System.Net.IPEndPoint.Parse(address);
+        if (!System.Net.IPAddress.IsLoopback(endpoint.Address))
+        {
+            // Metrics name pods, policies and drop counts: on a non-loopback address anyone who can reach it reads them.
+            MetricsExposed(app.Services.GetRequiredService<ILogger<AgentService>>(), address);
+        }
         var server = new KestrelMetricServer(endpoint.Address.ToString(), endpoint.Port);
         try
         {
@@ -61,6 +66,11 @@ public static partial class AgentProcess
             return null;
         }
     }
+
+    [LoggerMessage(EventId = 50, Level = LogLevel.Warning,
+        Message = "metrics are served on {Address}, not a loopback address: anyone who can reach it reads pod names, policies and " +
+            "drop counts (no authentication); prefer 127.0.0.1 behind a scraper on the node")]
+    private static partial void MetricsExposed(ILogger logger, string address);
 
     [LoggerMessage(EventId = 44, Level = LogLevel.Warning, Message = "{Reason} (give --metrics-address HOST:PORT or off)")]
     private static partial void MetricsUnavailable(ILogger logger, string reason);

@@ -37,19 +37,14 @@ internal sealed partial class StateJsonContext : JsonSerializerContext;
 /// </summary>
 public sealed class StateStore(string directory)
 {
-    private const UnixFileMode PrivateDirectory = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
     private const UnixFileMode PrivateFile = UnixFileMode.UserRead | UnixFileMode.UserWrite;
 
     public string FilePath => Path.Combine(directory, "state.json");
 
     public string BackupPath => FilePath + ".bak";
 
-    /// <summary>Creates the directory (or tightens an existing one) so only root can read what it holds.</summary>
-    public static void EnsurePrivateDirectory(string path)
-    {
-        Directory.CreateDirectory(path, PrivateDirectory);
-        File.SetUnixFileMode(path, PrivateDirectory);
-    }
+    /// <summary>Creates the directory (0700) or checks an existing one: root's own, a real directory, not writable by others.</summary>
+    public static void EnsurePrivateDirectory(string path) => Api.SafeFiles.EnsurePrivateDirectory(path);
 
     /// <summary>
     /// Loads the state. <paramref name="enforcedEndpoints"/> is how many endpoints the pinned maps still enforce:
@@ -99,14 +94,8 @@ public sealed class StateStore(string directory)
     {
         EnsurePrivateDirectory(directory);
         var temp = FilePath + ".tmp";
-        var options = new FileStreamOptions
-        {
-            Mode = FileMode.Create,
-            Access = FileAccess.Write,
-            Share = FileShare.None,
-            UnixCreateMode = PrivateFile
-        };
-        using (var stream = new FileStream(temp, options))
+        // Created exclusively (never through a link someone left there), then renamed over the file.
+        using (var stream = Api.SafeFiles.CreateExclusive(temp, PrivateFile))
         {
             JsonSerializer.Serialize(stream, state, StateJsonContext.Default.PersistedState);
             stream.Flush(flushToDisk: true);
@@ -114,8 +103,12 @@ public sealed class StateStore(string directory)
         if (File.Exists(FilePath))
         {
             // The previous version, replaced in one rename so a crash leaves one complete backup or the other.
-            File.Copy(FilePath, BackupPath + ".tmp", overwrite: true);
-            File.SetUnixFileMode(BackupPath + ".tmp", PrivateFile);
+            using (var backup = Api.SafeFiles.CreateExclusive(BackupPath + ".tmp", PrivateFile))
+            {
+                using var current = new FileStream(FilePath, FileMode.Open, FileAccess.Read);
+                current.CopyTo(backup);
+                backup.Flush(flushToDisk: true);
+            }
             File.Move(BackupPath + ".tmp", BackupPath, overwrite: true);
         }
         File.Move(temp, FilePath, overwrite: true);

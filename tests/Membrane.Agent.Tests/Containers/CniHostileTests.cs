@@ -1,0 +1,133 @@
+using System.Diagnostics;
+using System.Text.Json;
+using static Membrane.Agent.Tests.Containers.CniAgentFixture;
+
+namespace Membrane.Agent.Tests.Containers;
+
+/// <summary>
+/// The CNI plugin and the agent's CNI side as a malicious or broken runtime would drive them (issue 24): the host's
+/// namespace or a file that is no namespace as CNI_NETNS, a second ADD of one container for another pod, a GC
+/// without the runtime's list, a huge configuration, link-local chained addresses, and a delete queue holding a
+/// FIFO and a link to /dev/zero. Each is refused with a CNI error naming the problem and changes nothing.
+/// </summary>
+[Collection(CniAgentGroup.Name)]
+public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
+{
+    private const string Netns = "mbcni-hostile";
+    private static string NetnsPath => $"/run/netns/{Netns}";
+
+    private static string Config(string extra = "") =>
+        $$"""{"cniVersion":"1.1.0","name":"hostile","type":"membrane-cni","agentSocket":"{{Socket}}"{{extra}}}""";
+
+    private static (int Code, JsonElement Output) Plugin(string command, string config, string containerId = "hostile1",
+        string? netns = null, string pod = "hostile")
+    {
+        var start = new ProcessStartInfo(Path.Combine(BinDirectory, "membrane-cni"))
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.Environment["CNI_COMMAND"] = command;
+        start.Environment["CNI_CONTAINERID"] = containerId;
+        start.Environment["CNI_NETNS"] = netns ?? NetnsPath;
+        start.Environment["CNI_IFNAME"] = "eth0";
+        start.Environment["CNI_ARGS"] = $"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}";
+        start.Environment["CNI_PATH"] = BinDirectory;
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        try
+        {
+            process.StandardInput.Write(config);
+            process.StandardInput.Close();
+        }
+        catch (IOException)
+        {
+            // the plugin stopped reading (a configuration over its limit): its answer says why
+        }
+        process.WaitForExit();
+        var text = stdout.Result;
+        using var document = JsonDocument.Parse(text.Length == 0 ? "null" : text);
+        return (process.ExitCode, document.RootElement.Clone());
+    }
+
+    private static void Refused((int Code, JsonElement Output) result, string expected)
+    {
+        Assert.True(result.Code == 1, $"accepted: {result.Output}");
+        Assert.Contains(expected, result.Output.GetProperty("msg").GetString() ?? "", StringComparison.Ordinal);
+    }
+
+    private static int Endpoints(string pod) => AllEndpoints().Count(e => e.Pod == pod);
+
+    [Fact]
+    public void HostileRequestsAreRefusedAndChangeNothing()
+    {
+        Run("ip", "netns", "add", Netns);
+        var before = OwnInterfaces().Count;
+        // The node's own namespace (this test runs in it, as the agent does), named by a process that lives in it.
+        Refused(Plugin("ADD", Config(), netns: $"/proc/{Environment.ProcessId}/ns/net"), "the agent's own network namespace");
+        Refused(Plugin("ADD", Config(), netns: "/proc/1/ns/net"), "CNI_NETNS /proc/1/ns/net");
+        File.WriteAllText("/run/netns/mbcni-notanetns", "");
+        Refused(Plugin("ADD", Config(), netns: "/run/netns/mbcni-notanetns"), "is not a network namespace");
+        Assert.Equal(before, OwnInterfaces().Count);
+        Assert.Equal(0, Endpoints("default/hostile"));
+
+        var added = Plugin("ADD", Config());
+        Assert.True(added.Code == 0, added.Output.ToString());
+        // The same container and interface again, for another pod: refused; the first stays as it was.
+        Refused(Plugin("ADD", Config(), pod: "impostor"), "another namespace or pod");
+        Assert.Equal(1, Endpoints("default/hostile"));
+        Assert.Equal(0, Endpoints("default/impostor"));
+        // A GC without the runtime's list removes nothing.
+        Refused(Plugin("GC", Config()), "cni.dev/valid-attachments");
+        Assert.Equal(1, Endpoints("default/hostile"));
+        // A configuration of 2 MiB is refused before it is read whole.
+        var huge = Config(extra: $",\"padding\":\"{new string('x', 2 << 20)}\"");
+        var (code, error) = Plugin("ADD", huge, containerId: "hostile2", pod: "huge");
+        Assert.Equal((1, 6), (code, error.GetProperty("code").GetInt32()));
+        Assert.Equal(0, Endpoints("default/huge"));
+        Assert.Equal(0, Plugin("DEL", Config()).Code);
+        Assert.Equal(0, Endpoints("default/hostile"));
+    }
+
+    [Fact]
+    public void ChainedAddressesThatNoPodMayHaveAreRefused()
+    {
+        Run("ip", "netns", "add", Netns);
+        foreach (var address in new[] { "169.254.1.1/32", "10.201.0.9/16", "127.0.0.2/8" })
+        {
+            var previous = $$"""{"cniVersion":"1.0.0","interfaces":[{"name":"mbcnihost0"},{"name":"eth0","sandbox":"{{NetnsPath}}"}],""" +
+                $"\"ips\":[{{\"address\":\"{address}\",\"interface\":1}}]}}";
+            var result = Plugin("ADD", Config(extra: $",\"prevResult\":{previous}"));
+            Assert.True(result.Code == 1, $"{address} accepted: {result.Output}");
+            Assert.Equal(0, Endpoints("default/hostile"));
+        }
+    }
+
+    [Fact]
+    public void AQueueOfFifosAndLinksNeitherHangsNorFloodsTheAgent()
+    {
+        var queue = Path.Combine(StateDirectory, "cni-delete-queue");
+        fixture.KillAgent();
+        try
+        {
+            Directory.CreateDirectory(queue);
+            Run("mkfifo", Path.Combine(queue, "fifo.json"));
+            File.CreateSymbolicLink(Path.Combine(queue, "zero.json"), "/dev/zero");
+        }
+        finally
+        {
+            fixture.StartAgent(); // waits (with a deadline) until the agent answers: a hang fails here
+        }
+        Assert.Equal(Api.PathKind.Missing, Api.SafeFiles.Inspect(Path.Combine(queue, "fifo.json")).Kind);
+        Assert.Equal(Api.PathKind.Missing, Api.SafeFiles.Inspect(Path.Combine(queue, "zero.json")).Kind);
+    }
+
+    public void Dispose()
+    {
+        Plugin("DEL", Config());
+        Exec("ip", ["netns", "delete", Netns], []);
+        File.Delete("/run/netns/mbcni-notanetns");
+    }
+}
