@@ -14,7 +14,10 @@ namespace Membrane.Agent;
 /// </summary>
 public sealed partial class AgentService
 {
-    /// <summary>Remote pods' addresses by pod key, as their nodes published them.</summary>
+    /// <summary>
+    /// Remote pods' addresses as their nodes published them, by "NODE POD": a pod gets only what the node its object
+    /// names published for it, so no other node (nor a forged entry) can give its identity to an address.
+    /// </summary>
     private Dictionary<string, IReadOnlyList<IPAddress>> _remoteAddresses = new(StringComparer.Ordinal);
 
     private readonly Channel<bool> _localChanged = Channel.CreateBounded<bool>(new BoundedChannelOptions(1)
@@ -79,7 +82,7 @@ public sealed partial class AgentService
 
     /// <summary>A pod of another node with the addresses its node published (none yet: a peer without addresses).</summary>
     private PodManifest WithRemoteAddresses(PodManifest pod) =>
-        pod with { Addresses = _remoteAddresses.GetValueOrDefault(pod.Key) ?? [] };
+        pod with { Addresses = _remoteAddresses.GetValueOrDefault($"{pod.NodeName} {pod.Key}") ?? [] };
 
     /// <summary>
     /// The other nodes' published pod addresses changed: peers get them (or lose them) and the datapath's ipcache
@@ -91,7 +94,8 @@ public sealed partial class AgentService
         return ChangeAsync(ChangeSource.RemoteEndpoints, () =>
         {
             var local = LocalEndpoints();
-            _remoteAddresses = view.Values.Where(e => !local.ContainsKey(e.Address)).GroupBy(e => e.Pod, StringComparer.Ordinal)
+            _remoteAddresses = view.Values.Where(e => !local.ContainsKey(e.Address)).GroupBy(e => $"{e.Node} {e.Pod}",
+                    StringComparer.Ordinal)
                 .ToDictionary(g => g.Key, g => (IReadOnlyList<IPAddress>)g.Select(e => e.Address).Order(AddressOrder.Instance).ToList(),
                     StringComparer.Ordinal);
             var changes = new List<ObjectChange>();

@@ -4,10 +4,18 @@ using System.Net;
 namespace Membrane.Kvstore;
 
 /// <summary>A pod address somewhere in the cluster: its identity, the node that hosts it and that node's address, the pod.</summary>
-public sealed record RemoteEndpoint(IPAddress Address, uint Identity, string Node, IPAddress NodeAddress, string Pod);
+public sealed record RemoteEndpoint(IPAddress Address, uint Identity, string Node, IPAddress NodeAddress, string Pod)
+{
+    /// <summary>The lease the entry is held by in the store (0: none).</summary>
+    public long Lease { get; init; }
+}
 
 /// <summary>A node of the cluster: its underlay address and the prefixes its pods' addresses come from.</summary>
-public sealed record ClusterNode(string Name, IPAddress Address, IReadOnlyList<IPNetwork> PodRanges);
+public sealed record ClusterNode(string Name, IPAddress Address, IReadOnlyList<IPNetwork> PodRanges)
+{
+    /// <summary>The lease the announcement is held by (0: none).</summary>
+    public long Lease { get; init; }
+}
 
 /// <summary>
 /// Nodes and the cluster's ipcache in the store, as the reference system keeps them: <c>membrane/nodes/NODE</c>
@@ -86,14 +94,14 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
                         {
                             if (ParseNode(key, value) is { } entry)
                             {
-                                view[entry.Name] = entry;
+                                view[entry.Name] = entry with { Lease = snapshot.Leases.GetValueOrDefault(key) };
                             }
                         }
                         break;
                     case StorePut put:
                         if (ParseNode(put.Key, put.Value) is { } added)
                         {
-                            view[added.Name] = added;
+                            view[added.Name] = added with { Lease = put.Lease };
                         }
                         else
                         {
@@ -136,11 +144,11 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
                 view.Clear();
                 foreach (var (key, value) in snapshot.Items)
                 {
-                    Add(key, value, view);
+                    Add(key, value, snapshot.Leases.GetValueOrDefault(key), view);
                 }
                 break;
             case StorePut put:
-                Add(put.Key, put.Value, view);
+                Add(put.Key, put.Value, put.Lease, view);
                 break;
             case StoreDelete delete when IPAddress.TryParse(delete.Key[Prefix.Length..], out var gone):
                 view.Remove(gone);
@@ -148,11 +156,48 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
         }
     }
 
-    private void Add(string key, string value, Dictionary<IPAddress, RemoteEndpoint> view)
+    private void Add(string key, string value, long lease, Dictionary<IPAddress, RemoteEndpoint> view)
     {
         if (Parse(key, value) is { } entry && entry.Node != node)
         {
-            view[entry.Address] = entry;
+            view[entry.Address] = entry with { Lease = lease };
         }
+        else if (IPAddress.TryParse(key[Prefix.Length..], out var address))
+        {
+            view.Remove(address); // overwritten with something that is no entry: the old entry is gone
+        }
+    }
+
+    /// <summary>
+    /// Splits other nodes' entries into those to believe and those not, with why: an entry is believed only when its
+    /// node is announced, the entry is held by that node's lease (written by that node's agent, gone with it), its
+    /// address lies in that node's pod ranges and its node address is that node's. Nothing else about a value in the
+    /// store is taken on trust.
+    /// </summary>
+    public static (Dictionary<IPAddress, RemoteEndpoint> Believed, List<string> Refused) Validate(
+        IReadOnlyDictionary<IPAddress, RemoteEndpoint> entries, IReadOnlyDictionary<string, ClusterNode> nodes)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        ArgumentNullException.ThrowIfNull(nodes);
+        var believed = new Dictionary<IPAddress, RemoteEndpoint>();
+        var refused = new List<string>();
+        foreach (var (address, entry) in entries)
+        {
+            var problem = !nodes.TryGetValue(entry.Node, out var owner) ? $"node {entry.Node} is not announced"
+                : entry.Lease == 0 || entry.Lease != owner.Lease ? $"not held by node {entry.Node}'s lease"
+                : !owner.PodRanges.Any(r => r.Contains(address)) ? $"outside node {entry.Node}'s pod ranges"
+                : !entry.NodeAddress.Equals(owner.Address) ? $"node address {entry.NodeAddress} is not node {entry.Node}'s"
+                : null;
+            if (problem is null)
+            {
+                believed[address] = entry;
+            }
+            else
+            {
+                refused.Add($"{Key(address)} ({entry.Pod}): {problem}");
+            }
+        }
+        refused.Sort(StringComparer.Ordinal);
+        return (believed, refused);
     }
 }

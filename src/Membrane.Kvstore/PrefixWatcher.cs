@@ -14,9 +14,17 @@ public abstract record StoreEvent(long Revision)
 }
 
 /// <summary>Every key under the prefix at <see cref="StoreEvent.Revision"/>: replaces whatever the consumer had.</summary>
-public sealed record StoreSnapshot(IReadOnlyDictionary<string, string> Items, long Revision) : StoreEvent(Revision);
+public sealed record StoreSnapshot(IReadOnlyDictionary<string, string> Items, long Revision) : StoreEvent(Revision)
+{
+    /// <summary>The lease each key is held by (0: none), for consumers that believe a key only from its owner.</summary>
+    public IReadOnlyDictionary<string, long> Leases { get; init; } = new Dictionary<string, long>();
+}
 
-public sealed record StorePut(string Key, string Value, long Revision) : StoreEvent(Revision);
+public sealed record StorePut(string Key, string Value, long Revision) : StoreEvent(Revision)
+{
+    /// <summary>The lease the key is held by (0: none).</summary>
+    public long Lease { get; init; }
+}
 
 public sealed record StoreDelete(string Key, long Revision) : StoreEvent(Revision);
 
@@ -85,7 +93,10 @@ public sealed class PrefixWatcher(EtcdConnection etcd, string prefix)
                     Revision = revision;
                     KvstoreMetrics.Event(prefix, "list");
                     await output.WriteAsync(new StoreSnapshot(items.ToDictionary(kv => kv.Key.ToStringUtf8(), kv => kv.Value.ToStringUtf8(),
-                        StringComparer.Ordinal), revision), cancel).ConfigureAwait(false);
+                        StringComparer.Ordinal), revision)
+                    {
+                        Leases = items.ToDictionary(kv => kv.Key.ToStringUtf8(), kv => kv.Lease, StringComparer.Ordinal),
+                    }, cancel).ConfigureAwait(false);
                     listed = true;
                 }
                 if (await WatchAsync(output, cancel).ConfigureAwait(false))
@@ -143,7 +154,7 @@ public sealed class PrefixWatcher(EtcdConnection etcd, string prefix)
                 var key = e.Kv.Key.ToStringUtf8();
                 StoreEvent change = e.Type == Mvccpb.Event.Types.EventType.Delete
                     ? new StoreDelete(key, e.Kv.ModRevision)
-                    : new StorePut(key, e.Kv.Value.ToStringUtf8(), e.Kv.ModRevision);
+                    : new StorePut(key, e.Kv.Value.ToStringUtf8(), e.Kv.ModRevision) { Lease = e.Kv.Lease };
                 KvstoreMetrics.Event(prefix, change is StoreDelete ? "delete" : "put");
                 await output.WriteAsync(change, cancel).ConfigureAwait(false);
                 Revision = e.Kv.ModRevision;

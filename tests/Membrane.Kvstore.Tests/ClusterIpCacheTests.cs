@@ -48,7 +48,8 @@ public sealed class ClusterIpCacheTests : IDisposable
         await using var views = b.FollowAsync(stop.Token).GetAsyncEnumerator();
         var view = await ViewWhere(views, v => v.Count == 2);
         Assert.Equal(new RemoteEndpoint(IPAddress.Parse("10.220.0.2"), 300, "node-a", IPAddress.Parse("192.168.50.1"), "shop/web"),
-            view[IPAddress.Parse("10.220.0.2")]);
+            view[IPAddress.Parse("10.220.0.2")] with { Lease = 0 });
+        Assert.Equal(sessionA.Lease, view[IPAddress.Parse("10.220.0.2")].Lease);
         Assert.True(view.ContainsKey(IPAddress.Parse("fd00:220::2")));
         Assert.False(view.ContainsKey(IPAddress.Parse("10.221.0.2"))); // its own
 
@@ -67,6 +68,47 @@ public sealed class ClusterIpCacheTests : IDisposable
         await ViewWhere(views, v => v.Count == 0);
         Assert.Empty((await eb.ListAsync(ClusterIpCache.NodesPrefix)).Items);
         await stop.CancelAsync();
+    }
+
+    [Fact]
+    public async Task OnlyEntriesANodeHoldsOnItsLeaseInsideItsRangesAreBelieved()
+    {
+        using var etcd = _etcd.Connect();
+        await using var sessionA = new NodeSession(etcd, TimeSpan.FromSeconds(30));
+        await sessionA.StartAsync();
+        await using var sessionB = new NodeSession(etcd, TimeSpan.FromSeconds(30));
+        await sessionB.StartAsync();
+        var a = new ClusterIpCache(etcd, sessionA, "node-a", IPAddress.Parse("192.168.50.1"));
+        await a.AnnounceAsync([IPNetwork.Parse("10.220.0.0/16")]);
+        await new ClusterIpCache(etcd, sessionB, "node-b", IPAddress.Parse("192.168.50.2"))
+            .AnnounceAsync([IPNetwork.Parse("10.221.0.0/16")]);
+        await a.PublishAsync(IPAddress.Parse("10.220.0.2"), 300, "shop/web"); // genuine
+        await a.PublishAsync(IPAddress.Parse("10.99.0.1"), 300, "shop/web"); // node-a's own, outside its ranges
+        await etcd.PutAsync(ClusterIpCache.Prefix + "10.220.0.66", "301 node-a 192.168.50.1 shop/admin"); // no lease
+        await sessionB.PutAsync(ClusterIpCache.Prefix + "10.220.0.67", "301 node-a 192.168.50.1 shop/admin"); // node-b's lease
+        await sessionB.PutAsync(ClusterIpCache.Prefix + "10.221.0.68", "301 node-b 192.168.50.9 shop/admin"); // not node-b's address
+        await etcd.PutAsync(ClusterIpCache.Prefix + "10.222.0.69", "301 node-z 192.168.50.3 shop/admin"); // no such node
+
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        var observer = new ClusterIpCache(etcd, sessionB, "node-c", IPAddress.Parse("192.168.50.3"));
+        await using var entries = observer.FollowAsync(stop.Token).GetAsyncEnumerator();
+        var view = await ViewWhere(entries, v => v.Count == 6);
+        await using var nodes = observer.FollowNodesAsync(stop.Token).GetAsyncEnumerator();
+        Assert.True(await nodes.MoveNextAsync());
+        var (believed, refused) = ClusterIpCache.Validate(view, nodes.Current);
+
+        Assert.Equal([IPAddress.Parse("10.220.0.2")], believed.Keys);
+        Assert.Equal(5, refused.Count);
+        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.99.0.1 ", StringComparison.Ordinal) && r.EndsWith("outside " +
+            "node node-a's pod ranges", StringComparison.Ordinal));
+        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.220.0.66 ", StringComparison.Ordinal) && r.EndsWith("not held by " +
+            "node node-a's lease", StringComparison.Ordinal));
+        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.220.0.67 ", StringComparison.Ordinal) && r.EndsWith("not held by " +
+            "node node-a's lease", StringComparison.Ordinal));
+        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.221.0.68 ", StringComparison.Ordinal) && r.Contains("is not node " +
+            "node-b's", StringComparison.Ordinal));
+        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.222.0.69 ", StringComparison.Ordinal) && r.EndsWith("node node-z " +
+            "is not announced", StringComparison.Ordinal));
     }
 
     [Fact]

@@ -21,6 +21,13 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
 
     private readonly AgentOptions _options = options.Value;
 
+    /// <summary>The announced nodes and the other nodes' raw ipcache entries, as last seen; validated together.</summary>
+    private IReadOnlyDictionary<string, ClusterNode> _nodes = new Dictionary<string, ClusterNode>();
+
+    private IReadOnlyDictionary<IPAddress, RemoteEndpoint>? _entries;
+
+    private readonly SemaphoreSlim _endpointsGate = new(1, 1);
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var address = _options.UnderlayAddress ?? _options.NodeIPv4;
@@ -62,6 +69,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
             {
                 var others = view.Values.Where(n => n.Name != _options.Node).ToList();
                 health.Nodes = view.Values.OrderBy(n => n.Name, StringComparer.Ordinal).ToList();
+                _nodes = view;
                 try
                 {
                     underlay?.Route(others);
@@ -72,6 +80,10 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
                     var addresses = others.SelectMany(n => new[] { n.Address, UnderlayNetwork.IPv6Of(n.Address) }).ToList();
                     await agent.ApplyRemoteNodesAsync([.. view.Keys], addresses, cancel).ConfigureAwait(false);
                     health.Resolved("nodes");
+                    if (_entries is not null)
+                    {
+                        await ApplyEndpointsAsync(cancel).ConfigureAwait(false); // which entries to believe depends on the nodes
+                    }
                 }
                 catch (Exception e) when (e is InvalidOperationException or ArgumentException or Datapath.Ebpf.BpfException
                                            or AgentInputException)
@@ -92,21 +104,51 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
         {
             await foreach (var view in ipcache.FollowAsync(cancel).ConfigureAwait(false))
             {
-                health.RemoteEndpoints = view.Count;
-                try
-                {
-                    await agent.ApplyRemoteEndpointsAsync(view, cancel).ConfigureAwait(false);
-                    health.Resolved("ipcache");
-                }
-                catch (Exception e) when (e is InvalidOperationException or AgentInputException or Datapath.Ebpf.BpfException)
-                {
-                    health.Problem("ipcache", $"other nodes' pod addresses are not enforced: {e.Message}");
-                    EndpointsFailed(log, e.Message);
-                }
+                _entries = view;
+                await ApplyEndpointsAsync(cancel).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
+        }
+    }
+
+    /// <summary>
+    /// The other nodes' entries this node believes (see <see cref="ClusterIpCache.Validate"/>) become peers' addresses;
+    /// the others are ignored, named in <c>status</c> and logged once per change of the set.
+    /// </summary>
+    private async Task ApplyEndpointsAsync(CancellationToken cancel)
+    {
+        await _endpointsGate.WaitAsync(cancel).ConfigureAwait(false);
+        try
+        {
+            var (believed, refused) = ClusterIpCache.Validate(_entries ?? new Dictionary<IPAddress, RemoteEndpoint>(), _nodes);
+            health.RemoteEndpoints = believed.Count;
+            var reason = refused.Count == 0 ? null : $"{refused.Count} ipcache entr{(refused.Count == 1 ? "y is" : "ies are")} not " +
+                $"believed: {string.Join("; ", refused.Take(5))}{(refused.Count > 5 ? "; …" : "")}";
+            if (reason is null)
+            {
+                health.Resolved("ipcache entries");
+            }
+            else if (health.ProblemOf("ipcache entries") != reason)
+            {
+                health.Problem("ipcache entries", reason);
+                EntriesRefused(log, reason);
+            }
+            try
+            {
+                await agent.ApplyRemoteEndpointsAsync(believed, cancel).ConfigureAwait(false);
+                health.Resolved("ipcache");
+            }
+            catch (Exception e) when (e is InvalidOperationException or AgentInputException or Datapath.Ebpf.BpfException)
+            {
+                health.Problem("ipcache", $"other nodes' pod addresses are not enforced: {e.Message}");
+                EndpointsFailed(log, e.Message);
+            }
+        }
+        finally
+        {
+            _endpointsGate.Release();
         }
     }
 
@@ -220,6 +262,9 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
 
     [LoggerMessage(EventId = 47, Level = LogLevel.Error, Message = "the other nodes' routes are not installed: {Reason}")]
     private static partial void NodesFailed(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 51, Level = LogLevel.Warning, Message = "{Reason}")]
+    private static partial void EntriesRefused(ILogger logger, string reason);
 
     [LoggerMessage(EventId = 43, Level = LogLevel.Error, Message = "other nodes' pod addresses are not enforced: {Reason}")]
     private static partial void EndpointsFailed(ILogger logger, string reason);

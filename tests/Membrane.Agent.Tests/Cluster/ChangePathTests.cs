@@ -216,6 +216,28 @@ public sealed class ChangePathTests : IDisposable
         Assert.DoesNotContain("enforced by", noWait.Out, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task AForgedIpcacheEntryIsNotBelievedAndStatusNamesIt()
+    {
+        Up(2);
+        Change2(1, "apply", "-f", File(Workloads.Replace("nodeName: node-3", "nodeName: node-2", StringComparison.Ordinal)));
+        // Anyone who can write to the store claims an address in node 2's pod range for shop/web, without node 2's lease.
+        using (var etcd = _cluster.Etcd.Connect())
+        {
+            await etcd.PutAsync(Kvstore.ClusterIpCache.Prefix + "10.212.0.99", "300 node-2 10.250.0.2 shop/web");
+        }
+        Assert.True(Eventually(() => ClusterStatus(1).GetProperty("reasons").EnumerateArray().Any(r =>
+            r.GetString()!.Contains("membrane/ipcache/10.212.0.99 (shop/web): not held by node node-2's lease", StringComparison.Ordinal))),
+            "node 1 does not say it ignores the forged entry");
+        var ipcache = OnNode(1, "bpf", "ipcache", "list");
+        Assert.DoesNotContain("10.212.0.99", ipcache.Out, StringComparison.Ordinal);
+        using (var web = Json(1, "endpoint", "get", "shop/web"))
+        {
+            Assert.Contains(web.RootElement.GetProperty("iPv4").GetString()!, ipcache.Out, StringComparison.Ordinal); // the genuine one
+        }
+        Expect(1, Tcp80, 0, "TCP 80 to the genuine address");
+    }
+
     private static void Change2(int node, params string[] args)
     {
         var result = OnNode(node, args);
