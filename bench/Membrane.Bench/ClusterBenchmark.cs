@@ -71,7 +71,10 @@ public static class ClusterBenchmark
     private static async Task<(double Rate, int Allocated, ClusterStoreResult Store)> StoreAsync()
     {
         using var cluster = Up(1, "native");
-        using var etcd = EtcdConnection.FromOption(cluster.File.EtcdUrls);
+        // The local cluster's etcd takes only its own CA's client certificates: the benchmark uses the CLI's.
+        var pki = Path.Combine(cluster.File.Directory, "pki");
+        using var etcd = EtcdConnection.FromOption(cluster.File.EtcdUrls, tls: new EtcdTls(Path.Combine(pki, "ca.pem"),
+            Path.Combine(pki, "membrane-cli.pem"), Path.Combine(pki, "membrane-cli-key.pem")));
         var sessions = new List<NodeSession>();
         try
         {

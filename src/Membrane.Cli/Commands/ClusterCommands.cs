@@ -98,7 +98,7 @@ public static class ClusterCommands
                 throw new CliException($"a local cluster is already up ({FilePath(directory)}, {running.Nodes.Count} nodes); " +
                     "'membrane cluster down' first");
             }
-            Directory.CreateDirectory(directory);
+            SafeFiles.EnsurePrivateDirectory(directory);
             var file = Start(directory, count, parse.GetValue(routing)!, parse.GetValue(lease), output);
             output.Out.WriteLine($"cluster up: {file.Nodes.Count} nodes ({file.RoutingMode} routing), etcd {file.EtcdUrls}");
             Table.Write(output.Out, ["NODE", "SOCKET", "UNDERLAY", "POD RANGES"],
@@ -112,25 +112,30 @@ public static class ClusterCommands
     private static LocalClusterFile Start(string directory, int count, string routing, int leaseSeconds, CliOutput output)
     {
         var ports = ReservePorts(6).Chunk(2).Select(p => (Client: p[0], Peer: p[1])).ToList();
-        var initial = string.Join(",", ports.Select((p, i) => $"etcd-{i + 1}=http://127.0.0.1:{p.Peer}"));
+        var initial = string.Join(",", ports.Select((p, i) => $"etcd-{i + 1}=https://127.0.0.1:{p.Peer}"));
         var members = new List<LocalEtcdMember>();
         var file = new LocalClusterFile(directory, routing, UnderlayNamespace, members, []);
         try
         {
+            // etcd speaks TLS only and serves only clients with a certificate of the cluster's own CA.
+            LocalPki.Create(directory, Enumerable.Range(1, count).Select(i => $"node-{i}"));
+            var (certificate, key, ca) = (LocalPki.Certificate(directory, "etcd"), LocalPki.Key(directory, "etcd"), LocalPki.Ca(directory));
+            string[] tls = ["--cert-file", certificate, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+                "--peer-cert-file", certificate, "--peer-key-file", key, "--peer-trusted-ca-file", ca, "--peer-client-cert-auth"];
             for (var i = 0; i < 3; i++)
             {
                 var name = $"etcd-{i + 1}";
                 var data = Path.Combine(directory, name);
-                var pid = Spawn("etcd", ["--name", name, "--data-dir", data, "--listen-client-urls", $"http://127.0.0.1:{ports[i].Client}",
-                    "--advertise-client-urls", $"http://127.0.0.1:{ports[i].Client}", "--listen-peer-urls",
-                    $"http://127.0.0.1:{ports[i].Peer}", "--initial-advertise-peer-urls", $"http://127.0.0.1:{ports[i].Peer}",
+                var pid = Spawn("etcd", ["--name", name, "--data-dir", data, "--listen-client-urls", $"https://127.0.0.1:{ports[i].Client}",
+                    "--advertise-client-urls", $"https://127.0.0.1:{ports[i].Client}", "--listen-peer-urls",
+                    $"https://127.0.0.1:{ports[i].Peer}", "--initial-advertise-peer-urls", $"https://127.0.0.1:{ports[i].Peer}",
                     "--initial-cluster", initial, "--initial-cluster-state", "new", "--initial-cluster-token", directory,
-                    "--heartbeat-interval", "100", "--election-timeout", "1000"], Path.Combine(directory, $"{name}.log"));
-                members.Add(new LocalEtcdMember(name, $"http://127.0.0.1:{ports[i].Client}", $"http://127.0.0.1:{ports[i].Peer}", data,
+                    "--heartbeat-interval", "100", "--election-timeout", "1000", .. tls], Path.Combine(directory, $"{name}.log"));
+                members.Add(new LocalEtcdMember(name, $"https://127.0.0.1:{ports[i].Client}", $"https://127.0.0.1:{ports[i].Peer}", data,
                     pid));
                 Save(file);
             }
-            var formed = Poll(() => members.All(m => EtcdHealthy(m.ClientUrl)) || members.Any(m => !Alive(m.Pid)),
+            var formed = Poll(() => members.All(m => EtcdHealthy(directory, m.ClientUrl)) || members.Any(m => !Alive(m.Pid)),
                 TimeSpan.FromSeconds(30));
             if (members.FirstOrDefault(m => !Alive(m.Pid)) is { } exited)
             {
@@ -150,7 +155,8 @@ public static class ClusterCommands
                     "--name-prefix", node.NamePrefix, "--pin-dir", node.PinDirectory, "--pod-ipv4-range", node.PodIPv4Range,
                     "--pod-ipv6-range", node.PodIPv6Range, "--underlay-address", node.UnderlayAddress,
                     "--underlay-netns", UnderlayNamespace, "--routing-mode", routing, "--lease-ttl", $"{leaseSeconds}",
-                        "--metrics-address", $"127.0.0.1:{9962 + i}"],
+                        "--metrics-address", $"127.0.0.1:{9962 + i}", "--etcd-ca", LocalPki.Ca(directory), "--etcd-cert",
+                        LocalPki.Certificate(directory, node.Name), "--etcd-key", LocalPki.Key(directory, node.Name)],
                     Path.Combine(directory, $"{node.Name}.log"));
                 file = file with { Nodes = [.. file.Nodes, node with { Pid = pid }] };
                 Save(file);
@@ -253,7 +259,8 @@ public static class ClusterCommands
                 nodes.Add(await NodeStatus(node).ConfigureAwait(false));
             }
             var status = new LocalClusterStatus(file.Directory, file.RoutingMode,
-                [.. file.Etcd.Select(m => new LocalEtcdMemberStatus(m.Name, m.ClientUrl, m.Pid, Alive(m.Pid), EtcdHealthy(m.ClientUrl)))],
+                [.. file.Etcd.Select(m => new LocalEtcdMemberStatus(m.Name, m.ClientUrl, m.Pid, Alive(m.Pid),
+                    EtcdHealthy(file.Directory, m.ClientUrl)))],
                 nodes);
             if (parse.GetValue(format) == "json")
             {
@@ -344,11 +351,11 @@ public static class ClusterCommands
         }
     }
 
-    private static bool EtcdHealthy(string url)
+    private static bool EtcdHealthy(string directory, string url)
     {
         try
         {
-            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+            using var http = new HttpClient(LocalPki.CliHandler(directory)) { Timeout = TimeSpan.FromSeconds(2) };
             return http.GetStringAsync(new Uri($"{url}/health")).GetAwaiter().GetResult().Contains("\"true\"", StringComparison.Ordinal);
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
@@ -360,7 +367,14 @@ public static class ClusterCommands
     private static string Tail(string log) =>
         File.Exists(log) ? string.Join(" / ", File.ReadAllLines(log).TakeLast(3)) : "no log";
 
-    private static void Save(LocalClusterFile file) =>
-        File.WriteAllText(Path.Combine(file.Directory, "cluster.json"), JsonSerializer.Serialize(file,
-            AgentJsonContext.Default.LocalClusterFile));
+    /// <summary>cluster.json names the store and the certificates: root's alone (0600, written exclusively, then renamed).</summary>
+    private static void Save(LocalClusterFile file)
+    {
+        var path = Path.Combine(file.Directory, "cluster.json");
+        using (var stream = SafeFiles.CreateExclusive(path + ".tmp"))
+        {
+            JsonSerializer.Serialize(stream, file, AgentJsonContext.Default.LocalClusterFile);
+        }
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
 }

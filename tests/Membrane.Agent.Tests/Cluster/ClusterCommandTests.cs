@@ -48,6 +48,7 @@ public sealed class ClusterCommandTests : IDisposable
         var up = Membrane("cluster", "up", "--nodes", "3", "--dir", _dir);
         Assert.True(up.Code == 0, up.Err + up.Out);
         Assert.NotEqual(0, Membrane("cluster", "up", "--nodes", "2", "--dir", _dir).Code); // one at a time
+        await TheStoreServesOnlyTheClustersCertificates();
 
         File.WriteAllText(_pods, LocalCluster.Shop("node-3", "node-2"));
         File.WriteAllText(_policy, """
@@ -114,6 +115,35 @@ public sealed class ClusterCommandTests : IDisposable
         Assert.DoesNotContain(Ip.Run("netns", "list").Split('\n'), l => l.StartsWith("mbc", StringComparison.Ordinal)
             || l.StartsWith("membrane-underlay", StringComparison.Ordinal));
         Assert.False(Directory.Exists("/sys/fs/bpf/membrane-cluster"));
+    }
+
+    /// <summary>
+    /// etcd speaks TLS only and refuses a client without a certificate of the cluster's CA; cluster.json and the keys
+    /// are root's alone.
+    /// </summary>
+    private async Task TheStoreServesOnlyTheClustersCertificates()
+    {
+        var clusterFile = Path.Combine(_dir, "cluster.json");
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(clusterFile));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(_dir, "pki", "node-1-key.pem")));
+        using var cluster = JsonDocument.Parse(File.ReadAllText(clusterFile));
+        var url = new Uri(cluster.RootElement.GetProperty("etcd")[0].GetProperty("clientUrl").GetString()!);
+        Assert.Equal("https", url.Scheme);
+        using var plain = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        await Assert.ThrowsAnyAsync<HttpRequestException>(() => plain.GetStringAsync(new Uri($"http://{url.Authority}/health")));
+        // TLS, trusting the server blindly, but without a client certificate: the member refuses the handshake.
+        using var anonymous = new HttpClient(new SocketsHttpHandler
+        {
+            SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+            {
+#pragma warning disable CA5359 // the server is not what is tested here: a client without a certificate is
+                RemoteCertificateValidationCallback = (_, _, _, _) => true,
+#pragma warning restore CA5359
+            },
+        })
+        { Timeout = TimeSpan.FromSeconds(5) };
+        await Assert.ThrowsAnyAsync<HttpRequestException>(() => anonymous.PostAsync(new Uri($"https://{url.Authority}/v3/kv/range"),
+            new StringContent("{\"key\":\"bWVtYnJhbmUv\"}")));
     }
 
     [Fact]
