@@ -150,13 +150,19 @@ public sealed class UnderlayNetwork(AgentOptions options)
             return;
         }
         var port = "ul-" + (namePrefix.Length <= 12 ? namePrefix : PodNetwork.Hash(namePrefix));
+        if (IfIndex(underlayNamespace, port) is null)
+        {
+            // This node has no port there (gone with its node namespace, or never joined): the namespace is not its to
+            // remove, whatever else it holds (another cluster's underlay is never deleted by this node's cleanup).
+            return;
+        }
         try
         {
             Ip.Run("-n", underlayNamespace, "link", "delete", port);
         }
         catch (InvalidOperationException) when (IfIndex(underlayNamespace, port) is null)
         {
-            // gone already (with its node namespace)
+            // gone meanwhile (with its node namespace)
         }
         var bridged = IfIndex(underlayNamespace, Bridge) is not null;
         using var ports = JsonDocument.Parse(bridged ? Ip.Run("-n", underlayNamespace, "-j", "link", "show", "master", Bridge) : "[]");

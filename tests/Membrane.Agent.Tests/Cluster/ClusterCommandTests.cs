@@ -147,6 +147,26 @@ public sealed class ClusterCommandTests : IDisposable
     }
 
     [Fact]
+    public void CleanupOfOneNodeNeverRemovesAnUnderlayItHasNoPortIn()
+    {
+        const string other = "mbclu-other-ul";
+        Ip.Run("netns", "add", other);
+        try
+        {
+            var cleaned = Membrane("cleanup", "--name-prefix", "mbzz", "--pin-dir", "/sys/fs/bpf/mbzz", "--underlay-netns", other);
+            Assert.True(cleaned.Code == 0, cleaned.Err);
+            Assert.True(NetworkNamespace.Exists(other), "another cluster's underlay namespace was deleted");
+        }
+        finally
+        {
+            if (NetworkNamespace.Exists(other))
+            {
+                Ip.Run("netns", "delete", other);
+            }
+        }
+    }
+
+    [Fact]
     public void AnEtcdMemberThatExitsFailsClusterUpAtOnceWithItsLogAndLeavesNothing()
     {
         Directory.CreateDirectory(_dir);
