@@ -95,7 +95,7 @@ public sealed class AgentClient : IDisposable
     }
 
     /// <summary>A failed connection reaches callers as itself, not wrapped in the HTTP client's exception.</summary>
-    private static async Task<HttpResponseMessage> Unwrapped(Task<HttpResponseMessage> send)
+    private async Task<HttpResponseMessage> Unwrapped(Task<HttpResponseMessage> send)
     {
         try
         {
@@ -104,6 +104,13 @@ public sealed class AgentClient : IDisposable
         catch (HttpRequestException e) when (e.InnerException is AgentUnreachableException unreachable)
         {
             throw unreachable;
+        }
+        catch (HttpRequestException) when (SafeFiles.EffectiveUser() != 0)
+        {
+            // The agent closes connections from anyone but root, even when the socket's mode let them connect.
+            var info = SafeFiles.Inspect(SocketPath);
+            throw new AgentUnreachableException($"permission denied on {SocketPath}: the agent's API is for root only (you are uid " +
+                $"{SafeFiles.EffectiveUser()}; the socket is owned by uid {info.Owner}, mode {Convert.ToString((int)info.Mode, 8)})");
         }
     }
 
