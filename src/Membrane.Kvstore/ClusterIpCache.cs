@@ -169,6 +169,44 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
     }
 
     /// <summary>
+    /// Splits node announcements into those to believe and those not, with why: an announcement must be held by a
+    /// lease, and no two nodes may share an address, overlap in pod ranges, or have an address inside a pod range.
+    /// Both sides of a conflict are refused, except <paramref name="self"/>'s own announcement (this node knows its own).
+    /// </summary>
+    public static (Dictionary<string, ClusterNode> Believed, List<string> Refused) ValidateNodes(
+        IReadOnlyDictionary<string, ClusterNode> nodes, string self)
+    {
+        ArgumentNullException.ThrowIfNull(nodes);
+        var believed = new Dictionary<string, ClusterNode>(StringComparer.Ordinal);
+        var refused = new List<string>();
+        static bool Overlap(IPNetwork a, IPNetwork b) => a.Contains(b.BaseAddress) || b.Contains(a.BaseAddress);
+        foreach (var node in nodes.Values.OrderBy(n => n.Name, StringComparer.Ordinal))
+        {
+            var conflict = nodes.Values.Where(o => o.Name != node.Name).Select(o =>
+                    o.Address.Equals(node.Address) ? $"shares its address {node.Address} with node {o.Name}"
+                    : node.PodRanges.Where(r => o.PodRanges.Any(q => Overlap(r, q))).Select(r => (IPNetwork?)r).FirstOrDefault()
+                        is { } range
+                        ? $"pod range {range} overlaps node {o.Name}'s"
+                    : o.PodRanges.Any(r => r.Contains(node.Address)) ? $"its address {node.Address} is in node {o.Name}'s pod ranges"
+                    : null)
+                .FirstOrDefault(p => p is not null);
+            var problem = node.Name == self ? null
+                : node.Lease == 0 ? "not held by a lease"
+                : node.PodRanges.Any(r => r.Contains(node.Address)) ? $"its address {node.Address} is in its own pod ranges"
+                : conflict;
+            if (problem is null)
+            {
+                believed[node.Name] = node;
+            }
+            else
+            {
+                refused.Add($"{NodesPrefix}{node.Name}: {problem}");
+            }
+        }
+        return (believed, refused);
+    }
+
+    /// <summary>
     /// Splits other nodes' entries into those to believe and those not, with why: an entry is believed only when its
     /// node is announced, the entry is held by that node's lease (written by that node's agent, gone with it), its
     /// address lies in that node's pod ranges and its node address is that node's. Nothing else about a value in the

@@ -112,6 +112,30 @@ public sealed class ClusterIpCacheTests : IDisposable
     }
 
     [Fact]
+    public void NodeAnnouncementsThatCollideOrHaveNoLeaseAreNotBelieved()
+    {
+        static ClusterNode Node(string name, string address, string range, long lease) =>
+            new(name, IPAddress.Parse(address), [IPNetwork.Parse(range)]) { Lease = lease };
+        var nodes = new[]
+        {
+            Node("node-a", "192.168.50.1", "10.220.0.0/16", 1),
+            Node("node-b", "192.168.50.2", "10.221.0.0/16", 2),
+            Node("node-c", "192.168.50.3", "10.222.0.0/16", 0), // no lease
+            Node("node-d", "192.168.50.4", "10.221.128.0/17", 4), // inside node-b's range
+            Node("node-e", "10.220.0.5", "10.223.0.0/16", 5), // its address in node-a's range
+        }.ToDictionary(n => n.Name);
+
+        var (believed, refused) = ClusterIpCache.ValidateNodes(nodes, "node-a");
+
+        Assert.Equal(["node-a"], believed.Keys); // node-b collides with node-d: neither is believed
+        Assert.Equal(4, refused.Count);
+        Assert.Contains("membrane/nodes/node-c: not held by a lease", refused);
+        Assert.Contains("membrane/nodes/node-b: pod range 10.221.0.0/16 overlaps node node-d's", refused);
+        Assert.Contains("membrane/nodes/node-d: pod range 10.221.128.0/17 overlaps node node-b's", refused);
+        Assert.Contains("membrane/nodes/node-e: its address 10.220.0.5 is in node node-a's pod ranges", refused);
+    }
+
+    [Fact]
     public async Task TheFirstNodeSetsAClusterSettingAndTheOthersGetItsValue()
     {
         using var ea = _etcd.Connect();

@@ -65,8 +65,20 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
     {
         try
         {
-            await foreach (var view in ipcache.FollowNodesAsync(cancel).ConfigureAwait(false))
+            await foreach (var announced in ipcache.FollowNodesAsync(cancel).ConfigureAwait(false))
             {
+                var (view, refused) = ClusterIpCache.ValidateNodes(announced, _options.Node!);
+                var reason = refused.Count == 0 ? null : $"{refused.Count} node announcement(s) not believed: {string.Join("; ",
+                    refused.Take(5))}";
+                if (reason is null)
+                {
+                    health.Resolved("node entries");
+                }
+                else if (health.ProblemOf("node entries") != reason)
+                {
+                    health.Problem("node entries", reason);
+                    EntriesRefused(log, reason);
+                }
                 var others = view.Values.Where(n => n.Name != _options.Node).ToList();
                 health.Nodes = view.Values.OrderBy(n => n.Name, StringComparer.Ordinal).ToList();
                 _nodes = view;
