@@ -85,8 +85,7 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
     {
         try
         {
-            await agent.ApplyStoreStateAsync(new Dictionary<string, string>(current, StringComparer.Ordinal), revision, listing, stop)
-                .ConfigureAwait(false);
+            await agent.ApplyStoreStateAsync(Believed(current), revision, listing, stop).ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // whatever the store holds, this node keeps serving and enforcing its last good state
         catch (Exception e) when (!stop.IsCancellationRequested)
@@ -125,6 +124,67 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
         return true;
     }
 
+    /// <summary>Each object's verdict, kept while its value is unchanged (a state is re-checked at every change).</summary>
+    private readonly Dictionary<string, (string Yaml, string? Problem)> _verdicts = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// The objects to believe: each must load alone, as <c>apply</c> loads it, into exactly the one object its key
+    /// names. Anything else written to the store is left out, named in <c>status</c> and logged — never believed, and
+    /// never a reason to stop enforcing the rest.
+    /// </summary>
+    private Dictionary<string, string> Believed(Dictionary<string, string> current)
+    {
+        foreach (var gone in _verdicts.Keys.Where(k => !current.ContainsKey(k)).ToList())
+        {
+            _verdicts.Remove(gone);
+        }
+        var believed = new Dictionary<string, string>(StringComparer.Ordinal);
+        var refused = new List<string>();
+        foreach (var (key, yaml) in current)
+        {
+            if (!_verdicts.TryGetValue(key, out var verdict) || verdict.Yaml != yaml)
+            {
+                verdict = (yaml, Problem(key, yaml));
+                _verdicts[key] = verdict;
+            }
+            if (verdict.Problem is null)
+            {
+                believed[key] = yaml;
+            }
+            else
+            {
+                refused.Add($"{ClusterObjects.Prefix}{key}: {verdict.Problem}");
+            }
+        }
+        refused.Sort(StringComparer.Ordinal);
+        var reason = refused.Count == 0 ? null : $"{refused.Count} stored object(s) not believed: {string.Join("; ", refused.Take(5))}" +
+            (refused.Count > 5 ? "; …" : "");
+        if (reason is null)
+        {
+            health.Resolved("stored objects");
+        }
+        else if (health.ProblemOf("stored objects") != reason)
+        {
+            health.Problem("stored objects", reason);
+            ObjectsRefused(log, reason);
+        }
+        return believed;
+    }
+
+    internal static string? Problem(string key, string yaml)
+    {
+        var load = Policy.Api.ManifestLoader.LoadText(yaml, key);
+        if (!load.IsValid)
+        {
+            return string.Join("; ", load.Errors.Take(3).Select(e => e.Message));
+        }
+        var set = load.Manifests;
+        var keys = set.Namespaces.Select(n => $"Namespace/{n.Name}").Concat(set.Pods.Select(p => $"Pod/{p.Key}"))
+            .Concat(set.Policies.Select(p => p.Origin.ToString())).ToList();
+        return keys is [var only] && only == key ? null
+            : $"holds {(keys.Count == 0 ? "no object" : string.Join(", ", keys.Take(3)))}, not {key}";
+    }
+
     private long Take(StoreEvent change, Dictionary<string, string> current)
     {
         switch (change)
@@ -156,6 +216,9 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
     [LoggerMessage(EventId = 45, Level = LogLevel.Error,
         Message = "the cluster's state at revision {Revision} is not enforced here (changed: {Changed}): an unexpected failure")]
     private static partial void NotEnforcedUnexpectedly(ILogger logger, long revision, string changed, Exception exception);
+
+    [LoggerMessage(EventId = 52, Level = LogLevel.Warning, Message = "{Reason}")]
+    private static partial void ObjectsRefused(ILogger logger, string reason);
 
     [LoggerMessage(EventId = 49, Level = LogLevel.Information,
         Message = "the cluster's state at revision {Revision} is enforced here again")]

@@ -238,6 +238,34 @@ public sealed class ChangePathTests : IDisposable
         Expect(1, Tcp80, 0, "TCP 80 to the genuine address");
     }
 
+    [Fact]
+    public async Task ObjectsWrittenToTheStoreAroundApplyAreNotBelievedAndStopNothing()
+    {
+        Up(2);
+        Change2(1, "apply", "-f", File(Workloads.Replace("nodeName: node-3", "nodeName: node-2", StringComparison.Ordinal)));
+        using (var etcd = _cluster.Etcd.Connect())
+        {
+            await etcd.PutAsync("membrane/objects/Pod/shop/broken", "kind: Pod\nmetadata: {name: [unclosed");
+            // A valid allow-all policy stored under another policy's key: it would replace that one. Not believed.
+            await etcd.PutAsync("membrane/objects/CiliumNetworkPolicy/shop/harmless", AllowAll.Replace("allow-all", "sneaky",
+                StringComparison.Ordinal).Replace("CiliumClusterwideNetworkPolicy", "CiliumNetworkPolicy", StringComparison.Ordinal)
+                .Replace("metadata: {name: sneaky}", "metadata: {name: sneaky, namespace: shop}", StringComparison.Ordinal));
+        }
+        foreach (var node in new[] { 1, 2 })
+        {
+            Assert.True(Eventually(() => string.Join(" ", ClusterStatus(node).GetProperty("reasons").EnumerateArray()
+                .Select(r => r.GetString())) is var reasons && reasons.Contains("membrane/objects/Pod/shop/broken", StringComparison.Ordinal)
+                && reasons.Contains("membrane/objects/CiliumNetworkPolicy/shop/harmless: holds CiliumNetworkPolicy/shop/sneaky",
+                    StringComparison.Ordinal)), $"node {node} does not name the objects it does not believe");
+        }
+        // The nodes go on enforcing every other change, and the sneaky allow-all is not among them.
+        Change2(2, "policy", "import", File(DenyPing));
+        Expect(1, Ping, 1, "deny-ping enforced past the objects not believed");
+        // A deny-only policy puts web's ingress under policy: TCP 80 is denied, as it would not be were "sneaky" believed.
+        Expect(1, Tcp80, 1, "TCP 80: no allow policy is believed");
+        Assert.False(_cluster.Agent(1).HasExited || _cluster.Agent(2).HasExited, "an agent stopped");
+    }
+
     private static void Change2(int node, params string[] args)
     {
         var result = OnNode(node, args);
