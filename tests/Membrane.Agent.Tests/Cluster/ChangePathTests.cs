@@ -253,10 +253,13 @@ public sealed class ChangePathTests : IDisposable
         }
         foreach (var node in new[] { 1, 2 })
         {
-            Assert.True(Eventually(() => string.Join(" ", ClusterStatus(node).GetProperty("reasons").EnumerateArray()
-                .Select(r => r.GetString())) is var reasons && reasons.Contains("membrane/objects/Pod/shop/broken", StringComparison.Ordinal)
-                && reasons.Contains("membrane/objects/CiliumNetworkPolicy/shop/harmless: holds CiliumNetworkPolicy/shop/sneaky",
-                    StringComparison.Ordinal)), $"node {node} does not name the objects it does not believe");
+            bool Named()
+            {
+                var reasons = string.Join(" ", ClusterStatus(node).GetProperty("reasons").EnumerateArray().Select(r => r.GetString()));
+                return reasons.Contains("membrane/objects/Pod/shop/broken", StringComparison.Ordinal) && reasons.Contains(
+                    "membrane/objects/CiliumNetworkPolicy/shop/harmless: holds CiliumNetworkPolicy/shop/sneaky", StringComparison.Ordinal);
+            }
+            Assert.True(Eventually(Named), $"node {node} does not name the objects it does not believe");
         }
         // The nodes go on enforcing every other change, and the sneaky allow-all is not among them.
         Change2(2, "policy", "import", File(DenyPing));
