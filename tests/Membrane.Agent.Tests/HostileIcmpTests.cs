@@ -164,7 +164,7 @@ public sealed class HostileIcmpTests
     }
 
     /// <summary>An IPv4 datagram cut into fragments of <paramref name="firstPayload"/> bytes after the header, the rest in one.</summary>
-    private static IEnumerable<byte[]> Fragments(byte[] datagram, int firstPayload)
+    internal static IEnumerable<byte[]> Fragments(byte[] datagram, int firstPayload)
     {
         var payload = datagram.AsSpan(20).ToArray();
         var id = (ushort)Random.Shared.Next(1, 65535);
