@@ -64,6 +64,8 @@ public sealed partial class AgentService
                 _regenerator.RemoteNodes);
             var endpointsBefore = _endpoints.Records.Keys.ToHashSet(StringComparer.Ordinal);
             var persisted = false;
+            long? committed = null;
+            List<ObjectChange> made = [];
             var persists = source is ChangeSource.Api or ChangeSource.Cni or ChangeSource.Store;
             try
             {
@@ -71,9 +73,11 @@ public sealed partial class AgentService
                 {
                     return new ApplyResponse(_store.Revision, [], _options.Etcd is null ? null : _options.Node);
                 }
+                made = changes;
                 var plan = _regenerator.Plan(_engine);
                 cancel.ThrowIfCancellationRequested();
                 var revision = source is ChangeSource.Api or ChangeSource.Cni ? _store.Commit() : _store.Revision;
+                committed = source is ChangeSource.Api or ChangeSource.Cni ? revision : null;
                 if (persists)
                 {
                     Save();
@@ -94,6 +98,13 @@ public sealed partial class AgentService
                 Rollback(before, persisted);
                 AfterChange();
                 Log.ChangeRefused(_log, source.ToString(), _store.Revision, e.Message);
+                if (committed is { } revision && _options.Etcd is not null)
+                {
+                    // The cluster's store has the change: it is the cluster's now, and reported as made. This node keeps
+                    // its last good state, says so to the cluster (apply's wait names it), and the watch retries it.
+                    NotEnforced(revision, e.Message);
+                    return new ApplyResponse(revision, made, _options.Node);
+                }
                 throw;
             }
         }
