@@ -170,7 +170,7 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
 
     /// <summary>
     /// Splits node announcements into those to believe and those not, with why: an announcement must be held by a
-    /// lease, and no two nodes may share an address, overlap in pod ranges, or have an address inside a pod range.
+    /// lease, and no two nodes may share an address, overlap in pod ranges, or have an address inside another's pod range.
     /// Both sides of a conflict are refused, except <paramref name="self"/>'s own announcement (this node knows its own).
     /// </summary>
     public static (Dictionary<string, ClusterNode> Believed, List<string> Refused) ValidateNodes(
@@ -192,8 +192,7 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
                 .FirstOrDefault(p => p is not null);
             var problem = node.Name == self ? null
                 : node.Lease == 0 ? "not held by a lease"
-                : node.PodRanges.Any(r => r.Contains(node.Address)) ? $"its address {node.Address} is in its own pod ranges"
-                : conflict;
+                : conflict; // a node without an underlay announces its pod range's gateway: inside its own range is fine
             if (problem is null)
             {
                 believed[node.Name] = node;
