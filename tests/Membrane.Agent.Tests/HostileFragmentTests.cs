@@ -45,28 +45,6 @@ public sealed class HostileFragmentTests
         return RawFrames.IpPacket(IPAddress.Parse(client.IPv4!), IPAddress.Parse(server.IPv4!), 17, udp);
     }
 
-    private static bool Received(Socket socket, byte[] marker)
-    {
-        var buffer = new byte[4096];
-        var deadline = DateTime.UtcNow.AddMilliseconds(1500);
-        while (DateTime.UtcNow < deadline)
-        {
-            try
-            {
-                var n = socket.Receive(buffer);
-                if (buffer.AsSpan(0, n).IndexOf(marker) >= 0)
-                {
-                    return true;
-                }
-            }
-            catch (SocketException)
-            {
-                // the receive timeout: look again until the deadline
-            }
-        }
-        return false;
-    }
-
     [Fact]
     public void FragmentsSentAfterAPolicyChangeMeetTheNewPolicy()
     {
@@ -82,7 +60,7 @@ public sealed class HostileFragmentTests
         {
             RawFrames.Send(client.Netns, HostilePodTests.FromPod(client, 0x0800, fragment));
         }
-        Assert.True(Received(socket, allowed), "both fragments under the allowing policy arrive (else this test sees nothing)");
+        Assert.True(PodTraffic.SawMarker(socket, allowed), "both fragments under the allowing policy arrive (else this test sees nothing)");
 
         // The first fragment while the policy allows the port; the rest after it no longer does.
         var late = RawFrames.NewMarker();
@@ -90,6 +68,7 @@ public sealed class HostileFragmentTests
         RawFrames.Send(client.Netns, HostilePodTests.FromPod(client, 0x0800, fragments[0]));
         ServerAccepts(Port + 1);
         RawFrames.Send(client.Netns, HostilePodTests.FromPod(client, 0x0800, fragments[1]));
-        Assert.False(Received(socket, late), "the datagram was completed by a fragment that rode on a verdict the policy no longer gives");
+        Assert.False(PodTraffic.SawMarker(socket, late),
+            "the datagram was completed by a fragment that rode on a verdict the policy no longer gives");
     }
 }

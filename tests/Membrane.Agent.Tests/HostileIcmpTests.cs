@@ -40,29 +40,6 @@ public sealed class HostileIcmpTests
         return socket;
     }
 
-    /// <summary>True when an ICMP message carrying the marker is delivered to the listener within 1.5 s.</summary>
-    private static bool Delivered(Socket listener, byte[] marker)
-    {
-        var buffer = new byte[4096];
-        var deadline = DateTime.UtcNow.AddMilliseconds(1500);
-        while (DateTime.UtcNow < deadline)
-        {
-            try
-            {
-                var n = listener.Receive(buffer);
-                if (buffer.AsSpan(0, n).IndexOf(marker) >= 0)
-                {
-                    return true;
-                }
-            }
-            catch (SocketException)
-            {
-                // the receive timeout: look again until the deadline
-            }
-        }
-        return false;
-    }
-
     private static void SendIcmp(string netns, IPAddress to, byte[] icmp)
     {
         using var sender = NetworkNamespace.Run(netns, () => new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp));
@@ -90,15 +67,15 @@ public sealed class HostileIcmpTests
 
         var ping = RawFrames.NewMarker();
         SendIcmp(client.Netns, V4(server), Query(8, 13, ping));
-        Assert.True(Delivered(listener, ping), "the echo reply (id 13) must reach the client (else this test sees nothing)");
+        Assert.True(PodTraffic.SawMarker(listener, ping), "the echo reply (id 13) must reach the client (else this test sees nothing)");
 
         // The reverse of the ping's (id 13, type 8) is (type 13, id 8): a timestamp request with id 8 from the server.
         var timestamp = RawFrames.NewMarker();
         SendIcmp(server.Netns, V4(client), Query(13, 8, timestamp));
-        Assert.False(Delivered(listener, timestamp), "a timestamp request with id 8 rode on the client's echo with id 13");
+        Assert.False(PodTraffic.SawMarker(listener, timestamp), "a timestamp request with id 8 rode on the client's echo with id 13");
         var request = RawFrames.NewMarker();
         SendIcmp(server.Netns, V4(client), Query(8, 13, request));
-        Assert.False(Delivered(listener, request), "an echo request with the ping's own id passed as its reply");
+        Assert.False(PodTraffic.SawMarker(listener, request), "an echo request with the ping's own id passed as its reply");
 
         // Control: allowed by policy, the same timestamp request is delivered, so "not delivered" above was a drop.
         Import("client-pings-only", """
@@ -111,7 +88,7 @@ public sealed class HostileIcmpTests
             """);
         var allowed = RawFrames.NewMarker();
         SendIcmp(server.Netns, V4(client), Query(13, 8, allowed));
-        Assert.True(Delivered(listener, allowed), "an allowed timestamp request was not seen: the listener would miss a leak");
+        Assert.True(PodTraffic.SawMarker(listener, allowed), "an allowed timestamp request was not seen: the listener would miss a leak");
     }
 
     [Fact]
@@ -137,7 +114,7 @@ public sealed class HostileIcmpTests
 
         var small = RawFrames.NewMarker();
         RawFrames.Send(server.Netns, HostilePodTests.FromPod(server, 0x0800, Error(small, 0)));
-        Assert.True(Delivered(listener, small), "a small error from the connection's peer passes (else this test sees nothing)");
+        Assert.True(PodTraffic.SawMarker(listener, small), "a small error from the connection's peer passes (else this test sees nothing)");
 
         // 2,000 bytes in two fragments, the first 572 bytes long: each fragment is small, the error is not.
         var large = RawFrames.NewMarker();
@@ -147,7 +124,7 @@ public sealed class HostileIcmpTests
         {
             RawFrames.Send(server.Netns, HostilePodTests.FromPod(server, 0x0800, fragment));
         }
-        Assert.False(Delivered(listener, large), "a 2,000-byte ICMP error in fragments reached the client");
+        Assert.False(PodTraffic.SawMarker(listener, large), "a 2,000-byte ICMP error in fragments reached the client");
 
         // Control: allowed by a rule (not as an error about a connection), the same fragments are reassembled and seen.
         Import("client-closed", """
@@ -160,7 +137,7 @@ public sealed class HostileIcmpTests
         {
             RawFrames.Send(server.Netns, HostilePodTests.FromPod(server, 0x0800, fragment));
         }
-        Assert.True(Delivered(listener, ruled), "fragments a rule allows were not seen: the listener would miss a leak");
+        Assert.True(PodTraffic.SawMarker(listener, ruled), "fragments a rule allows were not seen: the listener would miss a leak");
     }
 
     /// <summary>An IPv4 datagram cut into fragments of <paramref name="firstPayload"/> bytes after the header, the rest in one.</summary>

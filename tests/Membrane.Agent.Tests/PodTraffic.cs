@@ -36,6 +36,30 @@ internal static class PodTraffic
         }
     }
 
+    /// <summary>True when the socket receives anything that contains the marker within 1.5 s.</summary>
+    public static bool SawMarker(Socket socket, byte[] marker)
+    {
+        socket.ReceiveTimeout = 300;
+        var buffer = new byte[4096];
+        var deadline = DateTime.UtcNow.AddMilliseconds(1500);
+        while (DateTime.UtcNow < deadline)
+        {
+            try
+            {
+                var n = socket.Receive(buffer);
+                if (buffer.AsSpan(0, n).IndexOf(marker) >= 0)
+                {
+                    return true;
+                }
+            }
+            catch (SocketException)
+            {
+                // the receive timeout: look again until the deadline
+            }
+        }
+        return false;
+    }
+
     /// <summary>A TCP connection opened from the pod's namespace (the connect runs there; the socket stays in it).</summary>
     public static Socket Connect(string netns, IPAddress target, int port)
     {
