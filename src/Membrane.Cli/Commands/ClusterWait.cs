@@ -75,26 +75,7 @@ internal static class ClusterWait
         return NotEnforced;
     }
 
-    /// <summary>A duration as <c>500ms</c>, <c>30s</c>, <c>2m</c>; a bad one is the caller's error.</summary>
-    public static TimeSpan Duration(string text)
-    {
-        ArgumentNullException.ThrowIfNull(text);
-        var (number, unit) = text.EndsWith("ms", StringComparison.Ordinal) ? (text[..^2], "ms") : text.Length > 1 ? (text[..^1], text[^1..])
-            : (text, "");
-        if (int.TryParse(number, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n >= 0)
-        {
-            TimeSpan? value = unit switch
-            {
-                "ms" => TimeSpan.FromMilliseconds(n),
-                "s" => TimeSpan.FromSeconds(n),
-                "m" => TimeSpan.FromMinutes(n),
-                _ => null,
-            };
-            if (value is { } v && v <= TimeSpan.FromMinutes(10))
-            {
-                return v;
-            }
-        }
-        throw new CliException($"--timeout \"{text}\" is not a duration of at most 10m (500ms, 30s, 2m)");
-    }
+    /// <summary>A wait as <c>500ms</c>, <c>30s</c>, <c>2m</c>, at most 10 minutes; a bad one is the caller's error.</summary>
+    public static TimeSpan Duration(string text) => Durations.Parse(text, "--timeout", TimeSpan.FromMinutes(10), "500ms, 30s, 2m",
+        "10m");
 }

@@ -110,20 +110,7 @@ public static class ObserveCommands
     private static string Protocol(Flow f) => f.L4.Tcp is not null ? "tcp" : f.L4.Udp is not null ? "udp" : f.L4.Sctp is not null ? "sctp"
         : f.L4.IcmpV4 is not null ? "icmp" : f.L4.IcmpV6 is not null ? "icmpv6" : "other";
 
-    private static TimeSpan Duration(string text)
-    {
-        if (text.Length >= 2 && int.TryParse(text[..^1], NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0)
-        {
-            switch (text[^1])
-            {
-                case 's':
-                    return TimeSpan.FromSeconds(n);
-                case 'm':
-                    return TimeSpan.FromMinutes(n);
-                case 'h':
-                    return TimeSpan.FromHours(n);
-            }
-        }
-        throw new CliException($"--since \"{text}\" is not a duration (30s, 5m, 1h)");
-    }
+    private static TimeSpan Duration(string text) =>
+        Durations.Parse(text, "--since", TimeSpan.MaxValue, "30s, 5m, 1h") is { Ticks: > 0 } window ? window
+            : throw new CliException($"--since \"{text}\" is not a duration (30s, 5m, 1h)");
 }
