@@ -97,9 +97,9 @@ public sealed class CniBenchmark : IAsyncDisposable
             objects.Append($"\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: c{i}, labels: {{app: client}}}}\n" +
                 "spec: {containers: [{name: c}]}\n");
         }
-        await _agent.ApplyAsync(new ManifestRequest(objects.ToString(), "cni-bench.yaml")).ConfigureAwait(false);
+        await _agent.Objects.ApplyAsync(new ManifestRequest(objects.ToString(), "cni-bench.yaml")).ConfigureAwait(false);
         Ip.Run("netns", "add", $"{Prefix}-web");
-        await _agent.CniAddAsync(Request("web", $"/run/netns/{Prefix}-web")).ConfigureAwait(false);
+        await _agent.Cni!.AddAsync(Request("web", $"/run/netns/{Prefix}-web")).ConfigureAwait(false);
     }
 
     private static CniAttachmentRequest Request(string pod, string? netns) =>
@@ -126,10 +126,10 @@ public sealed class CniBenchmark : IAsyncDisposable
                 else
                 {
                     var watch = Stopwatch.StartNew();
-                    await _agent.CniAddAsync(Request(pod, $"/run/netns/{netns}")).ConfigureAwait(false);
+                    await _agent.Cni!.AddAsync(Request(pod, $"/run/netns/{netns}")).ConfigureAwait(false);
                     agentAdd.Add(watch.Elapsed.TotalMilliseconds);
                     watch.Restart();
-                    await _agent.CniDelAsync(Request(pod, null)).ConfigureAwait(false);
+                    await _agent.Cni!.DelAsync(Request(pod, null)).ConfigureAwait(false);
                     agentDel.Add(watch.Elapsed.TotalMilliseconds);
                 }
             }
@@ -207,7 +207,7 @@ public sealed class CniBenchmark : IAsyncDisposable
     {
         try
         {
-            await _agent.CniDelAsync(Request("web", null)).ConfigureAwait(false);
+            await _agent.Cni!.DelAsync(Request("web", null)).ConfigureAwait(false);
             await _stop.CancelAsync().ConfigureAwait(false);
             await _host.ConfigureAwait(false);
         }

@@ -50,7 +50,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         {
             await Task.Delay(50).ConfigureAwait(false);
         }
-        await bench._agent.ApplyAsync(new ManifestRequest("""
+        await bench._agent.Objects.ApplyAsync(new ManifestRequest("""
             apiVersion: v1
             kind: Namespace
             metadata: {name: bench}
@@ -163,11 +163,11 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         {
             if (rules == 0)
             {
-                await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
+                await _agent.Objects.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
             }
             else
             {
-                await _agent.ApplyAsync(new ManifestRequest(MembranePolicy(rules), "bench-policy.yaml"), policiesOnly: true)
+                await _agent.Objects.ApplyAsync(new ManifestRequest(MembranePolicy(rules), "bench-policy.yaml"), policiesOnly: true)
                     .ConfigureAwait(false);
             }
         }
@@ -347,7 +347,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
                 }
             }
         }
-        await _agent.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
+        await _agent.Objects.DeletePoliciesAsync(null, all: true).ConfigureAwait(false);
         return new LatencyResult(changes, Percentile(import, 50), Percentile(import, 99), Percentile(after, 50), Percentile(after, 99),
             late);
     }
@@ -434,7 +434,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     {
         try
         {
-            await _agent.ResetAsync().ConfigureAwait(false);
+            await _agent.Objects.ResetAsync().ConfigureAwait(false);
         }
         finally
         {

@@ -17,6 +17,8 @@ namespace Membrane.Agent.Cluster;
 public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection etcd, NodeSession session, ClusterHealth health,
     IOptions<AgentOptions> options, ILogger<ClusterNetwork> log) : BackgroundService
 {
+    private ClusterSync Sync => agent.Cluster ?? throw new InvalidOperationException("the agent does not run in cluster mode");
+
     private static readonly TimeSpan RetryDelay = TimeSpan.FromSeconds(1);
 
     private readonly AgentOptions _options = options.Value;
@@ -90,7 +92,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
                         agent.Datapath.Tunnels.Sync(others.SelectMany(n => n.PodRanges.Select(r => (r, n.Address))).ToList());
                     }
                     var addresses = others.SelectMany(n => new[] { n.Address, UnderlayNetwork.IPv6Of(n.Address) }).ToList();
-                    await agent.ApplyRemoteNodesAsync([.. view.Keys], addresses, cancel).ConfigureAwait(false);
+                    await Sync.ApplyRemoteNodesAsync([.. view.Keys], addresses, cancel).ConfigureAwait(false);
                     health.Resolved("nodes");
                     if (_entries is not null)
                     {
@@ -149,7 +151,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
             }
             try
             {
-                await agent.ApplyRemoteEndpointsAsync(believed, cancel).ConfigureAwait(false);
+                await Sync.ApplyRemoteEndpointsAsync(believed, cancel).ConfigureAwait(false);
                 health.Resolved("ipcache");
             }
             catch (Exception e) when (e is InvalidOperationException or AgentInputException or Datapath.Ebpf.BpfException)
@@ -178,9 +180,9 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
             {
                 if (!pending)
                 {
-                    await agent.LocalEndpointsChanged.ReadAsync(cancel).ConfigureAwait(false);
+                    await Sync.LocalEndpointsChanged.ReadAsync(cancel).ConfigureAwait(false);
                 }
-                var wanted = await agent.ReadAsync(agent.LocalEndpoints, cancel).ConfigureAwait(false);
+                var wanted = await agent.ReadAsync(Sync.LocalEndpoints, cancel).ConfigureAwait(false);
                 try
                 {
                     foreach (var gone in published.Keys.Where(a => !wanted.ContainsKey(a)).ToList())
@@ -221,9 +223,9 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
         {
             if (!pending)
             {
-                await agent.EnforcementChanged.ReadAsync(cancel).ConfigureAwait(false);
+                await Sync.EnforcementChanged.ReadAsync(cancel).ConfigureAwait(false);
             }
-            if (agent.Enforcement is not { } state || ClusterEnforcement.Format(state) == reported)
+            if (Sync.Enforcement is not { } state || ClusterEnforcement.Format(state) == reported)
             {
                 pending = false;
                 continue;

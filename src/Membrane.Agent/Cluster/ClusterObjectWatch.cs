@@ -16,6 +16,8 @@ namespace Membrane.Agent.Cluster;
 public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnection etcd, ClusterObjectStore store, ClusterHealth health,
     ILogger<ClusterObjectWatch> log) : BackgroundService
 {
+    private ClusterSync Sync => agent.Cluster ?? throw new InvalidOperationException("the agent does not run in cluster mode");
+
     public const string Part = "objects";
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
@@ -85,7 +87,7 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
     {
         try
         {
-            await agent.ApplyStoreStateAsync(Believed(current), revision, listing, stop).ConfigureAwait(false);
+            await Sync.ApplyStoreStateAsync(Believed(current), revision, listing, stop).ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // whatever the store holds, this node keeps serving and enforcing its last good state
         catch (Exception e) when (!stop.IsCancellationRequested)
@@ -98,7 +100,7 @@ public sealed partial class ClusterObjectWatch(AgentService agent, EtcdConnectio
                 : $"changed since its last good state: {string.Join(", ", changed.Take(10))}{(changed.Count > 10 ? ", …" : "")}";
             var reason = e is AgentInputException or InvalidOperationException or IOException ? e.Message
                 : $"{e.GetType().Name}: {e.Message}";
-            agent.NotEnforced(revision, reason);
+            Sync.NotEnforced(revision, reason);
             health.Problem(Part, $"the store's state at revision {revision} is not enforced on this node ({objects}): {reason}; it " +
                 $"keeps enforcing its last good state and tries again");
             if (e is AgentInputException or InvalidOperationException or IOException)

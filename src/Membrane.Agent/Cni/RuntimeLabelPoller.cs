@@ -12,6 +12,8 @@ namespace Membrane.Agent.Cni;
 /// </summary>
 public sealed partial class RuntimeLabelPoller(AgentService agent, CriClient cri, ILogger<RuntimeLabelPoller> log) : BackgroundService
 {
+    private CniRequests Cni => agent.Cni ?? throw new InvalidOperationException("the agent does not serve container runtimes");
+
     private static readonly TimeSpan Interval = TimeSpan.FromMilliseconds(200);
     private readonly HashSet<string> _refused = new(StringComparer.Ordinal);
 
@@ -24,13 +26,13 @@ public sealed partial class RuntimeLabelPoller(AgentService agent, CriClient cri
         var unreachable = false;
         while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
         {
-            foreach (var attachment in await agent.AwaitingLabelsAsync(stoppingToken).ConfigureAwait(false))
+            foreach (var attachment in await Cni.AwaitingLabelsAsync(stoppingToken).ConfigureAwait(false))
             {
                 try
                 {
                     if (await cri.SandboxAsync(attachment.ContainerId, stoppingToken).ConfigureAwait(false) is { } sandbox)
                     {
-                        await agent.SetRuntimeLabelsAsync(attachment.ContainerId, attachment.InterfaceName, sandbox.Labels, stoppingToken)
+                        await Cni.SetRuntimeLabelsAsync(attachment.ContainerId, attachment.InterfaceName, sandbox.Labels, stoppingToken)
                             .ConfigureAwait(false);
                         Labelled(log, attachment.PodKey, sandbox.Labels.Count);
                     }

@@ -169,7 +169,7 @@ public static partial class AgentProcess
         }
         if (app.Services.GetService<ClusterHealth>() is { } health)
         {
-            agent.Queries.Cluster = _ => health.Status(agent.Enforcement);
+            agent.Queries.Cluster = _ => health.Status(agent.Cluster?.Enforcement);
         }
         ApiServer.PrepareSocket(options.SocketPath);
         using var metrics = StartMetrics(options, agent, app);

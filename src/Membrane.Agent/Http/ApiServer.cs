@@ -177,21 +177,21 @@ public static partial class ApiServer
         var prober = new Prober(agent);
         var v1 = app.MapGroup("/v1");
         v1.MapGet("/status", queries.Status); // never waits for the lock: status answers during a long change
-        v1.MapPost("/apply", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, cancel: cancel));
-        v1.MapPost("/delete", (ManifestRequest request, CancellationToken cancel) => agent.DeleteAsync(request, cancel));
-        v1.MapPost("/reset", (CancellationToken cancel) => agent.ResetAsync(cancel));
+        v1.MapPost("/apply", (ManifestRequest request, CancellationToken cancel) => agent.Objects.ApplyAsync(request, cancel: cancel));
+        v1.MapPost("/delete", (ManifestRequest request, CancellationToken cancel) => agent.Objects.DeleteAsync(request, cancel));
+        v1.MapPost("/reset", (CancellationToken cancel) => agent.Objects.ResetAsync(cancel));
         v1.MapGet("/policies", (CancellationToken cancel) => agent.ReadAsync(queries.Policies, cancel));
-        v1.MapPost("/policies", (ManifestRequest request, CancellationToken cancel) => agent.ApplyAsync(request, policiesOnly: true,
-            cancel));
-        v1.MapDelete("/policies", (string? name, bool? all, CancellationToken cancel) => agent.DeletePoliciesAsync(name, all == true,
-            cancel));
+        v1.MapPost("/policies", (ManifestRequest request, CancellationToken cancel) =>
+            agent.Objects.ApplyAsync(request, policiesOnly: true, cancel));
+        v1.MapDelete("/policies", (string? name, bool? all, CancellationToken cancel) =>
+            agent.Objects.DeletePoliciesAsync(name, all == true, cancel));
         v1.MapGet("/flows", (CancellationToken cancel) => agent.ReadAsync(() => queries.Flows(agent.Events.Flows), cancel));
-        v1.MapPost("/policies/dry-run", (DryRunRequest request, CancellationToken cancel) => agent.DryRunAsync(request, cancel));
+        v1.MapPost("/policies/dry-run", (DryRunRequest request, CancellationToken cancel) => agent.DryRun.RunAsync(request, cancel));
         v1.MapPost("/trace", (TraceQuery query, CancellationToken cancel) => agent.ReadAsync(() => queries.Trace(query), cancel));
         v1.MapGet("/endpoints", (CancellationToken cancel) => agent.ReadAsync(queries.Endpoints, cancel));
         v1.MapGet("/endpoint", (string id, CancellationToken cancel) => agent.ReadAsync(() => queries.Endpoint(id), cancel));
-        v1.MapPost("/endpoint/config", (EndpointConfigRequest request, CancellationToken cancel) => agent.ConfigureEndpointAsync(request,
-            cancel));
+        v1.MapPost("/endpoint/config", (EndpointConfigRequest request, CancellationToken cancel) =>
+            agent.EndpointSettings.ConfigureAsync(request, cancel));
         v1.MapGet("/identities", (CancellationToken cancel) => agent.ReadAsync(queries.Identities, cancel));
         v1.MapGet("/bpf/policy", (string endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.BpfPolicy(endpoint), cancel));
         v1.MapGet("/bpf/ct", (string? endpoint, CancellationToken cancel) => agent.ReadAsync(() => queries.Conntrack(endpoint), cancel));
@@ -204,14 +204,14 @@ public static partial class ApiServer
             WaitForClusterAsync(app.Services.GetService<Kvstore.EtcdConnection>(), revision, timeoutMs, cancel));
         v1.MapPost("/probe", (ProbeQuery query, CancellationToken cancel) => prober.ProbeAsync(query, cancel));
         v1.MapPost("/matrix", (MatrixQuery query, CancellationToken cancel) => prober.MatrixAsync(query, cancel));
-        if (agent.ServesContainerRuntimes)
+        if (agent.Cni is { } cniRequests)
         {
             // The CNI plugin's calls; an agent running the sandbox answers 404, which the plugin explains.
             var cni = v1.MapGroup("/cni");
-            cni.MapPost("/add", (CniAttachmentRequest request, CancellationToken cancel) => agent.CniAddAsync(request, cancel));
-            cni.MapPost("/del", (CniAttachmentRequest request, CancellationToken cancel) => agent.CniDelAsync(request, cancel));
-            cni.MapPost("/check", (CniAttachmentRequest request, CancellationToken cancel) => agent.CniCheckAsync(request, cancel));
-            cni.MapPost("/gc", (CniGcRequest request, CancellationToken cancel) => agent.CniGcAsync(request, cancel));
+            cni.MapPost("/add", (CniAttachmentRequest request, CancellationToken cancel) => cniRequests.AddAsync(request, cancel));
+            cni.MapPost("/del", (CniAttachmentRequest request, CancellationToken cancel) => cniRequests.DelAsync(request, cancel));
+            cni.MapPost("/check", (CniAttachmentRequest request, CancellationToken cancel) => cniRequests.CheckAsync(request, cancel));
+            cni.MapPost("/gc", (CniGcRequest request, CancellationToken cancel) => cniRequests.GcAsync(request, cancel));
             cni.MapGet("/status", queries.Status);
         }
         v1.MapGet("/monitor", async (HttpContext context, string? type) =>

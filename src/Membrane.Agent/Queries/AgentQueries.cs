@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Membrane.Agent.Changes;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.State;
 using Membrane.Api;
@@ -22,7 +23,7 @@ namespace Membrane.Agent.Queries;
 /// </summary>
 public sealed class AgentQueries(
     AgentOptions options, PolicyDatapath datapath, PolicyMapSynchronizer policyMap, EndpointManager endpoints, Func<PolicyEngine> engine,
-        IObjectStore store)
+        IObjectStore store) : IChangeObserver
 {
     private PolicyEngine Engine => engine();
 
@@ -38,6 +39,12 @@ public sealed class AgentQueries(
 
     /// <summary>Cluster mode: the cluster part of status for the revision this node enforces.</summary>
     public Func<long, ClusterStatusOutput>? Cluster { get; set; }
+
+    void IChangeObserver.Changed() => Publish();
+
+    void IChangeObserver.NotEnforced(long revision, string reason)
+    {
+    }
 
     /// <summary>Takes a new status snapshot; the agent calls it after every change, under its lock.</summary>
     public void Publish()

@@ -20,18 +20,19 @@ public sealed record RegenerationPlan(IReadOnlyList<EndpointPolicy> Dirty, IRead
 /// </summary>
 public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer policyMap, EndpointManager endpoints)
 {
-    /// <summary>The other nodes' own addresses (cluster mode): the ipcache gives them the remote-node identity.</summary>
-    public IReadOnlyList<IPAddress> RemoteNodes { get; set; } = [];
-
-    /// <summary>Resolves what changed and checks that it fits the maps; nothing is written, so a refusal changes nothing.</summary>
-    public RegenerationPlan Plan(PolicyEngine engine)
+    /// <summary>
+    /// Resolves what changed and checks that it fits the maps; nothing is written, so a refusal changes nothing.
+    /// <paramref name="remoteNodes"/> are the other nodes' own addresses (cluster mode): the remote-node identity.
+    /// </summary>
+    public RegenerationPlan Plan(PolicyEngine engine, IReadOnlyList<IPAddress> remoteNodes)
     {
         ArgumentNullException.ThrowIfNull(engine);
+        ArgumentNullException.ThrowIfNull(remoteNodes);
         var dirty = engine.ResolveDirty();
         var host = endpoints.Runtime.HostPrefixes.Select(p => (p, ReservedIdentities.Host));
-        var remoteNodes = RemoteNodes
+        var remote = remoteNodes
             .Select(a => (new IPNetwork(a, a.AddressFamily == AddressFamily.InterNetwork ? 32 : 128), ReservedIdentities.RemoteNode));
-        var ipcache = OnePerPrefix(engine.IpCache().Concat(remoteNodes).Concat(host));
+        var ipcache = OnePerPrefix(engine.IpCache().Concat(remote).Concat(host));
         try
         {
             // Pods not created yet have no interface: a placeholder index that no real interface has counts them.

@@ -35,7 +35,7 @@ internal sealed partial class StateJsonContext : JsonSerializerContext;
 /// the previous version kept as <c>state.json.bak</c>. A missing or unreadable file is never taken for "nothing":
 /// the agent refuses to start and says how to recover, rather than silently dropping what the kernel enforces.
 /// </summary>
-public sealed class StateStore(string directory)
+public sealed class StateStore(string directory) : IStateFile
 {
     private const UnixFileMode PrivateFile = UnixFileMode.UserRead | UnixFileMode.UserWrite;
 

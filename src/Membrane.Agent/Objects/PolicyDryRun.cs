@@ -1,11 +1,14 @@
+using Membrane.Agent.Changes;
+using Membrane.Agent.Monitoring;
 using Membrane.Api;
+using Membrane.Datapath;
 using Membrane.Datapath.Maps;
 using Membrane.Datapath.Sync;
 using Membrane.Policy.Api;
 using Membrane.Policy.Resolution;
 using Membrane.Policy.Rules;
 
-namespace Membrane.Agent;
+namespace Membrane.Agent.Objects;
 
 /// <summary>
 /// <c>policy import --dry-run</c> and <c>policy delete --dry-run</c>: the change is made on a fork of the engine, the
@@ -13,12 +16,14 @@ namespace Membrane.Agent;
 /// judged by both, exactly as the regenerator judges connections after a real change; so is every policy decision the
 /// flow ring recorded (drops, audits, new connections). Nothing is installed.
 /// </summary>
-public sealed partial class AgentService
+public sealed class PolicyDryRun(ChangeCoordinator coordinator, PolicyDatapath datapath, EventHub events)
 {
-    public Task<DryRunResponse> DryRunAsync(DryRunRequest request, CancellationToken cancel = default)
+    private PolicyEngine Engine => coordinator.State.Engine;
+
+    public Task<DryRunResponse> RunAsync(DryRunRequest request, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(request);
-        var set = request.Yaml is not null ? Parse(new ManifestRequest(request.Yaml, request.File)) : null;
+        var set = request.Yaml is not null ? ObjectChanges.Parse(new ManifestRequest(request.Yaml, request.File)) : null;
         if (set is not null && (set.Pods.Count > 0 || set.Namespaces.Count > 0))
         {
             throw new AgentInputException("a dry run takes policies only (as policy import does)");
@@ -27,12 +32,12 @@ public sealed partial class AgentService
         {
             throw new AgentInputException("a dry run takes either policies (\"yaml\") or a policy to delete (\"delete\" or \"all\")");
         }
-        return ReadAsync(() => DryRun(set, request), cancel);
+        return coordinator.ExclusiveAsync(() => DryRun(set, request), cancel);
     }
 
     private DryRunResponse DryRun(Policy.Workloads.ManifestSet? set, DryRunRequest request)
     {
-        var fork = _engine.Fork();
+        var fork = Engine.Fork();
         if (set is not null)
         {
             foreach (var policy in set.Policies)
@@ -42,14 +47,8 @@ public sealed partial class AgentService
         }
         else
         {
-            var origins = _engine.Policies.Select(p => p.Origin).ToList();
-            var targets = request.All ? origins : origins.Where(o => o.ToString() == request.Delete
-                || $"{o.Namespace}/{o.Name}" == request.Delete || o.Name == request.Delete).ToList();
-            if (!request.All && targets.Count != 1)
-            {
-                throw new AgentInputException(targets.Count == 0 ? $"no policy \"{request.Delete}\""
-                    : $"\"{request.Delete}\" is ambiguous: {string.Join(", ", targets)}; use Kind/namespace/name");
-            }
+            var origins = Engine.Policies.Select(p => p.Origin).ToList();
+            var targets = request.All ? origins : ObjectChanges.Named(origins, request.Delete!);
             foreach (var origin in targets)
             {
                 fork.RemovePolicy(origin.ToString());
@@ -58,9 +57,9 @@ public sealed partial class AgentService
         var before = new Dictionary<uint, (string Pod, MapState State)>();
         var after = new Dictionary<uint, MapState>();
         var endpoints = new List<DryRunEndpoint>();
-        foreach (var (key, record) in _endpoints.Records)
+        foreach (var (key, record) in coordinator.Enforcer.Records)
         {
-            var current = _engine.Resolve(key).State;
+            var current = Engine.Resolve(key).State;
             var next = fork.Resolve(key).State;
             before[(uint)record.IfIndex] = (key, current);
             after[(uint)record.IfIndex] = next;
@@ -72,7 +71,7 @@ public sealed partial class AgentService
         var cut = new List<DryRunConnection>();
         var admitted = new List<DryRunConnection>();
         var checkedCount = 0;
-        foreach (var (tuple, value) in Datapath.Conntrack.Entries())
+        foreach (var (tuple, value) in datapath.Conntrack.Entries())
         {
             if (!before.TryGetValue(tuple.IfIndex, out var old))
             {
@@ -83,7 +82,7 @@ public sealed partial class AgentService
             var direction = PolicyMapSynchronizer.FromWire((WireDirection)value.Direction);
             var icmp = IpProtocol.IsIcmp(tuple.Protocol);
             var keyPort = icmp ? (ushort)(port << 8) : port;
-            var then = old.State.Lookup(direction, _engine.IdentityOf(direction == TrafficDirection.Egress ? destination : source),
+            var then = old.State.Lookup(direction, Engine.IdentityOf(direction == TrafficDirection.Egress ? destination : source),
                 tuple.Protocol, keyPort);
             var now = after[tuple.IfIndex].Lookup(direction, fork.IdentityOf(direction == TrafficDirection.Egress ? destination : source),
                 tuple.Protocol, keyPort);
@@ -105,7 +104,7 @@ public sealed partial class AgentService
     private (List<DryRunConnection> Cut, List<DryRunConnection> Admitted, int Checked) JudgeFlows(
         Dictionary<uint, (string Pod, MapState State)> before, Dictionary<uint, MapState> after)
     {
-        var decisions = (Events.Flows?.Snapshot() ?? []).Where(f => before.ContainsKey(f.Event.IfIndex) && (EventType)f.Event.Type switch
+        var decisions = (events.Flows?.Snapshot() ?? []).Where(f => before.ContainsKey(f.Event.IfIndex) && (EventType)f.Event.Type switch
         {
             EventType.Drop => f.Event.Reason is (byte)DropReason.Policy or (byte)DropReason.PolicyDeny,
             _ => true, // a new allowed connection, or an audited one

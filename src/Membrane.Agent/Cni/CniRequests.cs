@@ -2,36 +2,38 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
-using Membrane.Agent.Cni;
+using Membrane.Agent.Changes;
+using Membrane.Agent.Endpoints;
+using Membrane.Agent.State;
 using Membrane.Api;
+using Membrane.Datapath;
 using Membrane.Policy.Api;
 using Membrane.Policy.Workloads;
+using Microsoft.Extensions.Logging;
 
-namespace Membrane.Agent;
+namespace Membrane.Agent.Cni;
 
 /// <summary>
 /// Container runtimes' requests (through the CNI plugin): ADD, DEL, CHECK, GC. A pod's endpoint is its attachment;
 /// its labels come from the Pod object of the same namespace/name when the agent holds one, else from the runtime,
 /// else it has the reserved init identity until they arrive. Every change runs through the one commit path.
 /// </summary>
-public sealed partial class AgentService
+public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods, AgentOptions options, EndpointManager endpoints,
+    PolicyDatapath datapath, ILogger log)
 {
+    private CniAttachments Attachments => pods.Attachments;
 
-    /// <summary>True when the agent serves container runtimes (<c>--runtime cni</c>).</summary>
-    public bool ServesContainerRuntimes => _attachments is not null;
-
-    private CniAttachments Attachments => _attachments
-        ?? throw new InvalidOperationException("the agent does not serve container runtimes; run it with '--runtime cni'");
+    private DesiredState State => coordinator.State;
 
     /// <summary>ADD: the endpoint exists and is enforced before this returns; the result is the CNI result (interface mode).</summary>
-    public async Task<CniAddResponse> CniAddAsync(CniAttachmentRequest request, CancellationToken cancel = default)
+    public async Task<CniAddResponse> AddAsync(CniAttachmentRequest request, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(request);
         var attachments = Attachments;
         CniRequestCheck.Check(request, adding: true);
         var chained = request.PrevResult is not null;
         var previous = chained ? CniRequestCheck.PreviousAddresses(request.PrevResult!, request.InterfaceName) : null;
-        await CommitAsync(() =>
+        await coordinator.ChangeAsync(ChangeSource.Cni, () =>
         {
             var key = $"{request.PodNamespace}/{request.PodName}";
             if (attachments.Find(request.ContainerId, request.InterfaceName) is { } existing)
@@ -48,14 +50,14 @@ public sealed partial class AgentService
                 throw new AgentInputException($"pod {key} already has an interface ({other.InterfaceName} of container " +
                     $"{other.ContainerId}); the runtime must DEL it before adding another");
             }
-            if (previous?.FirstOrDefault(a => _options.PodIPv4Range.Contains(a) || _options.PodIPv6Range.Contains(a)) is { } ours)
+            if (previous?.FirstOrDefault(a => options.PodIPv4Range.Contains(a) || options.PodIPv6Range.Contains(a)) is { } ours)
             {
                 throw new AgentInputException($"prevResult gives {request.InterfaceName} {ours}, inside the agent's own pod ranges " +
-                    $"({_options.PodIPv4Range}, {_options.PodIPv6Range}) that it allocates itself: give the plugin before membrane-cni " +
+                    $"({options.PodIPv4Range}, {options.PodIPv6Range}) that it allocates itself: give the plugin before membrane-cni " +
                     "another range");
             }
-            var addresses = previous ?? _ipam.Allocate();
-            var owners = _engine.Endpoints.SelectMany(e => e.Addresses.Select(a => (a, e.Key))).ToDictionary(x => x.a, x => x.Key);
+            var addresses = previous ?? State.Ipam.Allocate();
+            var owners = State.Engine.Endpoints.SelectMany(e => e.Addresses.Select(a => (a, e.Key))).ToDictionary(x => x.a, x => x.Key);
             if (addresses.FirstOrDefault(owners.ContainsKey) is { } taken)
             {
                 throw new AgentInputException($"{taken} is already the address of pod {owners[taken]}: two endpoints cannot share an " +
@@ -63,66 +65,66 @@ public sealed partial class AgentService
             }
             attachments.Put(new CniAttachment(request.ContainerId, request.InterfaceName, request.Netns!, request.PodNamespace,
                 request.PodName!, chained, [.. addresses.Select(a => a.ToString())]));
-            SyncCniPods();
+            pods.Sync(State);
             return [new ObjectChange($"Attachment/{request.ContainerId}/{request.InterfaceName}", "created")];
-        }, cancel, ChangeSource.Cni).ConfigureAwait(false);
+        }, cancel).ConfigureAwait(false);
         if (chained)
         {
             return new CniAddResponse("");
         }
-        return await ReadAsync(() => new CniAddResponse(Result(request)), cancel).ConfigureAwait(false);
+        return await coordinator.ExclusiveAsync(() => new CniAddResponse(Result(request)), cancel).ConfigureAwait(false);
     }
 
     /// <summary>DEL: idempotent; an unknown attachment (deleted already, or never added) is not an error.</summary>
-    public Task<ApplyResponse> CniDelAsync(CniAttachmentRequest request, CancellationToken cancel = default)
+    public Task<ApplyResponse> DelAsync(CniAttachmentRequest request, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(request);
         var attachments = Attachments;
         CniRequestCheck.Check(request, adding: false);
-        return CommitAsync(() =>
+        return coordinator.ChangeAsync(ChangeSource.Cni, () =>
         {
             if (attachments.Find(request.ContainerId, request.InterfaceName) is not { } attachment)
             {
                 return [];
             }
-            Forget(attachment);
-            SyncCniPods();
+            pods.Forget(State, attachment);
+            pods.Sync(State);
             return [new ObjectChange($"Attachment/{request.ContainerId}/{request.InterfaceName}", "deleted")];
-        }, cancel, ChangeSource.Cni);
+        }, cancel);
     }
 
     /// <summary>GC: every attachment the runtime no longer lists goes.</summary>
-    public Task<ApplyResponse> CniGcAsync(CniGcRequest request, CancellationToken cancel = default)
+    public Task<ApplyResponse> GcAsync(CniGcRequest request, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(request);
         var attachments = Attachments;
         var valid = (request.ValidAttachments ?? throw new AgentInputException("GC needs the attachments the runtime still has " +
             "(validAttachments); without them nothing is removed")).Select(v => (v.ContainerId, v.InterfaceName)).ToHashSet();
-        return CommitAsync(() =>
+        return coordinator.ChangeAsync(ChangeSource.Cni, () =>
         {
             var stale = attachments.All.Where(a => !valid.Contains((a.ContainerId, a.InterfaceName))).ToList();
             foreach (var attachment in stale)
             {
-                Forget(attachment);
+                pods.Forget(State, attachment);
             }
-            SyncCniPods();
+            pods.Sync(State);
             return stale.Select(a => new ObjectChange($"Attachment/{a.ContainerId}/{a.InterfaceName}", "deleted")).ToList();
-        }, cancel, ChangeSource.Cni);
+        }, cancel);
     }
 
     /// <summary>CHECK: the attachment exists, its interface is intact with its addresses, and the programs are attached.</summary>
-    public Task<ApplyResponse> CniCheckAsync(CniAttachmentRequest request, CancellationToken cancel = default)
+    public Task<ApplyResponse> CheckAsync(CniAttachmentRequest request, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(request);
         var attachments = Attachments;
         CniRequestCheck.Check(request, adding: true);
-        return ReadAsync(() =>
+        return coordinator.ExclusiveAsync(() =>
         {
             var attachment = attachments.Find(request.ContainerId, request.InterfaceName)
                 ?? throw new AgentInputException($"the agent has no attachment for container {request.ContainerId} interface " +
                     $"{request.InterfaceName}: ADD it first");
-            var record = _endpoints.Find(attachment.PodKey);
-            if (record is null || !_endpoints.Runtime.IsIntact(record))
+            var record = endpoints.Find(attachment.PodKey);
+            if (record is null || !endpoints.Runtime.IsIntact(record))
             {
                 throw new AgentInputException($"the host end of {attachment.PodKey}'s interface is gone; delete and re-create the " +
                     "container");
@@ -133,82 +135,20 @@ public sealed partial class AgentService
             {
                 throw new AgentInputException($"{attachment.InterfaceName} in {attachment.Netns} lacks {string.Join(", ", missing)}");
             }
-            if (!CniRuntime.ProgramsAttached(Datapath.Hooks, record.IfIndex))
+            if (!CniRuntime.ProgramsAttached(datapath.Hooks, record.IfIndex))
             {
                 throw new AgentInputException($"the policy programs are not attached to {record.HostInterface}; restart the agent");
             }
-            return new ApplyResponse(_store.Revision, []);
+            return new ApplyResponse(State.Store.Revision, []);
         }, cancel);
     }
-
-    private void Forget(CniAttachment attachment)
-    {
-        Attachments.Remove(attachment);
-        if (!attachment.Chained)
-        {
-            foreach (var address in attachment.Addresses)
-            {
-                _ipam.Release(IPAddress.Parse(address));
-            }
-        }
-    }
-
-    /// <summary>
-    /// Makes the engine's pods exactly the attachments, each with the labels of the Pod object of its namespace/name,
-    /// else those its runtime reported, else none yet (the init identity). Unchanged pods are left alone.
-    /// </summary>
-    private void SyncCniPods()
-    {
-        if (_attachments is null)
-        {
-            return;
-        }
-        var objects = PodObjects();
-        var wanted = _attachments.All.ToDictionary(a => a.PodKey, StringComparer.Ordinal);
-        foreach (var key in _engine.Endpoints.Select(e => e.Key).Where(k => !wanted.ContainsKey(k)).ToList())
-        {
-            _engine.RemovePod(key);
-        }
-        foreach (var (key, attachment) in wanted)
-        {
-            var addresses = attachment.Addresses.Select(IPAddress.Parse).ToList();
-            if (!attachment.Chained)
-            {
-                addresses.ForEach(_ipam.Reserve);
-            }
-            var pod = (objects.GetValueOrDefault(key) ?? FromRuntime(attachment)) with { Addresses = addresses };
-            if (_engine.FindEndpoint(key) is not { } existing || !SamePod(existing.Pod, pod))
-            {
-                _engine.UpsertPod(pod);
-            }
-        }
-    }
-
-    private Dictionary<string, PodManifest> PodObjects()
-    {
-        var pods = _store.Objects.Where(o => o.Key.StartsWith("Pod/", StringComparison.Ordinal)).Select(o => o.Value).ToList();
-        return pods.Count == 0
-            ? new(StringComparer.Ordinal)
-            : ManifestLoader.LoadText(string.Join("\n---\n", pods), "state.json").OrThrow().Pods
-                .ToDictionary(p => p.Key, StringComparer.Ordinal);
-    }
-
-    private static PodManifest FromRuntime(CniAttachment attachment) =>
-        new(attachment.PodNamespace, attachment.PodName, attachment.RuntimeLabels ?? [], "default", [], [], "cni")
-        {
-            LabelsPending = attachment.RuntimeLabels is null,
-        };
-
-    private static bool SamePod(PodManifest a, PodManifest b) =>
-        a.LabelsPending == b.LabelsPending && a.SameShape(b) && a.Addresses.SequenceEqual(b.Addresses)
-        && a.Labels.Count == b.Labels.Count && a.Labels.All(l => b.Labels.TryGetValue(l.Key, out var v) && v == l.Value);
 
     /// <summary>The CNI result of an interface-mode ADD: both ends, the addresses and the default routes.</summary>
     private string Result(CniAttachmentRequest request)
     {
         var attachment = Attachments.Find(request.ContainerId, request.InterfaceName)
             ?? throw new InvalidOperationException("the attachment vanished");
-        var record = _endpoints.Find(attachment.PodKey) ?? throw new InvalidOperationException("the endpoint vanished");
+        var record = endpoints.Find(attachment.PodKey) ?? throw new InvalidOperationException("the endpoint vanished");
         var (mac, _) = CniRuntime.Inspect(attachment.Netns, attachment.InterfaceName);
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
@@ -256,28 +196,28 @@ public sealed partial class AgentService
     private const long MaxQueuedDeleteBytes = 64 * 1024;
 
     /// <summary>The directory where the plugin queues DELs while the agent is away (its default beside the socket).</summary>
-    public string DeleteQueue => Path.Combine(_options.StateDirectory, "cni-delete-queue");
+    public string DeleteQueue => Path.Combine(options.StateDirectory, "cni-delete-queue");
 
     /// <summary>
     /// At start: attachments whose container went while the agent was away (no interface, no namespace) are removed;
     /// one whose namespace still exists gets its interface again.
     /// </summary>
-    private void ForgetVanishedContainers()
+    public void ForgetVanishedContainers()
     {
-        foreach (var attachment in _attachments?.Snapshot() ?? [])
+        foreach (var attachment in Attachments.Snapshot() ?? [])
         {
-            if (_endpoints.Find(attachment.PodKey) is null && !File.Exists(attachment.Netns))
+            if (endpoints.Find(attachment.PodKey) is null && !File.Exists(attachment.Netns))
             {
-                Log.ContainerVanished(_log, attachment.ContainerId, attachment.PodKey);
-                Forget(attachment);
+                Log.ContainerVanished(log, attachment.ContainerId, attachment.PodKey);
+                pods.Forget(State, attachment);
             }
         }
     }
 
     /// <summary>Applies the DELs the plugin queued while the agent was away, oldest first; each file goes once applied.</summary>
-    private void ApplyQueuedDeletes()
+    public void ApplyQueuedDeletes()
     {
-        if (_attachments is null || SafeFiles.Inspect(DeleteQueue).Kind == PathKind.Missing)
+        if (SafeFiles.Inspect(DeleteQueue).Kind == PathKind.Missing)
         {
             return;
         }
@@ -288,7 +228,7 @@ public sealed partial class AgentService
         }
         catch (Exception e) when (e is InvalidOperationException or IOException)
         {
-            Log.QueuedDeleteFailed(_log, DeleteQueue, e.Message);
+            Log.QueuedDeleteFailed(log, DeleteQueue, e.Message);
             return;
         }
         foreach (var file in new DirectoryInfo(DeleteQueue).GetFiles("*.json").OrderBy(f => f.LastWriteTimeUtc))
@@ -300,29 +240,29 @@ public sealed partial class AgentService
                 var root = document.RootElement;
                 var request = new CniAttachmentRequest(root.GetProperty("containerId").GetString() ?? "",
                     root.GetProperty("ifName").GetString() ?? "", null, "default", null, null);
-                CniDelAsync(request).GetAwaiter().GetResult();
+                DelAsync(request).GetAwaiter().GetResult();
                 file.Delete();
-                Log.QueuedDeleteApplied(_log, file.Name);
+                Log.QueuedDeleteApplied(log, file.Name);
             }
             catch (InvalidDataException e)
             {
-                Log.QueuedDeleteFailed(_log, file.Name, $"{e.Message}; removed, it is no queued DEL");
+                Log.QueuedDeleteFailed(log, file.Name, $"{e.Message}; removed, it is no queued DEL");
                 File.Delete(file.FullName);
             }
             catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or IOException
                                        or AgentInputException)
             {
-                Log.QueuedDeleteFailed(_log, file.Name, e.Message);
+                Log.QueuedDeleteFailed(log, file.Name, e.Message);
             }
         }
     }
 
     /// <summary>Attachments that have neither a Pod object nor labels from their runtime: they wait in the init identity.</summary>
-    public Task<IReadOnlyList<CniAttachment>> AwaitingLabelsAsync(CancellationToken cancel) => ReadAsync(() =>
+    public Task<IReadOnlyList<CniAttachment>> AwaitingLabelsAsync(CancellationToken cancel) => coordinator.ExclusiveAsync(() =>
     {
-        var objects = _store.Objects;
-        return (IReadOnlyList<CniAttachment>)(_attachments?.All.Where(a => a.RuntimeLabels is null
-            && !objects.ContainsKey($"Pod/{a.PodKey}")).ToList() ?? []);
+        var objects = State.Store.Objects;
+        return (IReadOnlyList<CniAttachment>)Attachments.All.Where(a => a.RuntimeLabels is null
+            && !objects.ContainsKey($"Pod/{a.PodKey}")).ToList();
     }, cancel);
 
     /// <summary>
@@ -342,15 +282,15 @@ public sealed partial class AgentService
             // Not Kubernetes labels: they could spell another label set. The endpoint stays in init.
             throw new AgentInputException($"the runtime's labels for container {containerId} are refused: {problem}");
         }
-        return CommitAsync(() =>
+        return coordinator.ChangeAsync(ChangeSource.Cni, () =>
         {
             if (attachments.Find(containerId, interfaceName) is not { } attachment)
             {
                 return []; // deleted meanwhile
             }
             attachments.Put(attachment with { RuntimeLabels = own });
-            SyncCniPods();
+            pods.Sync(State);
             return [new ObjectChange($"Attachment/{containerId}/{interfaceName}", "labelled")];
-        }, cancel, ChangeSource.Cni);
+        }, cancel);
     }
 }
