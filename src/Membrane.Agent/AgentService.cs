@@ -81,7 +81,8 @@ public sealed class AgentService : IDisposable, IPodLookup
         Objects = new ObjectChanges(_coordinator, _numbers);
         DryRun = new PolicyDryRun(_coordinator, datapath, Events);
         EndpointSettings = new EndpointSettings(_coordinator, _endpoints, Queries, regenerator, datapath, log);
-        Cni = pods is AttachedPods attached ? new CniRequests(_coordinator, attached, options, _endpoints, datapath, log) : null;
+        Cni = pods is AttachedPods attached ? new CniRequests(_coordinator, attached, options, runtime,
+            ifIndex => CniRuntime.ProgramsAttached(datapath.Hooks, ifIndex), log) : null;
         if (_numbers is not null && options.Node is { } name)
         {
             Cluster = new ClusterSync(_coordinator, _numbers, name);

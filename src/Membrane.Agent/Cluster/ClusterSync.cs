@@ -12,7 +12,7 @@ namespace Membrane.Agent.Cluster;
 /// nodes' pods' addresses (the cluster's ipcache) and announced nodes come in; this node's pods' addresses and what
 /// it enforces go out (signalled after every change for the publishing loops).
 /// </summary>
-public sealed class ClusterSync(ChangeCoordinator coordinator, ClusterNumbers numbers, string node) : IChangeObserver
+public sealed class ClusterSync(ChangeCoordinator coordinator, ClusterNumbers? numbers, string node) : IChangeObserver
 {
     private readonly Channel<bool> _localChanged = Channel.CreateBounded<bool>(new BoundedChannelOptions(1)
     {
@@ -25,8 +25,6 @@ public sealed class ClusterSync(ChangeCoordinator coordinator, ClusterNumbers nu
     });
 
     private DesiredState State => coordinator.State;
-
-    public ClusterNumbers Numbers => numbers;
 
     /// <summary>Signalled after every change to this node's pods (their addresses or identities may have moved).</summary>
     public ChannelReader<bool> LocalEndpointsChanged => _localChanged.Reader;
@@ -144,7 +142,7 @@ public sealed class ClusterSync(ChangeCoordinator coordinator, ClusterNumbers nu
         CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(objects);
-        if (State.Attachments is null)
+        if (State.Attachments is null && numbers is not null)
         {
             await numbers.PrefetchAsync(objects, cancel).ConfigureAwait(false);
         }

@@ -6,7 +6,6 @@ using Membrane.Agent.Changes;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.State;
 using Membrane.Api;
-using Membrane.Datapath;
 using Membrane.Policy.Api;
 using Membrane.Policy.Workloads;
 using Microsoft.Extensions.Logging;
@@ -18,12 +17,18 @@ namespace Membrane.Agent.Cni;
 /// its labels come from the Pod object of the same namespace/name when the agent holds one, else from the runtime,
 /// else it has the reserved init identity until they arrive. Every change runs through the one commit path.
 /// </summary>
-public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods, AgentOptions options, EndpointManager endpoints,
-    PolicyDatapath datapath, ILogger log)
+/// <remarks>
+/// The kernel is reached through <paramref name="runtime"/> (interfaces) and <paramref name="programsAttached"/> (is the
+/// policy attached to an interface index) only for CHECK and ADD's result; every change goes through the coordinator.
+/// </remarks>
+public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods, AgentOptions options, IEndpointRuntime runtime,
+    Func<int, bool> programsAttached, ILogger log)
 {
     private CniAttachments Attachments => pods.Attachments;
 
     private DesiredState State => coordinator.State;
+
+    private IReadOnlyDictionary<string, EndpointRecord> Records => coordinator.Enforcer.Records;
 
     /// <summary>ADD: the endpoint exists and is enforced before this returns; the result is the CNI result (interface mode).</summary>
     public async Task<CniAddResponse> AddAsync(CniAttachmentRequest request, CancellationToken cancel = default)
@@ -123,8 +128,8 @@ public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods
             var attachment = attachments.Find(request.ContainerId, request.InterfaceName)
                 ?? throw new AgentInputException($"the agent has no attachment for container {request.ContainerId} interface " +
                     $"{request.InterfaceName}: ADD it first");
-            var record = endpoints.Find(attachment.PodKey);
-            if (record is null || !endpoints.Runtime.IsIntact(record))
+            var record = Records.GetValueOrDefault(attachment.PodKey);
+            if (record is null || !runtime.IsIntact(record))
             {
                 throw new AgentInputException($"the host end of {attachment.PodKey}'s interface is gone; delete and re-create the " +
                     "container");
@@ -135,7 +140,7 @@ public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods
             {
                 throw new AgentInputException($"{attachment.InterfaceName} in {attachment.Netns} lacks {string.Join(", ", missing)}");
             }
-            if (!CniRuntime.ProgramsAttached(datapath.Hooks, record.IfIndex))
+            if (!programsAttached(record.IfIndex))
             {
                 throw new AgentInputException($"the policy programs are not attached to {record.HostInterface}; restart the agent");
             }
@@ -148,7 +153,7 @@ public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods
     {
         var attachment = Attachments.Find(request.ContainerId, request.InterfaceName)
             ?? throw new InvalidOperationException("the attachment vanished");
-        var record = endpoints.Find(attachment.PodKey) ?? throw new InvalidOperationException("the endpoint vanished");
+        var record = Records.GetValueOrDefault(attachment.PodKey) ?? throw new InvalidOperationException("the endpoint vanished");
         var (mac, _) = CniRuntime.Inspect(attachment.Netns, attachment.InterfaceName);
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
@@ -206,7 +211,7 @@ public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods
     {
         foreach (var attachment in Attachments.Snapshot() ?? [])
         {
-            if (endpoints.Find(attachment.PodKey) is null && !File.Exists(attachment.Netns))
+            if (Records.GetValueOrDefault(attachment.PodKey) is null && !File.Exists(attachment.Netns))
             {
                 Log.ContainerVanished(log, attachment.ContainerId, attachment.PodKey);
                 pods.Forget(State, attachment);
