@@ -31,6 +31,9 @@ public sealed class AgentInputException(string message, IReadOnlyList<PolicyErro
     /// <summary>The node whose agent can answer the request (the pod it names runs there).</summary>
     public string? Node { get; init; }
 
+    /// <summary>A probe's one-way message must be watched for on this node (its destination pod runs there).</summary>
+    public string? WatchOn { get; init; }
+
     /// <summary>A flow as trace and probe requests give it; what is wrong with it is the caller's error.</summary>
     public static TraceRequest Flow(string from, string to, string protocol, int? port, string? icmpType, int? icmpCode, string? family)
     {

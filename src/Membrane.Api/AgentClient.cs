@@ -46,21 +46,22 @@ public sealed class AgentClient : IDisposable
     public Task<T> Delete<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Delete, path), type);
 
     /// <summary>Posts with Expect: 100-continue, so a body the agent refuses (too large) is answered before it is sent.</summary>
-    public Task<T> Post<TBody, T>(string path, TBody body, JsonTypeInfo<TBody> bodyType, JsonTypeInfo<T> type) =>
+    public Task<T> Post<TBody, T>(string path, TBody body, JsonTypeInfo<TBody> bodyType, JsonTypeInfo<T> type,
+        CancellationToken cancel = default) =>
         Send(new HttpRequestMessage(HttpMethod.Post, path)
         {
             Content = JsonContent.Create(body, bodyType),
             Headers = { ExpectContinue = true }
-        }, type);
+        }, type, cancel);
 
     public Task<T> Post<T>(string path, JsonTypeInfo<T> type) => Send(new HttpRequestMessage(HttpMethod.Post, path), type);
 
-    private async Task<T> Send<T>(HttpRequestMessage request, JsonTypeInfo<T> type)
+    private async Task<T> Send<T>(HttpRequestMessage request, JsonTypeInfo<T> type, CancellationToken cancel = default)
     {
         using (request)
         {
-            using var response = await Unwrapped(_http.SendAsync(request)).ConfigureAwait(false);
-            var text = await response.Content.ReadAsStringAsync().ConfigureAwait(false);
+            using var response = await Unwrapped(_http.SendAsync(request, cancel)).ConfigureAwait(false);
+            var text = await response.Content.ReadAsStringAsync(cancel).ConfigureAwait(false);
             if (!response.IsSuccessStatusCode)
             {
                 ErrorResponse? error = null;

@@ -8,7 +8,11 @@ public sealed record ErrorDetail(string File, [property: JsonPropertyName("objec
     int Line, int Column);
 
 /// <summary>An error; <see cref="Node"/> names the node that can answer instead (a pod of another node, cluster mode).</summary>
-public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Errors, string? Node = null);
+/// <summary>
+/// An error. <see cref="Node"/>: the node whose agent can answer the request instead; <see cref="WatchOn"/>: a probe
+/// whose message is looked for in the destination pod, which runs on that node (the CLI has it watched there).
+/// </summary>
+public sealed record ErrorResponse(string Error, IReadOnlyList<ErrorDetail> Errors, string? Node = null, string? WatchOn = null);
 
 public sealed record StatusResponse(
     string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
@@ -194,8 +198,18 @@ public sealed record MonitorEvent(
     string Protocol, string Source, string Destination, int? SourcePort, int? DestinationPort, int? IcmpType,
     int? IcmpCode, string? IcmpName, string Verdict, string Reason, string MatchKind, string? Rule);
 
+/// <summary>
+/// A probe. <see cref="MessageId"/> asks the source's agent only to send a one-way ICMP message with that identifier
+/// (again every 50 ms until the timeout) while the destination's node watches for it (<see cref="ProbeWatchQuery"/>).
+/// </summary>
 public sealed record ProbeQuery(
-    string From, string To, string Protocol, int? Port, string? IcmpType, int? IcmpCode, string? Family, int? TimeoutMs);
+    string From, string To, string Protocol, int? Port, string? IcmpType, int? IcmpCode, string? Family, int? TimeoutMs,
+    int? MessageId = null);
+
+/// <summary>Watch a pod of this node for an ICMP message of <see cref="IcmpType"/> carrying identifier <see cref="MessageId"/>.</summary>
+public sealed record ProbeWatchQuery(string Pod, string Family, int IcmpType, int MessageId, int? TimeoutMs);
+
+public sealed record ProbeWatchResult(bool Seen, string Detail);
 
 public sealed record ProbeResult(
     string From, string To, string Protocol, int? Port, int? IcmpType, string Family, string Result, string Detail,
@@ -235,6 +249,8 @@ public sealed record MatrixResponse(IReadOnlyList<string> Pods, IReadOnlyList<Pr
 [JsonSerializable(typeof(MonitorEvent))]
 [JsonSerializable(typeof(ProbeQuery))]
 [JsonSerializable(typeof(ProbeResult))]
+[JsonSerializable(typeof(ProbeWatchQuery))]
+[JsonSerializable(typeof(ProbeWatchResult))]
 [JsonSerializable(typeof(MatrixQuery))]
 [JsonSerializable(typeof(MatrixResponse))]
 [JsonSerializable(typeof(CniAttachmentRequest))]

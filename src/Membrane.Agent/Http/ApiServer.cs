@@ -63,7 +63,7 @@ public static partial class ApiServer
             }
             catch (AgentInputException e)
             {
-                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(Detail).ToList(), e.Node)
+                await Error(context, StatusCodes.Status400BadRequest, e.Message, e.Errors.Select(Detail).ToList(), e.Node, e.WatchOn)
                     .ConfigureAwait(false);
             }
             catch (BadHttpRequestException e)
@@ -158,7 +158,8 @@ public static partial class ApiServer
 
     private static readonly string TooLarge = $"the request is larger than the {MaxRequestBytes:N0} bytes the agent accepts";
 
-    private static async Task Error(HttpContext context, int status, string message, List<ErrorDetail> details, string? node = null)
+    private static async Task Error(HttpContext context, int status, string message, List<ErrorDetail> details, string? node = null,
+        string? watchOn = null)
     {
         if (context.Response.HasStarted)
         {
@@ -166,7 +167,7 @@ public static partial class ApiServer
         }
         context.Response.Clear();
         context.Response.StatusCode = status;
-        await context.Response.WriteAsJsonAsync(new ErrorResponse(message, details, node), AgentJsonContext.Default.ErrorResponse)
+        await context.Response.WriteAsJsonAsync(new ErrorResponse(message, details, node, watchOn), AgentJsonContext.Default.ErrorResponse)
             .ConfigureAwait(false);
     }
 
@@ -203,6 +204,7 @@ public static partial class ApiServer
         v1.MapGet("/cluster/enforcement", (long? revision, int? timeoutMs, CancellationToken cancel) =>
             WaitForClusterAsync(app.Services.GetService<Kvstore.EtcdConnection>(), revision, timeoutMs, cancel));
         v1.MapPost("/probe", (ProbeQuery query, CancellationToken cancel) => prober.ProbeAsync(query, cancel));
+        v1.MapPost("/probe/watch", (ProbeWatchQuery query, CancellationToken cancel) => prober.WatchAsync(query, cancel));
         v1.MapPost("/matrix", (MatrixQuery query, CancellationToken cancel) => prober.MatrixAsync(query, cancel));
         if (agent.Cni is { } cniRequests)
         {

@@ -59,15 +59,27 @@ public sealed class Prober(IPodLookup pods)
                 ? $" here yet (node {peer.Pod.NodeName} has not published it)" : ""));
         var netns = source.Value.Record.Netns;
         var watch = Stopwatch.StartNew();
+        var oneWay = request.IsIcmp && !(request.IcmpType is 8 or 128 && request.IcmpCode is null or 0);
+        if (oneWay && local is null)
+        {
+            // The message is looked for in the destination pod, on its node: the CLI has that node watch, and this one send.
+            var id = query.MessageId is { } asked ? (asked is >= 1 and <= 65535 ? (ushort)asked
+                    : throw new AgentInputException($"messageId {asked} is out of range: give 1 to 65535"))
+                : throw new AgentInputException($"{query.To} runs on node {peer.Pod.NodeName}: a type {request.IcmpType} message is " +
+                    "watched for there while this node sends it")
+                { WatchOn = peer.Pod.NodeName };
+            var sent = await SendRepeatedly(netns, target, request, id, timeout, cancel).ConfigureAwait(false);
+            return new ProbeResult(query.From, query.To, IpProtocol.Name(request.Protocol).ToLowerInvariant(), null, request.IcmpType,
+                request.Family == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4", "sent", $"{sent} message(s) sent",
+                Math.Round(watch.Elapsed.TotalMilliseconds, 1));
+        }
         var (allowed, detail) = request.Protocol switch
         {
             IpProtocol.Tcp => await Tcp(netns, target, request.Port, timeout).ConfigureAwait(false),
             IpProtocol.Udp => await Udp(netns, target, request.Port, timeout).ConfigureAwait(false),
             _ when request.IcmpType is 8 or 128 && request.IcmpCode is null or 0 => await Echo(netns, target, timeout)
                 .ConfigureAwait(false),
-            _ when local is { } here => await IcmpDelivery(netns, here.Record.Netns, target, request, timeout).ConfigureAwait(false),
-            _ => throw new AgentInputException($"{query.To} runs on node {peer.Pod.NodeName}: only echo, TCP and UDP probes reach " +
-                "another node (other ICMP messages are looked for in the destination's namespace, which is there)"),
+            _ => await IcmpDelivery(netns, local!.Value.Record.Netns, target, request, timeout).ConfigureAwait(false),
         };
         return new ProbeResult(query.From, query.To, IpProtocol.Name(request.Protocol).ToLowerInvariant(), request.IsIcmp ? null
             : request.Port,
@@ -165,21 +177,7 @@ public sealed class Prober(IPodLookup pods)
         using var sender = Open(sourceNetns, target.AddressFamily, SocketType.Raw, protocol);
         var id = (ushort)Random.Shared.Next(1, 65535);
         using var cancel = new CancellationTokenSource(timeout);
-        var buffer = new byte[1500];
-        var receive = Task.Run(async () =>
-        {
-            while (true)
-            {
-                var r = await listener.ReceiveFromAsync(buffer, new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0), cancel.Token)
-                    .ConfigureAwait(false);
-                var icmp = v6 ? buffer.AsSpan(0, r.ReceivedBytes) : buffer.AsSpan((buffer[0] & 0x0f) * 4,
-                    r.ReceivedBytes - (buffer[0] & 0x0f) * 4);
-                if (icmp.Length >= 8 && icmp[0] == request.IcmpType && BinaryPrimitives.ReadUInt16BigEndian(icmp[4..]) == id)
-                {
-                    return true;
-                }
-            }
-        });
+        var receive = Listen(listener, v6, request.IcmpType, id, cancel.Token);
         await sender.SendToAsync(IcmpPacket(request.IcmpType, request.IcmpCode ?? 0, id, v6), new IPEndPoint(target, 0))
             .ConfigureAwait(false);
         try
@@ -193,7 +191,91 @@ public sealed class Prober(IPodLookup pods)
         }
     }
 
-    /// <summary>An ICMP message with identifier and a recognisable payload; ICMPv6 checksums are the kernel's job.</summary>
+    /// <summary>Completes when an ICMP message of <paramref name="type"/> with identifier <paramref name="id"/> arrives.</summary>
+    private static async Task Listen(Socket listener, bool v6, int type, ushort id, CancellationToken cancel)
+    {
+        var buffer = new byte[1500];
+        while (true)
+        {
+            var r = await listener.ReceiveFromAsync(buffer, new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0), cancel)
+                .ConfigureAwait(false);
+            var header = v6 ? 0 : (buffer[0] & 0x0f) * 4;
+            var icmp = buffer.AsSpan(header, Math.Max(0, r.ReceivedBytes - header));
+            if (icmp.Length >= 8 && icmp[0] == type && BinaryPrimitives.ReadUInt16BigEndian(icmp[4..]) == id)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The watching half of a probe whose source runs on another node: waits in this node's pod for the one-way ICMP
+    /// message that node sends.
+    /// </summary>
+    public async Task<ProbeWatchResult> WatchAsync(ProbeWatchQuery query, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        if (query.MessageId is < 1 or > 65535 || query.IcmpType is < 0 or > 255)
+        {
+            throw new AgentInputException($"watch for ICMP type 0-255 with messageId 1-65535 (got type {query.IcmpType}, messageId " +
+                $"{query.MessageId})");
+        }
+        var v6 = query.Family switch
+        {
+            "ipv4" => false,
+            "ipv6" => true,
+            _ => throw new AgentInputException($"family \"{query.Family}\" is not ipv4 or ipv6"),
+        };
+        var pod = await pods.FindPodAsync(query.Pod, cancel).ConfigureAwait(false);
+        if (pod is null)
+        {
+            var elsewhere = await pods.FindPeerAsync(query.Pod, cancel).ConfigureAwait(false);
+            throw new AgentInputException(elsewhere is not null ? $"{query.Pod} runs on node {elsewhere.Pod.NodeName}, not here"
+                : $"no pod {query.Pod}")
+            { Node = elsewhere?.Pod.NodeName };
+        }
+        var timeout = Timeout(query.TimeoutMs, DefaultTimeoutMs);
+        using var listener = Open(pod.Value.Record.Netns, v6 ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork, SocketType.Raw,
+            v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp);
+        listener.Bind(new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        deadline.CancelAfter(timeout);
+        try
+        {
+            await Listen(listener, v6, query.IcmpType, (ushort)query.MessageId, deadline.Token).ConfigureAwait(false);
+            return new ProbeWatchResult(true, $"type {query.IcmpType} delivered to the destination pod");
+        }
+        catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
+        {
+            return new ProbeWatchResult(false, $"type {query.IcmpType} not delivered within {timeout.TotalMilliseconds} ms");
+        }
+    }
+
+    /// <summary>Sends a one-way ICMP message every 50 ms until the timeout (or the request ends); returns how many went.</summary>
+    private static async Task<int> SendRepeatedly(string netns, IPAddress target, TraceRequest request, ushort id, TimeSpan timeout,
+        CancellationToken cancel)
+    {
+        var v6 = target.AddressFamily == AddressFamily.InterNetworkV6;
+        using var sender = Open(netns, target.AddressFamily, SocketType.Raw, v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp);
+        var packet = IcmpPacket(request.IcmpType, request.IcmpCode ?? 0, id, v6);
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        deadline.CancelAfter(timeout);
+        var sent = 0;
+        try
+        {
+            while (true)
+            {
+                await sender.SendToAsync(packet, new IPEndPoint(target, 0), deadline.Token).ConfigureAwait(false);
+                sent++;
+                await Task.Delay(50, deadline.Token).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            return sent;
+        }
+    }
+
     /// <summary>An ICMP(v6) message with a small body; IPv4 carries its checksum, the kernel fills IPv6's.</summary>
     internal static byte[] IcmpPacket(byte type, byte code, ushort id, bool v6)
     {

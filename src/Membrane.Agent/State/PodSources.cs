@@ -94,6 +94,15 @@ public abstract class ManifestPods(AgentOptions options) : IPodSource
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(pods);
         ArgumentNullException.ThrowIfNull(addresses);
+        // Every address a local pod has or asks for is taken before any pod is given a new one: a pod the state file
+        // has no address for yet (a change cut short) must not be handed one that a pod later in the list holds.
+        foreach (var pod in pods.Where(IsLocal))
+        {
+            foreach (var address in addresses.GetValueOrDefault(pod.Key) ?? pod.Addresses)
+            {
+                state.Ipam.Reserve(address);
+            }
+        }
         foreach (var pod in pods)
         {
             state.Engine.UpsertPod(IsLocal(pod) ? state.WithAddresses(pod, addresses.GetValueOrDefault(pod.Key))

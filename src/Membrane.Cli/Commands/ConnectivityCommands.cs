@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using Membrane.Api;
 using Membrane.Cli.Output;
+using Membrane.Policy.Tracing;
 
 namespace Membrane.Cli.Commands;
 
@@ -31,7 +32,7 @@ public static class ConnectivityCommands
         command.SetAction(async parse =>
         {
             var (protocol, port, type, code, family) = flow.Values(parse);
-            flow.Build(parse, parse.GetValue(from)!, parse.GetValue(to)!); // validates the flow before asking the agent
+            var request = flow.Build(parse, parse.GetValue(from)!, parse.GetValue(to)!); // validates the flow before asking the agent
             var query = new ProbeQuery(parse.GetValue(from)!, parse.GetValue(to)!, protocol, port, type, code, family,
                 parse.GetValue(timeout));
             ProbeResult result;
@@ -39,15 +40,13 @@ public static class ConnectivityCommands
             {
                 try
                 {
-                    result = await client.Post("v1/probe", query, AgentJsonContext.Default.ProbeQuery, AgentJsonContext.Default.ProbeResult)
-                        .ConfigureAwait(false);
+                    result = await ProbeFrom(client, query, request).ConfigureAwait(false);
                 }
                 catch (AgentRequestException e) when (e.Response.Node is { } node)
                 {
                     // The source pod runs on another node: its agent sends the probe (the local cluster says where it is).
                     using var there = new AgentClient(SocketOfNode(node, e.Message));
-                    result = await AnswerOrError(() => there.Post("v1/probe", query, AgentJsonContext.Default.ProbeQuery,
-                        AgentJsonContext.Default.ProbeResult)).ConfigureAwait(false);
+                    result = await AnswerOrError(() => ProbeFrom(there, query, request)).ConfigureAwait(false);
                 }
                 catch (AgentRequestException e)
                 {
@@ -82,6 +81,44 @@ public static class ConnectivityCommands
         catch (AgentRequestException e)
         {
             throw new CliException(e.Message);
+        }
+    }
+
+    /// <summary>
+    /// The probe from the source pod's agent. A one-way ICMP message to a pod of another node is looked for there: that
+    /// node's agent watches the destination pod while the source's agent sends the message (again every 50 ms), and
+    /// the probe is allowed when the watcher saw it before the timeout.
+    /// </summary>
+    private static async Task<ProbeResult> ProbeFrom(AgentClient source, ProbeQuery query, TraceRequest request)
+    {
+        try
+        {
+            return await source.Post("v1/probe", query, AgentJsonContext.Default.ProbeQuery, AgentJsonContext.Default.ProbeResult)
+                .ConfigureAwait(false);
+        }
+        catch (AgentRequestException e) when (e.Response.WatchOn is { } node)
+        {
+            using var watcher = new AgentClient(SocketOfNode(node, e.Message));
+            var id = Random.Shared.Next(1, 65536);
+            var family = request.Family == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4";
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            using var stop = new CancellationTokenSource();
+            var watching = watcher.Post("v1/probe/watch", new ProbeWatchQuery(query.To, family, request.IcmpType, id, query.TimeoutMs),
+                AgentJsonContext.Default.ProbeWatchQuery, AgentJsonContext.Default.ProbeWatchResult);
+            var sending = source.Post("v1/probe", query with { MessageId = id }, AgentJsonContext.Default.ProbeQuery,
+                AgentJsonContext.Default.ProbeResult, stop.Token);
+            var seen = await watching.ConfigureAwait(false);
+            await stop.CancelAsync().ConfigureAwait(false);
+            try
+            {
+                await sending.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // the watcher has its answer: the sender was stopped
+            }
+            return new ProbeResult(query.From, query.To, family == "ipv6" ? "icmpv6" : "icmp", null, request.IcmpType, family,
+                seen.Seen ? "allowed" : "denied", $"{seen.Detail}, watched on {node}", Math.Round(clock.Elapsed.TotalMilliseconds, 1));
         }
     }
 
