@@ -39,6 +39,33 @@ public sealed class ClusterCommandTests : IDisposable
         return (p.ExitCode, stdout.Result, stderr);
     }
 
+    /// <summary>
+    /// A one-way ICMP message (timestamp request) from node 3's client to node 2's web, asked on node 1: node 2 watches
+    /// web while node 3 sends. web allows TCP 80 only, so it is denied (exit 1, no error); an icmps rule allows it.
+    /// </summary>
+    private void OneWayMessagesAreWatchedForOnTheDestinationsNode()
+    {
+        string[] timestamp = ["--node", "node-1", "connectivity", "probe", "--from", "shop/client", "--to", "shop/web", "--protocol",
+            "icmp", "--icmp-type", "13", "--timeout", "600"];
+        var denied = Membrane(timestamp);
+        Assert.True(denied.Code == 1 && denied.Out.Contains("watched on node-2", StringComparison.Ordinal), denied.Out + denied.Err);
+        var allow = Path.Combine(_dir, "timestamp.yaml");
+        File.WriteAllText(allow, """
+            apiVersion: cilium.io/v2
+            kind: CiliumNetworkPolicy
+            metadata: {name: web-timestamp, namespace: shop}
+            spec:
+              endpointSelector: {matchLabels: {app: web}}
+              ingress: [{fromEndpoints: [{matchLabels: {app: client}}], icmps: [{fields: [{type: 13}]}]}]
+            """);
+        Assert.Equal(0, Membrane("--node", "node-3", "policy", "import", allow).Code); // returns when every node enforces it
+        var allowed = Membrane(timestamp);
+        Assert.True(allowed.Code == 0 && allowed.Out.Contains("delivered to the destination pod, watched on node-2",
+            StringComparison.Ordinal), allowed.Out + allowed.Err);
+        Assert.Equal(0, Membrane("--node", "node-1", "policy", "delete", "shop/web-timestamp").Code);
+        Assert.Equal(1, Membrane(timestamp).Code);
+    }
+
     private static string[] Echo => ["connectivity", "probe", "--from", "shop/client", "--to", "shop/web", "--protocol", "icmp",
         "--icmp-type", "EchoRequest"];
 
@@ -70,6 +97,7 @@ public sealed class ClusterCommandTests : IDisposable
         var tcp = Membrane("--node", "node-1", "connectivity", "probe", "--from", "shop/client", "--to", "shop/web", "--protocol", "tcp",
             "--port", "80");
         Assert.True(tcp.Code == 0, tcp.Out + tcp.Err);
+        OneWayMessagesAreWatchedForOnTheDestinationsNode();
         // endpoint get of another node's pod shows it as the peer it is here, with its node.
         var remote = Membrane("--node", "node-1", "endpoint", "get", "shop/web");
         Assert.True(remote.Code == 0 && remote.Out.Contains("runs on node node-2", StringComparison.Ordinal), remote.Out + remote.Err);
