@@ -10,7 +10,8 @@ namespace Membrane.Kvstore;
 /// <list type="bullet">
 /// <item><c>membrane/identities/id/ID</c> → the canonical labels (the master key, not leased);</item>
 /// <item><c>membrane/identities/labels/SHA256</c> → ID (one per label set: the key that makes two racing agents agree);</item>
-/// <item><c>membrane/identities/users/ID/NODE</c> → on NODE's lease: the node uses the identity.</item>
+/// <item><c>membrane/identities/users/NODE/ID</c> → on NODE's lease: the node uses the identity (under the node's name,
+/// so the store's access control can give each node only its own).</item>
 /// </list>
 /// A new identity is one transaction that creates the labels key and the master key only if neither exists, so
 /// agents racing for the same labels end with one number, and two label sets never share one. Reusing an identity
@@ -30,7 +31,7 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, NodeSess
     public static string LabelsKey(string labels) =>
         $"{Prefix}labels/{Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(labels)))}";
 
-    public static string UserKey(uint id, string node) => $"{Prefix}users/{id.ToString(CultureInfo.InvariantCulture)}/{node}";
+    public static string UserKey(uint id, string node) => $"{Prefix}users/{node}/{id.ToString(CultureInfo.InvariantCulture)}";
 
     /// <summary>
     /// The identity of <paramref name="labels"/> (canonical form), created if no node has it; this node is recorded as
@@ -136,9 +137,11 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, NodeSess
         {
             var identities = await ListAsync(cancel).ConfigureAwait(false);
             var (users, _) = await etcd.ListAsync(Prefix + "users/", cancel).ConfigureAwait(false);
+            // users/NODE/ID; a key of another shape names no identity in use (it cannot keep one from collection either).
             var used = users
-                .Select(u => uint.Parse(u.Key.ToStringUtf8()[(Prefix.Length + 6)..].Split('/')[0], CultureInfo.InvariantCulture))
-                .ToHashSet();
+                .Select(u => uint.TryParse(u.Key.ToStringUtf8().Split('/')[^1], NumberStyles.None, CultureInfo.InvariantCulture, out var id)
+                    ? id : 0)
+                .Where(id => id != 0).ToHashSet();
             var deleted = new List<uint>();
             var next = new Dictionary<uint, long>();
             foreach (var (id, labels) in identities.Where(i => !used.Contains(i.Key)))

@@ -29,25 +29,30 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
     public const string NodesPrefix = "membrane/nodes/";
     public const string Prefix = "membrane/ipcache/";
 
-    public static string Key(IPAddress address) => Prefix + address;
+    /// <summary><c>membrane/ipcache/NODE/ADDRESS</c>: under the node's name, so access control can give each node only its own.</summary>
+    public static string Key(string node, IPAddress address) => $"{Prefix}{node}/{address}";
 
     /// <summary>Announces the node (its underlay address and pod ranges) on its lease.</summary>
     public Task AnnounceAsync(IEnumerable<IPNetwork> podRanges, CancellationToken cancel = default) =>
         session.PutAsync(NodesPrefix + node, $"{nodeAddress} {string.Join(',', podRanges)}", cancel);
 
     public Task PublishAsync(IPAddress address, uint identity, string pod, CancellationToken cancel = default) =>
-        session.PutAsync(Key(address), string.Create(CultureInfo.InvariantCulture, $"{identity} {node} {nodeAddress} {pod}"), cancel);
+        session.PutAsync(Key(node, address), string.Create(CultureInfo.InvariantCulture, $"{identity} {node} {nodeAddress} {pod}"), cancel);
 
-    public Task WithdrawAsync(IPAddress address, CancellationToken cancel = default) => session.DeleteAsync(Key(address), cancel);
+    public Task WithdrawAsync(IPAddress address, CancellationToken cancel = default) => session.DeleteAsync(Key(node, address), cancel);
 
-    /// <summary>Parses an entry; null when it is not one (a malformed value is ignored rather than trusted).</summary>
+    /// <summary>
+    /// Parses an entry; null when it is not one (a malformed value, or a value naming another node than its key, is
+    /// ignored rather than trusted).
+    /// </summary>
     public static RemoteEndpoint? Parse(string key, string value)
     {
         ArgumentNullException.ThrowIfNull(key);
         ArgumentNullException.ThrowIfNull(value);
         var parts = value.Split(' ');
-        return key.StartsWith(Prefix, StringComparison.Ordinal) && parts.Length == 4
-            && IPAddress.TryParse(key[Prefix.Length..], out var address)
+        var path = key.StartsWith(Prefix, StringComparison.Ordinal) ? key[Prefix.Length..].Split('/') : [];
+        return path.Length == 2 && parts.Length == 4 && parts[1] == path[0]
+            && IPAddress.TryParse(path[1], out var address)
             && uint.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var identity)
             && IPAddress.TryParse(parts[2], out var host) && parts[3].Count(c => c == '/') == 1
             ? new RemoteEndpoint(address, identity, parts[1], host, parts[3])
@@ -121,22 +126,22 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
     /// Follows every node's entries: the current view after each batch of changes (a listing replaces it). Entries
     /// of this node are left out (it knows its own pods).
     /// </summary>
-    public async IAsyncEnumerable<IReadOnlyDictionary<IPAddress, RemoteEndpoint>> FollowAsync(
+    public async IAsyncEnumerable<IReadOnlyList<RemoteEndpoint>> FollowAsync(
         [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel = default)
     {
         var events = new PrefixWatcher(etcd, Prefix).Start(cancel);
-        var view = new Dictionary<IPAddress, RemoteEndpoint>();
+        var view = new Dictionary<string, RemoteEndpoint>(StringComparer.Ordinal);
         while (await events.WaitToReadAsync(cancel).ConfigureAwait(false))
         {
             while (events.TryRead(out var change))
             {
                 Take(change, view);
             }
-            yield return new Dictionary<IPAddress, RemoteEndpoint>(view);
+            yield return [.. view.Values];
         }
     }
 
-    private void Take(StoreEvent change, Dictionary<IPAddress, RemoteEndpoint> view)
+    private void Take(StoreEvent change, Dictionary<string, RemoteEndpoint> view)
     {
         switch (change)
         {
@@ -150,21 +155,21 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
             case StorePut put:
                 Add(put.Key, put.Value, put.Lease, view);
                 break;
-            case StoreDelete delete when IPAddress.TryParse(delete.Key[Prefix.Length..], out var gone):
-                view.Remove(gone);
+            case StoreDelete delete:
+                view.Remove(delete.Key);
                 break;
         }
     }
 
-    private void Add(string key, string value, long lease, Dictionary<IPAddress, RemoteEndpoint> view)
+    private void Add(string key, string value, long lease, Dictionary<string, RemoteEndpoint> view)
     {
         if (Parse(key, value) is { } entry && entry.Node != node)
         {
-            view[entry.Address] = entry with { Lease = lease };
+            view[key] = entry with { Lease = lease };
         }
-        else if (IPAddress.TryParse(key[Prefix.Length..], out var address))
+        else
         {
-            view.Remove(address); // overwritten with something that is no entry: the old entry is gone
+            view.Remove(key); // overwritten with something that is no entry: the old entry is gone
         }
     }
 
@@ -212,18 +217,20 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
     /// store is taken on trust.
     /// </summary>
     public static (Dictionary<IPAddress, RemoteEndpoint> Believed, List<string> Refused) Validate(
-        IReadOnlyDictionary<IPAddress, RemoteEndpoint> entries, IReadOnlyDictionary<string, ClusterNode> nodes)
+        IEnumerable<RemoteEndpoint> entries, IReadOnlyDictionary<string, ClusterNode> nodes)
     {
         ArgumentNullException.ThrowIfNull(entries);
         ArgumentNullException.ThrowIfNull(nodes);
         var believed = new Dictionary<IPAddress, RemoteEndpoint>();
         var refused = new List<string>();
-        foreach (var (address, entry) in entries)
+        foreach (var entry in entries.OrderBy(e => Key(e.Node, e.Address), StringComparer.Ordinal))
         {
+            var address = entry.Address;
             var problem = !nodes.TryGetValue(entry.Node, out var owner) ? $"node {entry.Node} is not announced"
                 : entry.Lease == 0 || entry.Lease != owner.Lease ? $"not held by node {entry.Node}'s lease"
                 : !owner.PodRanges.Any(r => r.Contains(address)) ? $"outside node {entry.Node}'s pod ranges"
                 : !entry.NodeAddress.Equals(owner.Address) ? $"node address {entry.NodeAddress} is not node {entry.Node}'s"
+                : believed.TryGetValue(address, out var first) ? $"{address} is already node {first.Node}'s pod {first.Pod}"
                 : null;
             if (problem is null)
             {
@@ -231,7 +238,7 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
             }
             else
             {
-                refused.Add($"{Key(address)} ({entry.Pod}): {problem}");
+                refused.Add($"{Key(entry.Node, address)} ({entry.Pod}): {problem}");
             }
         }
         refused.Sort(StringComparer.Ordinal);

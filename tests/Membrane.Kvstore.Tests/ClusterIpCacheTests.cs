@@ -8,9 +8,8 @@ public sealed class ClusterIpCacheTests : IDisposable
     private readonly EtcdCluster _etcd = new();
 
     /// <summary>Reads views until one satisfies <paramref name="condition"/> (20 s deadline); that view.</summary>
-    private static async Task<IReadOnlyDictionary<IPAddress, RemoteEndpoint>> ViewWhere(
-        IAsyncEnumerator<IReadOnlyDictionary<IPAddress, RemoteEndpoint>> views,
-        Func<IReadOnlyDictionary<IPAddress, RemoteEndpoint>, bool> condition)
+    private static async Task<IReadOnlyList<RemoteEndpoint>> ViewWhere(IAsyncEnumerator<IReadOnlyList<RemoteEndpoint>> views,
+        Func<IReadOnlyList<RemoteEndpoint>, bool> condition)
     {
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(20));
         while (true)
@@ -41,17 +40,22 @@ public sealed class ClusterIpCacheTests : IDisposable
         await a.PublishAsync(IPAddress.Parse("10.220.0.2"), 300, "shop/web");
         await a.PublishAsync(IPAddress.Parse("fd00:220::2"), 300, "shop/web");
         await b.PublishAsync(IPAddress.Parse("10.221.0.2"), 301, "shop/client");
-        await ea.PutAsync(ClusterIpCache.Prefix + "10.220.0.99", "not an entry"); // ignored, not trusted
-        await ea.PutAsync(ClusterIpCache.Prefix + "10.220.0.98", "300 node-a 192.168.50.1 no-namespace"); // no pod key: ignored
+        await ea.PutAsync(ClusterIpCache.Prefix + "node-a/10.220.0.99", "not an entry"); // ignored, not trusted
+        await ea.PutAsync(ClusterIpCache.Prefix + "node-a/10.220.0.98", "300 node-a 192.168.50.1 no-namespace"); // no pod key: ignored
+        await ea.PutAsync(ClusterIpCache.Prefix + "node-c/10.220.0.97", "300 node-a 192.168.50.1 shop/web"); // key of another node
+        await ea.PutAsync(ClusterIpCache.Prefix + "10.220.0.96", "300 node-a 192.168.50.1 shop/web"); // no node in the key
 
         using var stop = new CancellationTokenSource();
         await using var views = b.FollowAsync(stop.Token).GetAsyncEnumerator();
         var view = await ViewWhere(views, v => v.Count == 2);
+        var web = view.Single(e => e.Address.Equals(IPAddress.Parse("10.220.0.2")));
         Assert.Equal(new RemoteEndpoint(IPAddress.Parse("10.220.0.2"), 300, "node-a", IPAddress.Parse("192.168.50.1"), "shop/web"),
-            view[IPAddress.Parse("10.220.0.2")] with { Lease = 0 });
-        Assert.Equal(sessionA.Lease, view[IPAddress.Parse("10.220.0.2")].Lease);
-        Assert.True(view.ContainsKey(IPAddress.Parse("fd00:220::2")));
-        Assert.False(view.ContainsKey(IPAddress.Parse("10.221.0.2"))); // its own
+            web with { Lease = 0 });
+        Assert.Equal(sessionA.Lease, web.Lease);
+        Assert.Contains(view, e => e.Address.Equals(IPAddress.Parse("fd00:220::2")));
+        Assert.DoesNotContain(view, e => e.Address.Equals(IPAddress.Parse("10.221.0.2"))); // its own
+        Assert.Equal("300 node-a 192.168.50.1 shop/web", (await eb.ListAsync(ClusterIpCache.Prefix + "node-a/10.220.0.2")).Items
+            .Single().Value.ToStringUtf8());
 
         await using (var nodes = b.FollowNodesAsync(stop.Token).GetAsyncEnumerator())
         {
@@ -84,31 +88,30 @@ public sealed class ClusterIpCacheTests : IDisposable
             .AnnounceAsync([IPNetwork.Parse("10.221.0.0/16")]);
         await a.PublishAsync(IPAddress.Parse("10.220.0.2"), 300, "shop/web"); // genuine
         await a.PublishAsync(IPAddress.Parse("10.99.0.1"), 300, "shop/web"); // node-a's own, outside its ranges
-        await etcd.PutAsync(ClusterIpCache.Prefix + "10.220.0.66", "301 node-a 192.168.50.1 shop/admin"); // no lease
-        await sessionB.PutAsync(ClusterIpCache.Prefix + "10.220.0.67", "301 node-a 192.168.50.1 shop/admin"); // node-b's lease
-        await sessionB.PutAsync(ClusterIpCache.Prefix + "10.221.0.68", "301 node-b 192.168.50.9 shop/admin"); // not node-b's address
-        await etcd.PutAsync(ClusterIpCache.Prefix + "10.222.0.69", "301 node-z 192.168.50.3 shop/admin"); // no such node
+        await etcd.PutAsync(ClusterIpCache.Prefix + "node-a/10.220.0.66", "301 node-a 192.168.50.1 shop/admin"); // no lease
+        await sessionB.PutAsync(ClusterIpCache.Prefix + "node-a/10.220.0.67", "301 node-a 192.168.50.1 shop/admin"); // node-b's lease
+        await sessionB.PutAsync(ClusterIpCache.Prefix + "node-b/10.221.0.68", "301 node-b 192.168.50.9 shop/admin"); // not node-b's address
+        await sessionB.PutAsync(ClusterIpCache.Prefix + "node-b/10.220.0.2", "301 node-b 192.168.50.2 shop/admin"); // node-a's pod
+        await etcd.PutAsync(ClusterIpCache.Prefix + "node-z/10.222.0.69", "301 node-z 192.168.50.3 shop/admin"); // no such node
 
         using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(20));
         var observer = new ClusterIpCache(etcd, sessionB, "node-c", IPAddress.Parse("192.168.50.3"));
         await using var entries = observer.FollowAsync(stop.Token).GetAsyncEnumerator();
-        var view = await ViewWhere(entries, v => v.Count == 6);
+        var view = await ViewWhere(entries, v => v.Count == 7);
         await using var nodes = observer.FollowNodesAsync(stop.Token).GetAsyncEnumerator();
         Assert.True(await nodes.MoveNextAsync());
         var (believed, refused) = ClusterIpCache.Validate(view, nodes.Current);
 
         Assert.Equal([IPAddress.Parse("10.220.0.2")], believed.Keys);
-        Assert.Equal(5, refused.Count);
-        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.99.0.1 ", StringComparison.Ordinal) && r.EndsWith("outside " +
-            "node node-a's pod ranges", StringComparison.Ordinal));
-        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.220.0.66 ", StringComparison.Ordinal) && r.EndsWith("not held by " +
-            "node node-a's lease", StringComparison.Ordinal));
-        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.220.0.67 ", StringComparison.Ordinal) && r.EndsWith("not held by " +
-            "node node-a's lease", StringComparison.Ordinal));
-        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.221.0.68 ", StringComparison.Ordinal) && r.Contains("is not node " +
-            "node-b's", StringComparison.Ordinal));
-        Assert.Contains(refused, r => r.StartsWith("membrane/ipcache/10.222.0.69 ", StringComparison.Ordinal) && r.EndsWith("node node-z " +
-            "is not announced", StringComparison.Ordinal));
+        Assert.Equal(6, refused.Count);
+        void Refused(string key, string why) => Assert.Contains(refused, r => r.StartsWith($"membrane/ipcache/{key} ",
+            StringComparison.Ordinal) && r.Contains(why, StringComparison.Ordinal));
+        Refused("node-a/10.99.0.1", "outside node node-a's pod ranges");
+        Refused("node-a/10.220.0.66", "not held by node node-a's lease");
+        Refused("node-a/10.220.0.67", "not held by node node-a's lease");
+        Refused("node-b/10.221.0.68", "is not node node-b's");
+        Refused("node-b/10.220.0.2", "outside node node-b's pod ranges");
+        Refused("node-z/10.222.0.69", "node node-z is not announced");
     }
 
     [Fact]

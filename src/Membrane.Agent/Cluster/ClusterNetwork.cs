@@ -26,7 +26,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
     /// <summary>The announced nodes and the other nodes' raw ipcache entries, as last seen; validated together.</summary>
     private IReadOnlyDictionary<string, ClusterNode> _nodes = new Dictionary<string, ClusterNode>();
 
-    private IReadOnlyDictionary<IPAddress, RemoteEndpoint>? _entries;
+    private IReadOnlyList<RemoteEndpoint>? _entries;
 
     private readonly SemaphoreSlim _endpointsGate = new(1, 1);
 
@@ -136,7 +136,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
         await _endpointsGate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var (believed, refused) = ClusterIpCache.Validate(_entries ?? new Dictionary<IPAddress, RemoteEndpoint>(), _nodes);
+            var (believed, refused) = ClusterIpCache.Validate(_entries ?? [], _nodes);
             health.RemoteEndpoints = believed.Count;
             var reason = refused.Count == 0 ? null : $"{refused.Count} ipcache entr{(refused.Count == 1 ? "y is" : "ies are")} not " +
                 $"believed: {string.Join("; ", refused.Take(5))}{(refused.Count > 5 ? "; …" : "")}";

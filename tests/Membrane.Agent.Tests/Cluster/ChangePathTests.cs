@@ -224,10 +224,11 @@ public sealed class ChangePathTests : IDisposable
         // Anyone who can write to the store claims an address in node 2's pod range for shop/web, without node 2's lease.
         using (var etcd = _cluster.Etcd.Connect())
         {
-            await etcd.PutAsync(Kvstore.ClusterIpCache.Prefix + "10.212.0.99", "300 node-2 10.250.0.2 shop/web");
+            await etcd.PutAsync(Kvstore.ClusterIpCache.Prefix + "node-2/10.212.0.99", "300 node-2 10.250.0.2 shop/web");
         }
         Assert.True(Eventually(() => ClusterStatus(1).GetProperty("reasons").EnumerateArray().Any(r =>
-            r.GetString()!.Contains("membrane/ipcache/10.212.0.99 (shop/web): not held by node node-2's lease", StringComparison.Ordinal))),
+            r.GetString()!.Contains("membrane/ipcache/node-2/10.212.0.99 (shop/web): not held by node node-2's lease",
+                StringComparison.Ordinal))),
             "node 1 does not say it ignores the forged entry");
         var ipcache = OnNode(1, "bpf", "ipcache", "list");
         Assert.DoesNotContain("10.212.0.99", ipcache.Out, StringComparison.Ordinal);
