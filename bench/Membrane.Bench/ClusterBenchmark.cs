@@ -74,7 +74,7 @@ public static class ClusterBenchmark
         // The local cluster's etcd takes only its own CA's client certificates: the benchmark uses the CLI's.
         var pki = Path.Combine(cluster.File.Directory, "pki");
         using var etcd = EtcdConnection.FromOption(cluster.File.EtcdUrls, tls: new EtcdTls(Path.Combine(pki, "ca.pem"),
-            Path.Combine(pki, "membrane-cli.pem"), Path.Combine(pki, "membrane-cli-key.pem")));
+            Path.Combine(pki, "root.pem"), Path.Combine(pki, "root-key.pem")));
         var sessions = new List<NodeSession>();
         try
         {

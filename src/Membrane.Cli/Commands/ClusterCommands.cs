@@ -145,6 +145,7 @@ public static class ClusterCommands
             {
                 throw new CliException($"etcd did not become healthy within 30 s (logs in {directory}/etcd-*.log)");
             }
+            EnableAccessControl(directory, file.EtcdUrls, count);
             var (agent, prefix) = AgentLauncher.Locate();
             for (var i = 1; i <= count; i++)
             {
@@ -348,6 +349,24 @@ public static class ClusterCommands
         catch (Exception e) when (e is HttpRequestException or IOException or SocketException or AgentRequestException)
         {
             return false;
+        }
+    }
+
+    /// <summary>
+    /// Each node's certificate becomes a store user that may write only its own per-node keys (ClusterAccess); the
+    /// operator's (root) certificate may do everything.
+    /// </summary>
+    private static void EnableAccessControl(string directory, string urls, int count)
+    {
+        using var etcd = Kvstore.EtcdConnection.FromOption(urls, tls: new Kvstore.EtcdTls(LocalPki.Ca(directory),
+            LocalPki.Certificate(directory, LocalPki.CliClient), LocalPki.Key(directory, LocalPki.CliClient)));
+        try
+        {
+            Kvstore.ClusterAccess.EnableAsync(etcd, Enumerable.Range(1, count).Select(i => $"node-{i}")).GetAwaiter().GetResult();
+        }
+        catch (Grpc.Core.RpcException e)
+        {
+            throw new CliException($"cannot turn on the store's access control ({e.Status.StatusCode}): {e.Status.Detail}");
         }
     }
 

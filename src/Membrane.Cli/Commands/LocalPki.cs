@@ -14,7 +14,7 @@ namespace Membrane.Cli.Commands;
 /// </summary>
 internal static class LocalPki
 {
-    public const string CliClient = "membrane-cli";
+    public const string CliClient = Kvstore.ClusterAccess.Root;
 
     public static string Directory(string clusterDirectory) => Path.Combine(clusterDirectory, "pki");
 

@@ -172,6 +172,32 @@ public sealed class ClusterCommandTests : IDisposable
         { Timeout = TimeSpan.FromSeconds(5) };
         await Assert.ThrowsAnyAsync<HttpRequestException>(() => anonymous.PostAsync(new Uri($"https://{url.Authority}/v3/kv/range"),
             new StringContent("{\"key\":\"bWVtYnJhbmUv\"}")));
+        await ANodesCertificateWritesOnlyThatNodesKeys(url);
+    }
+
+    /// <summary>
+    /// Access control in the store: node 1's credentials (as a compromised node 1 would use them) read everything and
+    /// write the shared keys and node 1's own, but cannot announce, publish addresses, report or use identities for
+    /// node 2; the keys node 2 wrote stay as they were.
+    /// </summary>
+    private async Task ANodesCertificateWritesOnlyThatNodesKeys(Uri url)
+    {
+        string Pki(string file) => Path.Combine(_dir, "pki", file);
+        using var node1 = Kvstore.EtcdConnection.FromOption($"https://{url.Authority}",
+            tls: new Kvstore.EtcdTls(Pki("ca.pem"), Pki("node-1.pem"), Pki("node-1-key.pem")));
+        var node2Announcement = (await node1.ListAsync("membrane/nodes/node-2")).Items.Single().Value.ToStringUtf8();
+        foreach (var key in new[] { "membrane/nodes/node-2", "membrane/ipcache/node-2/10.102.0.200", "membrane/enforced/node-2",
+            "membrane/identities/users/node-2/256", "membrane/nodes/node-1x", "membrane/ipcache/node-10/10.110.0.1", "membrane/other" })
+        {
+            var denied = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => node1.PutAsync(key, "10.250.0.1 10.102.0.0/16"));
+            Assert.True(denied.StatusCode == Grpc.Core.StatusCode.PermissionDenied, $"{key}: {denied.Status}");
+        }
+        Assert.Equal(node2Announcement, (await node1.ListAsync("membrane/nodes/node-2")).Items.Single().Value.ToStringUtf8());
+        foreach (var key in new[] { "membrane/ipcache/node-1/10.101.0.200", "membrane/identities/users/node-1/999999" })
+        {
+            await node1.PutAsync(key, "");
+            await node1.Client.DeleteAsync(key);
+        }
     }
 
     [Fact]
