@@ -1,5 +1,9 @@
 using System.Text.Json;
+using Membrane.Agent;
+using Membrane.Agent.Cni;
 using Membrane.Api;
+using Membrane.Cni;
+using Membrane.Kvstore;
 using Membrane.Policy.Api;
 using Membrane.Policy.Tracing;
 using SharpFuzz;
@@ -41,8 +45,48 @@ switch (args.FirstOrDefault())
             }
         });
         break;
+    case "cni":
+        // What a container runtime hands the plugin on stdin, then what the agent reads of it (prevResult's addresses).
+        Fuzzer.OutOfProcess.Run(stream =>
+        {
+            var text = new StreamReader(stream).ReadToEnd();
+            try
+            {
+                CniRequest.ParseArgs(text.Split('\n')[0]); // CNI_ARGS, from the environment
+            }
+            catch (CniException)
+            {
+                // A CNI error JSON on stdout.
+            }
+            try
+            {
+                var config = NetworkConfig.Parse(text, "/run/membrane/membrane.sock");
+                if (config.PrevResult is { } previous)
+                {
+                    CniRequestCheck.PreviousAddresses(previous, "eth0");
+                }
+            }
+            catch (Exception e) when (e is CniException or AgentInputException)
+            {
+                // A CNI error JSON on stdout (the plugin), a 400 (the agent).
+            }
+        });
+        break;
+    case "store":
+        // Values other nodes (or anyone with store access) wrote: KEY-SUFFIX on the first line, the value after it; each
+        // decoder returns null for what it does not take, and never throws.
+        Fuzzer.OutOfProcess.Run(stream =>
+        {
+            var text = new StreamReader(stream).ReadToEnd();
+            var cut = text.IndexOf('\n', StringComparison.Ordinal);
+            var (suffix, value) = cut < 0 ? (text, "") : (text[..cut], text[(cut + 1)..]);
+            ClusterIpCache.Parse(ClusterIpCache.Prefix + suffix, value);
+            ClusterIpCache.ParseNode(ClusterIpCache.NodesPrefix + suffix, value);
+            ClusterEnforcement.Parse(ClusterEnforcement.Prefix + suffix, value);
+        });
+        break;
     default:
-        Console.Error.WriteLine("usage: Membrane.Fuzz yaml|api   (run under afl-fuzz by tests/Membrane.Fuzz/run.sh)");
+        Console.Error.WriteLine("usage: Membrane.Fuzz yaml|api|cni|store   (run under afl-fuzz by tests/Membrane.Fuzz/run.sh)");
         return 2;
 }
 return 0;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the YAML loader and the API's request parsing: afl++ drives the SharpFuzz-instrumented
+# Coverage-guided fuzzing of the YAML loader, the API's request parsing, the CNI plugin's stdin and the store-value
+# decoders: afl++ drives the SharpFuzz-instrumented
 # libraries for SECONDS per target. Any crash (an exception escaping a target) or hang fails the run, and its input
 # is kept under $OUT/<target>/default/{crashes,hangs} to become a regression test. Usage: run.sh [SECONDS] [OUT]
 set -euo pipefail
@@ -19,13 +20,13 @@ tools="$root/obj/fuzz-tools"
 bin="$out/bin"
 dotnet publish Membrane.Fuzz.csproj -c Release -o "$bin" -nologo -v quiet
 # Instrument what is fuzzed (its own code and the YAML parser under it); the runtime and the rest stay as they are.
-for dll in Membrane.Policy.dll YamlDotNet.dll; do
+for dll in Membrane.Policy.dll YamlDotNet.dll membrane-cni.dll Membrane.Kvstore.dll membrane-agent.dll; do
   "$tools/sharpfuzz" "$bin/$dll" >/dev/null
 done
 # afl++ on a machine it was not tuned for: no core dumps to wait for, no CPU governor to check, a managed target.
 export AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_SKIP_CPUFREQ=1 AFL_SKIP_BIN_CHECK=1 AFL_NO_UI=1 AFL_NO_AFFINITY=1
 failed=0
-for target in yaml api; do
+for target in yaml api cni store; do
   afl-fuzz -i "seeds/$target" -o "$out/$target" -t 5000 -m none -V "$seconds" -- dotnet "$bin/Membrane.Fuzz.dll" "$target" \
     >"$out/$target.log" 2>&1 || { echo "fuzz $target: afl-fuzz failed"; tail -20 "$out/$target.log"; failed=1; continue; }
   stats="$out/$target/default/fuzzer_stats"

@@ -6,7 +6,7 @@ using Membrane.Api;
 namespace Membrane.Agent.Cni;
 
 /// <summary>What a CNI plugin sends, checked before anything changes: each problem names the CNI parameter to fix.</summary>
-internal static partial class CniRequestCheck
+public static partial class CniRequestCheck
 {
     [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
     private static partial Regex ContainerIdPattern();
@@ -27,6 +27,7 @@ internal static partial class CniRequestCheck
     /// <summary>Checks what a plugin sent before anything changes; each problem names the CNI parameter to fix.</summary>
     public static void Check(CniAttachmentRequest request, bool adding)
     {
+        ArgumentNullException.ThrowIfNull(request);
         if (!ContainerIdPattern().IsMatch(request.ContainerId ?? ""))
         {
             throw new AgentInputException($"CNI_CONTAINERID \"{request.ContainerId}\" is not a container id (letters, digits, '_', '.' " +
