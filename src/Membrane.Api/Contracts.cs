@@ -18,7 +18,7 @@ public sealed record StatusResponse(
     string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
     string StateDirectory, string PinDirectory, string NodeNamespace, IReadOnlyDictionary<string, ulong> Drops,
     double LastRegenerationMilliseconds, IReadOnlyList<MapFillOutput>? Maps = null, ClusterStatusOutput? Cluster = null,
-    bool PolicyAuditMode = false, string? Attachment = null);
+    bool PolicyAuditMode = false, string? Attachment = null, string? Metrics = null, bool MetricsExposed = false);
 
 /// <summary>
 /// Cluster mode: this node, the store's health (<c>degraded</c> with every reason), the store revision it has fully
@@ -262,9 +262,10 @@ public sealed partial class AgentJsonContext : JsonSerializerContext;
 /// One container's attachment as a CNI plugin reports it to the agent (container id + interface name). An ADD with a
 /// <see cref="PrevResult"/> is chained: the interface is the earlier plugin's.
 /// </summary>
+/// <summary>A runtime's ADD/DEL/CHECK as the plugin forwards it; <see cref="Network"/> is the configuration's <c>name</c>.</summary>
 public sealed record CniAttachmentRequest(
     string ContainerId, string InterfaceName, string? Netns, string PodNamespace, string? PodName, string? PrevResult,
-    string CniVersion = "1.0.0");
+    string CniVersion = "1.0.0", string? Network = null);
 
 /// <summary>The CNI result JSON the plugin prints for an ADD.</summary>
 public sealed record CniAddResponse(string Result);
@@ -272,4 +273,5 @@ public sealed record CniAddResponse(string Result);
 public sealed record CniAttachmentKey(string ContainerId, string InterfaceName);
 
 /// <summary>GC: every attachment not in <see cref="ValidAttachments"/> is removed.</summary>
-public sealed record CniGcRequest(IReadOnlyList<CniAttachmentKey> ValidAttachments);
+/// <summary>A runtime's GC: the attachments of <see cref="Network"/> it still has; the others of that network go.</summary>
+public sealed record CniGcRequest(IReadOnlyList<CniAttachmentKey> ValidAttachments, string? Network = null);

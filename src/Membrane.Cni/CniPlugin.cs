@@ -74,7 +74,7 @@ public static class CniPlugin
         using var agent = new AgentClient(config.AgentSocket);
         var json = AgentJsonContext.Default;
         var attachment = new CniAttachmentRequest(request.ContainerId ?? "", request.InterfaceName ?? "", request.Netns,
-            request.PodNamespace, request.PodName, config.PrevResult, config.CniVersion);
+            request.PodNamespace, request.PodName, config.PrevResult, config.CniVersion, config.Name);
         try
         {
             switch (request.Command)
@@ -94,7 +94,7 @@ public static class CniPlugin
                     await agent.Get("v1/cni/status", json.StatusResponse).ConfigureAwait(false);
                     return null;
                 default: // GC
-                    var gc = new CniGcRequest(ValidAttachments(config));
+                    var gc = new CniGcRequest(ValidAttachments(config), config.Name);
                     await agent.Post("v1/cni/gc", gc, json.CniGcRequest, json.ApplyResponse).ConfigureAwait(false);
                     return null;
             }

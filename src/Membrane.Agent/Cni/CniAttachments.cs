@@ -12,6 +12,9 @@ public sealed record CniAttachment(
 {
     public Dictionary<string, string>? RuntimeLabels { get; init; }
 
+    /// <summary>The network (the configuration's <c>name</c>) it was added for: a GC touches only its own network's.</summary>
+    public string? Network { get; init; }
+
     /// <summary>The endpoint's key: <c>namespace/name</c>, as for sandbox pods.</summary>
     public string PodKey => $"{PodNamespace}/{PodName}";
 

@@ -43,10 +43,12 @@ public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods
             var key = $"{request.PodNamespace}/{request.PodName}";
             if (attachments.Find(request.ContainerId, request.InterfaceName) is { } existing)
             {
-                if (existing.Netns != request.Netns || existing.PodKey != key || existing.Chained != chained)
+                if (existing.Netns != request.Netns || existing.PodKey != key || existing.Chained != chained
+                    || existing.Network != request.Network)
                 {
                     throw new AgentInputException($"container {request.ContainerId} already has {request.InterfaceName} in " +
-                        $"{existing.Netns} for pod {existing.PodKey}; an ADD with another namespace or pod is refused (DEL it first)");
+                        $"{existing.Netns} for pod {existing.PodKey} (network {existing.Network ?? "unnamed"}); an ADD with another " +
+                        "namespace, pod or network is refused (DEL it first)");
                 }
                 return []; // a repeated ADD: the attachment is there already
             }
@@ -69,7 +71,8 @@ public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods
                     "address (check the IPAM of the plugin before membrane-cni)");
             }
             attachments.Put(new CniAttachment(request.ContainerId, request.InterfaceName, request.Netns!, request.PodNamespace,
-                request.PodName!, chained, [.. addresses.Select(a => a.ToString())]));
+                request.PodName!, chained, [.. addresses.Select(a => a.ToString())])
+            { Network = request.Network });
             pods.Sync(State);
             return [new ObjectChange($"Attachment/{request.ContainerId}/{request.InterfaceName}", "created")];
         }, cancel).ConfigureAwait(false);
@@ -98,7 +101,7 @@ public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods
         }, cancel);
     }
 
-    /// <summary>GC: every attachment the runtime no longer lists goes.</summary>
+    /// <summary>GC: every attachment of the request's network that the runtime no longer lists goes.</summary>
     public Task<ApplyResponse> GcAsync(CniGcRequest request, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -107,7 +110,9 @@ public sealed class CniRequests(ChangeCoordinator coordinator, AttachedPods pods
             "(validAttachments); without them nothing is removed")).Select(v => (v.ContainerId, v.InterfaceName)).ToHashSet();
         return coordinator.ChangeAsync(ChangeSource.Cni, () =>
         {
-            var stale = attachments.All.Where(a => !valid.Contains((a.ContainerId, a.InterfaceName))).ToList();
+            // Only this network's: another network's attachments are its runtime's business, listed in its own GC.
+            var stale = attachments.All.Where(a => a.Network == request.Network && !valid.Contains((a.ContainerId, a.InterfaceName)))
+                .ToList();
             foreach (var attachment in stale)
             {
                 pods.Forget(State, attachment);

@@ -49,6 +49,7 @@ public static partial class AgentProcess
         try
         {
             server.Start();
+            agent.Queries.MetricsAddress = address;
             return server;
         }
         catch (Exception e) when (e is IOException or InvalidOperationException or System.Net.Sockets.SocketException)

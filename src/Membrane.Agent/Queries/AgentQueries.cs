@@ -27,6 +27,9 @@ public sealed class AgentQueries(
 {
     private PolicyEngine Engine => engine();
 
+    /// <summary>Where metrics are served (null: not served); set once the listener runs.</summary>
+    public string? MetricsAddress { get; set; }
+
     /// <summary>How long the last regeneration took (endpoints, maps, programs, conntrack).</summary>
     public double LastRegenerationMilliseconds { get; set; }
 
@@ -78,7 +81,8 @@ public sealed class AgentQueries(
             File.ReadAllText("/proc/sys/kernel/osrelease").Trim(), p.Endpoints, p.Identities, p.Policies, p.Namespaces,
             options.StateDirectory, options.PinDirectory, NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps,
             Cluster?.Invoke(p.Revision), datapath.AuditMode, datapath.Hooks.Mode == AttachMode.Tcx
-                ? $"tcx links pinned in {datapath.Hooks.LinkPinDirectory}" : "clsact (tc filters)");
+                ? $"tcx links pinned in {datapath.Hooks.LinkPinDirectory}" : "clsact (tc filters)", MetricsAddress,
+            MetricsAddress is { } served && !IPAddress.IsLoopback(IPEndPoint.Parse(served).Address));
     }
 
     private List<MapFillOutput> MapFill()

@@ -44,6 +44,8 @@ public static class AgentCommands
                 output.Out.WriteLine($"Attachment:  {attachment}");
             }
             output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
+            output.Out.WriteLine($"Metrics:     {s.Metrics ?? "not served"}{(s.MetricsExposed ? " — not a loopback address: anyone who " +
+                "can reach it reads pod names, policies and drop counts" : "")}");
             if (s.Cluster is { } cluster)
             {
                 output.Out.WriteLine($"Cluster:     node {cluster.Node}, {cluster.RoutingMode} routing, {cluster.Health}; " +

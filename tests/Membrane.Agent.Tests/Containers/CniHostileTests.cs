@@ -7,7 +7,7 @@ namespace Membrane.Agent.Tests.Containers;
 /// <summary>
 /// The CNI plugin and the agent's CNI side as a malicious or broken runtime would drive them (issue 24): the host's
 /// namespace or a file that is no namespace as CNI_NETNS, a second ADD of one container for another pod, a GC
-/// without the runtime's list, a huge configuration, link-local chained addresses, and a delete queue holding a
+/// without the runtime's list or from another network, a huge configuration, link-local chained addresses, and a delete queue holding a
 /// FIFO and a link to /dev/zero. Each is refused with a CNI error naming the problem and changes nothing.
 /// </summary>
 [Collection(CniAgentGroup.Name)]
@@ -16,8 +16,8 @@ public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
     private const string Netns = "mbcni-hostile";
     private static string NetnsPath => $"/run/netns/{Netns}";
 
-    private static string Config(string extra = "") =>
-        $$"""{"cniVersion":"1.1.0","name":"hostile","type":"membrane-cni","agentSocket":"{{Socket}}"{{extra}}}""";
+    private static string Config(string extra = "", string network = "hostile") =>
+        $$"""{"cniVersion":"1.1.0","name":"{{network}}","type":"membrane-cni","agentSocket":"{{Socket}}"{{extra}}}""";
 
     private static (int Code, JsonElement Output) Plugin(string command, string config, string containerId = "hostile1",
         string? netns = null, string pod = "hostile")
@@ -82,13 +82,21 @@ public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
         // A GC without the runtime's list removes nothing.
         Refused(Plugin("GC", Config()), "cni.dev/valid-attachments");
         Assert.Equal(1, Endpoints("default/hostile"));
+        // Another network's runtime: its GC (listing none of its own) and its ADD of the same container leave it alone.
+        const string NoneValid = ",\"cni.dev/valid-attachments\":[]";
+        Assert.Equal(0, Plugin("GC", Config(NoneValid, network: "other")).Code);
+        Assert.Equal(1, Endpoints("default/hostile"));
+        Refused(Plugin("ADD", Config(network: "other")), "another namespace, pod or network");
+        Assert.Equal(1, Endpoints("default/hostile"));
         // A configuration of 2 MiB is refused before it is read whole.
         var huge = Config(extra: $",\"padding\":\"{new string('x', 2 << 20)}\"");
         var (code, error) = Plugin("ADD", huge, containerId: "hostile2", pod: "huge");
         Assert.Equal((1, 6), (code, error.GetProperty("code").GetInt32()));
         Assert.Equal(0, Endpoints("default/huge"));
-        Assert.Equal(0, Plugin("DEL", Config()).Code);
+        // Its own network's GC that no longer lists it removes it.
+        Assert.Equal(0, Plugin("GC", Config(NoneValid)).Code);
         Assert.Equal(0, Endpoints("default/hostile"));
+        Assert.Equal(0, Plugin("DEL", Config()).Code);
     }
 
     [Fact]

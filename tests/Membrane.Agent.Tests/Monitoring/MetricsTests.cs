@@ -43,6 +43,11 @@ public sealed class MetricsTests : IDisposable
             "--pod-ipv4-range", "10.231.0.0/16", "--pod-ipv6-range", "fd00:231::/64", "--metrics-address", $"127.0.0.1:{metricsPort}"],
             () => File.Exists(Path.Combine(State, "membrane.sock")) && Cli("status").Code == 0);
         Assert.True(_agent is not null, $"the agent did not start ({code}): {stderr}");
+        using (var status = JsonDocument.Parse(Cli("status", "-o", "json").Out))
+        {
+            Assert.Equal($"127.0.0.1:{metricsPort}", status.RootElement.GetProperty("metrics").GetString());
+            Assert.False(status.RootElement.GetProperty("metricsExposed").GetBoolean());
+        }
         var workloads = Path.Combine(State, "w.yaml");
         File.WriteAllText(workloads, """
             apiVersion: v1
