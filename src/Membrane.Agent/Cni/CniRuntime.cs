@@ -103,9 +103,13 @@ public sealed class CniRuntime(AgentOptions options, CniAttachments attachments)
     {
         var link = InContainer(a.Netns, ["ip", "-j", "link", "show", "dev", a.InterfaceName], null);
         using var document = JsonDocument.Parse(link);
-        var peer = document.RootElement[0].TryGetProperty("link_index", out var index) ? index.GetInt32() : 0;
+        var own = document.RootElement[0].GetProperty("ifindex").GetInt32();
+        // link_index is an index in the peer's namespace, which may be another container's: it names a host interface only
+        // when that interface's own peer is this one. Otherwise the programs would go on an unrelated host interface.
+        var peer = document.RootElement[0].TryGetProperty("link_index", out var index)
+            && document.RootElement[0].TryGetProperty("link_netnsid", out _) ? index.GetInt32() : 0;
         var host = peer == 0 ? null : NameOf(peer);
-        if (host is null)
+        if (host is null || PeerIndexOf(host) != own)
         {
             throw new AgentInputException($"the container's {a.InterfaceName} is not a veth whose peer is in the host's network " +
                 "namespace; chain membrane-cni after a plugin that makes a veth pair (bridge, ptp)");
@@ -235,6 +239,14 @@ public sealed class CniRuntime(AgentOptions options, CniAttachments attachments)
         {
             return null;
         }
+    }
+
+    /// <summary>The index of a host interface's veth peer (0: not a veth, or its peer is in this namespace).</summary>
+    private static int PeerIndexOf(string device)
+    {
+        using var document = JsonDocument.Parse(Ip.Run("-j", "link", "show", "dev", device));
+        var link = document.RootElement[0];
+        return link.TryGetProperty("link_index", out var index) && link.TryGetProperty("link_netnsid", out _) ? index.GetInt32() : 0;
     }
 
     private static string? NameOf(int ifIndex)

@@ -87,7 +87,15 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         var created = false;
         foreach (var endpoint in byKey.Values.Where(e => !_records.ContainsKey(e.Key)))
         {
-            _records[endpoint.Key] = runtime.Create(endpoint);
+            var record = runtime.Create(endpoint);
+            if (_records.Values.FirstOrDefault(r => r.IfIndex == record.IfIndex) is { } taken)
+            {
+                // Chained onto an interface that is already an endpoint's: one set of programs and policy per interface.
+                runtime.Delete(endpoint.Key, record);
+                throw new AgentInputException($"{record.HostInterface} is already the host end of pod {taken.Key}: two endpoints " +
+                    "cannot share an interface");
+            }
+            _records[endpoint.Key] = record;
             created = true;
         }
         return created;

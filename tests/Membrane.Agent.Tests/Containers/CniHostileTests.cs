@@ -20,7 +20,7 @@ public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
         $$"""{"cniVersion":"1.1.0","name":"{{network}}","type":"membrane-cni","agentSocket":"{{Socket}}"{{extra}}}""";
 
     private static (int Code, JsonElement Output) Plugin(string command, string config, string containerId = "hostile1",
-        string? netns = null, string pod = "hostile")
+        string? netns = null, string pod = "hostile", string ifName = "eth0")
     {
         var start = new ProcessStartInfo(Path.Combine(BinDirectory, "membrane-cni"))
         {
@@ -32,7 +32,7 @@ public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
         start.Environment["CNI_COMMAND"] = command;
         start.Environment["CNI_CONTAINERID"] = containerId;
         start.Environment["CNI_NETNS"] = netns ?? NetnsPath;
-        start.Environment["CNI_IFNAME"] = "eth0";
+        start.Environment["CNI_IFNAME"] = ifName;
         start.Environment["CNI_ARGS"] = $"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}";
         start.Environment["CNI_PATH"] = BinDirectory;
         using var process = Process.Start(start)!;
@@ -110,6 +110,49 @@ public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
             var result = Plugin("ADD", Config(extra: $",\"prevResult\":{previous}"));
             Assert.True(result.Code == 1, $"{address} accepted: {result.Output}");
             Assert.Equal(0, Endpoints("default/hostile"));
+        }
+    }
+
+    private static string Chained(string hostEnd, string ifName, string address) => Config(extra: ",\"prevResult\":" +
+        $$"""{"cniVersion":"1.0.0","interfaces":[{"name":"{{hostEnd}}"},{"name":"{{ifName}}","sandbox":"{{NetnsPath}}"}],""" +
+        $"\"ips\":[{{\"address\":\"{address}\",\"interface\":1}}]}}");
+
+    /// <summary>
+    /// Chained mode, as a runtime that lies would drive it: the container's veth peer sits in another container's
+    /// namespace under the index of a real host interface (programs would land on that host interface), and a second
+    /// pod chained onto an interface that is already an endpoint's (two endpoints, one interface). Both refused.
+    /// </summary>
+    [Fact]
+    public void ChainingOntoAnotherNamespacesVethOrATakenInterfaceIsRefused()
+    {
+        const string other = "mbcni-hostile-b";
+        Run("ip", "netns", "add", Netns);
+        Run("ip", "netns", "add", other);
+        try
+        {
+            using var links = JsonDocument.Parse(Run("ip", "-j", "link", "show"));
+            // A real host interface's index, given to the lying veth's peer in the other namespace.
+            var hostIndex = links.RootElement.EnumerateArray().Select(l => l.GetProperty("ifindex").GetInt32()).First(i => i > 1);
+            Run("ip", "-n", other, "link", "add", "vb", "index", $"{hostIndex}", "type", "veth", "peer", "name", "eth0", "netns", Netns);
+            var lying = Plugin("ADD", Chained("vb", "eth0", "10.88.0.5/16"), containerId: "liar", pod: "liar");
+            Refused(lying, "not a veth whose peer is in the host's network namespace");
+            Assert.Equal(0, Endpoints("default/liar"));
+
+            Run("ip", "link", "add", "mbcnih0", "type", "veth", "peer", "name", "eth1", "netns", Netns);
+            Run("ip", "link", "set", "mbcnih0", "up");
+            var first = Plugin("ADD", Chained("mbcnih0", "eth1", "10.88.0.6/16"), containerId: "chain1", pod: "chain1", ifName: "eth1");
+            Assert.True(first.Code == 0, first.Output.ToString());
+            var second = Plugin("ADD", Chained("mbcnih0", "eth1", "10.88.0.7/16"), containerId: "chain2", pod: "chain2", ifName: "eth1");
+            Refused(second, "is already the host end of pod default/chain1");
+            Assert.Equal(1, Endpoints("default/chain1"));
+            Assert.Equal(0, Endpoints("default/chain2"));
+            Assert.Equal(0, Plugin("DEL", Chained("mbcnih0", "eth1", "10.88.0.6/16"), containerId: "chain1", pod: "chain1",
+                ifName: "eth1").Code);
+        }
+        finally
+        {
+            Exec("ip", ["link", "delete", "mbcnih0"], []);
+            Exec("ip", ["netns", "delete", other], []);
         }
     }
 
