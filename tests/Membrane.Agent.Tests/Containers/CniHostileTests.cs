@@ -76,7 +76,7 @@ public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
         var added = Plugin("ADD", Config());
         Assert.True(added.Code == 0, added.Output.ToString());
         // The same container and interface again, for another pod: refused; the first stays as it was.
-        Refused(Plugin("ADD", Config(), pod: "impostor"), "another namespace or pod");
+        Refused(Plugin("ADD", Config(), pod: "impostor"), "another namespace, pod or network");
         Assert.Equal(1, Endpoints("default/hostile"));
         Assert.Equal(0, Endpoints("default/impostor"));
         // A GC without the runtime's list removes nothing.
@@ -130,9 +130,11 @@ public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
         Run("ip", "netns", "add", other);
         try
         {
-            using var links = JsonDocument.Parse(Run("ip", "-j", "link", "show"));
-            // A real host interface's index, given to the lying veth's peer in the other namespace.
-            var hostIndex = links.RootElement.EnumerateArray().Select(l => l.GetProperty("ifindex").GetInt32()).First(i => i > 1);
+            // A host interface's index (a veth of this test's, so a regression attaches nothing to a real one), given to the
+            // lying veth's peer in the other namespace.
+            Run("ip", "link", "add", "mbcnidum0", "type", "veth", "peer", "name", "mbcnidum1");
+            using var links = JsonDocument.Parse(Run("ip", "-j", "link", "show", "dev", "mbcnidum0"));
+            var hostIndex = links.RootElement[0].GetProperty("ifindex").GetInt32();
             Run("ip", "-n", other, "link", "add", "vb", "index", $"{hostIndex}", "type", "veth", "peer", "name", "eth0", "netns", Netns);
             var lying = Plugin("ADD", Chained("vb", "eth0", "10.88.0.5/16"), containerId: "liar", pod: "liar");
             Refused(lying, "not a veth whose peer is in the host's network namespace");
@@ -152,6 +154,7 @@ public sealed class CniHostileTests(CniAgentFixture fixture) : IDisposable
         finally
         {
             Exec("ip", ["link", "delete", "mbcnih0"], []);
+            Exec("ip", ["link", "delete", "mbcnidum0"], []);
             Exec("ip", ["netns", "delete", other], []);
         }
     }
