@@ -85,12 +85,47 @@ public sealed class ClusterIdentities(EtcdConnection etcd, string node, NodeSess
     /// <summary>This node no longer uses the identity (the number stays until the collector finds no user).</summary>
     public Task ReleaseAsync(uint id, CancellationToken cancel = default) => session.DeleteAsync(UserKey(id, node), cancel);
 
-    /// <summary>Every identity in the store: number → labels.</summary>
+    /// <summary>Every identity in the store: number → labels (a key that names no number is no identity).</summary>
     public async Task<Dictionary<uint, string>> ListAsync(CancellationToken cancel = default)
     {
         var (items, _) = await etcd.ListAsync(Prefix + "id/", cancel).ConfigureAwait(false);
-        return items.ToDictionary(kv => uint.Parse(kv.Key.ToStringUtf8()[(Prefix.Length + 3)..], CultureInfo.InvariantCulture),
-            kv => kv.Value.ToStringUtf8());
+        return items.Select(kv => (Number: NumberOf(kv.Key.ToStringUtf8()), Labels: kv.Value.ToStringUtf8()))
+            .Where(x => x.Number is not null).ToDictionary(x => x.Number!.Value, x => x.Labels);
+    }
+
+    /// <summary>The number an <c>id/</c> key names, or null.</summary>
+    private static uint? NumberOf(string key) =>
+        key.StartsWith(Prefix + "id/", StringComparison.Ordinal)
+        && uint.TryParse(key[(Prefix.Length + 3)..], NumberStyles.None, CultureInfo.InvariantCulture, out var number) ? number : null;
+
+    /// <summary>
+    /// Follows which identity numbers the store holds: an ipcache entry is believed only with one of them (a reserved
+    /// number, or one nobody allocated, names no pod identity).
+    /// </summary>
+    public static async IAsyncEnumerable<IReadOnlySet<uint>> FollowNumbersAsync(EtcdConnection etcd,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel = default)
+    {
+        var events = new PrefixWatcher(etcd, Prefix + "id/").Start(cancel);
+        var numbers = new HashSet<uint>();
+        while (await events.WaitToReadAsync(cancel).ConfigureAwait(false))
+        {
+            while (events.TryRead(out var change))
+            {
+                switch (change)
+                {
+                    case StoreSnapshot snapshot:
+                        numbers = [.. snapshot.Items.Keys.Select(NumberOf).OfType<uint>()];
+                        break;
+                    case StorePut put when NumberOf(put.Key) is { } added:
+                        numbers.Add(added);
+                        break;
+                    case StoreDelete delete when NumberOf(delete.Key) is { } gone:
+                        numbers.Remove(gone);
+                        break;
+                }
+            }
+            yield return new HashSet<uint>(numbers);
+        }
     }
 
     private async Task<uint> NextFreeAsync(CancellationToken cancel)

@@ -213,11 +213,12 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
     /// <summary>
     /// Splits other nodes' entries into those to believe and those not, with why: an entry is believed only when its
     /// node is announced, the entry is held by that node's lease (written by that node's agent, gone with it), its
-    /// address lies in that node's pod ranges and its node address is that node's. Nothing else about a value in the
-    /// store is taken on trust.
+    /// address lies in that node's pod ranges, its node address is that node's and (given <paramref name="allocated"/>,
+    /// the numbers the store holds) its identity is an allocated one. Nothing else about a value in the store is taken
+    /// on trust.
     /// </summary>
     public static (Dictionary<IPAddress, RemoteEndpoint> Believed, List<string> Refused) Validate(
-        IEnumerable<RemoteEndpoint> entries, IReadOnlyDictionary<string, ClusterNode> nodes)
+        IEnumerable<RemoteEndpoint> entries, IReadOnlyDictionary<string, ClusterNode> nodes, IReadOnlySet<uint>? allocated = null)
     {
         ArgumentNullException.ThrowIfNull(entries);
         ArgumentNullException.ThrowIfNull(nodes);
@@ -230,6 +231,7 @@ public sealed class ClusterIpCache(EtcdConnection etcd, NodeSession session, str
                 : entry.Lease == 0 || entry.Lease != owner.Lease ? $"not held by node {entry.Node}'s lease"
                 : !owner.PodRanges.Any(r => r.Contains(address)) ? $"outside node {entry.Node}'s pod ranges"
                 : !entry.NodeAddress.Equals(owner.Address) ? $"node address {entry.NodeAddress} is not node {entry.Node}'s"
+                : allocated is not null && !allocated.Contains(entry.Identity) ? $"identity {entry.Identity} is not allocated in the store"
                 : believed.TryGetValue(address, out var first) ? $"{address} is already node {first.Node}'s pod {first.Pod}"
                 : null;
             if (problem is null)

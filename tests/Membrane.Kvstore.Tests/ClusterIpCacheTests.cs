@@ -93,17 +93,30 @@ public sealed class ClusterIpCacheTests : IDisposable
         await sessionB.PutAsync(ClusterIpCache.Prefix + "node-b/10.221.0.68", "301 node-b 192.168.50.9 shop/admin"); // not node-b's address
         await sessionB.PutAsync(ClusterIpCache.Prefix + "node-b/10.220.0.2", "301 node-b 192.168.50.2 shop/admin"); // node-a's pod
         await etcd.PutAsync(ClusterIpCache.Prefix + "node-z/10.222.0.69", "301 node-z 192.168.50.3 shop/admin"); // no such node
+        await sessionA.PutAsync(ClusterIpCache.Prefix + "node-a/10.220.0.70", "1 node-a 192.168.50.1 shop/admin"); // host's identity
 
         using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(20));
         var observer = new ClusterIpCache(etcd, sessionB, "node-c", IPAddress.Parse("192.168.50.3"));
         await using var entries = observer.FollowAsync(stop.Token).GetAsyncEnumerator();
-        var view = await ViewWhere(entries, v => v.Count == 7);
+        var view = await ViewWhere(entries, v => v.Count == 8);
         await using var nodes = observer.FollowNodesAsync(stop.Token).GetAsyncEnumerator();
         Assert.True(await nodes.MoveNextAsync());
-        var (believed, refused) = ClusterIpCache.Validate(view, nodes.Current);
+        // The store's numbers: 300 allocated (as web's node did); no reserved number ever is.
+        await using var numbers = ClusterIdentities.FollowNumbersAsync(etcd, stop.Token).GetAsyncEnumerator();
+        await etcd.PutAsync(ClusterIdentities.IdKey(300), "k8s:app=web");
+        await etcd.PutAsync(ClusterIdentities.Prefix + "id/not-a-number", "k8s:app=x"); // names no number: ignored
+        IReadOnlySet<uint> allocated;
+        do
+        {
+            Assert.True(await numbers.MoveNextAsync());
+            allocated = numbers.Current;
+        }
+        while (!allocated.Contains(300));
+        Assert.DoesNotContain(1u, allocated);
+        var (believed, refused) = ClusterIpCache.Validate(view, nodes.Current, allocated);
 
         Assert.Equal([IPAddress.Parse("10.220.0.2")], believed.Keys);
-        Assert.Equal(6, refused.Count);
+        Assert.Equal(7, refused.Count);
         void Refused(string key, string why) => Assert.Contains(refused, r => r.StartsWith($"membrane/ipcache/{key} ",
             StringComparison.Ordinal) && r.Contains(why, StringComparison.Ordinal));
         Refused("node-a/10.99.0.1", "outside node node-a's pod ranges");
@@ -112,6 +125,7 @@ public sealed class ClusterIpCacheTests : IDisposable
         Refused("node-b/10.221.0.68", "is not node node-b's");
         Refused("node-b/10.220.0.2", "outside node node-b's pod ranges");
         Refused("node-z/10.222.0.69", "node node-z is not announced");
+        Refused("node-a/10.220.0.70", "identity 1 is not allocated in the store");
     }
 
     [Fact]

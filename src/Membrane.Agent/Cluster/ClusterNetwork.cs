@@ -28,6 +28,9 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
 
     private IReadOnlyList<RemoteEndpoint>? _entries;
 
+    /// <summary>The identity numbers the store holds (null until first listed); entries must name one.</summary>
+    private IReadOnlySet<uint>? _numbers;
+
     private readonly SemaphoreSlim _endpointsGate = new(1, 1);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -51,6 +54,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
                 _options.PodIPv6Range], stop), stop), stoppingToken),
             Supervise("following the nodes", stop => FollowNodesAsync(ipcache, underlay, stop), stoppingToken),
             Supervise("following the ipcache", stop => FollowEndpointsAsync(ipcache, stop), stoppingToken),
+            Supervise("following the identities", FollowNumbersAsync, stoppingToken),
             Supervise("publishing this node's pods", stop => PublishAsync(ipcache, stop), stoppingToken),
             Supervise("reporting what this node enforces", stop => ReportAsync(session, stop), stoppingToken),
             Supervise("probing the store", stop => health.ProbeAsync(etcd, _options.Node!, stop), stoppingToken)).ConfigureAwait(false);
@@ -127,6 +131,24 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
         }
     }
 
+    private async Task FollowNumbersAsync(CancellationToken cancel)
+    {
+        try
+        {
+            await foreach (var numbers in ClusterIdentities.FollowNumbersAsync(etcd, cancel).ConfigureAwait(false))
+            {
+                _numbers = numbers;
+                if (_entries is not null)
+                {
+                    await ApplyEndpointsAsync(cancel).ConfigureAwait(false); // which entries to believe depends on the numbers
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+        }
+    }
+
     /// <summary>
     /// The other nodes' entries this node believes (see <see cref="ClusterIpCache.Validate"/>) become peers' addresses;
     /// the others are ignored, named in <c>status</c> and logged once per change of the set.
@@ -136,7 +158,7 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
         await _endpointsGate.WaitAsync(cancel).ConfigureAwait(false);
         try
         {
-            var (believed, refused) = ClusterIpCache.Validate(_entries ?? [], _nodes);
+            var (believed, refused) = ClusterIpCache.Validate(_entries ?? [], _nodes, _numbers);
             health.RemoteEndpoints = believed.Count;
             var reason = refused.Count == 0 ? null : $"{refused.Count} ipcache entr{(refused.Count == 1 ? "y is" : "ies are")} not " +
                 $"believed: {string.Join("; ", refused.Take(5))}{(refused.Count > 5 ? "; …" : "")}";
