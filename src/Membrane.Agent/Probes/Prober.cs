@@ -90,6 +90,15 @@ public sealed class Prober(IPodLookup pods)
     private static Socket Open(string netns, AddressFamily family, SocketType type, ProtocolType protocol) =>
         NetworkNamespace.Run(netns, () => new Socket(family, type, protocol));
 
+    /// <summary>A raw ICMP (or ICMPv6) socket inside <paramref name="netns"/> that receives every message of its family.</summary>
+    private static Socket IcmpListener(string netns, bool v6)
+    {
+        var socket = Open(netns, v6 ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork, SocketType.Raw,
+            v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp);
+        socket.Bind(new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
+        return socket;
+    }
+
     private static async Task<(bool, string)> Tcp(string netns, IPAddress target, int port, TimeSpan timeout)
     {
         using var socket = Open(netns, target.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
@@ -139,8 +148,7 @@ public sealed class Prober(IPodLookup pods)
     private static async Task<(bool, string)> Echo(string netns, IPAddress target, TimeSpan timeout)
     {
         var v6 = target.AddressFamily == AddressFamily.InterNetworkV6;
-        using var socket = Open(netns, target.AddressFamily, SocketType.Raw, v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp);
-        socket.Bind(new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
+        using var socket = IcmpListener(netns, v6);
         var id = (ushort)Random.Shared.Next(1, 65535);
         await socket.SendToAsync(IcmpPacket(v6 ? (byte)128 : (byte)8, 0, id, v6), new IPEndPoint(target, 0)).ConfigureAwait(false);
         using var cancel = new CancellationTokenSource(timeout);
@@ -172,8 +180,7 @@ public sealed class Prober(IPodLookup pods)
     {
         var v6 = target.AddressFamily == AddressFamily.InterNetworkV6;
         var protocol = v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp;
-        using var listener = Open(destinationNetns, target.AddressFamily, SocketType.Raw, protocol);
-        listener.Bind(new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
+        using var listener = IcmpListener(destinationNetns, v6);
         using var sender = Open(sourceNetns, target.AddressFamily, SocketType.Raw, protocol);
         var id = (ushort)Random.Shared.Next(1, 65535);
         using var cancel = new CancellationTokenSource(timeout);
@@ -235,9 +242,7 @@ public sealed class Prober(IPodLookup pods)
             { Node = elsewhere?.Pod.NodeName };
         }
         var timeout = Timeout(query.TimeoutMs, DefaultTimeoutMs);
-        using var listener = Open(pod.Value.Record.Netns, v6 ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork, SocketType.Raw,
-            v6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp);
-        listener.Bind(new IPEndPoint(v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
+        using var listener = IcmpListener(pod.Value.Record.Netns, v6);
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         deadline.CancelAfter(timeout);
         try

@@ -61,8 +61,7 @@ public abstract class ManifestPods(AgentOptions options) : IPodSource
         foreach (var pod in pods)
         {
             // A running pod keeps its addresses (a pod's addresses never change while it runs).
-            state.Engine.UpsertPod(IsLocal(pod) ? state.WithAddresses(pod, state.Engine.FindEndpoint(pod.Key)?.Addresses)
-                : state.WithRemoteAddresses(pod));
+            Upsert(state, pod, state.Engine.FindEndpoint(pod.Key)?.Addresses);
         }
     }
 
@@ -105,10 +104,13 @@ public abstract class ManifestPods(AgentOptions options) : IPodSource
         }
         foreach (var pod in pods)
         {
-            state.Engine.UpsertPod(IsLocal(pod) ? state.WithAddresses(pod, addresses.GetValueOrDefault(pod.Key))
-                : state.WithRemoteAddresses(pod));
+            Upsert(state, pod, addresses.GetValueOrDefault(pod.Key));
         }
     }
+
+    /// <summary>A local pod with the addresses it has (else new ones); another node's with what its node published.</summary>
+    private void Upsert(DesiredState state, PodManifest pod, IReadOnlyList<IPAddress>? current) =>
+        state.Engine.UpsertPod(IsLocal(pod) ? state.WithAddresses(pod, current) : state.WithRemoteAddresses(pod));
 
     /// <summary>
     /// Addresses a user asks for (<c>status.podIPs</c>) must be usable before anything changes: one of each family
