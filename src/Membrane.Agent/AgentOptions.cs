@@ -75,6 +75,9 @@ public sealed record AgentOptions
     /// <summary>The namespace holding the underlay's bridge, shared by every node of the local cluster.</summary>
     public string UnderlayNamespace { get; init; } = "membrane-underlay";
 
+    /// <summary>How a packet between two pods of this node travels (see <see cref="Membrane.Agent.HostRouting"/>).</summary>
+    public HostRouting HostRouting { get; init; } = HostRouting.Bpf;
+
     /// <summary>How pods on different nodes reach each other (the whole cluster uses one mode).</summary>
     public RoutingMode RoutingMode { get; init; } = RoutingMode.Native;
 
@@ -112,6 +115,18 @@ public sealed record AgentOptions
     public IPAddress NodeIPv4 => PodAddressAllocator.Gateway(PodIPv4Range);
 
     public IPAddress NodeIPv6 => PodAddressAllocator.Gateway(PodIPv6Range);
+}
+
+public enum HostRouting
+{
+    /// <summary>
+    /// The sender's hook judges the destination's ingress policy too and delivers the packet into the destination's
+    /// namespace itself (<c>bpf_redirect_peer</c>): no node forwarding, no hook on the destination's veth.
+    /// </summary>
+    Bpf,
+
+    /// <summary>Every packet is forwarded by the node; the destination's ingress policy is judged on its veth.</summary>
+    Legacy,
 }
 
 public enum RoutingMode

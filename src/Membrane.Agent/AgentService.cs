@@ -67,6 +67,7 @@ public sealed class AgentService : IDisposable, IPodLookup
         Options = options;
         Datapath = datapath;
         datapath.SetAuditMode(options.PolicyAuditMode); // the pinned config may hold a previous run's
+        datapath.SetHostRouting(options.HostRouting == HostRouting.Bpf);
         PolicyMap = new PolicyMapSynchronizer(datapath.PolicyMap, datapath.Rules);
         _stateFile = new StateStore(options.StateDirectory);
         _endpoints = new EndpointManager(runtime, datapath, PolicyMap);

@@ -34,6 +34,8 @@ public sealed class PolicyDatapath : IDisposable
         Fragments = obj.Map<FragmentKey, FragmentValue>("mb_frag");
         EndpointMap = obj.Map<EndpointKey, EndpointValue>("mb_endpoints");
         Endpoints = new EndpointTable(EndpointMap, Conntrack);
+        LocalDelivery = new LocalDeliveryTable(obj.Map<uint, LocalDeliveryValue>("mb_local4"),
+            obj.Map<Local6Key, LocalDeliveryValue>("mb_local6"));
         IpCache4Map = obj.Map<IpCache4Key, IpCacheValue>("mb_ipcache4");
         IpCache6Map = obj.Map<IpCache6Key, IpCacheValue>("mb_ipcache6");
         Rules = new RuleRegistry();
@@ -91,6 +93,9 @@ public sealed class PolicyDatapath : IDisposable
     /// <summary>The addresses each endpoint may send from (source validation).</summary>
     public EndpointTable Endpoints { get; }
 
+    /// <summary>The pods of this node that host routing delivers to from the sender's hook.</summary>
+    public LocalDeliveryTable LocalDelivery { get; }
+
     public RuleRegistry Rules { get; }
 
     public IpCacheSynchronizer IpCache { get; }
@@ -124,11 +129,31 @@ public sealed class PolicyDatapath : IDisposable
 
     public bool AuditMode => _audit;
 
+    /// <summary>
+    /// Host routing: <c>from_pod</c> judges a packet for a pod of this node by that pod's ingress policy too and delivers
+    /// it into the pod's namespace (<c>bpf_redirect_peer</c>), past the node's forwarding and <c>to_pod</c>. Off: every
+    /// packet takes the node's stack, and a pod's ingress policy is judged by <c>to_pod</c> (the legacy path).
+    /// </summary>
+    public void SetHostRouting(bool enabled)
+    {
+        lock (_configGate)
+        {
+            _hostRouting = enabled;
+            WriteConfig();
+        }
+    }
+
+    public bool HostRouting => _hostRouting;
+
     private readonly Lock _configGate = new();
     private uint _eventFlags;
     private bool _audit;
+    private bool _hostRouting;
 
-    private void WriteConfig() => Config.Update(0u, new DatapathConfig { Flags = _eventFlags | (_audit ? DatapathConfig.Audit : 0) });
+    private void WriteConfig() => Config.Update(0u, new DatapathConfig
+    {
+        Flags = _eventFlags | (_audit ? DatapathConfig.Audit : 0) | (_hostRouting ? DatapathConfig.HostRouting : 0),
+    });
 
     /// <summary>Packets audit mode let through, by direction (<see cref="WireDirection"/>) and match kind, summed over CPUs.</summary>
     public IReadOnlyDictionary<(WireDirection Direction, WireMatchKind Kind), Counter> AuditCounters()

@@ -102,6 +102,7 @@ public sealed partial class BtfLayoutTests
         ["hiaddr"] = "hiaddress",
         ["pad"] = "pad0",
         ["addr"] = "address",
+        ["nodemac"] = "nodemac",
     };
 
     private static string Normalise(string name) => name.Replace("_", "", StringComparison.Ordinal).ToLowerInvariant();
@@ -114,6 +115,7 @@ public sealed partial class BtfLayoutTests
         { "frag_key", typeof(FragmentKey) }, { "frag_value", typeof(FragmentValue) }, { "counter", typeof(Counter) },
         { "config", typeof(DatapathConfig) },
         { "event", typeof(DatapathEvent) }, { "endpoint_key", typeof(EndpointKey) }, { "endpoint_value", typeof(EndpointValue) },
+        { "local_value", typeof(LocalDeliveryValue) }, { "local6_key", typeof(Local6Key) },
     };
 
     [Theory]

@@ -8,6 +8,7 @@ using Membrane.Agent.Endpoints;
 using Membrane.Agent.Sandbox;
 using Membrane.Agent.State;
 using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
 using Membrane.Policy.Workloads;
 
 namespace Membrane.Agent.Cni;
@@ -148,6 +149,16 @@ public sealed class CniRuntime(AgentOptions options, CniAttachments attachments)
         {
             RemoveOwn(name);
         }
+    }
+
+    /// <summary>Only the interfaces the agent made are routed by the node; a chained one sits on its plugin's bridge.</summary>
+    public DeliveryMacs? Delivery(EndpointRecord record)
+    {
+        ArgumentNullException.ThrowIfNull(record);
+        return attachments.ForPod(record.Key) is { Chained: false } a && NetworkNamespace.MacOf(a.Netns, a.InterfaceName) is { } pod
+            && NetworkNamespace.MacOf(HostNamespace, record.HostInterface) is { } gateway
+            ? new DeliveryMacs(pod, gateway)
+            : null;
     }
 
     /// <summary>The container's interface as it is now: its MAC and addresses (CHECK and the ADD result).</summary>

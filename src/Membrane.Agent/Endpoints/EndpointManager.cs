@@ -62,6 +62,10 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         {
             policyMap.Remove((uint)ifIndex);
         }
+        foreach (var ifIndex in datapath.LocalDelivery.IfIndexes().Where(i => !known.Contains((int)i)).ToList())
+        {
+            datapath.LocalDelivery.Remove(ifIndex);
+        }
         foreach (var ifIndex in datapath.Endpoints.IfIndexes().Where(i => !known.Contains((int)i)).ToList())
         {
             datapath.Endpoints.Remove(ifIndex);
@@ -105,6 +109,8 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
     {
         if (_records.Remove(key, out var record))
         {
+            // No more deliveries from other pods' hooks first: its index may be reused by the next interface made.
+            datapath.LocalDelivery.Remove((uint)record.IfIndex);
             runtime.Delete(key, record);
             // The interface first, so the pod is never unfiltered; then the programs (a chained CNI interface stays, and
             // a tcx link's pin would outlive its device).
@@ -152,5 +158,13 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
             }
         });
         _attached.UnionWith(pending.Select(r => r.IfIndex));
+        // Deliverable from other pods' hooks only now that the endpoint's own programs and policy are in place.
+        foreach (var record in pending)
+        {
+            if (runtime.Delivery(record) is { } macs)
+            {
+                datapath.LocalDelivery.Set((uint)record.IfIndex, record.Addresses.Select(IPAddress.Parse), macs);
+            }
+        }
     }
 }

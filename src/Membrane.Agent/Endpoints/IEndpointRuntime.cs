@@ -1,4 +1,5 @@
 using System.Net;
+using Membrane.Datapath.Maps;
 using Membrane.Agent.State;
 using Membrane.Policy.Workloads;
 
@@ -37,4 +38,11 @@ public interface IEndpointRuntime
 
     /// <summary>Removes what the runtime created for endpoints that are none of <paramref name="keep"/> (left by a crash).</summary>
     void RemoveOrphans(IEnumerable<string> keep);
+
+    /// <summary>
+    /// The frame addresses host routing delivers a packet for the endpoint with: its interface's MAC and its gateway's
+    /// (the host-side veth). Null when the node does not route for the endpoint (a chained interface on someone else's
+    /// bridge): its packets take the node's stack.
+    /// </summary>
+    DeliveryMacs? Delivery(EndpointRecord record);
 }

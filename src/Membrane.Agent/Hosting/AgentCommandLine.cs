@@ -86,6 +86,13 @@ public static class AgentCommandLine
                 "one mode per cluster",
             DefaultValueFactory = _ => RoutingMode.Native,
         };
+        var hostRouting = new Option<HostRouting>("--host-routing")
+        {
+            Description = "How packets between two pods of this node travel: 'bpf' (the sender's hook judges the destination's " +
+                "ingress policy too and delivers into its namespace; the node's nftables and tcpdump on the destination's veth do " +
+                "not see them) or 'legacy' (forwarded by the node, judged on the destination's veth)",
+            DefaultValueFactory = _ => HostRouting.Bpf,
+        };
         var metrics = new Option<string>("--metrics-address")
         {
             Description = "Serve Prometheus metrics on HOST:PORT (/metrics), or 'off'",
@@ -130,7 +137,7 @@ public static class AgentCommandLine
         var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
-                routing, metrics, flowRing, conntrackEntries, policyEntries, audit, aggregation, attach,
+                routing, hostRouting, metrics, flowRing, conntrackEntries, policyEntries, audit, aggregation, attach,
         };
         root.SetAction(async (parse, cancel) =>
         {
@@ -220,7 +227,8 @@ public static class AgentCommandLine
                 }
                 options = options with { UnderlayAddress = underAddress, UnderlayPrefixLength = length };
             }
-            options = options with { UnderlayNamespace = parse.GetValue(underlayNetns)!, RoutingMode = parse.GetValue(routing) };
+            options = options with { UnderlayNamespace = parse.GetValue(underlayNetns)!, RoutingMode = parse.GetValue(routing),
+                HostRouting = parse.GetValue(hostRouting) };
             if (parse.GetValue(flowRing) is < 0 or > 1_000_000)
             {
                 await Console.Error.WriteLineAsync("error: --flow-ring must be 0 to 1,000,000 flows").ConfigureAwait(false);

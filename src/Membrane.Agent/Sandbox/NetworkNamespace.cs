@@ -53,6 +53,11 @@ public static partial class NetworkNamespace
         return result;
     }
 
+    /// <summary>The Ethernet address of an interface in a namespace; null when there is no such interface.</summary>
+    public static System.Net.NetworkInformation.PhysicalAddress? MacOf(string name, string interfaceName) => Run(name, () =>
+        System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces().FirstOrDefault(i => i.Name == interfaceName)
+            ?.GetPhysicalAddress() is { } mac && mac.GetAddressBytes().Length == 6 ? mac : null);
+
     public static void Run(string name, Action action) => Run(name, () =>
     {
         action();

@@ -3,6 +3,8 @@ using Membrane.Agent.Endpoints;
 using Membrane.Agent.State;
 using Membrane.Policy.Workloads;
 
+using Membrane.Datapath.Maps;
+
 namespace Membrane.Agent.Sandbox;
 
 /// <summary>
@@ -66,4 +68,12 @@ public sealed class SandboxRuntime : IEndpointRuntime
     }
 
     public void RemoveOrphans(IEnumerable<string> keep) => _pods.RemoveOrphans(keep);
+
+    public DeliveryMacs? Delivery(EndpointRecord record)
+    {
+        ArgumentNullException.ThrowIfNull(record);
+        return NetworkNamespace.MacOf(record.Netns, "eth0") is { } pod && NetworkNamespace.MacOf(_node.Name, record.HostInterface) is { } gateway
+            ? new DeliveryMacs(pod, gateway)
+            : null;
+    }
 }

@@ -6,14 +6,15 @@ namespace Membrane.Datapath.Ebpf;
 public sealed record VerifierStats(string Program, int ProcessedInstructions, int Instructions, int TotalStates, int PeakStates,
     TimeSpan LoadTime);
 
-/// <summary>The result of one BPF_PROG_TEST_RUN.</summary>
-public readonly record struct TestRunResult(uint ReturnValue, uint DurationNs);
+/// <summary>The result of one BPF_PROG_TEST_RUN: the verdict, the time per run and the packet as the program left it.</summary>
+public readonly record struct TestRunResult(uint ReturnValue, uint DurationNs, ReadOnlyMemory<byte> Output);
 
 /// <summary>A loaded program: its fd, verifier statistics, test runs and tc attachment.</summary>
 public sealed unsafe class BpfProgram
 {
     public const uint TcActOk = 0;
     public const uint TcActShot = 2;
+    public const uint TcActRedirect = 7;
 
     private readonly OwnedFd _fd;
 
@@ -74,7 +75,8 @@ public sealed unsafe class BpfProgram
                 Repeat = repeat,
             };
             BpfException.Check(LibBpf.ProgramTestRun(fd.Fd, &options), $"test run of {Name}");
-            return new TestRunResult(options.ReturnValue, options.Duration);
+            return new TestRunResult(options.ReturnValue, options.Duration, output.AsMemory(0, (int)Math.Min(options.DataSizeOut,
+                (uint)output.Length)));
         }
     }
 }

@@ -154,6 +154,7 @@ public struct DatapathConfig
     public const uint DropEvents = 2;
     public const uint Audit = 4;
     public const uint TraceEvents = 8;
+    public const uint HostRouting = 16;
 
     public uint Flags;
     public uint Pad;

@@ -66,6 +66,7 @@ enum match_kind {
 #define CONFIG_DROP_EVENTS 2    /* emit an event for every drop (set while a monitor listens) */
 #define CONFIG_TRACE_EVENTS 8   /* emit an event for every packet let through (--monitor-aggregation none) */
 #define CONFIG_AUDIT 4          /* audit mode on every endpoint: what policy would drop is let through and reported */
+#define CONFIG_HOST_ROUTING 16  /* from_pod delivers packets for pods of this node itself (see deliver_local) */
 
 /* ICMP of the packet's own family only: ICMPv6 over IPv4 and ICMP over IPv6 are refused by the parser. */
 static __always_inline int is_icmp(__u8 proto)

@@ -148,28 +148,39 @@ static __always_inline int ct_trackable(const struct flow *f)
 	return f->proto == PROTO_TCP || f->proto == PROTO_UDP || f->proto == PROTO_SCTP;
 }
 
-static __always_inline void ct_create(const union ct_key *k, __u8 family, int src_lo, __u8 dir, __u64 now, __u32 len,
-				      __u32 rule_id)
+/* Tracks a new connection in the endpoint's table of its family. A global function: the family branches stay out of
+ * the verdict's states (each direction's verdict calls it). At most five arguments: family, the side of the opening
+ * packet and the direction travel packed. */
+__attribute__((noinline)) int ct_insert(const union ct_key *k, __u32 packed, __u64 now, __u32 len, __u32 rule_id)
 {
+	if (!k)
+		return 0;
 	struct ct_value v = {
 		.created = now,
 		.last_seen = now,
 		.packets = 1,
 		.bytes = len,
 		.rule_id = rule_id,
-		.dir = dir,
-		.opened_lo = src_lo,
+		.dir = (packed >> 8) & 1,
+		.opened_lo = (packed >> 16) & 1,
 	};
 	__u32 ifindex = k->v4.ifindex;
-	if (family == 4) {
+	if ((packed & 0xff) == 4) {
 		void *table = bpf_map_lookup_elem(&mb_ct4_tables, &ifindex);
 		if (table)
 			bpf_map_update_elem(table, &k->v4, &v, BPF_ANY);
-		return;
+		return 0;
 	}
 	void *table = bpf_map_lookup_elem(&mb_ct6_tables, &ifindex);
 	if (table)
 		bpf_map_update_elem(table, &k->v6, &v, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void ct_create(const union ct_key *k, __u8 family, int src_lo, __u8 dir, __u64 now, __u32 len,
+				      __u32 rule_id)
+{
+	ct_insert(k, family | (__u32)dir << 8 | (__u32)(src_lo & 1) << 16, now, len, rule_id);
 }
 
 /* The identity of the packet's source, as a global function: the family branches of the lookup stay out of the
@@ -179,6 +190,14 @@ __attribute__((noinline)) int source_identity(const struct flow *f)
 	if (!f)
 		return IDENTITY_WORLD;
 	return ipcache_identity(f, DIR_INGRESS);
+}
+
+/* The identity of the packet's destination, likewise. */
+__attribute__((noinline)) int destination_identity(const struct flow *f)
+{
+	if (!f)
+		return IDENTITY_WORLD;
+	return ipcache_identity(f, DIR_EGRESS);
 }
 
 /* The largest ICMP error a host sends: RFC 1812's 576 bytes for IPv4 (Linux's icmp_send), the minimum MTU for

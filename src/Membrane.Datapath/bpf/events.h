@@ -32,7 +32,7 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct flow 
 		return;
 	}
 	e->ts_ns = bpf_ktime_get_ns();
-	e->ifindex = skb->ifindex;
+	e->ifindex = f->endpoint;
 	e->peer_identity = peer;
 	e->rule_id = rule_id;
 	e->match_kind = match_kind;
@@ -59,9 +59,9 @@ static __always_inline __u32 config_flags(void)
 }
 
 /* Audit mode, the endpoint's or the agent's: what policy would drop is let through, counted and reported as audited. */
-static __always_inline int audited(struct __sk_buff *skb, __u32 flags)
+static __always_inline int audited(const struct flow *f, __u32 flags)
 {
-	struct endpoint_key k = { .ifindex = skb->ifindex };
+	struct endpoint_key k = { .ifindex = f->endpoint };
 	struct endpoint_value *ep = bpf_map_lookup_elem(&mb_endpoints, &k);
 	return (flags & CONFIG_AUDIT) || (ep && (ep->flags & ENDPOINT_AUDIT));
 }
@@ -76,7 +76,7 @@ __attribute__((noinline)) int drop_packet(struct __sk_buff *skb, const struct fl
 	__u32 flags = config_flags();
 	int verdict = TC_ACT_SHOT;
 	__u8 type = EVENT_DROP;
-	if ((reason == REASON_POLICY || reason == REASON_POLICY_DENY) && audited(skb, flags)) {
+	if ((reason == REASON_POLICY || reason == REASON_POLICY_DENY) && f && audited(f, flags)) {
 		count(&mb_audit, (dir & 1) * MATCH_SLOTS + (kind & (MATCH_SLOTS - 1)), skb->len);
 		verdict = TC_ACT_OK;
 		type = EVENT_AUDIT;

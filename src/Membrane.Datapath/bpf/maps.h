@@ -176,6 +176,33 @@ struct {
 	__uint(max_entries, 65536);
 } mb_endpoints SEC(".maps");
 
+/* The pods of this node by address, for host routing: the host-side veth through whose peer from_pod delivers a
+ * packet for one of them, and the frame's addresses. Written once the endpoint's programs are attached and removed
+ * before they are detached; a destination without an entry takes the node's stack and meets to_pod there. */
+struct local_value {
+	__u32 ifindex;
+	__u8 mac[6];      /* the pod's interface: the delivered frame's destination */
+	__u8 node_mac[6]; /* the host-side veth, the pod's gateway: the delivered frame's source */
+};
+
+struct local6_key {
+	__u32 addr[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* IPv4 address, network byte order */
+	__type(value, struct local_value);
+	__uint(max_entries, 65536);
+} mb_local4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct local6_key);
+	__type(value, struct local_value);
+	__uint(max_entries, 65536);
+} mb_local6 SEC(".maps");
+
 /* Verdict of the first fragment of a datagram, so later fragments (without L4 header) get the same one. */
 struct frag_key {
 	__u32 ifindex;

@@ -28,6 +28,7 @@ struct flow {
 	__u32 frag_id;
 	__u32 l3_end; /* offset of the datagram's end (IPv4 total length, IPv6 payload length): bytes after it are
 		       * the frame's trailer, which no header read may reach */
+	__u32 endpoint; /* set by the caller: the endpoint (host-side veth ifindex) whose policy judges the packet */
 };
 
 /* The packet's bounds, each read as one load from the context register: with several inlined readers clang would
