@@ -194,21 +194,20 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
             ("empty program, tcx", () => { Hook(tcx, empty, empty); return Task.CompletedTask; }),
             ("empty program, clsact", () => { Hook(clsact, empty, empty); return Task.CompletedTask; }),
         };
+        // Membrane as the agent runs it by default (tcx, host routing), then the legacy path (every packet forwarded by
+        // the node, the destination's policy judged on its veth) and clsact beside it.
+        Func<Task> Membrane(int rules, DeviceHooks hooks, bool hostRouting) => async () =>
+        {
+            Hook(hooks, datapath.FromPod, datapath.ToPod);
+            datapath.SetHostRouting(hostRouting);
+            await Policy(rules).ConfigureAwait(false);
+        };
         foreach (var rules in new[] { 10, 1000, 5000 })
         {
-            variants.Add(($"Membrane, {rules:N0} rules, tcx", async () =>
-            {
-                Hook(tcx, datapath.FromPod, datapath.ToPod);
-                await Policy(rules).ConfigureAwait(false);
-            }
-            ));
+            variants.Add(($"Membrane, {rules:N0} rules", Membrane(rules, tcx, hostRouting: true)));
         }
-        variants.Add(("Membrane, 5,000 rules, clsact", async () =>
-        {
-            Hook(clsact, datapath.FromPod, datapath.ToPod);
-            await Policy(5000).ConfigureAwait(false);
-        }
-        ));
+        variants.Add(("Membrane, 5,000 rules, legacy routing", Membrane(5000, tcx, hostRouting: false)));
+        variants.Add(("Membrane, 5,000 rules, legacy routing, clsact", Membrane(5000, clsact, hostRouting: false)));
         foreach (var rules in new[] { 10, 1000, 5000 })
         {
             variants.Add(($"nftables, {rules:N0} linear rules", () =>
@@ -254,6 +253,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
             Nftables(0);
             await Policy(0).ConfigureAwait(false);
             Hook(datapath.Hooks, datapath.FromPod, datapath.ToPod);
+            datapath.SetHostRouting(_agent.Options.HostRouting == HostRouting.Bpf);
         }
         var baseline = variants[0].Name;
         ThroughputResult Result(string name)

@@ -11,11 +11,13 @@ namespace Membrane.Datapath.Tests;
 /// <summary>
 /// Host routing: from_pod judges a packet for a pod of this node by that pod's ingress policy too and redirects it into
 /// the pod's namespace. Under BPF_PROG_TEST_RUN the sender is the endpoint at ifindex 1 and the destination a second
-/// endpoint at <see cref="Destination"/> (no device needed: the redirect is only returned, never carried out).
+/// endpoint at <see cref="Destination"/>: an existing interface of this namespace, whose MTU the program checks (the
+/// redirect is only returned by a test run, never carried out, so nothing is sent there).
 /// </summary>
 public sealed class HostRoutingTests : IDisposable
 {
-    private const uint Destination = 7;
+    private static readonly uint Destination = (uint)NetworkInterface.GetAllNetworkInterfaces()
+        .First(i => i.NetworkInterfaceType != NetworkInterfaceType.Loopback).GetIPProperties().GetIPv4Properties().Index;
 
     private const string Policies = """
         endpointSelector: {matchLabels: {app: server}}
@@ -186,6 +188,16 @@ public sealed class HostRoutingTests : IDisposable
         var frame = change(ToGateway(Frame(client, server, Tcp, TcpSegment(40000, 80))));
         Assert.True(Send(frame).ReturnValue == BpfProgram.TcActOk, name);
         Assert.DoesNotContain(_h.Datapath.Conntrack.Entries(), e => e.Key.IfIndex == Destination);
+    }
+
+    [Fact]
+    public void APacketTooBigForTheDestinationsLinkTakesTheStack()
+    {
+        // The node's forwarding answers it with fragmentation needed, which the sender must see (path MTU discovery).
+        var (client, server) = Addresses(false);
+        Assert.Equal(BpfProgram.TcActOk, Send(ToGateway(Frame(client, server, Tcp, TcpSegment(40000, 80, TcpAck, payload: 1600)))).ReturnValue);
+        Assert.Equal(BpfProgram.TcActRedirect, Send(ToGateway(Frame(client, server, Tcp, TcpSegment(40000, 80, TcpAck, payload: 1400))))
+            .ReturnValue);
     }
 
     [Fact]

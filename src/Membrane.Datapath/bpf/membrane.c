@@ -155,15 +155,33 @@ static __always_inline struct local_value *local_destination(const struct flow *
 	return bpf_map_lookup_elem(&mb_local6, &k);
 }
 
-/* What the node's forwarding would do to the packet: one hop less (the IPv4 checksum follows the TTL). */
-static __always_inline int forward_hop(struct __sk_buff *skb, const struct flow *f)
+#define DELIVERY_HEADERS (ETH_HLEN_M + 20) /* Ethernet and as far as the IPv4 checksum (IPv6's hop limit is before) */
+
+/* What the node's forwarding would do to the frame: the gateway's and the pod's MAC addresses, one hop less (the IPv4
+ * checksum updated for the TTL's decrement, RFC 1624). Direct writes: helper calls here cost a delivered packet more
+ * than its conntrack lookup. */
+static __always_inline int rewrite_for_delivery(struct __sk_buff *skb, const struct flow *f, const __u8 *macs)
 {
+	void *data = skb_data(skb), *end = skb_data_end(skb);
+	if (data + DELIVERY_HEADERS > end) {
+		if (bpf_skb_pull_data(skb, DELIVERY_HEADERS))
+			return -1;
+		data = skb_data(skb);
+		end = skb_data_end(skb);
+		if (data + DELIVERY_HEADERS > end)
+			return -1;
+	}
+	__builtin_memcpy(data, macs, 12);
 	__u8 left = f->hop_limit - 1;
-	if (f->family == 6)
-		return bpf_skb_store_bytes(skb, ETH_HLEN_M + 7, &left, 1, 0);
-	if (bpf_l3_csum_replace(skb, ETH_HLEN_M + 10, bpf_htons((__u16)f->hop_limit << 8), bpf_htons((__u16)left << 8), 2))
-		return -1;
-	return bpf_skb_store_bytes(skb, ETH_HLEN_M + 8, &left, 1, 0);
+	if (f->family == 6) {
+		*(__u8 *)(data + ETH_HLEN_M + 7) = left;
+		return 0;
+	}
+	*(__u8 *)(data + ETH_HLEN_M + 8) = left;
+	__u16 *check = data + ETH_HLEN_M + 10;
+	__u32 sum = (__u32)*check + bpf_htons(0x0100);
+	*check = (__u16)(sum + (sum >= 0xffff));
+	return 0;
 }
 
 /* Host routing: a packet the pod's egress policy let through, for another pod of this node, is judged by that pod's
@@ -171,7 +189,8 @@ static __always_inline int forward_hop(struct __sk_buff *skb, const struct flow 
  * straight into its namespace, past the node's forwarding and the destination veth's transmit path (and to_pod).
  * Everything else takes the node's stack as without host routing: the node's own traffic, other nodes' pods,
  * fragments (their later fragments carry no ports to find a destination's verdict by), a TTL the node must answer
- * with time exceeded, and frames not addressed to the gateway (the node's forwarding refuses those). */
+ * with time exceeded, a packet too big for the destination's link, and frames not addressed to the gateway (the
+ * node's forwarding refuses those). */
 static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 {
 	if (f->family == 0 || f->frag != FRAG_NONE || f->hop_limit <= 1 || skb->pkt_type != 0 /* PACKET_HOST */)
@@ -180,12 +199,17 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 	if (!to || to->ifindex == f->endpoint)
 		return TC_ACT_OK;
 	__u32 target = to->ifindex;
+	/* Larger than the destination's link takes: the node's forwarding answers with fragmentation needed / packet too
+	 * big (the kernel's own check, segments of a GSO packet included). */
+	__u32 mtu_len = 0;
+	if (bpf_check_mtu(skb, target, &mtu_len, 0, 0))
+		return TC_ACT_OK;
 	__u8 macs[12];
 	__builtin_memcpy(macs, to->mac, sizeof(macs));
 	f->endpoint = target;
 	if (judge_ingress(skb, f) != TC_ACT_OK)
 		return TC_ACT_SHOT;
-	if (forward_hop(skb, f) || bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
+	if (rewrite_for_delivery(skb, f, macs))
 		return drop(skb, f, DIR_INGRESS, REASON_MALFORMED, 0, 0);
 	count(&mb_stats, STAT_FORWARD_INGRESS, skb->len);
 	return bpf_redirect_peer(target, 0);
