@@ -18,7 +18,8 @@ public sealed record StatusResponse(
     string Version, long Revision, string Kernel, int Endpoints, int Identities, int Policies, int Namespaces,
     string StateDirectory, string PinDirectory, string NodeNamespace, IReadOnlyDictionary<string, ulong> Drops,
     double LastRegenerationMilliseconds, IReadOnlyList<MapFillOutput>? Maps = null, ClusterStatusOutput? Cluster = null,
-    bool PolicyAuditMode = false, string? Attachment = null, string? Metrics = null, bool MetricsExposed = false);
+    bool PolicyAuditMode = false, string? Attachment = null, string? Metrics = null, bool MetricsExposed = false,
+    string? HostRouting = null);
 
 /// <summary>
 /// Cluster mode: this node, the store's health (<c>degraded</c> with every reason), the store revision it has fully
@@ -156,7 +157,7 @@ public sealed record TraceSideOutput(
 public sealed record TraceOutput(
     string From, string To, string Protocol, int? Port, int? IcmpType, int? IcmpCode, string Family,
     uint SourceIdentity, uint DestinationIdentity, TraceSideOutput Egress, TraceSideOutput Ingress, string Verdict,
-    string? Text = null, IReadOnlyList<string>? AuditedBy = null);
+    string? Text = null, IReadOnlyList<string>? AuditedBy = null, string? CheckedAt = null);
 
 public sealed record EndpointOutput(
     int Id, string Pod, uint Identity, IReadOnlyList<string> Labels, string? IPv4, string? IPv6, string Interface,

@@ -11,16 +11,23 @@ namespace Membrane.Agent.Tests;
 /// pod sends the first fragment while policy allows it and the rest after a change that denies it.
 /// </summary>
 [Collection(SandboxGroup.Name)]
-public sealed class HostileFragmentTests
+public class HostileFragmentTests
 {
     private readonly SandboxFixture _s;
     private const string Client = "e2e-a/client", Server = "e2e-a/server";
     private const ushort Port = 9999;
 
     public HostileFragmentTests(SandboxFixture sandbox)
+        : this(sandbox, "bpf")
     {
+    }
+
+    /// <summary>The same attacks with the agent on <paramref name="hostRouting"/> (see the class of that name below).</summary>
+    protected HostileFragmentTests(SandboxFixture sandbox, string hostRouting)
+    {
+        ArgumentNullException.ThrowIfNull(sandbox);
         _s = sandbox;
-        _s.Reset();
+        _s.Reset(hostRouting);
     }
 
     private void ServerAccepts(ushort port)
@@ -72,3 +79,7 @@ public sealed class HostileFragmentTests
             "the datagram was completed by a fragment that rode on a verdict the policy no longer gives");
     }
 }
+
+/// <summary>Every attack of <see cref="HostileFragmentTests"/> again on the legacy path (<c>--host-routing legacy</c>).</summary>
+[Collection(SandboxGroup.Name)]
+public sealed class HostileFragmentTestsOnLegacyRouting(SandboxFixture sandbox) : HostileFragmentTests(sandbox, "legacy");

@@ -13,15 +13,22 @@ namespace Membrane.Agent.Tests;
 /// policy allows arrives, so "not delivered" means dropped.
 /// </summary>
 [Collection(SandboxGroup.Name)]
-public sealed class HostileIcmpTests
+public class HostileIcmpTests
 {
     private readonly SandboxFixture _s;
     private const string Client = "e2e-a/client", Server = "e2e-a/server";
 
     public HostileIcmpTests(SandboxFixture sandbox)
+        : this(sandbox, "bpf")
     {
+    }
+
+    /// <summary>The same attacks with the agent on <paramref name="hostRouting"/> (see the class of that name below).</summary>
+    protected HostileIcmpTests(SandboxFixture sandbox, string hostRouting)
+    {
+        ArgumentNullException.ThrowIfNull(sandbox);
         _s = sandbox;
-        _s.Reset();
+        _s.Reset(hostRouting);
     }
 
     private void Import(string name, string spec)
@@ -159,3 +166,7 @@ public sealed class HostileIcmpTests
         }
     }
 }
+
+/// <summary>Every attack of <see cref="HostileIcmpTests"/> again on the legacy path (<c>--host-routing legacy</c>).</summary>
+[Collection(SandboxGroup.Name)]
+public sealed class HostileIcmpTestsOnLegacyRouting(SandboxFixture sandbox) : HostileIcmpTests(sandbox, "legacy");

@@ -14,16 +14,23 @@ namespace Membrane.Agent.Tests;
 /// that policy lets through, so "not seen" means dropped, not "not looked at".
 /// </summary>
 [Collection(SandboxGroup.Name)]
-public sealed class HostilePodTests
+public class HostilePodTests
 {
     private readonly SandboxFixture _s;
     private const string Client = "e2e-a/client", Server = "e2e-a/server", Other = "e2e-b/other";
     private static readonly string NodeNetns = $"{SandboxFixture.Prefix}-node";
 
     public HostilePodTests(SandboxFixture sandbox)
+        : this(sandbox, "bpf")
     {
+    }
+
+    /// <summary>The same attacks with the agent on <paramref name="hostRouting"/> (see the class of that name below).</summary>
+    protected HostilePodTests(SandboxFixture sandbox, string hostRouting)
+    {
+        ArgumentNullException.ThrowIfNull(sandbox);
         _s = sandbox;
-        _s.Reset();
+        _s.Reset(hostRouting);
     }
 
     private void Import(string name, string spec)
@@ -359,3 +366,7 @@ public sealed class HostilePodTests
         return false;
     }
 }
+
+/// <summary>Every attack of <see cref="HostilePodTests"/> again on the legacy path (<c>--host-routing legacy</c>).</summary>
+[Collection(SandboxGroup.Name)]
+public sealed class HostilePodTestsOnLegacyRouting(SandboxFixture sandbox) : HostilePodTests(sandbox, "legacy");

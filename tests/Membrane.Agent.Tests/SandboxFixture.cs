@@ -61,8 +61,23 @@ public sealed class SandboxFixture : IDisposable
 
     public int AgentPid => _agent!.Id;
 
+    /// <summary>The host routing the agent runs with (<c>--host-routing</c>): tests of the legacy path switch to it.</summary>
+    public string HostRouting { get; private set; } = "bpf";
+
+    /// <summary>Restarts the agent with <paramref name="mode"/> unless it already runs with it (endpoints are adopted).</summary>
+    public void UseHostRouting(string mode)
+    {
+        if (mode != HostRouting || _agent is null or { HasExited: true })
+        {
+            KillAgent();
+            StartAgent("--host-routing", mode);
+        }
+    }
+
     public void StartAgent(params string[] extra)
     {
+        var routing = Array.IndexOf(extra, "--host-routing");
+        HostRouting = routing >= 0 ? extra[routing + 1] : "bpf";
         var (started, code, stderr) = TryStartAgent(extra);
         if (!started)
         {
@@ -84,7 +99,11 @@ public sealed class SandboxFixture : IDisposable
     /// <summary>kill -9: no chance to clean up, as after a crash.</summary>
     public void KillAgent()
     {
-        _agent!.Kill();
+        if (_agent is null or { HasExited: true })
+        {
+            return;
+        }
+        _agent.Kill();
         _agent.WaitForExit();
     }
 
@@ -139,9 +158,13 @@ public sealed class SandboxFixture : IDisposable
     public EndpointOutput Endpoint(string pod) =>
         JsonSerializer.Deserialize(CliOk("endpoint", "get", pod, "-o", "json").Out, AgentJsonContext.Default.EndpointOutput)!;
 
-    /// <summary>Back to the base workloads without policies.</summary>
-    public void Reset()
+    /// <summary>
+    /// Back to the base workloads without policies, on <paramref name="hostRouting"/> (every class's tests start here, so
+    /// a class on the legacy path leaves the next class on the default one; the agent restarts only when the mode changes).
+    /// </summary>
+    public void Reset(string hostRouting = "bpf")
     {
+        UseHostRouting(hostRouting);
         CliOk("policy", "delete", "--all");
         var r = Apply(Workloads);
         Assert.True(r.Code == 0, r.Err);

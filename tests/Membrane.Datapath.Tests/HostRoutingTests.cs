@@ -239,6 +239,16 @@ public sealed class HostRoutingTests : IDisposable
     }
 
     [Fact]
+    public void APodsHopLimitOf255DoesNotPassForTheNodesNeighbourDiscovery()
+    {
+        // Towards a pod, hop limit 255 proves an on-link sender (the node); routed by the node it would arrive with 254.
+        var (client, server) = Addresses(v6: true);
+        var solicitation = HopLimit(ToGateway(Frame(client, server, IcmpV6, IcmpMessage(135, 0))), 255);
+        Assert.Equal(BpfProgram.TcActShot, Send(solicitation).ReturnValue);
+        Assert.Equal(1ul, _h.Datapath.DropCountersByDirection()[(DropReason.Policy, WireDirection.Ingress)].Packets);
+    }
+
+    [Fact]
     public void AForgedSourceIsDroppedBeforeAnyDelivery()
     {
         var server = _h.V4("a/server");

@@ -82,7 +82,9 @@ public sealed class AgentQueries(
             options.StateDirectory, options.PinDirectory, NodeNamespace, drops, p.RegenerationMilliseconds, p.Maps,
             Cluster?.Invoke(p.Revision), datapath.AuditMode, datapath.Hooks.Mode == AttachMode.Tcx
                 ? $"tcx links pinned in {datapath.Hooks.LinkPinDirectory}" : "clsact (tc filters)", MetricsAddress,
-            MetricsAddress is { } served && !IPAddress.IsLoopback(IPEndPoint.Parse(served).Address));
+            MetricsAddress is { } served && !IPAddress.IsLoopback(IPEndPoint.Parse(served).Address), datapath.HostRouting
+                ? "bpf (packets between this node's pods are judged at the sender's hook and delivered into the destination)"
+                : "legacy (packets between this node's pods are forwarded by the node)");
     }
 
     private List<MapFillOutput> MapFill()
@@ -120,7 +122,32 @@ public sealed class AgentQueries(
         {
             text += $"audit mode on {string.Join(", ", audited)}: the datapath lets this through and reports it as AUDIT\n";
         }
-        return TraceJson.From(result) with { Text = text, AuditedBy = audited.Count > 0 ? audited : null };
+        var checkedAt = CheckedAt(request.From, request.To);
+        if (checkedAt is not null)
+        {
+            text += $"where: {checkedAt}\n";
+        }
+        return TraceJson.From(result) with { Text = text, AuditedBy = audited.Count > 0 ? audited : null, CheckedAt = checkedAt };
+    }
+
+    /// <summary>Which hook judges each side of a flow between two pods, when at least one of them is on this node.</summary>
+    private string? CheckedAt(string from, string to)
+    {
+        EndpointRecord? source = endpoints.Find(from), destination = endpoints.Find(to);
+        if (source is null && destination is null)
+        {
+            return null;
+        }
+        if (source is not null && destination is not null && datapath.HostRouting
+            && datapath.LocalDelivery.IfIndexes().Contains((uint)destination.IfIndex))
+        {
+            return $"both sides at the source's hook (from_pod on {source.HostInterface}): host routing judges {to}'s ingress " +
+                $"policy there and delivers into its namespace, so {to}'s to_pod (on {destination.HostInterface}) does not run; " +
+                "fragments, TTL 1 and packets too big for the link take the node's stack and meet to_pod there";
+        }
+        var egress = source is null ? $"{from}'s egress on its own node" : $"{from}'s egress at from_pod on {source.HostInterface}";
+        var ingress = destination is null ? $"{to}'s ingress on its own node" : $"{to}'s ingress at to_pod on {destination.HostInterface}";
+        return $"{egress}; {ingress}";
     }
 
     /// <summary>This node's endpoints; in cluster mode also the other nodes' pods (no interface here), each with its node.</summary>

@@ -43,6 +43,10 @@ public static class AgentCommands
             {
                 output.Out.WriteLine($"Attachment:  {attachment}");
             }
+            if (s.HostRouting is { } routing)
+            {
+                output.Out.WriteLine($"Routing:     {routing}");
+            }
             output.Out.WriteLine($"Drops:       {string.Join(", ", s.Drops.Select(d => $"{d.Key} {d.Value}"))}");
             output.Out.WriteLine($"Metrics:     {s.Metrics ?? "not served"}{(s.MetricsExposed ? " — not a loopback address: anyone who " +
                 "can reach it reads pod names, policies and drop counts" : "")}");

@@ -157,8 +157,8 @@ static __always_inline struct local_value *local_destination(const struct flow *
 
 #define DELIVERY_HEADERS (ETH_HLEN_M + 20) /* Ethernet and as far as the IPv4 checksum (IPv6's hop limit is before) */
 
-/* What the node's forwarding would do to the frame: the gateway's and the pod's MAC addresses, one hop less (the IPv4
- * checksum updated for the TTL's decrement, RFC 1624). Direct writes: helper calls here cost a delivered packet more
+/* What the node's forwarding would do to the frame: the gateway's and the pod's MAC addresses, the hop limit the
+ * destination was judged with (the IPv4 checksum updated for the TTL's decrement, RFC 1624). Direct writes: helper calls here cost a delivered packet more
  * than its conntrack lookup. */
 static __always_inline int rewrite_for_delivery(struct __sk_buff *skb, const struct flow *f, const __u8 *macs)
 {
@@ -172,7 +172,7 @@ static __always_inline int rewrite_for_delivery(struct __sk_buff *skb, const str
 			return -1;
 	}
 	__builtin_memcpy(data, macs, 12);
-	__u8 left = f->hop_limit - 1;
+	__u8 left = f->hop_limit; /* already one less: the hop the node would have taken */
 	if (f->family == 6) {
 		*(__u8 *)(data + ETH_HLEN_M + 7) = left;
 		return 0;
@@ -206,7 +206,10 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 		return TC_ACT_OK;
 	__u8 macs[12];
 	__builtin_memcpy(macs, to->mac, sizeof(macs));
+	/* The destination's policy judges the packet as it will arrive: one hop less. A hop limit of 255 towards a pod
+	 * proves the node sent it (neighbour discovery); a pod's 255 must not prove that by skipping the node. */
 	f->endpoint = target;
+	f->hop_limit--;
 	if (judge_ingress(skb, f) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	if (rewrite_for_delivery(skb, f, macs))
