@@ -155,7 +155,8 @@ public sealed class HostRoutingEndToEndTests
         Use("bpf");
         EndpointOutput client = _s.Endpoint(Client), server = _s.Endpoint(Server);
         using var flood = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client.Netns, "ping", "-f", "-q", "-w", "20",
-            server.IPv4!]) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false })!;
+            server.IPv4!])
+        { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false })!;
         try
         {
             var pod = """

@@ -1,6 +1,6 @@
 using System.Net;
-using Membrane.Datapath.Maps;
 using Membrane.Agent.State;
+using Membrane.Datapath.Maps;
 using Membrane.Policy.Workloads;
 
 namespace Membrane.Agent.Endpoints;

@@ -227,8 +227,12 @@ public static class AgentCommandLine
                 }
                 options = options with { UnderlayAddress = underAddress, UnderlayPrefixLength = length };
             }
-            options = options with { UnderlayNamespace = parse.GetValue(underlayNetns)!, RoutingMode = parse.GetValue(routing),
-                HostRouting = parse.GetValue(hostRouting) };
+            options = options with
+            {
+                UnderlayNamespace = parse.GetValue(underlayNetns)!,
+                RoutingMode = parse.GetValue(routing),
+                HostRouting = parse.GetValue(hostRouting)
+            };
             if (parse.GetValue(flowRing) is < 0 or > 1_000_000)
             {
                 await Console.Error.WriteLineAsync("error: --flow-ring must be 0 to 1,000,000 flows").ConfigureAwait(false);

@@ -1,9 +1,8 @@
 using System.Net;
 using Membrane.Agent.Endpoints;
 using Membrane.Agent.State;
-using Membrane.Policy.Workloads;
-
 using Membrane.Datapath.Maps;
+using Membrane.Policy.Workloads;
 
 namespace Membrane.Agent.Sandbox;
 
