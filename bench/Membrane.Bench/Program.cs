@@ -36,7 +36,8 @@ switch (what)
     case "throughput":
         await using (var sandbox = await SandboxBenchmark.StartAsync())
         {
-            foreach (var t in await sandbox.ThroughputAsync(pings: 20_000, rounds: args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 3))
+            var rounds = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 3;
+            foreach (var t in await sandbox.ThroughputAsync(pings: 20_000, rounds))
             {
                 Console.WriteLine($"{t.Scenario,-40} {t.PingPerSecond,10:N0} {t.PingRatio,6:F2} {t.TcpMegabytesPerSecond,8:N0} " +
                     $"{t.TcpRatio,6:F2}");

@@ -168,8 +168,10 @@ public sealed class HostRoutingEndToEndTests
             Assert.DoesNotContain(_s.CliOk("endpoint", "list").Out, Server, StringComparison.Ordinal);
             Assert.Equal(0, _s.Cli("status").Code);
             // The delivery entry went before the interface: nothing in the map points at the removed index.
-            var delivery = Ip.Exec("bpftool", ["-j", "map", "dump", "pinned", Path.Combine(SandboxFixture.PinDirectory, "mb_local4")], null);
-            Assert.DoesNotContain($"\"ifindex\":{server.Id},", delivery.Replace(" ", "", StringComparison.Ordinal), StringComparison.Ordinal);
+            var delivery = Ip.Exec("bpftool", ["-j", "map", "dump", "pinned", Path.Combine(SandboxFixture.PinDirectory, "mb_local4")], null)
+                .Replace(" ", "", StringComparison.Ordinal);
+            Assert.Contains("\"ifindex\":", delivery, StringComparison.Ordinal); // the other pods' entries: the dump is readable
+            Assert.DoesNotContain($"\"ifindex\":{server.Id},", delivery, StringComparison.Ordinal);
         }
         finally
         {

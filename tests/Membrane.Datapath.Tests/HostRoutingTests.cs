@@ -195,9 +195,9 @@ public sealed class HostRoutingTests : IDisposable
     {
         // The node's forwarding answers it with fragmentation needed, which the sender must see (path MTU discovery).
         var (client, server) = Addresses(false);
-        Assert.Equal(BpfProgram.TcActOk, Send(ToGateway(Frame(client, server, Tcp, TcpSegment(40000, 80, TcpAck, payload: 1600)))).ReturnValue);
-        Assert.Equal(BpfProgram.TcActRedirect, Send(ToGateway(Frame(client, server, Tcp, TcpSegment(40000, 80, TcpAck, payload: 1400))))
-            .ReturnValue);
+        byte[] Segment(int payload) => ToGateway(Frame(client, server, Tcp, TcpSegment(40000, 80, TcpAck, payload)));
+        Assert.Equal(BpfProgram.TcActOk, Send(Segment(1600)).ReturnValue);
+        Assert.Equal(BpfProgram.TcActRedirect, Send(Segment(1400)).ReturnValue);
     }
 
     [Fact]

@@ -71,7 +71,8 @@ public sealed class SandboxRuntime : IEndpointRuntime
     public DeliveryMacs? Delivery(EndpointRecord record)
     {
         ArgumentNullException.ThrowIfNull(record);
-        return NetworkNamespace.MacOf(record.Netns, "eth0") is { } pod && NetworkNamespace.MacOf(_node.Name, record.HostInterface) is { } gateway
+        return NetworkNamespace.MacOf(record.Netns, "eth0") is { } pod
+            && NetworkNamespace.MacOf(_node.Name, record.HostInterface) is { } gateway
             ? new DeliveryMacs(pod, gateway)
             : null;
     }
