@@ -20,6 +20,10 @@ install() {
   fi
 }
 install "" "${packages[@]}"
+# The web view: its graph library comes from the npm registry at build time (npm ci), and its test drives Debian's
+# headless Chromium through chromedriver. Node.js from Debian only when this machine has no npm at all.
+install --no-install-recommends chromium chromium-driver
+command -v npm >/dev/null 2>&1 || install --no-install-recommends nodejs npm
 install --no-install-recommends "${containers[@]}"
 # Prometheus for the metrics test (the test starts its own server): the package must not start a system one, so
 # service starts are refused while it installs unless this machine already refuses them.

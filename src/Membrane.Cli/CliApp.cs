@@ -68,6 +68,7 @@ public static class CliApp
         }
         root.Subcommands.Add(ConnectivityCommands.Create(output));
         root.Subcommands.Add(ObserveCommands.Create(output));
+        root.Subcommands.Add(UiCommand.Create(output));
         root.Subcommands.Add(VersionCommand.Create(output));
         root.Subcommands.Add(CniCommands.Create(output));
         root.Subcommands.Add(ClusterCommands.Create(output));

@@ -39,16 +39,9 @@ public static class ObserveCommands
         command.SetAction(async (parse, cancel) =>
         {
             var window = parse.GetValue(since) is { } text ? Duration(text) : (TimeSpan?)null;
-            bool Matches(Flow f) =>
-                (parse.GetValue(fromPod) is not { } from || Pod(f.Source) == from)
-                && (parse.GetValue(toPod) is not { } to || Pod(f.Destination) == to)
-                && (parse.GetValue(ns) is not { } n || f.Source.Namespace == n || f.Destination.Namespace == n)
-                && (parse.GetValue(verdict) is not { } v || f.Verdict == v)
-                && (parse.GetValue(protocol) is not { } p || Protocol(f) == p)
-                && (parse.GetValue(icmpType) is not { } t || (f.L4.IcmpV4 ?? f.L4.IcmpV6)?.Type == t)
-                && (parse.GetValue(port) is not { } port2 || Ports(f) is { } ports && (ports.SourcePort == port2
-                    || ports.DestinationPort == port2))
-                && (window is null || f.Time >= DateTimeOffset.UtcNow - window);
+            var filter = new FlowFilter(parse.GetValue(fromPod), parse.GetValue(toPod), parse.GetValue(ns), parse.GetValue(verdict),
+                parse.GetValue(protocol), parse.GetValue(icmpType), parse.GetValue(port), window);
+            bool Matches(Flow f) => filter.Matches(f, DateTimeOffset.UtcNow);
             var json = parse.GetValue(format) == "json";
             using var client = AgentClient.FromEnvironment();
             var result = await client.Get("v1/flows", AgentJsonContext.Default.FlowsResponse).ConfigureAwait(false);
@@ -100,15 +93,14 @@ public static class ObserveCommands
         }
     }
 
-    private static string? Pod(FlowEndpoint e) => e.PodName is null ? null : $"{e.Namespace}/{e.PodName}";
+    private static string? Pod(FlowEndpoint e) => FlowFilter.PodOf(e);
 
     private static string Name(FlowEndpoint e, string address) => Pod(e) is { } pod ? $"{pod} ({address})"
         : $"{address} (identity {e.Identity})";
 
-    private static FlowPorts? Ports(Flow f) => f.L4.Tcp ?? f.L4.Udp ?? f.L4.Sctp;
+    private static FlowPorts? Ports(Flow f) => FlowFilter.PortsOf(f);
 
-    private static string Protocol(Flow f) => f.L4.Tcp is not null ? "tcp" : f.L4.Udp is not null ? "udp" : f.L4.Sctp is not null ? "sctp"
-        : f.L4.IcmpV4 is not null ? "icmp" : f.L4.IcmpV6 is not null ? "icmpv6" : "other";
+    private static string Protocol(Flow f) => FlowFilter.ProtocolOf(f);
 
     private static TimeSpan Duration(string text) =>
         Durations.Parse(text, "--since", TimeSpan.MaxValue, "30s, 5m, 1h") is { Ticks: > 0 } window ? window
