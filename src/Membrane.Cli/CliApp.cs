@@ -30,6 +30,29 @@ public static class CliApp
         return [.. args[..at], .. args[(at + 2)..]];
     }
 
+    /// <summary>The command tree (without running anything): what <see cref="Run"/> parses, and what the doc tests parse with.</summary>
+    public static RootCommand Create(CliOutput output)
+    {
+        var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF (--node NAME: talk to that node of the local " +
+            "cluster). Exit status: 0 success (allowed), 1 denied or invalid input, 2 any other error");
+        root.Subcommands.Add(PolicyCommands.Create(output));
+        root.Subcommands.Add(BpfCommands.Create(output));
+        root.Subcommands.Add(AgentLauncher.AgentHelp());
+        foreach (var command in AgentCommands.Create(output))
+        {
+            root.Subcommands.Add(command);
+        }
+        root.Subcommands.Add(ConnectivityCommands.Create(output));
+        root.Subcommands.Add(ObserveCommands.Create(output));
+        root.Subcommands.Add(UiCommand.Create(output));
+        root.Subcommands.Add(VersionCommand.Create(output));
+        root.Subcommands.Add(CniCommands.Create(output));
+        root.Subcommands.Add(ClusterCommands.Create(output));
+        root.Subcommands.Add(ClusterCommands.Nodes(output));
+        root.Subcommands.Add(AgentLauncher.CleanupHelp());
+        return root;
+    }
+
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         ArgumentNullException.ThrowIfNull(args);
@@ -57,23 +80,7 @@ public static class CliApp
             stderr.WriteLine($"error: {e.Message}");
             return Error;
         }
-        var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF (--node NAME: talk to that node of the local " +
-            "cluster)");
-        root.Subcommands.Add(PolicyCommands.Create(output));
-        root.Subcommands.Add(BpfCommands.Create(output));
-        root.Subcommands.Add(AgentLauncher.AgentHelp());
-        foreach (var command in AgentCommands.Create(output))
-        {
-            root.Subcommands.Add(command);
-        }
-        root.Subcommands.Add(ConnectivityCommands.Create(output));
-        root.Subcommands.Add(ObserveCommands.Create(output));
-        root.Subcommands.Add(UiCommand.Create(output));
-        root.Subcommands.Add(VersionCommand.Create(output));
-        root.Subcommands.Add(CniCommands.Create(output));
-        root.Subcommands.Add(ClusterCommands.Create(output));
-        root.Subcommands.Add(ClusterCommands.Nodes(output));
-        root.Subcommands.Add(AgentLauncher.CleanupHelp());
+        var root = Create(output);
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {

@@ -17,7 +17,25 @@ public static class AgentCommandLine
     public const int Success = 0;
     public const int Error = 2;
 
+    /// <summary>The agent's command line (and <c>cleanup</c>), without running anything: what the doc tests parse with.</summary>
+    public static ParseResult Parse(string[] args) => Create().Parse(args);
+
     public static async Task<int> RunAsync(string[] args)
+    {
+        var result = Create().Parse(args);
+        if (result.Errors.Count > 0)
+        {
+            foreach (var error in result.Errors)
+            {
+                await Console.Error.WriteLineAsync($"error: {error.Message}").ConfigureAwait(false);
+            }
+            await Console.Error.WriteLineAsync("Run 'membrane agent --help' for usage.").ConfigureAwait(false);
+            return Error;
+        }
+        return await result.InvokeAsync().ConfigureAwait(false);
+    }
+
+    private static RootCommand Create()
     {
         var stateDir = new Option<string>("--state-dir")
         {
@@ -134,7 +152,8 @@ public static class AgentCommandLine
             DefaultValueFactory = _ => "auto",
         };
         attach.AcceptOnlyFromAmong("auto", "tcx", "clsact");
-        var root = new RootCommand("Run the agent (root): the sandbox, the datapath and the API")
+        var root = new RootCommand("membrane agent: run the agent (root): the sandbox, the datapath and the API. Exit status: 0 " +
+            "when stopped, 2 on an error")
         {
             stateDir, pinDir, prefix, v4, v6, runtime, cri, node, etcd, leaseTtl, etcdCa, etcdCert, etcdKey, underlay, underlayNetns,
                 routing, hostRouting, metrics, flowRing, conntrackEntries, policyEntries, audit, aggregation, attach,
@@ -291,16 +310,6 @@ public static class AgentCommandLine
         });
         root.Subcommands.Add(SandboxCleanup.Command());
         root.Subcommands.Add(PodServerProcess.Command());
-        var result = root.Parse(args);
-        if (result.Errors.Count > 0)
-        {
-            foreach (var error in result.Errors)
-            {
-                await Console.Error.WriteLineAsync($"error: {error.Message}").ConfigureAwait(false);
-            }
-            await Console.Error.WriteLineAsync("Run 'membrane agent --help' for usage.").ConfigureAwait(false);
-            return Error;
-        }
-        return await result.InvokeAsync().ConfigureAwait(false);
+        return root;
     }
 }
