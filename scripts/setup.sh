@@ -2,6 +2,10 @@
 # Installs what Membrane needs to build and test on Debian 12 (run as root). Idempotent.
 set -euo pipefail
 
+if ! command -v dotnet >/dev/null 2>&1; then
+  echo "setup: the .NET 10 SDK is required (dotnet not found on PATH); nothing was installed" >&2
+  exit 1
+fi
 packages=(clang-14 llvm libbpf-dev bpftool iproute2 iputils-ping nftables tcpdump iperf3 afl++ systemd) # systemd: systemd-analyze checks the installed unit
 # Real containers (membrane-cni): podman with its CNI backend, containerd and its CRI, the reference plugins, and
 # busybox-static for an image made offline; etcd for the cluster store. Without recommends: podman's would bring
@@ -33,10 +37,6 @@ if ! dpkg -s prometheus >/dev/null 2>&1; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   install --no-install-recommends prometheus
-fi
-if ! command -v dotnet >/dev/null 2>&1; then
-  echo "setup: the .NET 10 SDK is required (dotnet not found on PATH)" >&2
-  exit 1
 fi
 # bpffs is not mounted at boot on this machine kind; pinned maps need it.
 if ! mountpoint -q /sys/fs/bpf 2>/dev/null; then

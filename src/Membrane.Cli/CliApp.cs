@@ -86,7 +86,7 @@ public static class CliApp
         {
             foreach (var error in parse.Errors)
             {
-                stderr.WriteLine($"error: {error.Message}");
+                stderr.WriteLine($"error: {ParseErrors.Plain(error.Message)}");
             }
             stderr.WriteLine("Run 'membrane --help' for usage.");
             return Error;

@@ -198,6 +198,18 @@ public sealed partial class DocCommandLineTests
         Assert.True(missing.Count == 0, $"{missing.Count} files named in the docs do not exist:\n{string.Join('\n', missing)}");
     }
 
+    [Fact]
+    public void TheInvalidExampleFailsAsCliMdShows()
+    {
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var file = Path.Combine(Root, "examples", "invalid", "bad.yaml");
+        Assert.Equal(1, CliApp.Run(["policy", "validate", file], stdout, stderr));
+        var shown = File.ReadAllText(Path.Combine(Root, "docs", "cli.md"));
+        var message = stderr.ToString().Split('\n')[0].Replace(file, "examples/invalid/bad.yaml", StringComparison.Ordinal);
+        Assert.Contains(message, shown, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("membrane observe --verdict DROPPED | head", new[] { "membrane", "observe", "--verdict", "DROPPED" })]
     [InlineData("membrane policy import \"my file.yaml\" # import it", new[] { "membrane", "policy", "import", "my file.yaml" })]

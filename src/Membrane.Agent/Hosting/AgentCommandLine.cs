@@ -27,7 +27,7 @@ public static class AgentCommandLine
         {
             foreach (var error in result.Errors)
             {
-                await Console.Error.WriteLineAsync($"error: {error.Message}").ConfigureAwait(false);
+                await Console.Error.WriteLineAsync($"error: {ParseErrors.Plain(error.Message)}").ConfigureAwait(false);
             }
             await Console.Error.WriteLineAsync("Run 'membrane agent --help' for usage.").ConfigureAwait(false);
             return Error;

@@ -18,7 +18,11 @@ public static class SandboxCleanup
             DefaultValueFactory = _ => AgentDefaults.PinDirectory,
             Description = "Pinned maps to remove"
         };
-        var stateDir = new Option<string?>("--state-dir") { Description = "Also remove this state directory" };
+        var stateDir = new Option<string?>("--state-dir")
+        {
+            Description = "Also delete this state directory, with the state file and its backup (destructive: the agent's objects, " +
+                "endpoints and identity numbers are gone; only for a sandbox you are throwing away)",
+        };
         var underlay = new Option<string>("--underlay-netns")
         {
             DefaultValueFactory = _ => "membrane-underlay",

@@ -21,7 +21,7 @@ public static class ConnectivityCommands
     {
         var from = new Option<string>("--from") { Description = "Source pod as NAMESPACE/POD", Required = true };
         var to = new Option<string>("--to") { Description = "Destination pod as NAMESPACE/POD", Required = true };
-        var timeout = new Option<int?>("--timeout") { Description = "Milliseconds to wait for an answer (default 1000)" };
+        var timeout = TimeoutOption("How long to wait for an answer: 500ms, 2s (a bare number is milliseconds); default 1s");
         var flow = new FlowOptions();
         var format = CliOutput.CreateFormatOption();
         var command = new Command("probe", "Probe one flow from inside the source pod; exit 0 allowed, 1 denied, 2 an error")
@@ -34,7 +34,7 @@ public static class ConnectivityCommands
             var (protocol, port, type, code, family) = flow.Values(parse);
             var request = flow.Build(parse, parse.GetValue(from)!, parse.GetValue(to)!); // validates the flow before asking the agent
             var query = new ProbeQuery(parse.GetValue(from)!, parse.GetValue(to)!, protocol, port, type, code, family,
-                parse.GetValue(timeout));
+                Milliseconds(parse.GetValue(timeout)));
             ProbeResult result;
             using (var client = AgentClient.FromEnvironment())
             {
@@ -150,7 +150,7 @@ public static class ConnectivityCommands
             Description = "Only pods of these namespaces",
             AllowMultipleArgumentsPerToken = true
         };
-        var timeout = new Option<int?>("--timeout") { Description = "Milliseconds per probe (default 800)" };
+        var timeout = TimeoutOption("How long each probe waits: 500ms, 2s (a bare number is milliseconds); default 800ms");
         var format = CliOutput.CreateFormatOption();
         var command = new Command("matrix", "Probe every ordered pair of pods in parallel; '.' allowed, 'X' denied") { protocol, port,
             family, namespaces, timeout, format };
@@ -158,7 +158,7 @@ public static class ConnectivityCommands
         {
             using var client = AgentClient.FromEnvironment();
             var result = await AnswerOrError(() => client.Post("v1/matrix", new MatrixQuery(parse.GetValue(protocol), parse.GetValue(port),
-                parse.GetValue(family), parse.GetValue(namespaces), parse.GetValue(timeout)),
+                parse.GetValue(family), parse.GetValue(namespaces), Milliseconds(parse.GetValue(timeout))),
                 AgentJsonContext.Default.MatrixQuery, AgentJsonContext.Default.MatrixResponse)).ConfigureAwait(false);
             if (parse.GetValue(format) == "json")
             {
@@ -185,5 +185,24 @@ public static class ConnectivityCommands
             return CliApp.Success;
         });
         return command;
+    }
+
+    /// <summary>--timeout: a duration with its unit (500ms, 2s, 1m), or a bare number of milliseconds as before.</summary>
+    private static Option<string?> TimeoutOption(string description) => new("--timeout") { Description = description };
+
+    private static int? Milliseconds(string? text)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+        if (int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms)
+            && ms is > 0 and <= 600_000)
+        {
+            return ms;
+        }
+        return Durations.Parse(text, "--timeout", TimeSpan.FromMinutes(10), "500ms, 2s, 1m", "10 minutes") is { TotalMilliseconds: >= 1 } span
+            ? (int)span.TotalMilliseconds
+            : throw new CliException($"--timeout \"{text}\" is shorter than a millisecond");
     }
 }

@@ -19,18 +19,23 @@ public static class ObserveCommands
 
     public static Command Create(CliOutput output)
     {
-        var fromPod = new Option<string?>("--from-pod") { Description = "Flows from this pod (NAMESPACE/POD)" };
-        var toPod = new Option<string?>("--to-pod") { Description = "Flows to this pod (NAMESPACE/POD)" };
+        // --from and --to as in probe and trace; --from-pod and --to-pod as in the reference system's observe.
+        var fromPod = new Option<string?>("--from", "--from-pod") { Description = "Flows from this pod (NAMESPACE/POD)" };
+        var toPod = new Option<string?>("--to", "--to-pod") { Description = "Flows to this pod (NAMESPACE/POD)" };
         var ns = new Option<string?>("--namespace") { Description = "Flows from or to pods of this namespace" };
         var verdict = new Option<string?>("--verdict") { Description = "DROPPED, FORWARDED or AUDIT (let through by audit mode)" };
         verdict.AcceptOnlyFromAmong("DROPPED", "FORWARDED", "AUDIT");
         var protocol = new Option<string?>("--protocol") { Description = "tcp, udp, sctp, icmp or icmpv6" };
         protocol.AcceptOnlyFromAmong("tcp", "udp", "sctp", "icmp", "icmpv6");
-        var icmpType = new Option<int?>("--icmp-type") { Description = "ICMP or ICMPv6 type (number)" };
+        var icmpType = new Option<string?>("--icmp-type")
+        {
+            Description = "ICMP or ICMPv6 type, by number or name (EchoRequest; the family from --protocol, IPv4 without it)",
+        };
         var port = new Option<int?>("--port") { Description = "Source or destination port" };
         var since = new Option<string?>("--since") { Description = "Only flows of the last DURATION (30s, 5m, 1h)" };
         var last = new Option<int?>("--last") { Description = "Only the last N matching flows" };
-        var follow = new Option<bool>("--follow", "-f") { Description = "Keep printing new flows as they come" };
+        // No -f: across the CLI, -f is a file (apply -f).
+        var follow = new Option<bool>("--follow") { Description = "Keep printing new flows as they come" };
         var format = CliOutput.CreateFormatOption();
         var command = new Command("observe", "Recent flows the datapath dropped or allowed (the agent's flow ring), with filters")
         {
@@ -40,7 +45,7 @@ public static class ObserveCommands
         {
             var window = parse.GetValue(since) is { } text ? Duration(text) : (TimeSpan?)null;
             var filter = new FlowFilter(parse.GetValue(fromPod), parse.GetValue(toPod), parse.GetValue(ns), parse.GetValue(verdict),
-                parse.GetValue(protocol), parse.GetValue(icmpType), parse.GetValue(port), window);
+                parse.GetValue(protocol), IcmpType(parse.GetValue(icmpType), parse.GetValue(protocol)), parse.GetValue(port), window);
             bool Matches(Flow f) => filter.Matches(f, DateTimeOffset.UtcNow);
             var json = parse.GetValue(format) == "json";
             using var client = AgentClient.FromEnvironment();
@@ -105,4 +110,22 @@ public static class ObserveCommands
     private static TimeSpan Duration(string text) =>
         Durations.Parse(text, "--since", TimeSpan.MaxValue, "30s, 5m, 1h") is { Ticks: > 0 } window ? window
             : throw new CliException($"--since \"{text}\" is not a duration (30s, 5m, 1h)");
+
+    /// <summary>An ICMP type by number or name, in the family --protocol names (icmpv6: IPv6; otherwise IPv4).</summary>
+    private static int? IcmpType(string? text, string? protocol)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+        var family = string.Equals(protocol, "icmpv6", StringComparison.OrdinalIgnoreCase) ? Policy.Rules.IcmpFamily.IPv6
+            : Policy.Rules.IcmpFamily.IPv4;
+        if (byte.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
+        {
+            return number;
+        }
+        return Policy.Rules.IcmpTypes.TryParse(family, text, out var type) ? type
+            : throw new CliException($"--icmp-type \"{text}\" is neither a number (0-255) nor an ICMP{(family == Policy.Rules.IcmpFamily.IPv6
+                ? "v6" : "")} type name (EchoRequest, DestinationUnreachable, …)");
+    }
 }
