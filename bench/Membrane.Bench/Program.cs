@@ -62,6 +62,10 @@ switch (what)
         {
             await File.WriteAllTextAsync(markdown, Report.Markdown(report));
             Console.Error.WriteLine($"wrote {markdown}");
+            // The README quotes the headline and nothing else: written here, between its markers.
+            var readme = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(markdown))!, "..", "README.md");
+            await File.WriteAllTextAsync(readme, ReadmeSummary.Replace(await File.ReadAllTextAsync(readme), Report.Headline(report)));
+            Console.Error.WriteLine($"wrote the summary in {Path.GetFullPath(readme)}");
         }
         Console.WriteLine(args.Contains("json") ? Report.Json(report) : Report.Markdown(report));
         return 0;

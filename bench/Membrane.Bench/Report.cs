@@ -62,6 +62,36 @@ public static class Report
 
     public static string Json(BenchmarkReport report) => JsonSerializer.Serialize(report, ReportJsonContext.Default.BenchmarkReport);
 
+    /// <summary>
+    /// The figures quoted outside this report: the headline, which bench/run also writes into README.md between the
+    /// summary markers (DocNumbersTests checks that README holds this report's headline and no other figures there).
+    /// </summary>
+    public static IReadOnlyList<string> Headline(BenchmarkReport r)
+    {
+        ArgumentNullException.ThrowIfNull(r);
+        var membrane5000 = r.Throughput.FirstOrDefault(t => t.Scenario == "Membrane, 5,000 rules");
+        var legacy5000 = r.Throughput.FirstOrDefault(t => t.Scenario == "Membrane, 5,000 rules, legacy routing");
+        var nft1000 = r.Throughput.FirstOrDefault(t => t.Scenario.StartsWith("nftables, 1,000", StringComparison.Ordinal));
+        var established = r.Datapath.First(d => d.Scenario == "established TCP");
+        var largest = r.Verifier.Max(v => v.ProcessedInstructions);
+        var lines = new List<string>
+        {
+            $"- Ping flood with 5,000 Membrane rules: **{membrane5000?.PingRatio:F2}×** of unfiltered with host routing " +
+                $"(±{membrane5000?.PingSpread:F2}), {legacy5000?.PingRatio:F2}× on the legacy path (nftables with 1,000 linear rules: " +
+                $"{nft1000?.PingRatio:F2}×); TCP {membrane5000?.TcpRatio:F2}× (±{membrane5000?.TcpSpread:F2}).",
+            $"- An established TCP packet costs **{established.Ratio:F1}×** an empty tc program ({established.Nanoseconds:F0} ns).",
+            $"- Largest program: **{largest:N0}** processed instructions, {100.0 * largest / 1_000_000:F2}% of the verifier's limit.",
+            $"- A policy change reaches every node of a 3-node cluster in p50 **{r.Cluster.Propagation.P50:F0} ms** / p99 " +
+                $"**{r.Cluster.Propagation.P99:F0} ms**; a quorum's return is recovered from in {r.Cluster.QuorumRecoverySeconds:F1} s " +
+                "(section 7).",
+        };
+        lines.AddRange(r.Cluster.Throughput.Select(t => $"- Cross-node ping flood ({t.RoutingMode}): {t.PingRatio:F2}× of same-node " +
+            $"(TCP {t.TcpRatio:F2}×)."));
+        lines.AddRange(r.Cni.Select(c => $"- CNI ADD through the {c.Plugin} plugin: p50 {c.AddP50:F1} ms (the agent's part " +
+            $"{c.AgentAddP50:F1} ms); enforced when ADD returned: {c.EnforcedAtReturn} of {c.Containers}."));
+        return lines;
+    }
+
     public static string Markdown(BenchmarkReport r)
     {
         var s = new StringBuilder();
@@ -81,21 +111,20 @@ public static class Report
         Line();
         Line("## Headline");
         Line();
+        foreach (var headline in Headline(r))
+        {
+            Line(headline);
+        }
+        Line();
+        Line("## 1. Datapath per packet");
+        Line();
         var membrane5000 = r.Throughput.FirstOrDefault(t => t.Scenario == "Membrane, 5,000 rules");
         var legacy5000 = r.Throughput.FirstOrDefault(t => t.Scenario == "Membrane, 5,000 rules, legacy routing");
         var emptyTcx = r.Throughput.FirstOrDefault(t => t.Scenario == "empty program, tcx");
         var nft1000 = r.Throughput.FirstOrDefault(t => t.Scenario.StartsWith("nftables, 1,000", StringComparison.Ordinal));
         var established = r.Datapath.First(d => d.Scenario == "established TCP");
         var largest = r.Verifier.Max(v => v.ProcessedInstructions);
-        Line($"- Ping flood with 5,000 Membrane rules: **{membrane5000?.PingRatio:F2}×** of unfiltered with host routing, " +
-            $"{legacy5000?.PingRatio:F2}× on the legacy path (nftables with 1,000 linear rules: {nft1000?.PingRatio:F2}×).");
-        Line($"- An established TCP packet costs **{established.Ratio:F1}×** an empty tc program ({established.Nanoseconds:F0} ns).");
-        Line($"- Largest program: **{largest:N0}** processed instructions, {100.0 * largest / 1_000_000:F2}% of the verifier's limit.");
-        Line($"- A policy change reaches every node of a 3-node cluster in p50 **{r.Cluster.Propagation.P50:F0} ms** / p99 " +
-            $"**{r.Cluster.Propagation.P99:F0} ms** (section 7).");
-        Line();
-        Line("## 1. Datapath per packet");
-        Line();
+
         Line("BPF_PROG_TEST_RUN, 1,000,000 repeats per measurement, 9 rounds; each round measures the empty program and then every " +
             "scenario, and a ratio is the median of the ratios to the same round's floor. New allowed flows: 50,000 single runs against " +
             "the empty program run the same way.");
