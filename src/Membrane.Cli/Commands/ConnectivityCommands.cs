@@ -201,8 +201,8 @@ public static class ConnectivityCommands
         {
             return ms;
         }
-        return Durations.Parse(text, "--timeout", TimeSpan.FromMinutes(10), "500ms, 2s, 1m", "10 minutes") is { TotalMilliseconds: >= 1 } span
-            ? (int)span.TotalMilliseconds
+        var span = Durations.Parse(text, "--timeout", TimeSpan.FromMinutes(10), "500ms, 2s, 1m", "10 minutes");
+        return span.TotalMilliseconds >= 1 ? (int)span.TotalMilliseconds
             : throw new CliException($"--timeout \"{text}\" is shorter than a millisecond");
     }
 }

@@ -124,8 +124,9 @@ public static class ObserveCommands
         {
             return number;
         }
+        var v6 = family == Policy.Rules.IcmpFamily.IPv6 ? "v6" : "";
         return Policy.Rules.IcmpTypes.TryParse(family, text, out var type) ? type
-            : throw new CliException($"--icmp-type \"{text}\" is neither a number (0-255) nor an ICMP{(family == Policy.Rules.IcmpFamily.IPv6
-                ? "v6" : "")} type name (EchoRequest, DestinationUnreachable, …)");
+            : throw new CliException($"--icmp-type \"{text}\" is neither a number (0-255) nor an ICMP{v6} type name (EchoRequest, " +
+                "DestinationUnreachable, …)");
     }
 }
