@@ -34,7 +34,8 @@ public static class CliApp
     public static RootCommand Create(CliOutput output)
     {
         var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF (--node NAME: talk to that node of the local " +
-            "cluster). Exit status: 0 success (allowed), 1 denied or invalid input, 2 any other error");
+            "cluster). Exit status: 0 success (allowed), 1 denied or invalid input, 2 any other error (3: cluster mode, committed " +
+            "but not yet enforced everywhere)");
         root.Subcommands.Add(PolicyCommands.Create(output));
         root.Subcommands.Add(BpfCommands.Create(output));
         root.Subcommands.Add(AgentLauncher.AgentHelp());

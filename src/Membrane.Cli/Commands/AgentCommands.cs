@@ -135,7 +135,8 @@ public static class AgentCommands
 
     private static Command Reset(CliOutput output)
     {
-        var command = new Command("reset", "Remove every pod, namespace and policy from the running agent");
+        var command = new Command("reset", "Remove every pod, namespace and policy from the running agent (prints the new revision " +
+            "as text only: no -o json)");
         command.SetAction(async parse =>
         {
             using var client = AgentClient.FromEnvironment();

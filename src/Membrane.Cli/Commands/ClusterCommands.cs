@@ -81,7 +81,8 @@ public static class ClusterCommands
             DefaultValueFactory = _ => 15,
         };
         var dir = DirectoryOption();
-        var command = new Command("up", "Start a local cluster: a 3-member etcd on loopback ports and an agent per node")
+        var command = new Command("up", "Start a local cluster: a 3-member etcd on loopback ports and an agent per node (progress " +
+            "as text only: no -o json; 'membrane cluster status -o json' describes the result)")
         {
             nodes, routing, lease, dir,
         };
@@ -183,7 +184,8 @@ public static class ClusterCommands
     private static Command Down(CliOutput output)
     {
         var dir = DirectoryOption();
-        var command = new Command("down", "Stop the local cluster's agents and etcd, and remove everything they created") { dir };
+        var command = new Command("down", "Stop the local cluster's agents and etcd, and remove everything they created (text only: " +
+            "no -o json)") { dir };
         command.SetAction(parse =>
         {
             var directory = Path.GetFullPath(parse.GetValue(dir)!);

@@ -47,7 +47,8 @@ public static class CniCommands
             DefaultValueFactory = _ => "10.210.0.0/24",
         };
         var bridge = new Option<string>("--bridge") { Description = "chained mode: the bridge's name", DefaultValueFactory = _ => "mbr0" };
-        var command = new Command("install", "Copy membrane-cni into the plugin directory and write a conflist")
+        var command = new Command("install",
+            "Copy membrane-cni into the plugin directory and write a conflist (prints what it wrote, as text only: no -o json)")
         {
             binDir, confDir, mode, name, socket, subnet, bridge,
         };
