@@ -17,8 +17,10 @@ STATE=$(mktemp -d /tmp/membrane-demo.XXXXXX)
 export MEMBRANE_SOCKET=$STATE/membrane.sock
 AGENT=
 MONITOR=
+UI=
 cleanup() {
   [ -n "$MONITOR" ] && kill "$MONITOR" 2>/dev/null || true
+  [ -n "$UI" ] && kill "$UI" 2>/dev/null || true
   [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null && wait "$AGENT" 2>/dev/null || true
   membrane cleanup --name-prefix "$PREFIX" --pin-dir "$PIN" --state-dir "$STATE" >/dev/null || true
   echo "demo: cleaned up (namespaces, pod servers, pinned maps, state)"
@@ -78,3 +80,17 @@ membrane policy trace --from other/intruder --to demo/web --protocol icmp --icmp
 
 step "5. What the kernel holds for demo/web (membrane bpf policy get demo/web)"
 membrane bpf policy get demo/web
+
+step "6. See it: membrane ui (who may reach demo/web, and what was dropped)"
+if [ -t 0 ] && [ -t 1 ]; then
+  # Interactive: the web view over this sandbox until Enter; then everything is cleaned up as usual.
+  dotnet "$MEMBRANE_DLL" ui --listen 127.0.0.1:9971 >"$STATE/ui.log" 2>&1 &
+  UI=$!
+  for _ in $(seq 50); do grep -q "token=" "$STATE/ui.log" 2>/dev/null && break; sleep 0.1; done
+  echo "  open $(sed -n 's/^membrane ui: //p' "$STATE/ui.log") in a browser on this machine (or through ssh -L 9971:127.0.0.1:9971)"
+  read -r -p "  press Enter to stop the web view and clean up " _ || true
+  kill "$UI" 2>/dev/null || true
+else
+  echo "  (not a terminal: skipped; run the demo in a terminal to open the web view before the sandbox is removed,"
+  echo "   or run 'membrane ui' next to your own agent: docs/ui.md)"
+fi
