@@ -81,8 +81,7 @@ public static class ClusterCommands
             DefaultValueFactory = _ => 15,
         };
         var dir = DirectoryOption();
-        var command = new Command("up", "Start a local cluster: a 3-member etcd on loopback ports and an agent per node (progress " +
-            "as text only: no -o json; 'membrane cluster status -o json' describes the result)")
+        var command = new Command("up", "Start a local cluster: 3-member etcd on loopback, an agent per node (text only, no -o json)")
         {
             nodes, routing, lease, dir,
         };
@@ -184,8 +183,7 @@ public static class ClusterCommands
     private static Command Down(CliOutput output)
     {
         var dir = DirectoryOption();
-        var command = new Command("down", "Stop the local cluster's agents and etcd, and remove everything they created (text only: " +
-            "no -o json)") { dir };
+        var command = new Command("down", "Stop the cluster's agents and etcd, remove all they made (text only, no -o json)") { dir };
         command.SetAction(parse =>
         {
             var directory = Path.GetFullPath(parse.GetValue(dir)!);
