@@ -134,26 +134,8 @@ public static class DatapathBenchmark
             ("new ICMP echo, denied (no rule)", datapath.ToPod, deniedEcho),
             ("new ICMP timestamp, deny-rule hit", datapath.ToPod, denyHit),
         ];
-        var floors = new List<double>();
-        var times = scenarios.Select(_ => new List<double>()).ToArray();
-        var ratios = scenarios.Select(_ => new List<double>()).ToArray();
-        for (var round = 0; round < runs; round++)
-        {
-            double floorNs = floor.TestRun(tcpAck, repeat).DurationNs;
-            floors.Add(floorNs);
-            for (var i = 0; i < scenarios.Length; i++)
-            {
-                double ns = scenarios[i].Program.TestRun(scenarios[i].Frame, repeat).DurationNs;
-                times[i].Add(ns);
-                ratios[i].Add(ns / floorNs);
-            }
-        }
-        var method = $"repeat {repeat:N0}, median of {runs}";
-        var results = new List<DatapathResult> { new("empty program (floor)", Median(floors), 1, method) };
-        for (var i = 0; i < scenarios.Length; i++)
-        {
-            results.Add(new(scenarios[i].Name, Median(times[i]), Median(ratios[i]), method));
-        }
+        var results = Interleaved(floor, tcpAck, scenarios, runs, repeat, "empty program (floor)",
+            $"repeat {repeat:N0}, median of {runs}").ToList();
 
         // New allowed flows: every packet a fresh echo identifier, one test run each.
         var fresh = (byte[])echo.Clone();
@@ -267,30 +249,37 @@ public static class DatapathBenchmark
             (HostRoutingNotLocal, routed.FromPod, away),
         ];
         var batches = Math.Max(1, repeat / Batch / 10);
+        return [.. Interleaved(floor, ack, scenarios, runs * batches, Batch, HostRoutingBatchFloor,
+            $"{runs * batches:N0} batches of {Batch}, median")];
+    }
+
+    /// <summary>
+    /// Rounds that each run the floor and then every scenario <paramref name="repeat"/> times: a scenario's figure is the
+    /// median of its times, its ratio the median of its ratios to the same round's floor (noise comes in bursts that would
+    /// otherwise land on one scenario). The floor's row first.
+    /// </summary>
+    private static IEnumerable<DatapathResult> Interleaved(BpfProgram floor, byte[] floorFrame,
+        (string Name, BpfProgram Program, byte[] Frame)[] scenarios, int rounds, int repeat, string floorName, string method)
+    {
         var floors = new List<double>();
         var times = scenarios.Select(_ => new List<double>()).ToArray();
         var ratios = scenarios.Select(_ => new List<double>()).ToArray();
-        for (var round = 0; round < runs; round++)
+        for (var round = 0; round < rounds; round++)
         {
-            for (var b = 0; b < batches; b++)
+            double floorNs = floor.TestRun(floorFrame, repeat).DurationNs;
+            floors.Add(floorNs);
+            for (var i = 0; i < scenarios.Length; i++)
             {
-                double floorNs = floor.TestRun(ack, Batch).DurationNs;
-                floors.Add(floorNs);
-                for (var i = 0; i < scenarios.Length; i++)
-                {
-                    double ns = scenarios[i].Program.TestRun(scenarios[i].Frame, Batch).DurationNs;
-                    times[i].Add(ns);
-                    ratios[i].Add(ns / floorNs);
-                }
+                double ns = scenarios[i].Program.TestRun(scenarios[i].Frame, repeat).DurationNs;
+                times[i].Add(ns);
+                ratios[i].Add(ns / floorNs);
             }
         }
-        var method = $"{runs * batches:N0} batches of {Batch}, median";
-        var results = new List<DatapathResult> { new(HostRoutingBatchFloor, Median(floors), 1, method) };
+        yield return new(floorName, Median(floors), 1, method);
         for (var i = 0; i < scenarios.Length; i++)
         {
-            results.Add(new(scenarios[i].Name, Median(times[i]), Median(ratios[i]), method));
+            yield return new(scenarios[i].Name, Median(times[i]), Median(ratios[i]), method);
         }
-        return results;
     }
 
     public static string Format(IReadOnlyList<DatapathResult> results)
