@@ -40,7 +40,8 @@ public static class DatapathBenchmark
     {
         using var floorObject = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "floor.o"));
         using var stepsObject = BpfObject.Load(Path.Combine(BpfObject.ObjectDirectory, "steps.o"));
-        var steps = new ConntrackTable(stepsObject.Map<uint, uint>("mb_ct4_tables"), stepsObject.Map<uint, uint>("mb_ct6_tables"));
+        var steps = new ConntrackTable(stepsObject.Map<uint, uint>("mb_ct4_tables"), stepsObject.Map<uint, uint>("mb_ct6_tables"),
+            new FragmentTable(stepsObject.Map<uint, uint>("mb_frag_tables")));
         steps.AddEndpoint(IfIndex);
         using var datapath = PolicyDatapath.Load();
         datapath.Conntrack.AddEndpoint(IfIndex);

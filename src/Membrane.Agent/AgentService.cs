@@ -141,6 +141,10 @@ public sealed class AgentService : IDisposable, IPodLookup
         ArgumentNullException.ThrowIfNull(store);
         var datapath = Preflight.Run(options);
         var log = (logging ?? NullLoggerFactory.Instance).CreateLogger<AgentService>();
+        foreach (var change in datapath.Bpf.PinChanges)
+        {
+            Log.PinChanged(log, change);
+        }
         var agent = new AgentService(options, datapath, runtime, store, log, attachments, clusterIdentities);
         try
         {

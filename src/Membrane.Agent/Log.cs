@@ -9,6 +9,9 @@ internal static partial class Log
         Message = "undoing a failed change was incomplete; a restart restores from the state file")]
     public static partial void RollbackIncomplete(ILogger logger, Exception exception);
 
+    [LoggerMessage(EventId = 53, Level = LogLevel.Warning, Message = "datapath upgrade: {Change}")]
+    public static partial void PinChanged(ILogger logger, string change);
+
     [LoggerMessage(EventId = 41, Level = LogLevel.Warning,
         Message = "could not tell the cluster store this node stopped using identity {Id}: {Reason}")]
     public static partial void ClusterReleaseFailed(ILogger logger, uint id, string reason);

@@ -190,7 +190,9 @@ public sealed record ConntrackOutput(
 public sealed record ConntrackFlushOutput(int Removed);
 
 /// <summary>One endpoint's conntrack tables: entries per family against each table's capacity (its own budget).</summary>
-public sealed record ConntrackUsageOutput(string Endpoint, long IPv4, long IPv6, long Capacity, double PercentFull);
+/// <param name="MemoryBytes">Kernel memory of the endpoint's conntrack tables and fragment table (preallocated: the same
+/// whether they are full or empty).</param>
+public sealed record ConntrackUsageOutput(string Endpoint, long IPv4, long IPv6, long Capacity, double PercentFull, long MemoryBytes);
 
 public sealed record IpCacheOutput(string Prefix, uint Identity, string Name);
 

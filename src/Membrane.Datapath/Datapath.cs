@@ -25,13 +25,13 @@ public sealed class PolicyDatapath : IDisposable
         FromTunnel = obj.Program(FromTunnelProgram);
         // Each map bound once, to its C struct mirrors: a size mismatch fails here, at load.
         PolicyMap = obj.Map<PolicyMapKey, PolicyMapValue>("mb_policy");
-        Conntrack = new ConntrackTable(obj.Map<uint, uint>("mb_ct4_tables"), obj.Map<uint, uint>("mb_ct6_tables"));
+        Fragments = new FragmentTable(obj.Map<uint, uint>("mb_frag_tables"));
+        Conntrack = new ConntrackTable(obj.Map<uint, uint>("mb_ct4_tables"), obj.Map<uint, uint>("mb_ct6_tables"), Fragments);
         Drops = obj.Map<uint, Counter>("mb_drops");
         Stats = obj.Map<uint, Counter>("mb_stats");
         Audits = obj.Map<uint, Counter>("mb_audit");
         Events = obj.Map("mb_events");
         Config = obj.Map<uint, DatapathConfig>("mb_config");
-        Fragments = obj.Map<FragmentKey, FragmentValue>("mb_frag");
         EndpointMap = obj.Map<EndpointKey, EndpointValue>("mb_endpoints");
         Endpoints = new EndpointTable(EndpointMap, Conntrack);
         LocalDelivery = new LocalDeliveryTable(obj.Map<uint, LocalDeliveryValue>("mb_local4"),
@@ -82,7 +82,8 @@ public sealed class PolicyDatapath : IDisposable
 
     public BpfMap<uint, DatapathConfig> Config { get; }
 
-    public BpfMap<FragmentKey, FragmentValue> Fragments { get; }
+    /// <summary>Each endpoint's first-fragment verdicts (made and dropped with its conntrack tables).</summary>
+    public FragmentTable Fragments { get; }
 
     public BpfMap<EndpointKey, EndpointValue> EndpointMap { get; }
 
@@ -222,19 +223,8 @@ public sealed class PolicyDatapath : IDisposable
         return count;
     }
 
-    /// <summary>
-    /// Forgets the first fragments' verdicts of the endpoints in <paramref name="ifIndexes"/> (all when null): a
-    /// verdict given under a policy that changed must not carry the datagram's later fragments. Returns how many.
-    /// </summary>
-    public int FlushFragments(IReadOnlySet<uint>? ifIndexes = null)
-    {
-        var removed = 0;
-        foreach (var key in Fragments.Keys<FragmentKey>())
-        {
-            removed += (ifIndexes is null || ifIndexes.Contains(key.IfIndex)) && Fragments.Delete(key) ? 1 : 0;
-        }
-        return removed;
-    }
+    /// <summary>Forgets the first fragments' verdicts of these endpoints (all when null); see <see cref="FragmentTable.Flush"/>.</summary>
+    public int FlushFragments(IReadOnlySet<uint>? ifIndexes = null) => Fragments.Flush(ifIndexes);
 
     public void Dispose() => Bpf.Dispose();
 }

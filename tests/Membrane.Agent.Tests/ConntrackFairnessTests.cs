@@ -88,6 +88,11 @@ public sealed class ConntrackFairnessTests
 
         var flooded = Usage(Client);
         Assert.Equal(SandboxFixture.ConntrackEntriesPerEndpoint, flooded.Capacity);
+        // The kernel's charge for the three preallocated tables: at least their keys and values, and the same for an
+        // endpoint whose tables are nearly empty.
+        Assert.InRange(flooded.MemoryBytes, SandboxFixture.ConntrackEntriesPerEndpoint * (20L + 40 + 44 + 40) + 1024L * (44 + 16),
+            8L << 20);
+        Assert.Equal(flooded.MemoryBytes, Usage(Other).MemoryBytes);
         Assert.True(flooded.IPv4 >= SandboxFixture.ConntrackEntriesPerEndpoint * 3 / 4,
             $"the flooder's table holds {flooded.IPv4} of {flooded.Capacity}: the flood did not fill it");
         Assert.InRange(Usage(Other).IPv4, 1, 16);

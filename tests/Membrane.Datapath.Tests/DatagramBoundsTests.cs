@@ -211,7 +211,7 @@ public sealed class DatagramBoundsTests : IDisposable
         IPAddress c = _h.V4("a/client"), s = _h.V4("a/server");
         Assert.True(_h.Receives(V4(IPv4Packet(c, s, Udp, UdpDatagram(1000, 9000, 100), id: 21, fragment: 0x2000))));
         Assert.True(_h.Receives(V4(IPv4Packet(c, s, Udp, new byte[64], id: 21, fragment: 0x2000 | 14))), "a fresh verdict holds");
-        var (key, value) = _h.Datapath.Fragments.Entries().Single();
+        var (key, value) = _h.Datapath.Fragments.Entries(DatapathHarness.TestIfIndex).Single();
         Assert.Equal(1, value.Allowed);
         value.Created -= 61UL * KernelTicks.PerSecond;
         _h.Datapath.Fragments.Update(key, value);
@@ -221,5 +221,66 @@ public sealed class DatagramBoundsTests : IDisposable
         Assert.Equal(0, _h.Datapath.FlushFragments(new HashSet<uint> { DatapathHarness.TestIfIndex + 1 }));
         Assert.Equal(2, _h.Datapath.FlushFragments(new HashSet<uint> { DatapathHarness.TestIfIndex }));
         Assert.False(_h.Receives(V4(IPv4Packet(c, s, Udp, new byte[64], id: 22, fragment: 14))), "flushed with the policy");
+    }
+
+    /// <summary>
+    /// Each endpoint's verdicts live in its own table: a stream of first fragments fills only the sender's (its LRU
+    /// evicts its own oldest), and a denied first fragment writes nothing (a sender policy refuses cannot fill a
+    /// receiver's table) and takes back what an earlier first fragment with the same identifier was given.
+    /// </summary>
+    [Fact]
+    public void FragmentVerdictsAreKeptPerEndpointAndOnlyForAdmittedDatagrams()
+    {
+        _h.Use(Cnp("s", "a", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{toPorts: [{ports: [{port: "9000", protocol: UDP}]}]}]
+            """), "a/server");
+        IPAddress c = _h.V4("a/client"), s = _h.V4("a/server");
+        const uint other = DatapathHarness.TestIfIndex + 6;
+        _h.Datapath.Conntrack.AddEndpoint(other);
+        try
+        {
+            var key = new FragmentKey { IfIndex = other, Id = 7, Family = 4, Protocol = Udp };
+            _h.Datapath.Fragments.Update(key, new FragmentValue { Created = KernelTicks.Now()!.Value, Allowed = 1 });
+
+            for (var id = 0; id < 3 * (int)FragmentTable.EndpointCapacity; id++)
+            {
+                Assert.True(_h.Receives(V4(IPv4Packet(c, s, Udp, UdpDatagram(1000, 9000, 100), id: (ushort)(1000 + id), fragment: 0x2000))));
+            }
+            Assert.InRange((uint)_h.Datapath.Fragments.Entries(DatapathHarness.TestIfIndex).Count, FragmentTable.EndpointCapacity / 2,
+                FragmentTable.EndpointCapacity);
+            Assert.Equal(key.Id, Assert.Single(_h.Datapath.Fragments.Entries(other)).Key.Id);
+
+            _h.Datapath.FlushFragments();
+            for (var id = 0; id < 100; id++)
+            {
+                Assert.False(_h.Receives(V4(IPv4Packet(c, s, Udp, UdpDatagram(1000, 9001, 100), id: (ushort)id, fragment: 0x2000))));
+            }
+            Assert.Empty(_h.Datapath.Fragments.Entries(DatapathHarness.TestIfIndex));
+
+            Assert.True(_h.Receives(V4(IPv4Packet(c, s, Udp, UdpDatagram(1000, 9000, 100), id: 5, fragment: 0x2000))));
+            Assert.False(_h.Receives(V4(IPv4Packet(c, s, Udp, UdpDatagram(1000, 9001, 100), id: 5, fragment: 0x2000))), "denied");
+            Assert.False(_h.Receives(V4(IPv4Packet(c, s, Udp, new byte[64], id: 5, fragment: 14))),
+                "a later fragment after a denied first fragment with its identifier");
+        }
+        finally
+        {
+            _h.Datapath.Conntrack.RemoveEndpoint(other);
+        }
+        Assert.Empty(_h.Datapath.Fragments.Entries(other));
+    }
+
+    /// <summary>An endpoint without a fragment table (none was made for it) passes no later fragment.</summary>
+    [Fact]
+    public void AnEndpointWithoutAFragmentTablePassesNoLaterFragment()
+    {
+        _h.Use(Cnp("s", "a", """
+            endpointSelector: {matchLabels: {app: server}}
+            ingress: [{toPorts: [{ports: [{port: "9000", protocol: UDP}]}]}]
+            """), "a/server");
+        IPAddress c = _h.V4("a/client"), s = _h.V4("a/server");
+        Assert.True(_h.Datapath.Fragments.RemoveEndpoint(DatapathHarness.TestIfIndex));
+        Assert.True(_h.Receives(V4(IPv4Packet(c, s, Udp, UdpDatagram(1000, 9000, 100), id: 31, fragment: 0x2000))));
+        Assert.False(_h.Receives(V4(IPv4Packet(c, s, Udp, new byte[64], id: 31, fragment: 14))));
     }
 }

@@ -75,6 +75,9 @@ public sealed class AgentMetrics
         "Conntrack entries of each endpoint's own table, by family (each table evicts only its endpoint's connections)", "endpoint",
         "family");
 
+    private readonly Gauge _conntrackEndpointMemory = Metrics.CreateGauge("membrane_datapath_endpoint_state_bytes",
+        "Kernel memory of each endpoint's conntrack tables and fragment table (preallocated at their full size)", "endpoint");
+
     private readonly Gauge _conntrackEndpointCapacity = Metrics.CreateGauge("membrane_datapath_conntrack_endpoint_capacity",
         "Entries each endpoint's conntrack table of a family holds at most");
 
@@ -131,14 +134,18 @@ public sealed class AgentMetrics
         _conntrack.WithLabels("ipv4").Set(usage.Sum(u => u.IPv4));
         _conntrack.WithLabels("ipv6").Set(usage.Sum(u => u.IPv6));
         var names = _agent.Queries.EndpointNames;
-        foreach (var labels in _conntrackEndpoint.GetAllLabelValues().Where(l => !names.Values.Contains(l[0])).ToList())
+        foreach (var gauge in new[] { _conntrackEndpoint, _conntrackEndpointMemory })
         {
-            _conntrackEndpoint.RemoveLabelled(labels); // a deleted endpoint's series ends with it
+            foreach (var labels in gauge.GetAllLabelValues().Where(l => !names.Values.Contains(l[0])).ToList())
+            {
+                gauge.RemoveLabelled(labels); // a deleted endpoint's series ends with it
+            }
         }
         foreach (var u in usage.Where(u => names.ContainsKey(u.IfIndex)))
         {
             _conntrackEndpoint.WithLabels(names[u.IfIndex], "ipv4").Set(u.IPv4);
             _conntrackEndpoint.WithLabels(names[u.IfIndex], "ipv6").Set(u.IPv6);
+            _conntrackEndpointMemory.WithLabels(names[u.IfIndex]).Set(u.MemoryBytes);
         }
         _conntrackEndpointCapacity.Set(datapath.Conntrack.EndpointCapacity);
 

@@ -235,7 +235,7 @@ public sealed class AgentQueries(
         var pods = endpoints.Records.Values.ToDictionary(r => (uint)r.IfIndex, r => r.Key);
         return datapath.Conntrack.Usage().Where(u => ifIndex is null || u.IfIndex == ifIndex)
             .Select(u => new ConntrackUsageOutput(pods.GetValueOrDefault(u.IfIndex) ?? $"ifindex {u.IfIndex}", u.IPv4, u.IPv6, u.Capacity,
-                u.Capacity == 0 ? 0 : Math.Round(100.0 * Math.Max(u.IPv4, u.IPv6) / u.Capacity, 2)))
+                u.Capacity == 0 ? 0 : Math.Round(100.0 * Math.Max(u.IPv4, u.IPv6) / u.Capacity, 2), u.MemoryBytes))
             .OrderByDescending(u => u.PercentFull).ThenBy(u => u.Endpoint, StringComparer.Ordinal).ToList();
     }
 

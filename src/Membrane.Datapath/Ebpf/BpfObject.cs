@@ -44,14 +44,13 @@ public sealed unsafe partial class BpfObject : IDisposable
         where TKey : unmanaged
         where TValue : unmanaged => new(Map(name));
 
-    /// <summary>The size of an open map (struct bpf_map_info: type, id, key_size, value_size, max_entries).</summary>
-    private static uint PinnedMaxEntries(int fd)
-    {
-        var info = stackalloc uint[6];
-        var length = 6u * sizeof(uint);
-        BpfException.Check(LibBpf.ObjectGetInfoByFd(fd, info, &length), "information on a pinned map");
-        return info[4];
-    }
+    /// <summary>
+    /// What the load did to pins an earlier version left: maps of another layout replaced, maps this version no longer
+    /// has removed (see <see cref="PinnedMaps"/>). Empty when every pin was adopted as it was.
+    /// </summary>
+    public IReadOnlyList<string> PinChanges => _pinChanges;
+
+    private readonly List<string> _pinChanges = [];
 
     /// <summary>The directory holding the compiled objects shipped with this assembly.</summary>
     public static string ObjectDirectory => Path.Combine(AppContext.BaseDirectory, "bpf");
@@ -85,14 +84,26 @@ public sealed unsafe partial class BpfObject : IDisposable
                 {
                     var fd = LibBpf.ObjGet(Path.Combine(dir, name));
                     BpfException.Check(fd, $"open of pinned map {Path.Combine(dir, name)}");
-                    if (options.MaxEntries.TryGetValue(name, out var wanted) && PinnedMaxEntries(fd) is var pinned && pinned != wanted)
+                    if (options.MaxEntries.TryGetValue(name, out var wanted) && PinnedMaps.Of(fd).MaxEntries is var pinned && pinned != wanted)
                     {
                         _ = LibBpf.Close(fd);
                         throw new BpfException($"the pinned map {Path.Combine(dir, name)} holds {pinned:N0} entries and {wanted:N0} were " +
                             $"asked for: a pinned map keeps its size (ask for {pinned:N0}, or remove the pins with 'membrane cleanup' " +
                             "while no pod needs enforcing)");
                     }
-                    BpfException.Check(LibBpf.MapReuseFd(map, fd), $"adoption of pinned map {name} (was it created by another version?)");
+                    if (PinnedMaps.Mismatch(map, fd) is { } replacement)
+                    {
+                        _ = LibBpf.Close(fd);
+                        File.Delete(Path.Combine(dir, name)); // pinned anew below, with this version's layout
+                        if (!replacement.Lossless)
+                        {
+                            collection._pinChanges.Add($"replaced the pinned map {name} ({replacement.Reason}): what it held is gone");
+                        }
+                        continue;
+                    }
+                    var reused = LibBpf.MapReuseFd(map, fd);
+                    _ = LibBpf.Close(fd); // the map holds its own duplicate
+                    BpfException.Check(reused, $"adoption of pinned map {name}");
                 }
             }
             for (var program = LibBpf.NextProgram(obj, 0); program != 0; program = LibBpf.NextProgram(obj, program))
@@ -134,6 +145,13 @@ public sealed unsafe partial class BpfObject : IDisposable
                 }
                 collection._maps[name] = new BpfMap(name, new OwnedFd(collection._handle, LibBpf.MapFd(map), $"map {name}"),
                     LibBpf.MapKeySize(map), LibBpf.MapValueSize(map), LibBpf.MapMaxEntries(map));
+            }
+            if (options.PinDirectory is { } pins)
+            {
+                foreach (var stale in PinnedMaps.RemoveStale(pins, collection._maps.Keys.ToHashSet(StringComparer.Ordinal)))
+                {
+                    collection._pinChanges.Add($"removed the pinned map {stale}: this version has no such map");
+                }
             }
             LibBpfLog.Take();
             return collection;

@@ -65,6 +65,15 @@ internal static unsafe partial class LibBpf
     [LibraryImport(Library, EntryPoint = "bpf_map__value_size")]
     public static partial uint MapValueSize(nint map);
 
+    [LibraryImport(Library, EntryPoint = "bpf_map__type")]
+    public static partial uint MapType(nint map);
+
+    [LibraryImport(Library, EntryPoint = "bpf_map__map_flags")]
+    public static partial uint MapFlags(nint map);
+
+    [LibraryImport(Library, EntryPoint = "bpf_map__inner_map")]
+    public static partial nint MapInnerMap(nint map);
+
     [LibraryImport(Library, EntryPoint = "bpf_obj_get", StringMarshalling = StringMarshalling.Utf8)]
     public static partial int ObjGet(string path);
 

@@ -10,8 +10,8 @@ namespace Membrane.Datapath.Maps;
 public readonly record struct ConntrackTuple(uint IfIndex, byte Protocol, IPAddress Lo, ushort LoPort, IPAddress Hi, ushort HiPort,
     byte Kind = 0);
 
-/// <summary>How full one endpoint's tables are.</summary>
-public readonly record struct ConntrackUsage(uint IfIndex, long IPv4, long IPv6, long Capacity);
+/// <summary>How full one endpoint's tables are, and the kernel memory they (and its fragment table) are charged.</summary>
+public readonly record struct ConntrackUsage(uint IfIndex, long IPv4, long IPv6, long Capacity, long MemoryBytes = 0);
 
 /// <summary>
 /// The conntrack tables: one LRU map per endpoint and family (an IPv4 key is less than half the size of an IPv6 one,
@@ -24,14 +24,19 @@ public sealed unsafe class ConntrackTable
     /// <summary>Entries per endpoint and family unless the agent says otherwise (CT_ENDPOINT_ENTRIES in maps.h).</summary>
     public const uint DefaultEndpointCapacity = 8192;
 
-    private readonly BpfMap<uint, uint> _v4;
-    private readonly BpfMap<uint, uint> _v6;
+    private readonly EndpointTables _v4;
+    private readonly EndpointTables _v6;
+    private readonly FragmentTable _fragments;
     private readonly Lock _gate = new();
 
-    public ConntrackTable(BpfMap<uint, uint> v4, BpfMap<uint, uint> v6)
+    public ConntrackTable(BpfMap<uint, uint> v4, BpfMap<uint, uint> v6, FragmentTable fragments)
     {
-        _v4 = v4;
-        _v6 = v6;
+        ArgumentNullException.ThrowIfNull(v4);
+        ArgumentNullException.ThrowIfNull(v6);
+        ArgumentNullException.ThrowIfNull(fragments);
+        _v4 = new EndpointTables(v4, "mb_ct4_ep", (uint)sizeof(Conntrack4Key), (uint)sizeof(ConntrackValue));
+        _v6 = new EndpointTables(v6, "mb_ct6_ep", (uint)sizeof(Conntrack6Key), (uint)sizeof(ConntrackValue));
+        _fragments = fragments;
     }
 
     /// <summary>Entries each endpoint's table of each family holds at most (the LRU evicts its oldest beyond it).</summary>
@@ -47,39 +52,30 @@ public sealed unsafe class ConntrackTable
         : 0;
 
     /// <summary>
-    /// Gives the endpoint its tables (both families) unless it has them: before its programs run, or it tracks nothing.
-    /// A table that exists is kept with its connections (a restarted agent adopts them).
+    /// Gives the endpoint its tables (both families, and its fragment verdicts) unless it has them: before its programs
+    /// run, or it tracks nothing. A table that exists is kept with its connections (a restarted agent adopts them).
     /// </summary>
     public void AddEndpoint(uint ifIndex)
     {
         lock (_gate)
         {
-            Ensure(_v4, ifIndex, "mb_ct4_ep", (uint)sizeof(Conntrack4Key));
-            Ensure(_v6, ifIndex, "mb_ct6_ep", (uint)sizeof(Conntrack6Key));
+            _v4.Ensure(ifIndex, EndpointCapacity);
+            _v6.Ensure(ifIndex, EndpointCapacity);
+            _fragments.AddEndpoint(ifIndex);
         }
     }
 
-    private void Ensure(BpfMap<uint, uint> outer, uint ifIndex, string name, uint keySize)
-    {
-        if (outer.TryLookup(ifIndex, out _))
-        {
-            return;
-        }
-        using var table = DescriptorMap.CreateLruHash(name, keySize, (uint)sizeof(ConntrackValue), EndpointCapacity);
-        outer.Update(ifIndex, (uint)table.Fd);
-    }
-
-    /// <summary>Drops the endpoint's tables and their connections; true when it had any.</summary>
+    /// <summary>Drops the endpoint's tables and their connections (and fragment verdicts); true when it had any.</summary>
     public bool RemoveEndpoint(uint ifIndex)
     {
         lock (_gate)
         {
-            return _v4.Delete(ifIndex) | _v6.Delete(ifIndex);
+            return _v4.Remove(ifIndex) | _v6.Remove(ifIndex) | _fragments.RemoveEndpoint(ifIndex);
         }
     }
 
     /// <summary>The endpoints that have tables.</summary>
-    public IReadOnlyList<uint> Endpoints() => _v4.Keys().Union(_v6.Keys()).Order().ToList();
+    public IReadOnlyList<uint> Endpoints() => _v4.Endpoints().Union(_v6.Endpoints()).Union(_fragments.Endpoints()).Order().ToList();
 
     /// <summary>Connections tracked now, per family (walks the keys only).</summary>
     public (long IPv4, long IPv6) Count()
@@ -92,9 +88,10 @@ public sealed unsafe class ConntrackTable
     public IReadOnlyList<ConntrackUsage> Usage() => Endpoints().Select(ifIndex =>
     {
         long v4 = 0, v6 = 0, capacity = 0;
-        WithTable(_v4, ifIndex, sizeof(Conntrack4Key), t => { v4 = t.Keys<Conntrack4Key>().LongCount(); capacity = t.MaxEntries; });
-        WithTable(_v6, ifIndex, sizeof(Conntrack6Key), t => { v6 = t.Keys<Conntrack6Key>().LongCount(); capacity = t.MaxEntries; });
-        return new ConntrackUsage(ifIndex, v4, v6, capacity);
+        _v4.With(ifIndex, t => { v4 = t.Keys<Conntrack4Key>().LongCount(); capacity = t.MaxEntries; });
+        _v6.With(ifIndex, t => { v6 = t.Keys<Conntrack6Key>().LongCount(); capacity = t.MaxEntries; });
+        var memory = _v4.MemoryBytes(ifIndex) + _v6.MemoryBytes(ifIndex) + _fragments.MemoryBytes(ifIndex);
+        return new ConntrackUsage(ifIndex, v4, v6, capacity, memory);
     }).ToList();
 
     public IEnumerable<KeyValuePair<ConntrackTuple, ConntrackValue>> Entries()
@@ -102,9 +99,9 @@ public sealed unsafe class ConntrackTable
         var entries = new List<KeyValuePair<ConntrackTuple, ConntrackValue>>();
         foreach (var ifIndex in Endpoints())
         {
-            WithTable(_v4, ifIndex, sizeof(Conntrack4Key), t =>
+            _v4.With(ifIndex, t =>
                 entries.AddRange(t.Entries<Conntrack4Key, ConntrackValue>().Select(e => KeyValuePair.Create(FromKey(e.Key), e.Value))));
-            WithTable(_v6, ifIndex, sizeof(Conntrack6Key), t =>
+            _v6.With(ifIndex, t =>
                 entries.AddRange(t.Entries<Conntrack6Key, ConntrackValue>().Select(e => KeyValuePair.Create(FromKey(e.Key), e.Value))));
         }
         return entries;
@@ -115,11 +112,11 @@ public sealed unsafe class ConntrackTable
         var deleted = false;
         if (tuple.Lo.AddressFamily == AddressFamily.InterNetwork)
         {
-            WithTable(_v4, tuple.IfIndex, sizeof(Conntrack4Key), t => deleted = t.Delete(ToKey4(tuple)));
+            _v4.With(tuple.IfIndex, t => deleted = t.Delete(ToKey4(tuple)));
         }
         else
         {
-            WithTable(_v6, tuple.IfIndex, sizeof(Conntrack6Key), t => deleted = t.Delete(ToKey6(tuple)));
+            _v6.With(tuple.IfIndex, t => deleted = t.Delete(ToKey6(tuple)));
         }
         return deleted;
     }
@@ -131,7 +128,7 @@ public sealed unsafe class ConntrackTable
         var updated = false;
         if (tuple.Lo.AddressFamily == AddressFamily.InterNetwork)
         {
-            WithTable(_v4, tuple.IfIndex, sizeof(Conntrack4Key), t =>
+            _v4.With(tuple.IfIndex, t =>
             {
                 if (t.TryLookup<Conntrack4Key, ConntrackValue>(ToKey4(tuple), out _))
                 {
@@ -142,7 +139,7 @@ public sealed unsafe class ConntrackTable
         }
         else
         {
-            WithTable(_v6, tuple.IfIndex, sizeof(Conntrack6Key), t =>
+            _v6.With(tuple.IfIndex, t =>
             {
                 if (t.TryLookup<Conntrack6Key, ConntrackValue>(ToKey6(tuple), out _))
                 {
@@ -160,26 +157,12 @@ public sealed unsafe class ConntrackTable
         var removed = 0;
         foreach (var endpoint in ifIndex is { } one ? [one] : Endpoints())
         {
-            WithTable(_v4, endpoint, sizeof(Conntrack4Key), t =>
+            _v4.With(endpoint, t =>
                 removed += t.Keys<Conntrack4Key>().Count(k => t.Delete(k)));
-            WithTable(_v6, endpoint, sizeof(Conntrack6Key), t =>
+            _v6.With(endpoint, t =>
                 removed += t.Keys<Conntrack6Key>().Count(k => t.Delete(k)));
         }
         return removed;
-    }
-
-    /// <summary>Runs <paramref name="action"/> on the endpoint's table in <paramref name="outer"/>, if it has one.</summary>
-    private static void WithTable(BpfMap<uint, uint> outer, uint ifIndex, int keySize, Action<BpfMap> action)
-    {
-        if (!outer.TryLookup(ifIndex, out var id))
-        {
-            return;
-        }
-        using var table = DescriptorMap.Open(id, outer.Name + "_ep");
-        if (table is not null && table.Map.KeySize == keySize)
-        {
-            action(table.Map);
-        }
     }
 
     private static ConntrackTuple FromKey(Conntrack4Key k) =>

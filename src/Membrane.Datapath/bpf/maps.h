@@ -224,12 +224,31 @@ struct frag_value {
 	__u8 pad[7];
 };
 
-struct {
+/* Each endpoint keeps its fragments' verdicts in a table of its own, made with its conntrack tables: a pod that
+ * sends a stream of first fragments evicts only its own verdicts, never another endpoint's datagrams in flight.
+ * Only admitted first fragments are remembered (a denied one removes the datagram's verdict), so a sender policy
+ * refuses cannot fill a receiver's table. An endpoint without a table passes no later fragment. */
+#define FRAG_ENDPOINT_ENTRIES 1024
+
+/* The key and value by value, for the BTF anchor (as struct ct_entry). */
+struct frag_entry {
+	struct frag_key key;
+	struct frag_value value;
+};
+
+struct frag_table {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct frag_key);
 	__type(value, struct frag_value);
-	__uint(max_entries, 16384);
-} mb_frag SEC(".maps");
+	__uint(max_entries, FRAG_ENDPOINT_ENTRIES);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32); /* the endpoint's ifindex */
+	__uint(max_entries, 65536);
+	__array(values, struct frag_table);
+} mb_frag_tables SEC(".maps");
 
 struct counter {
 	__u64 packets;

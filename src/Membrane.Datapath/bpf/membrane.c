@@ -25,14 +25,23 @@ static __always_inline struct frag_key frag_key_of(__u32 ifindex, __u8 dir, cons
 	return k;
 }
 
-/* A global function: verified once, instead of inlined at each verdict (only first fragments get past its test). */
+/* A global function: verified once, instead of inlined at each verdict (only first fragments get past its test).
+ * A denied first fragment removes what an earlier one with the same identifier was given: the datagram's later
+ * fragments are then dropped, whichever first fragment the receiver keeps. */
 __attribute__((noinline)) int remember_fragment(__u32 ifindex, __u32 dir, const struct flow *f, __u32 allowed)
 {
 	if (!f || f->frag != FRAG_FIRST)
 		return 0;
-	struct frag_value verdict = { .created = ct_now(), .allowed = allowed };
+	void *table = bpf_map_lookup_elem(&mb_frag_tables, &ifindex);
+	if (!table)
+		return 0;
 	struct frag_key k = frag_key_of(ifindex, dir, f);
-	bpf_map_update_elem(&mb_frag, &k, &verdict, BPF_ANY);
+	if (!allowed) {
+		bpf_map_delete_elem(table, &k);
+		return 0;
+	}
+	struct frag_value verdict = { .created = ct_now(), .allowed = 1 };
+	bpf_map_update_elem(table, &k, &verdict, BPF_ANY);
 	return 0;
 }
 
@@ -40,8 +49,11 @@ __attribute__((noinline)) int remember_fragment(__u32 ifindex, __u32 dir, const 
 
 static __always_inline int fragment_allowed(__u32 ifindex, __u8 dir, const struct flow *f)
 {
+	void *table = bpf_map_lookup_elem(&mb_frag_tables, &ifindex);
+	if (!table)
+		return 0;
 	struct frag_key k = frag_key_of(ifindex, dir, f);
-	struct frag_value *v = bpf_map_lookup_elem(&mb_frag, &k);
+	struct frag_value *v = bpf_map_lookup_elem(table, &k);
 	return v && v->allowed && ct_now() - v->created <= ct_ticks(FRAG_TIMEOUT_S);
 }
 
@@ -300,12 +312,12 @@ __attribute__((noinline)) int btf_layout_anchor_trace(enum trace_reason c)
 	return (int)c;
 }
 
-/* The conntrack keys reach the maps' BTF only through the inner-map templates, where clang would leave them as
+/* The conntrack and fragment keys reach the maps' BTF only through the inner-map templates, where clang would leave them as
  * forward declarations (libbpf then cannot size the template's key): a prototype over a struct that holds them by
  * value makes them whole. */
-__attribute__((noinline)) int btf_layout_anchor_ct(struct ct_entry *e)
+__attribute__((noinline)) int btf_layout_anchor_ct(struct ct_entry *e, struct frag_entry *f)
 {
-	return e ? e->value.flags : 0;
+	return (e ? e->value.flags : 0) + (f ? f->value.allowed : 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -53,10 +53,10 @@ int cut_after_accounting(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* See btf_layout_anchor_ct in membrane.c: makes the conntrack keys whole in this object's BTF. */
-__attribute__((noinline)) int btf_layout_anchor_ct(struct ct_entry *e)
+/* See btf_layout_anchor_ct in membrane.c: makes the conntrack and fragment keys whole in this object's BTF. */
+__attribute__((noinline)) int btf_layout_anchor_ct(struct ct_entry *e, struct frag_entry *f)
 {
-	return e ? e->value.flags : 0;
+	return (e ? e->value.flags : 0) + (f ? f->value.allowed : 0);
 }
 
 /* The lookup as it was before each endpoint had its own table: one LRU map shared by all endpoints, found without
