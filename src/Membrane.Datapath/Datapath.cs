@@ -15,6 +15,7 @@ public sealed class PolicyDatapath : IDisposable
     public const string ToPodProgram = "to_pod";
     public const string ToTunnelProgram = "to_tunnel";
     public const string FromTunnelProgram = "from_tunnel";
+    public const string FromUnderlayProgram = "from_underlay";
 
     private PolicyDatapath(BpfObject obj)
     {
@@ -23,6 +24,7 @@ public sealed class PolicyDatapath : IDisposable
         ToPod = obj.Program(ToPodProgram);
         ToTunnel = obj.Program(ToTunnelProgram);
         FromTunnel = obj.Program(FromTunnelProgram);
+        FromUnderlay = obj.Program(FromUnderlayProgram);
         // Each map bound once, to its C struct mirrors: a size mismatch fails here, at load.
         PolicyMap = obj.Map<PolicyMapKey, PolicyMapValue>("mb_policy");
         Fragments = new FragmentTable(obj.Map<uint, uint>("mb_frag_tables"));
@@ -61,7 +63,13 @@ public sealed class PolicyDatapath : IDisposable
     /// <summary>Tunnel mode, on the tunnel device's tc ingress: believes an identity only from a known node.</summary>
     public BpfProgram FromTunnel { get; }
 
-    /// <summary>Tunnel mode's routes (remote prefix → node) and known nodes.</summary>
+    /// <summary>
+    /// Native routing with host routing, on the underlay device's tc ingress: delivers other nodes' packets for this
+    /// node's pods after their ingress verdict.
+    /// </summary>
+    public BpfProgram FromUnderlay { get; }
+
+    /// <summary>Routes to other nodes' pod prefixes (remote prefix → node, native or tunnel) and known nodes.</summary>
     public TunnelTable Tunnels { get; }
 
     public BpfMap<PolicyMapKey, PolicyMapValue> PolicyMap { get; }

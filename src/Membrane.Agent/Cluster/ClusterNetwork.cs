@@ -91,9 +91,10 @@ public sealed partial class ClusterNetwork(AgentService agent, EtcdConnection et
                 try
                 {
                     underlay?.Route(others);
-                    if (underlay is not null && _options.RoutingMode == RoutingMode.Tunnel)
+                    if (underlay is not null)
                     {
-                        agent.Datapath.Tunnels.Sync(others.SelectMany(n => n.PodRanges.Select(r => (r, n.Address))).ToList());
+                        agent.Datapath.Tunnels.Sync(others.SelectMany(n => n.PodRanges.Select(r => (r, n.Address))).ToList(),
+                            native: _options.RoutingMode == RoutingMode.Native);
                     }
                     var addresses = others.SelectMany(n => new[] { n.Address, UnderlayNetwork.IPv6Of(n.Address) }).ToList();
                     await Sync.ApplyRemoteNodesAsync([.. view.Keys], addresses, cancel).ConfigureAwait(false);

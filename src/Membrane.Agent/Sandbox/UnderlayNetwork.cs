@@ -75,6 +75,22 @@ public sealed class UnderlayNetwork(AgentOptions options)
             $"addr replace {IPv6Of(address)}/{96 + options.UnderlayPrefixLength} dev {NodeDevice} nodad",
             $"link set {NodeDevice} up",
         ]);
+        if (options.RoutingMode == RoutingMode.Native)
+        {
+            // Other nodes' packets for this node's pods are delivered from here (host routing); detached otherwise.
+            var device = IfIndex(_node, NodeDevice)!.Value;
+            NetworkNamespace.Run(_node, () =>
+            {
+                if (options.HostRouting == HostRouting.Bpf)
+                {
+                    datapath.Hooks.Attach(device, TcDirection.Ingress, datapath.FromUnderlay);
+                }
+                else
+                {
+                    datapath.Hooks.Detach(device, TcDirection.Ingress);
+                }
+            });
+        }
         if (options.RoutingMode == RoutingMode.Tunnel)
         {
             if (IfIndex(_node, TunnelDevice) is null)

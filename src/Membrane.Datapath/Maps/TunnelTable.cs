@@ -9,6 +9,9 @@ namespace Membrane.Datapath.Maps;
 [StructLayout(LayoutKind.Sequential)]
 public struct TunnelValue
 {
+    /// <summary>ROUTE_NATIVE: the node's own routes reach the prefix (from_pod may send there itself).</summary>
+    public const uint Native = 1;
+
     public uint Node; // network byte order
     public uint Flags;
 }
@@ -28,15 +31,17 @@ public struct NodeValue
 }
 
 /// <summary>
-/// Tunnel mode's maps: remote pod prefix → its node (where to_tunnel sends) and the known nodes (the only senders
-/// whose tunnel identity from_tunnel believes). Written whole from the cluster's node list.
+/// Remote pod prefix → its node (where to_tunnel sends in tunnel mode; in native mode, flagged <see cref="TunnelValue.Native"/>,
+/// the prefixes from_pod may send to the node's route itself) and the known nodes (the only senders whose tunnel identity
+/// from_tunnel believes). Written whole from the cluster's node list.
 /// </summary>
 public sealed class TunnelTable(BpfMap<IpCache4Key, TunnelValue> routes4, BpfMap<IpCache6Key, TunnelValue> routes6,
     BpfMap<NodeKey, NodeValue> nodes)
 {
     /// <summary>Makes the maps hold exactly these nodes and prefixes (additions first, so no known node is ever missing).</summary>
-    public void Sync(IReadOnlyCollection<(IPNetwork Prefix, IPAddress Node)> routes)
+    public void Sync(IReadOnlyCollection<(IPNetwork Prefix, IPAddress Node)> routes, bool native = false)
     {
+        var flags = native ? TunnelValue.Native : 0;
         ArgumentNullException.ThrowIfNull(routes);
         var wantedNodes = routes.Select(r => Key(r.Node)).ToHashSet();
         foreach (var node in wantedNodes)
@@ -44,9 +49,9 @@ public sealed class TunnelTable(BpfMap<IpCache4Key, TunnelValue> routes4, BpfMap
             nodes.Update(node, default);
         }
         var wanted4 = routes.Where(r => r.Prefix.BaseAddress.AddressFamily == AddressFamily.InterNetwork)
-            .ToDictionary(r => IpCache4Key.From(r.Prefix), r => new TunnelValue { Node = Key(r.Node).Address });
+            .ToDictionary(r => IpCache4Key.From(r.Prefix), r => new TunnelValue { Node = Key(r.Node).Address, Flags = flags });
         var wanted6 = routes.Where(r => r.Prefix.BaseAddress.AddressFamily == AddressFamily.InterNetworkV6)
-            .ToDictionary(r => IpCache6Key.From(r.Prefix), r => new TunnelValue { Node = Key(r.Node).Address });
+            .ToDictionary(r => IpCache6Key.From(r.Prefix), r => new TunnelValue { Node = Key(r.Node).Address, Flags = flags });
         Replace(routes4, wanted4);
         Replace(routes6, wanted6);
         foreach (var node in nodes.Keys<NodeKey>().Where(k => !wantedNodes.Contains(k)).ToList())

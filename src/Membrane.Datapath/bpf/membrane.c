@@ -203,12 +203,16 @@ static __always_inline int rewrite_for_delivery(struct __sk_buff *skb, const str
  * fragments (their later fragments carry no ports to find a destination's verdict by), a TTL the node must answer
  * with time exceeded, a packet too big for the destination's link, and frames not addressed to the gateway (the
  * node's forwarding refuses those). */
+#define NOT_LOCAL (-2) /* deliver_local: the destination is no pod of this node */
+
 static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 {
 	if (f->family == 0 || f->frag != FRAG_NONE || f->hop_limit <= 1 || skb->pkt_type != 0 /* PACKET_HOST */)
 		return TC_ACT_OK;
 	struct local_value *to = local_destination(f);
-	if (!to || to->ifindex == f->endpoint)
+	if (!to)
+		return NOT_LOCAL;
+	if (to->ifindex == f->endpoint)
 		return TC_ACT_OK;
 	__u32 target = to->ifindex;
 	/* Larger than the destination's link takes: the node's forwarding answers with fragmentation needed / packet too
@@ -230,6 +234,38 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 	return bpf_redirect_peer(target, 0);
 }
 
+/* Host routing, native routing: a packet the pod's egress policy let through, for a pod of another node, leaves by
+ * the node's route to that node (the kernel's FIB, one hop less, the next hop's MAC) without crossing the node's
+ * forwarding; the receiving node judges it (from_underlay or to_pod). Only for other nodes' pod prefixes: the node's
+ * own traffic and the world keep the node's stack (its nftables, NAT). A next hop whose neighbour entry is not
+ * resolved, or a packet larger than the route's MTU, takes the stack, which resolves it or answers the sender. */
+static __always_inline int forward_to_node(struct __sk_buff *skb, struct flow *f)
+{
+	struct tunnel_value *route = tunnel_route(f);
+	if (!route || !(route->flags & ROUTE_NATIVE))
+		return TC_ACT_OK;
+	struct bpf_fib_lookup fib = { .ifindex = skb->ingress_ifindex };
+	if (f->family == 4) {
+		fib.family = 2; /* AF_INET */
+		fib.ipv4_src = f->saddr[0];
+		fib.ipv4_dst = f->daddr[0];
+	} else {
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_src, f->saddr, sizeof(fib.ipv6_src));
+		__builtin_memcpy(fib.ipv6_dst, f->daddr, sizeof(fib.ipv6_dst));
+	}
+	/* tot_len 0: the kernel checks the packet itself against the route's device (GSO segments included). */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	__u8 macs[12];
+	__builtin_memcpy(macs, fib.dmac, 6);
+	__builtin_memcpy(&macs[6], fib.smac, 6);
+	f->hop_limit--;
+	if (rewrite_for_delivery(skb, f, macs))
+		return TC_ACT_OK;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
@@ -238,9 +274,25 @@ int from_pod(struct __sk_buff *skb)
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	count(&mb_stats, STAT_FORWARD_EGRESS, skb->len);
-	if (config_flags() & CONFIG_HOST_ROUTING)
-		return deliver_local(skb, &f);
-	return TC_ACT_OK;
+	if (!(config_flags() & CONFIG_HOST_ROUTING))
+		return TC_ACT_OK;
+	verdict = deliver_local(skb, &f);
+	return verdict == NOT_LOCAL ? forward_to_node(skb, &f) : verdict;
+}
+
+/* Host routing, native routing, on the node's underlay device (tc ingress): a packet from another node for a pod of
+ * this node is judged by that pod's ingress policy here and handed into its namespace, as deliver_local does for a
+ * sender on this node. Whatever it does not deliver goes on to the node's stack (and to_pod) unchanged. */
+SEC("tc")
+int from_underlay(struct __sk_buff *skb)
+{
+	if (!(config_flags() & CONFIG_HOST_ROUTING))
+		return TC_ACT_OK;
+	struct flow f = { .endpoint = skb->ifindex };
+	if (parse_packet(skb, &f) != PARSE_OK)
+		return TC_ACT_OK;
+	int verdict = deliver_local(skb, &f);
+	return verdict == NOT_LOCAL ? TC_ACT_OK : verdict;
 }
 
 SEC("tc")

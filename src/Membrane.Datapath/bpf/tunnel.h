@@ -1,7 +1,8 @@
 /* Cross-node traffic in tunnel mode (VXLAN in collect-metadata mode): the sending node carries the source's
  * identity in the VNI and the node that hosts the destination, the receiving node accepts an identity only from a
  * known node and hands it to to_pod in the packet mark. Native routing needs none of this: there the receiving
- * node learns the source's identity from its ipcache. */
+ * node learns the source's identity from its ipcache; its routes (flagged ROUTE_NATIVE) only tell from_pod which
+ * destinations are other nodes' pods. */
 #pragma once
 
 #include "maps.h"
@@ -17,8 +18,11 @@
 /* Where a remote pod prefix lives: the underlay address of its node. */
 struct tunnel_value {
 	__u32 node;   /* IPv4, network byte order */
-	__u32 flags;
+	__u32 flags;  /* ROUTE_* */
 };
+
+/* Native routing: the prefix is routed by the node's table towards its node (from_pod may send there itself). */
+#define ROUTE_NATIVE 1
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

@@ -1,5 +1,7 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Text.RegularExpressions;
 using Membrane.Agent.Sandbox;
 using static Membrane.Agent.Tests.Cluster.LocalCluster;
 
@@ -146,6 +148,65 @@ public sealed class CrossNodeTests : IDisposable
         Assert.Equal("ok", cluster.GetProperty("health").GetString());
         Assert.Equal(2, cluster.GetProperty("nodes").GetArrayLength());
         Assert.Equal(routing, cluster.GetProperty("routingMode").GetString());
+    }
+
+    /// <summary>
+    /// Host routing across nodes (native routing): client's packets leave node 1 by its route to node 2 straight from
+    /// client's hook, and node 2 delivers them from its underlay hook after web's ingress verdict, so neither node's
+    /// forwarding sees them (an nftables counter on each node's forward hook stays at 0; on the legacy path it counts
+    /// every echo and reply). Web's deny is still judged (on node 2's underlay hook) and the replies pass client's
+    /// closed ingress by conntrack there.
+    /// </summary>
+    [Theory]
+    [InlineData("bpf")]
+    [InlineData("legacy")]
+    public void NativeRoutingSkipsBothNodesForwarding(string hostRouting)
+    {
+        _cluster.Start(1, "native", "--host-routing", hostRouting);
+        _cluster.Start(2, "native", "--host-routing", hostRouting);
+        Assert.Equal(0, LocalCluster.OnNode(1, "apply", "-f", File(Workloads)).Code);
+        Assert.True(Eventually(2, 0, "endpoint", "get", "shop/web"), "node 2 never ran shop/web");
+        Assert.True(Eventually(1, 0, Ping("ipv4")), "no IPv4 echo between the nodes");
+        var (client, web) = (Pod(1, "shop/client"), Pod(2, "shop/web"));
+        // One echo per family first: a packet whose next hop has no resolved neighbour entry yet takes the stack,
+        // which resolves it.
+        Assert.Equal(0, LocalCluster.OnNode(1, Ping("ipv6")).Code);
+        foreach (var node in new[] { 1, 2 })
+        {
+            Ip.Exec("ip", ["netns", "exec", $"{Prefix(node)}-node", "nft", "-f", "-"], $$"""
+                table inet mbtest_fwd {
+                  chain forward {
+                    type filter hook forward priority 0; policy accept;
+                    ip saddr { {{client.IPv4}}, {{web.IPv4}} } counter
+                    ip6 saddr { {{client.IPv6}}, {{web.IPv6}} } counter
+                  }
+                }
+                """);
+        }
+
+        foreach (var (address, flag) in new[] { (web.IPv4, "-4"), (web.IPv6, "-6") })
+        {
+            Run("ip", "netns", "exec", client.Netns, "ping", flag, "-c", "20", "-i", "0.01", "-W", "1", "-q", address);
+        }
+        var forwarded = new[] { 1, 2 }.Select(node => Regex.Matches(Run("ip", "netns", "exec", $"{Prefix(node)}-node", "nft", "list",
+            "chain", "inet", "mbtest_fwd", "forward"), @"counter packets (\d+)").Sum(m => long.Parse(m.Groups[1].Value,
+            CultureInfo.InvariantCulture))).ToArray();
+        if (hostRouting == "bpf")
+        {
+            Assert.Equal([0L, 0L], forwarded);
+        }
+        else
+        {
+            // 20 echoes and 20 replies per family through each node.
+            Assert.All(forwarded, n => Assert.True(n >= 80, $"the nodes' forwarding counted {string.Join(", ", forwarded)}"));
+        }
+
+        // Web's policy, judged on node 2 (its underlay hook with host routing): echo allowed, IPv4 echo denied.
+        Assert.Equal(0, LocalCluster.OnNode(1, "policy", "import", File(EchoOnly)).Code);
+        Assert.Equal(0, LocalCluster.OnNode(1, "policy", "import", File(DenyEcho)).Code);
+        Assert.True(Eventually(1, 1, Ping("ipv4")), "the deny rule never won");
+        Assert.Equal(0, LocalCluster.OnNode(1, Ping("ipv6")).Code);
+        Assert.Equal(1, LocalCluster.OnNode(1, Probe("tcp", "--port", "80")).Code);
     }
 
     /// <summary>
