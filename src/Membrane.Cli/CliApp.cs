@@ -11,6 +11,10 @@ public static class CliApp
     public const int Failure = 1;
     public const int Error = 2;
 
+    /// <summary>The one exit-code contract, printed by the root's help and after every command's.</summary>
+    public const string ExitStatus = "Exit status: 0 success (allowed), 1 denied or invalid input, 2 any other error (3: cluster " +
+        "mode, committed but not yet enforced everywhere)";
+
     /// <summary>
     /// <c>--node NAME</c> anywhere before <c>--</c>: the command talks to that node of the local cluster (its socket from
     /// cluster.json), as MEMBRANE_SOCKET would say. The option is taken out before the command line is parsed.
@@ -34,8 +38,7 @@ public static class CliApp
     public static RootCommand Create(CliOutput output)
     {
         var root = new RootCommand("Membrane: network policy for pods, enforced by eBPF (--node NAME: talk to that node of the local " +
-            "cluster). Exit status: 0 success (allowed), 1 denied or invalid input, 2 any other error (3: cluster mode, committed " +
-            "but not yet enforced everywhere)");
+            $"cluster). {ExitStatus}");
         root.Subcommands.Add(PolicyCommands.Create(output));
         root.Subcommands.Add(BpfCommands.Create(output));
         root.Subcommands.Add(AgentLauncher.AgentHelp());
@@ -57,6 +60,7 @@ public static class CliApp
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(stdout);
         ArgumentNullException.ThrowIfNull(stderr);
         var output = new CliOutput(stdout, stderr);
         if (args is ["agent", ..] or ["cleanup", ..])
@@ -94,12 +98,17 @@ public static class CliApp
         }
         try
         {
-            return parse.InvokeAsync(new InvocationConfiguration
+            var code = parse.InvokeAsync(new InvocationConfiguration
             {
                 Output = stdout,
                 Error = stderr,
                 EnableDefaultExceptionHandler = false
             }).GetAwaiter().GetResult();
+            if (parse.Action is System.CommandLine.Help.HelpAction && parse.CommandResult.Command != root)
+            {
+                stdout.WriteLine(ExitStatus);
+            }
+            return code;
         }
         catch (CliException e)
         {
@@ -153,7 +162,7 @@ public sealed class CliOutput(TextWriter stdout, TextWriter stderr)
             Description = "Output format: text or json",
             DefaultValueFactory = _ => "text",
         };
-        option.AcceptOnlyFromAmong("text", "json");
+        option.OneOf("text", "json");
         return option;
     }
 }

@@ -80,7 +80,8 @@ public sealed unsafe class PinnedMapsTests : IDisposable
         using var datapath = Load();
         var changes = datapath.Bpf.PinChanges;
         Assert.Contains(changes, c => c.StartsWith("replaced the pinned map mb_endpoints (pinned as type 9", StringComparison.Ordinal));
-        Assert.Contains(changes, c => c.StartsWith("replaced the pinned map mb_frag_tables (its tables have key 40 B", StringComparison.Ordinal));
+        Assert.Contains(changes, c => c.StartsWith("replaced the pinned map mb_frag_tables (its tables have key 40 B",
+            StringComparison.Ordinal));
         Assert.Contains("removed the pinned map mb_frag: this version has no such map", changes);
         Assert.Contains("removed the pinned map mb_ct4: this version has no such map", changes);
         Assert.Equal(4, changes.Count);

@@ -86,4 +86,30 @@ public sealed class TunnelTests : IDisposable
         // Not an IP packet: nothing to route.
         Assert.Equal(BpfProgram.TcActShot, _h.Datapath.ToTunnel.TestRun(Arp(_h.V4("a/client"), Remote)).ReturnValue);
     }
+
+    /// <summary>
+    /// Three nodes: two IPv6 prefixes that share their first bytes are two routes (their keys once compared equal and
+    /// the sync failed on every node of a three-node cluster), and native routing flags them for from_pod.
+    /// </summary>
+    [Fact]
+    public void PrefixesOfSeveralNodesAreDistinctRoutes()
+    {
+        List<(IPNetwork, IPAddress)> routes =
+        [
+            (IPNetwork.Parse("10.102.0.0/16"), IPAddress.Parse("192.0.2.2")),
+            (IPNetwork.Parse("fd00:102::/64"), IPAddress.Parse("192.0.2.2")),
+            (IPNetwork.Parse("10.103.0.0/16"), IPAddress.Parse("192.0.2.3")),
+            (IPNetwork.Parse("fd00:103::/64"), IPAddress.Parse("192.0.2.3")),
+        ];
+        _h.Datapath.Tunnels.Sync(routes, native: true);
+        static List<string> Text(IEnumerable<(IPNetwork Prefix, IPAddress Node)> r) =>
+            r.Select(x => $"{x.Prefix} {x.Node}").Order().ToList();
+        Assert.Equal(Text(routes), Text(_h.Datapath.Tunnels.Routes()));
+        Assert.Equal(routes.Select(r => r.Item1.ToString()).Order(),
+            _h.Datapath.Tunnels.NativePrefixes().Select(p => p.ToString()).Order());
+        _h.Datapath.Tunnels.Sync(routes[..2]);
+        Assert.Equal(Text(routes[..2]), Text(_h.Datapath.Tunnels.Routes()));
+        Assert.Empty(_h.Datapath.Tunnels.NativePrefixes());
+        _h.Datapath.Tunnels.Sync([]);
+    }
 }

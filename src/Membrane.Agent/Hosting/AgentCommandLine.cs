@@ -32,6 +32,16 @@ public static class AgentCommandLine
             await Console.Error.WriteLineAsync("Run 'membrane agent --help' for usage.").ConfigureAwait(false);
             return Error;
         }
+        if (result.Action is System.CommandLine.Help.HelpAction)
+        {
+            // The parser names the root after the executable; users run it as `membrane agent`.
+            using var help = new StringWriter(CultureInfo.InvariantCulture);
+            var code = await result.InvokeAsync(new InvocationConfiguration { Output = help }).ConfigureAwait(false);
+            var executable = System.Text.RegularExpressions.Regex.Escape(result.RootCommandResult.Command.Name);
+            await Console.Out.WriteAsync(System.Text.RegularExpressions.Regex.Replace(help.ToString(), $@"^(\s+){executable}\b",
+                "$1membrane agent", System.Text.RegularExpressions.RegexOptions.Multiline)).ConfigureAwait(false);
+            return code;
+        }
         return await result.InvokeAsync().ConfigureAwait(false);
     }
 
@@ -63,11 +73,11 @@ public static class AgentCommandLine
             Description = "IPv6 range for pod addresses",
             DefaultValueFactory = _ => AgentOptions.DefaultPodIPv6Range.ToString(),
         };
-        var runtime = new Option<AgentRuntime>("--runtime")
+        var runtime = new Option<string>("--runtime")
         {
             Description = "Who makes pods: 'sandbox' (the agent, for each applied Pod) or 'cni' (container runtimes, through membrane-cni)",
-            DefaultValueFactory = _ => AgentRuntime.Sandbox,
-        };
+            DefaultValueFactory = _ => "sandbox",
+        }.OneOf(Choices.Of<AgentRuntime>());
         var cri = new Option<string?>("--cri-socket")
         {
             Description = "With --runtime cni: a CRI socket (containerd's) to read the labels of pods that have no Pod object",
@@ -98,19 +108,20 @@ public static class AgentCommandLine
             Description = "Cluster mode (sandbox): the namespace holding the underlay's bridge (shared by the local cluster's nodes)",
             DefaultValueFactory = _ => "membrane-underlay",
         };
-        var routing = new Option<RoutingMode>("--routing-mode")
+        var routing = new Option<string>("--routing-mode")
         {
             Description = "Cluster mode: 'native' (routes to other nodes' pod prefixes) or 'tunnel' (VXLAN, identity in the VNI); " +
                 "one mode per cluster",
-            DefaultValueFactory = _ => RoutingMode.Native,
-        };
-        var hostRouting = new Option<HostRouting>("--host-routing")
+            DefaultValueFactory = _ => "native",
+        }.OneOf(Choices.Of<RoutingMode>());
+        var hostRouting = new Option<string>("--host-routing")
         {
-            Description = "How packets between two pods of this node travel: 'bpf' (the sender's hook judges the destination's " +
-                "ingress policy too and delivers into its namespace; the node's nftables and tcpdump on the destination's veth do " +
-                "not see them) or 'legacy' (forwarded by the node, judged on the destination's veth)",
-            DefaultValueFactory = _ => HostRouting.Bpf,
-        };
+            Description = "How packets between pods travel: 'bpf' (the sender's hook judges the destination's ingress policy " +
+                "too and delivers into its namespace; with native routing, packets for other nodes' pods leave by the node's route " +
+                "from the hook and the receiver's underlay hook delivers them; the nodes' nftables forward hook and tcpdump on " +
+                "the destination's veth do not see them) or 'legacy' (forwarded by the nodes, judged on the destination's veth)",
+            DefaultValueFactory = _ => "bpf",
+        }.OneOf(Choices.Of<HostRouting>());
         var metrics = new Option<string>("--metrics-address")
         {
             Description = "Serve Prometheus metrics on HOST:PORT (/metrics), or 'off'",
@@ -144,14 +155,14 @@ public static class AgentCommandLine
                 "through too: established, replies, related ICMP errors; an event per packet)",
             DefaultValueFactory = _ => "medium",
         };
-        aggregation.AcceptOnlyFromAmong("none", "medium");
+        aggregation.OneOf("medium", "none");
         var attach = new Option<string>("--attach")
         {
             Description = "How programs attach to pods' devices: 'tcx' (pinned BPF links, kernel 6.6+), 'clsact' (tc filters), or " +
                 "'auto' (tcx where the kernel has it)",
             DefaultValueFactory = _ => "auto",
         };
-        attach.AcceptOnlyFromAmong("auto", "tcx", "clsact");
+        attach.OneOf("auto", "tcx", "clsact");
         var root = new RootCommand("membrane agent: run the agent (root): the sandbox, the datapath and the API. Exit status: 0 " +
             "when stopped, 2 on an error")
         {
@@ -173,7 +184,7 @@ public static class AgentCommandLine
                 NamePrefix = parse.GetValue(prefix)!,
                 PodIPv4Range = r4,
                 PodIPv6Range = r6,
-                Runtime = parse.GetValue(runtime),
+                Runtime = Choices.Parse<AgentRuntime>(parse.GetValue(runtime)!),
                 CriSocket = parse.GetValue(cri) is { Length: > 0 } socket ? Path.GetFullPath(socket) : null,
             };
             if (parse.GetValue(leaseTtl) is < 2 or > 3600)
@@ -249,8 +260,8 @@ public static class AgentCommandLine
             options = options with
             {
                 UnderlayNamespace = parse.GetValue(underlayNetns)!,
-                RoutingMode = parse.GetValue(routing),
-                HostRouting = parse.GetValue(hostRouting)
+                RoutingMode = Choices.Parse<RoutingMode>(parse.GetValue(routing)!),
+                HostRouting = Choices.Parse<HostRouting>(parse.GetValue(hostRouting)!)
             };
             if (parse.GetValue(flowRing) is < 0 or > 1_000_000)
             {

@@ -173,7 +173,7 @@ public static class AgentCommands
     private static Command Monitor(CliOutput output)
     {
         var type = new Option<string>("--type") { Description = "drop (default), verdict, or all", DefaultValueFactory = _ => "drop" };
-        type.AcceptOnlyFromAmong("drop", "verdict", "all");
+        type.OneOf("drop", "verdict", "all");
         var format = CliOutput.CreateFormatOption();
         var count = new Option<int?>("--count") { Description = "Stop after this many events" };
         var command = new Command("monitor", "Stream datapath events: one line per dropped packet (or allowed new connection)") { type,

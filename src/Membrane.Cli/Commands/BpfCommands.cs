@@ -112,7 +112,8 @@ public static class BpfCommands
                 output.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(result, AgentJsonContext.Default.ListConntrackUsageOutput));
                 return CliApp.Success;
             }
-            Table.Write(output.Out, ["ENDPOINT", "IPV4", "IPV6", "CAPACITY", "FULL %", "MEMORY KIB"], result.Select(u => (IReadOnlyList<string>)[
+            string[] headers = ["ENDPOINT", "IPV4", "IPV6", "CAPACITY", "FULL %", "MEMORY KIB"];
+            Table.Write(output.Out, headers, result.Select(u => (IReadOnlyList<string>)[
                 u.Endpoint, $"{u.IPv4}", $"{u.IPv6}", $"{u.Capacity}", u.PercentFull.ToString(CultureInfo.InvariantCulture),
                 (u.MemoryBytes / 1024).ToString(CultureInfo.InvariantCulture)]));
             return CliApp.Success;

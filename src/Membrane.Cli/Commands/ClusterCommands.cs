@@ -74,7 +74,7 @@ public static class ClusterCommands
             Description = "How pods on different nodes reach each other: native or tunnel (VXLAN)",
             DefaultValueFactory = _ => "native",
         };
-        routing.AcceptOnlyFromAmong("native", "tunnel");
+        routing.OneOf("native", "tunnel");
         var lease = new Option<int>("--lease-ttl")
         {
             Description = "Seconds a node's keys outlive its killed agent (the agents' --lease-ttl)",

@@ -3,6 +3,7 @@ using System.Net;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using Membrane.Api;
 
 namespace Membrane.Cli.Commands;
 
@@ -38,7 +39,7 @@ public static class CniCommands
             Description = "interface: membrane-cni makes the interface; chained: after bridge + host-local",
             DefaultValueFactory = _ => "interface",
         };
-        mode.AcceptOnlyFromAmong("interface", "chained");
+        mode.OneOf("interface", "chained");
         var name = new Option<string>("--network") { Description = "The network's name", DefaultValueFactory = _ => "membrane" };
         var socket = new Option<string?>("--agent-socket") { Description = "The agent's API socket (default: the agent's default)" };
         var subnet = new Option<string>("--subnet")

@@ -141,10 +141,10 @@ public static class ConnectivityCommands
             Description = "tcp, udp, icmp or icmpv6 (default: icmp, icmpv6, tcp 80 and " +
             "udp 53)"
         };
-        protocol.AcceptOnlyFromAmong("tcp", "udp", "icmp", "icmpv6");
+        protocol.OneOf("tcp", "udp", "icmp", "icmpv6");
         var port = new Option<int?>("--port") { Description = "Port for tcp/udp" };
         var family = new Option<string?>("--family") { Description = "ipv4 or ipv6" };
-        family.AcceptOnlyFromAmong("ipv4", "ipv6");
+        family.OneOf("ipv4", "ipv6");
         var namespaces = new Option<string[]>("--namespace")
         {
             Description = "Only pods of these namespaces",

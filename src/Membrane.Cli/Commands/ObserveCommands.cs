@@ -23,10 +23,10 @@ public static class ObserveCommands
         var fromPod = new Option<string?>("--from", "--from-pod") { Description = "Flows from this pod (NAMESPACE/POD)" };
         var toPod = new Option<string?>("--to", "--to-pod") { Description = "Flows to this pod (NAMESPACE/POD)" };
         var ns = new Option<string?>("--namespace") { Description = "Flows from or to pods of this namespace" };
-        var verdict = new Option<string?>("--verdict") { Description = "DROPPED, FORWARDED or AUDIT (let through by audit mode)" };
-        verdict.AcceptOnlyFromAmong("DROPPED", "FORWARDED", "AUDIT");
+        var verdict = new Option<string?>("--verdict") { Description = "dropped, forwarded or audit (let through by audit mode)" };
+        verdict.OneOf("dropped", "forwarded", "audit");
         var protocol = new Option<string?>("--protocol") { Description = "tcp, udp, sctp, icmp or icmpv6" };
-        protocol.AcceptOnlyFromAmong("tcp", "udp", "sctp", "icmp", "icmpv6");
+        protocol.OneOf("tcp", "udp", "sctp", "icmp", "icmpv6");
         var icmpType = new Option<string?>("--icmp-type")
         {
             Description = "ICMP or ICMPv6 type, by number or name (EchoRequest; the family from --protocol, IPv4 without it)",
@@ -44,7 +44,8 @@ public static class ObserveCommands
         command.SetAction(async (parse, cancel) =>
         {
             var window = parse.GetValue(since) is { } text ? Duration(text) : (TimeSpan?)null;
-            var filter = new FlowFilter(parse.GetValue(fromPod), parse.GetValue(toPod), parse.GetValue(ns), parse.GetValue(verdict),
+            var filter = new FlowFilter(parse.GetValue(fromPod), parse.GetValue(toPod), parse.GetValue(ns),
+                parse.GetValue(verdict)?.ToUpperInvariant(),
                 parse.GetValue(protocol), IcmpType(parse.GetValue(icmpType), parse.GetValue(protocol)), parse.GetValue(port), window);
             bool Matches(Flow f) => filter.Matches(f, DateTimeOffset.UtcNow);
             var json = parse.GetValue(format) == "json";

@@ -306,8 +306,8 @@ public sealed class FlowOptions
     public void AddTo(Command command)
     {
         ArgumentNullException.ThrowIfNull(command);
-        _protocol.AcceptOnlyFromAmong("tcp", "udp", "sctp", "icmp", "icmpv6");
-        _family.AcceptOnlyFromAmong("ipv4", "ipv6");
+        _protocol.OneOf("tcp", "udp", "sctp", "icmp", "icmpv6");
+        _family.OneOf("ipv4", "ipv6");
         command.Options.Add(_protocol);
         command.Options.Add(_port);
         command.Options.Add(_icmpType);

@@ -84,7 +84,8 @@ public sealed unsafe partial class BpfObject : IDisposable
                 {
                     var fd = LibBpf.ObjGet(Path.Combine(dir, name));
                     BpfException.Check(fd, $"open of pinned map {Path.Combine(dir, name)}");
-                    if (options.MaxEntries.TryGetValue(name, out var wanted) && PinnedMaps.Of(fd).MaxEntries is var pinned && pinned != wanted)
+                    if (options.MaxEntries.TryGetValue(name, out var wanted) && PinnedMaps.Of(fd).MaxEntries is var pinned
+                        && pinned != wanted)
                     {
                         _ = LibBpf.Close(fd);
                         throw new BpfException($"the pinned map {Path.Combine(dir, name)} holds {pinned:N0} entries and {wanted:N0} were " +

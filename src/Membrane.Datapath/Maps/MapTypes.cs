@@ -61,11 +61,41 @@ public struct IpCache4Key
     public readonly IPNetwork ToNetwork() => new(new IPAddress(BitConverter.GetBytes(Address)), (int)PrefixLength);
 }
 
+/// <summary>
+/// Compared by all its bytes: the runtime's default equality of a struct with a fixed buffer compares the buffer's
+/// first byte only (fd00:102:: and fd00:103:: were the same key to a dictionary).
+/// </summary>
 [StructLayout(LayoutKind.Sequential)]
-public unsafe struct IpCache6Key
+public unsafe struct IpCache6Key : IEquatable<IpCache6Key>
 {
     public uint PrefixLength;
     public fixed byte Address[16];
+
+    public readonly bool Equals(IpCache6Key other)
+    {
+        fixed (byte* mine = Address)
+        {
+            return PrefixLength == other.PrefixLength
+                && new ReadOnlySpan<byte>(mine, 16).SequenceEqual(new ReadOnlySpan<byte>(other.Address, 16));
+        }
+    }
+
+    public override readonly bool Equals(object? obj) => obj is IpCache6Key other && Equals(other);
+
+    public override readonly int GetHashCode()
+    {
+        fixed (byte* mine = Address)
+        {
+            var hash = new HashCode();
+            hash.Add(PrefixLength);
+            hash.AddBytes(new ReadOnlySpan<byte>(mine, 16));
+            return hash.ToHashCode();
+        }
+    }
+
+    public static bool operator ==(IpCache6Key left, IpCache6Key right) => left.Equals(right);
+
+    public static bool operator !=(IpCache6Key left, IpCache6Key right) => !left.Equals(right);
 
     public static IpCache6Key From(IPNetwork prefix)
     {

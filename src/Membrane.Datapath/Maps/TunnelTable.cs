@@ -70,6 +70,13 @@ public sealed class TunnelTable(BpfMap<IpCache4Key, TunnelValue> routes4, BpfMap
         .. routes6.Entries<IpCache6Key, TunnelValue>().Select(e => (e.Key.ToNetwork(), new IPAddress(e.Value.Node))),
     ];
 
+    /// <summary>The prefixes flagged for native routing (from_pod may send there by the node's route).</summary>
+    public IReadOnlyList<IPNetwork> NativePrefixes() =>
+    [
+        .. routes4.Entries<IpCache4Key, TunnelValue>().Where(e => (e.Value.Flags & TunnelValue.Native) != 0).Select(e => e.Key.ToNetwork()),
+        .. routes6.Entries<IpCache6Key, TunnelValue>().Where(e => (e.Value.Flags & TunnelValue.Native) != 0).Select(e => e.Key.ToNetwork()),
+    ];
+
     private static NodeKey Key(IPAddress node)
     {
         if (node.AddressFamily != AddressFamily.InterNetwork)

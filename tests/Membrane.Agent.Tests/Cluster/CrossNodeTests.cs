@@ -201,6 +201,11 @@ public sealed class CrossNodeTests : IDisposable
             Assert.All(forwarded, n => Assert.True(n >= 80, $"the nodes' forwarding counted {string.Join(", ", forwarded)}"));
         }
 
+        var trace = LocalCluster.OnNode(2, "policy", "trace", "--from", "shop/client", "--to", "shop/web", "--protocol", "tcp",
+            "--port", "80").Out;
+        Assert.Contains(hostRouting == "bpf" ? "shop/web's ingress at this node's underlay hook (from_underlay on mbul)"
+            : "shop/web's ingress at to_pod on", trace, StringComparison.Ordinal);
+
         // Web's policy, judged on node 2 (its underlay hook with host routing): echo allowed, IPv4 echo denied.
         Assert.Equal(0, LocalCluster.OnNode(1, "policy", "import", File(EchoOnly)).Code);
         Assert.Equal(0, LocalCluster.OnNode(1, "policy", "import", File(DenyEcho)).Code);
