@@ -41,6 +41,10 @@ public static class ClusterBenchmark
             throughput.Add(cluster.Throughput(pings, rounds));
             recovery = await cluster.QuorumRecoveryAsync().ConfigureAwait(false);
         }
+        using (var cluster = Up(2, "native", hostRouting: "legacy"))
+        {
+            throughput.Add(cluster.Throughput(pings, rounds) with { RoutingMode = "native, legacy host routing" });
+        }
         using (var cluster = Up(2, "tunnel"))
         {
             throughput.Add(cluster.Throughput(pings, rounds));
@@ -49,15 +53,15 @@ public static class ClusterBenchmark
         return new ClusterReport(propagation, rate, allocated, throughput, recovery, Lease, store);
     }
 
-    private static LocalClusterRun Up(int nodes, string routing)
+    private static LocalClusterRun Up(int nodes, string routing, string hostRouting = "bpf")
     {
         var directory = Path.Combine(Path.GetTempPath(), $"mbbench-cluster-{routing}");
         if (ClusterCommands.Load(directory) is not null)
         {
             CliApp.Run(["cluster", "down", "--dir", directory], TextWriter.Null, Console.Error);
         }
-        var code = CliApp.Run(["cluster", "up", "--nodes", $"{nodes}", "--routing-mode", routing, "--lease-ttl", $"{Lease}", "--dir",
-            directory], TextWriter.Null, Console.Error);
+        var code = CliApp.Run(["cluster", "up", "--nodes", $"{nodes}", "--routing-mode", routing, "--host-routing", hostRouting,
+            "--lease-ttl", $"{Lease}", "--dir", directory], TextWriter.Null, Console.Error);
         if (code != 0)
         {
             throw new InvalidOperationException($"membrane cluster up failed ({code})");

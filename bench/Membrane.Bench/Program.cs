@@ -60,12 +60,25 @@ switch (what)
         var markdown = args.SkipWhile(a => a != "--markdown").Skip(1).FirstOrDefault();
         if (markdown is not null)
         {
-            await File.WriteAllTextAsync(markdown, Report.Markdown(report));
+            var text = Report.Markdown(report);
+            await File.WriteAllTextAsync(markdown, text);
             Console.Error.WriteLine($"wrote {markdown}");
-            // The README quotes the headline and nothing else: written here, between its markers.
-            var readme = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(markdown))!, "..", "README.md");
-            await File.WriteAllTextAsync(readme, ReadmeSummary.Replace(await File.ReadAllTextAsync(readme), Report.Headline(report)));
+            // The README and docs quote the report's figures only between their markers, written here.
+            var docs = Path.GetDirectoryName(Path.GetFullPath(markdown))!;
+            var readme = Path.Combine(docs, "..", "README.md");
+            var summary = GeneratedBlocks.ReplaceSummary(await File.ReadAllTextAsync(readme), Report.Headline(report));
+            await File.WriteAllTextAsync(readme, summary);
             Console.Error.WriteLine($"wrote the summary in {Path.GetFullPath(readme)}");
+            foreach (var doc in Directory.GetFiles(docs, "*.md").Where(f => Path.GetFullPath(f) != Path.GetFullPath(markdown)))
+            {
+                var before = await File.ReadAllTextAsync(doc);
+                var after = GeneratedBlocks.ReplaceTables(before, text);
+                if (after != before)
+                {
+                    await File.WriteAllTextAsync(doc, after);
+                    Console.Error.WriteLine($"wrote the report's tables in {doc}");
+                }
+            }
         }
         Console.WriteLine(args.Contains("json") ? Report.Json(report) : Report.Markdown(report));
         return 0;

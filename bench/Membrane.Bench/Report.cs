@@ -332,7 +332,9 @@ public static class Report
         line("");
         line("A cross-node packet crosses two more veth pairs and the bridge (and in tunnel mode VXLAN encapsulation on both " +
             "nodes, with the tunnel programs); a ping flood measures round-trip latency, so it shows the longer path fully, while " +
-            "TCP bulk transfer hides it behind its window (and gains from the second node's CPU).");
+            "TCP bulk transfer hides it behind its window (and gains from the second node's CPU). With host routing (the default) " +
+            "same-node packets skip the node's forwarding, and so do native cross-node packets on both nodes (sent by the FIB from " +
+            "the pod's hook, delivered from the receiver's underlay hook); the legacy row has both nodes forward them.");
     }
 
     private static void Cni(BenchmarkReport r, Action<string> line)

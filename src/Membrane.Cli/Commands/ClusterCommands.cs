@@ -75,6 +75,11 @@ public static class ClusterCommands
             DefaultValueFactory = _ => "native",
         };
         routing.OneOf("native", "tunnel");
+        var hostRouting = new Option<string>("--host-routing")
+        {
+            Description = "The agents' --host-routing: bpf (pods' hooks deliver, across nodes too in native mode) or legacy",
+            DefaultValueFactory = _ => "bpf",
+        }.OneOf("bpf", "legacy");
         var lease = new Option<int>("--lease-ttl")
         {
             Description = "Seconds a node's keys outlive its killed agent (the agents' --lease-ttl)",
@@ -83,7 +88,7 @@ public static class ClusterCommands
         var dir = DirectoryOption();
         var command = new Command("up", "Start a local cluster: 3-member etcd on loopback, an agent per node (text only, no -o json)")
         {
-            nodes, routing, lease, dir,
+            nodes, routing, hostRouting, lease, dir,
         };
         command.SetAction(parse =>
         {
@@ -99,7 +104,7 @@ public static class ClusterCommands
                     "'membrane cluster down' first");
             }
             SafeFiles.EnsurePrivateDirectory(directory);
-            var file = Start(directory, count, parse.GetValue(routing)!, parse.GetValue(lease), output);
+            var file = Start(directory, count, (parse.GetValue(routing)!, parse.GetValue(hostRouting)!), parse.GetValue(lease), output);
             output.Out.WriteLine($"cluster up: {file.Nodes.Count} nodes ({file.RoutingMode} routing), etcd {file.EtcdUrls}");
             Table.Write(output.Out, ["NODE", "SOCKET", "UNDERLAY", "POD RANGES"],
                 file.Nodes.Select(n => (IReadOnlyList<string>)[n.Name, n.Socket, n.UnderlayAddress, $"{n.PodIPv4Range} {n.PodIPv6Range}"]));
@@ -109,12 +114,13 @@ public static class ClusterCommands
         return command;
     }
 
-    private static LocalClusterFile Start(string directory, int count, string routing, int leaseSeconds, CliOutput output)
+    private static LocalClusterFile Start(string directory, int count, (string Mode, string Host) routing, int leaseSeconds,
+        CliOutput output)
     {
         var ports = ReservePorts(6).Chunk(2).Select(p => (Client: p[0], Peer: p[1])).ToList();
         var initial = string.Join(",", ports.Select((p, i) => $"etcd-{i + 1}=https://127.0.0.1:{p.Peer}"));
         var members = new List<LocalEtcdMember>();
-        var file = new LocalClusterFile(directory, routing, UnderlayNamespace, members, []);
+        var file = new LocalClusterFile(directory, routing.Mode, UnderlayNamespace, members, []);
         try
         {
             // etcd speaks TLS only and serves only clients with a certificate of the cluster's own CA.
@@ -155,9 +161,9 @@ public static class ClusterCommands
                 var pid = Spawn(agent, [.. prefix, "--node", node.Name, "--etcd", file.EtcdUrls, "--state-dir", node.StateDirectory,
                     "--name-prefix", node.NamePrefix, "--pin-dir", node.PinDirectory, "--pod-ipv4-range", node.PodIPv4Range,
                     "--pod-ipv6-range", node.PodIPv6Range, "--underlay-address", node.UnderlayAddress,
-                    "--underlay-netns", UnderlayNamespace, "--routing-mode", routing, "--lease-ttl", $"{leaseSeconds}",
-                        "--metrics-address", $"127.0.0.1:{9962 + i}", "--etcd-ca", LocalPki.Ca(directory), "--etcd-cert",
-                        LocalPki.Certificate(directory, node.Name), "--etcd-key", LocalPki.Key(directory, node.Name)],
+                    "--underlay-netns", UnderlayNamespace, "--routing-mode", routing.Mode, "--host-routing", routing.Host,
+                    "--lease-ttl", $"{leaseSeconds}", "--metrics-address", $"127.0.0.1:{9962 + i}", "--etcd-ca", LocalPki.Ca(directory),
+                    "--etcd-cert", LocalPki.Certificate(directory, node.Name), "--etcd-key", LocalPki.Key(directory, node.Name)],
                     Path.Combine(directory, $"{node.Name}.log"));
                 file = file with { Nodes = [.. file.Nodes, node with { Pid = pid }] };
                 Save(file);
