@@ -79,12 +79,16 @@ public sealed class AgentClient : IDisposable
         }
     }
 
-    /// <summary>Streams newline-delimited JSON until cancelled.</summary>
+    /// <summary>
+    /// Streams newline-delimited JSON until cancelled; <paramref name="opened"/> runs once the agent has answered (from
+    /// then on it keeps every event for this stream).
+    /// </summary>
     public async IAsyncEnumerable<T> Stream<T>(string path, JsonTypeInfo<T> type,
-        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel)
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel, Action? opened = null)
     {
         using var response = await Unwrapped(_http.GetAsync(path, HttpCompletionOption.ResponseHeadersRead, cancel)).ConfigureAwait(false);
         response.EnsureSuccessStatusCode();
+        opened?.Invoke();
         using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(cancel).ConfigureAwait(false));
         while (await reader.ReadLineAsync(cancel).ConfigureAwait(false) is { } line)
         {

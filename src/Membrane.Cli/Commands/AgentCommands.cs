@@ -182,11 +182,12 @@ public static class AgentCommands
         {
             using var client = AgentClient.FromEnvironment();
             var seen = 0;
-            output.Err.WriteLine($"Listening for {parse.GetValue(type)} events... (Ctrl-C to stop)");
             try
             {
+                // Said once the agent streams: a script may wait for this line before causing the events it watches for.
                 await foreach (var e in client.Stream($"v1/monitor?type={parse.GetValue(type)}", AgentJsonContext.Default.MonitorEvent,
-                    cancel).ConfigureAwait(false))
+                    cancel, () => output.Err.WriteLine($"Listening for {parse.GetValue(type)} events... (Ctrl-C to stop)"))
+                    .ConfigureAwait(false))
                 {
                     output.Out.WriteLine(parse.GetValue(format) == "json" ? JsonSerializer.Serialize(e,
                         AgentJsonContext.Default.MonitorEvent).ReplaceLineEndings("") : EventFormat.Line(e));
