@@ -22,7 +22,8 @@ public sealed partial class GettingStartedTests : IDisposable
     private static readonly Regex[] Provided =
     [
         ProvidedLine(@"^bash scripts/setup\.sh"), ProvidedLine(@"^dotnet build src/Membrane\.(Cli|Agent) -c Release"),
-        ProvidedLine(@"^alias membrane="), ProvidedLine(@"^membrane agent &"), ProvidedLine(@"^kill %1"), ProvidedLine(@"^membrane cleanup$"),
+        ProvidedLine(@"^alias membrane="), ProvidedLine(@"^membrane agent &"), ProvidedLine(@"^kill %1"),
+        ProvidedLine(@"^membrane cleanup$"),
     ];
 
     private static Regex ProvidedLine(string pattern) => new(pattern, RegexOptions.CultureInvariant);
@@ -30,8 +31,8 @@ public sealed partial class GettingStartedTests : IDisposable
     public GettingStartedTests()
     {
         AgentUnderTest.Cleanup(Prefix, State);
-        var (agent, code, stderr) = AgentUnderTest.Start(["--state-dir", State, "--name-prefix", Prefix, "--pin-dir", $"/sys/fs/bpf/{Prefix}",
-            "--metrics-address", "off"], () => File.Exists(Socket) && AgentUnderTest.Cli(Socket, "status").Code == 0);
+        var (agent, code, stderr) = AgentUnderTest.Start(["--state-dir", State, "--name-prefix", Prefix, "--pin-dir",
+            $"/sys/fs/bpf/{Prefix}", "--metrics-address", "off"], () => File.Exists(Socket) && AgentUnderTest.Cli(Socket, "status").Code == 0);
         _agent = agent ?? throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
     }
 
@@ -109,7 +110,8 @@ public sealed partial class GettingStartedTests : IDisposable
     [GeneratedRegex(@"\s+")]
     private static partial Regex Spaces();
 
-    private static string Normal(string line) => Spaces().Replace(Duration().Replace(Clock().Replace(line, "HH:MM:SS"), "N ms"), " ").Trim();
+    private static string Normal(string line) =>
+        Spaces().Replace(Duration().Replace(Clock().Replace(line, "HH:MM:SS"), "N ms"), " ").Trim();
 
     [Fact]
     public void TheGuideRunsAsWritten()
@@ -141,7 +143,8 @@ public sealed partial class GettingStartedTests : IDisposable
                     // Started in the background (the CLI itself, so that the job is the process to stop at the end): wait,
                     // with a deadline, until it streams, as a reader would.
                     script.AppendLine($"{cli} {command["membrane ".Length..^1].Trim()} 2>\"$0.monitor\" &");
-                    script.AppendLine("timeout 20 bash -c 'until grep -q Listening \"$0\" 2>/dev/null; do sleep 0.05; done' \"$0.monitor\"");
+                    script.AppendLine(
+                        "timeout 20 bash -c 'until grep -q Listening \"$0\" 2>/dev/null; do sleep 0.05; done' \"$0.monitor\"");
                     continue;
                 }
                 int? code = comment.StartsWith("denied", StringComparison.Ordinal) ? 1
