@@ -31,8 +31,9 @@ public sealed partial class GettingStartedTests : IDisposable
     public GettingStartedTests()
     {
         AgentUnderTest.Cleanup(Prefix, State);
-        var (agent, code, stderr) = AgentUnderTest.Start(["--state-dir", State, "--name-prefix", Prefix, "--pin-dir",
-            $"/sys/fs/bpf/{Prefix}", "--metrics-address", "off"], () => File.Exists(Socket) && AgentUnderTest.Cli(Socket, "status").Code == 0);
+        string[] arguments = ["--state-dir", State, "--name-prefix", Prefix, "--pin-dir", $"/sys/fs/bpf/{Prefix}", "--metrics-address", "off"];
+        var (agent, code, stderr) = AgentUnderTest.Start(arguments,
+            () => File.Exists(Socket) && AgentUnderTest.Cli(Socket, "status").Code == 0);
         _agent = agent ?? throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
     }
 
