@@ -31,7 +31,10 @@ public sealed partial class GettingStartedTests : IDisposable
     public GettingStartedTests()
     {
         AgentUnderTest.Cleanup(Prefix, State);
-        string[] arguments = ["--state-dir", State, "--name-prefix", Prefix, "--pin-dir", $"/sys/fs/bpf/{Prefix}", "--metrics-address", "off"];
+        string[] arguments =
+        [
+            "--state-dir", State, "--name-prefix", Prefix, "--pin-dir", $"/sys/fs/bpf/{Prefix}", "--metrics-address", "off",
+        ];
         var (agent, code, stderr) = AgentUnderTest.Start(arguments,
             () => File.Exists(Socket) && AgentUnderTest.Cli(Socket, "status").Code == 0);
         _agent = agent ?? throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
