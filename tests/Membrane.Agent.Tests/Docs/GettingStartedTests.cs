@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.RegularExpressions;
 
@@ -16,7 +15,7 @@ public sealed partial class GettingStartedTests : IDisposable
     private const string Prefix = "mbgs";
     private static readonly string State = Path.Combine(Path.GetTempPath(), "mbgs-state");
     private static readonly string Socket = Path.Combine(State, "membrane.sock");
-    private readonly Process _agent;
+    private readonly System.Diagnostics.Process _agent;
 
     /// <summary>What the fixture does instead of the guide's lines (section 1's setup and start, section 6's stop and cleanup).</summary>
     private static readonly Regex[] Provided =
@@ -46,19 +45,6 @@ public sealed partial class GettingStartedTests : IDisposable
         _agent.WaitForExit();
         _agent.Dispose();
         AgentUnderTest.Cleanup(Prefix, State);
-    }
-
-    private static string Root
-    {
-        get
-        {
-            var dir = new DirectoryInfo(AppContext.BaseDirectory);
-            while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Membrane.slnx")))
-            {
-                dir = dir.Parent;
-            }
-            return dir!.FullName;
-        }
     }
 
     private sealed record Block(string Section, List<string> Commands, List<string> Expected);
@@ -120,7 +106,7 @@ public sealed partial class GettingStartedTests : IDisposable
     [Fact]
     public void TheGuideRunsAsWritten()
     {
-        var blocks = Blocks(File.ReadAllText(Path.Combine(Root, "docs", "getting-started.md")))
+        var blocks = Blocks(File.ReadAllText(Path.Combine(DocScript.Root, "docs", "getting-started.md")))
             .Where(b => b.Section.Length > 0 && char.IsDigit(b.Section[0]))
             .ToList();
         Assert.True(blocks.Count >= 6, $"only {blocks.Count} shell blocks in the numbered sections");
@@ -128,10 +114,7 @@ public sealed partial class GettingStartedTests : IDisposable
         foreach (var block in blocks)
         {
             var script = new StringBuilder();
-            var cli = $"dotnet '{Path.Combine(AppContext.BaseDirectory, "membrane.dll")}'";
-            script.AppendLine($"membrane() {{ {cli} \"$@\"; }}");
-            script.AppendLine($"export MEMBRANE_SOCKET='{Socket}'");
-            script.AppendLine($"cd '{Root}'");
+            script.Append(DocScript.Preamble(Socket));
             var expectations = new List<(string Command, int? Code)>();
             foreach (var line in block.Commands)
             {
@@ -146,7 +129,7 @@ public sealed partial class GettingStartedTests : IDisposable
                     Assert.StartsWith("membrane monitor", command, StringComparison.Ordinal);
                     // Started in the background (the CLI itself, so that the job is the process to stop at the end): wait,
                     // with a deadline, until it streams, as a reader would.
-                    script.AppendLine($"{cli} {command["membrane ".Length..^1].Trim()} 2>\"$0.monitor\" &");
+                    script.AppendLine($"{DocScript.Cli} {command["membrane ".Length..^1].Trim()} 2>\"$0.monitor\" &");
                     script.AppendLine(
                         "timeout 20 bash -c 'until grep -q Listening \"$0\" 2>/dev/null; do sleep 0.05; done' \"$0.monitor\"");
                     continue;
@@ -160,7 +143,7 @@ public sealed partial class GettingStartedTests : IDisposable
                 ran++;
             }
             script.AppendLine("jobs -p | xargs -r kill 2>/dev/null; wait 2>/dev/null; rm -f \"$0.monitor\"");
-            var output = Bash(script.ToString());
+            var output = DocScript.Bash(script.ToString());
             var actual = output.Split('\n').Select(Normal).ToList();
             for (var i = 0; i < expectations.Count; i++)
             {
@@ -176,29 +159,5 @@ public sealed partial class GettingStartedTests : IDisposable
             }
         }
         Assert.True(ran >= 15, $"only {ran} commands ran");
-    }
-
-    private static string Bash(string script)
-    {
-        var file = Path.Combine(Path.GetTempPath(), $"mbgs-{Guid.NewGuid():N}.sh");
-        File.WriteAllText(file, script);
-        try
-        {
-            var start = new ProcessStartInfo("bash", [file]) { RedirectStandardOutput = true, RedirectStandardError = true };
-            using var bash = Process.Start(start)!;
-            var stdout = bash.StandardOutput.ReadToEndAsync();
-            var stderr = bash.StandardError.ReadToEndAsync();
-            var done = bash.WaitForExit(TimeSpan.FromMinutes(2)) && Task.WaitAll([stdout, stderr], TimeSpan.FromSeconds(10));
-            if (!done)
-            {
-                bash.Kill(entireProcessTree: true);
-            }
-            Assert.True(done, "a block of the guide ran for two minutes, or left a process holding its output");
-            return stdout.Result + stderr.Result;
-        }
-        finally
-        {
-            File.Delete(file);
-        }
     }
 }
