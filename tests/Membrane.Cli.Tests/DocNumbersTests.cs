@@ -24,8 +24,11 @@ public sealed partial class DocNumbersTests
         }
     }
 
-    /// <summary>A measured figure: a ratio (1.08×), a time (84 ms, 0.4 s), a share of a limit (1.08%) or throughput.</summary>
-    [GeneratedRegex(@"\d[\d,.]*\s?(×|ms\b|ns\b|%|MiB/s|pings/s)")]
+    /// <summary>
+    /// A measured figure: a ratio (1.08×), a time (84 ms, 0.4 s: seconds with a fraction, whole seconds being the
+    /// docs' timeouts and defaults), a share of a limit (1.08%) or throughput.
+    /// </summary>
+    [GeneratedRegex(@"\d[\d,.]*\s?(×|ms\b|ns\b|%|MiB/s|pings/s)|\d+\.\d+\s?s\b")]
     private static partial Regex Figure();
 
     [GeneratedRegex(
