@@ -162,7 +162,29 @@ public sealed class PolicyDatapath : IDisposable
     private void WriteConfig() => Config.Update(0u, new DatapathConfig
     {
         Flags = _eventFlags | (_audit ? DatapathConfig.Audit : 0) | (_hostRouting ? DatapathConfig.HostRouting : 0),
+        Generation = _generation,
     });
+
+    private uint _generation = 1;
+
+    /// <summary>
+    /// Ends the current configuration generation: from_pod's shortcut past a local destination's ingress check, which
+    /// a connection earns by being admitted within one generation, no longer holds, and each connection's next packet
+    /// meets the destination's policy and conntrack again. Called after every change of policy, identities, endpoints
+    /// or conntrack (after the change is in the maps). The kernel compares the low byte; 0 there means "never".
+    /// </summary>
+    public void AdvanceGeneration()
+    {
+        lock (_configGate)
+        {
+            _generation++;
+            if ((_generation & 0xff) == 0)
+            {
+                _generation++;
+            }
+            WriteConfig();
+        }
+    }
 
     /// <summary>Packets audit mode let through, by direction (<see cref="WireDirection"/>) and match kind, summed over CPUs.</summary>
     public IReadOnlyDictionary<(WireDirection Direction, WireMatchKind Kind), Counter> AuditCounters()
@@ -228,6 +250,7 @@ public sealed class PolicyDatapath : IDisposable
     {
         var count = Conntrack.Flush();
         FlushFragments();
+        AdvanceGeneration();
         return count;
     }
 

@@ -201,6 +201,82 @@ public sealed class HostRoutingEndToEndTests
         Assert.False(PodTraffic.Echo(client.Netns, target, 0x4e02), "a new echo after the identity change");
     }
 
+    [Fact]
+    public void APolicyChangeCutsABusyEchoThatRodeTheShortcut()
+    {
+        // ICMP echo: the server's replies open nothing (only a request opens a query's entry), so once the server's side
+        // is forgotten, nothing but its policy can admit the client's next request. (A TCP server that keeps sending
+        // opens an egress entry of its own, which then admits the client's segments as replies: a connection the
+        // server may open is not cut by its ingress policy, with or without the shortcut.)
+        Use("bpf");
+        EndpointOutput client = _s.Endpoint(Client), server = _s.Endpoint(Server);
+        var target = IPAddress.Parse(server.IPv4!);
+        _s.CliOk("bpf", "ct", "flush");
+        // Echoes back to back with one id: most requests follow the query's previous packet within a tick. Without the
+        // shortcut the server's entry counts each request and each reply (2 per echo); with it, its replies and what
+        // its check saw of the requests (one a tick at least).
+        const int Echoes = 1_000, Id = 0x4e10;
+        for (var echo = 0; echo < Echoes; echo++)
+        {
+            Assert.True(PodTraffic.Echo(client.Netns, target, Id), $"echo {echo}");
+        }
+        var entries = JsonSerializer.Deserialize(_s.CliOk("bpf", "ct", "list", "-o", "json").Out,
+            AgentJsonContext.Default.ListConntrackOutput)!.Where(e => e.Protocol == "ICMP").ToList();
+        var serverSide = Assert.Single(entries, e => e.Endpoint == Server);
+        Assert.True(serverSide.Packets < 2 * Echoes, $"the server's entry saw {serverSide.Packets} packets: no shortcut taken");
+
+        // Busy again while the server's policy changes.
+        var echoes = 0;
+        var stop = false;
+        var busy = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop) && PodTraffic.Echo(client.Netns, target, Id))
+            {
+                Interlocked.Increment(ref echoes);
+            }
+        });
+        busy.Start();
+        int atChange;
+        try
+        {
+            var deadline = Stopwatch.StartNew();
+            while (Volatile.Read(ref echoes) < 300 && busy.IsAlive && deadline.Elapsed < TimeSpan.FromSeconds(20))
+            {
+                Thread.Sleep(5);
+            }
+            Assert.True(Volatile.Read(ref echoes) >= 300, $"only {echoes} echoes before the change");
+            var generation = Generation();
+            Assert.Equal(0, _s.Apply(SandboxFixture.Cnp("server-deny-echo", """
+                endpointSelector: {matchLabels: {app: server}}
+                ingressDeny:
+                - fromEndpoints: [{matchLabels: {app: client}}]
+                  icmps: [{fields: [{type: EchoRequest}]}]
+                """), "import").Code);
+            atChange = Volatile.Read(ref echoes);
+            // The shortcut earned before the change ended with it: the agent advanced the generation from_pod compares.
+            Assert.NotEqual(generation, Generation());
+        }
+        finally
+        {
+            Volatile.Write(ref stop, true);
+            Assert.True(busy.Join(TimeSpan.FromSeconds(10)), "the busy echo loop did not end");
+        }
+        // At most the echo in flight when the change landed completes; nothing after it.
+        Assert.InRange(Volatile.Read(ref echoes) - atChange, 0, 1);
+        Assert.False(PodTraffic.Echo(client.Netns, target, Id), "the echo is still answered after the deny");
+    }
+
+    /// <summary>The configuration generation in the agent's pinned mb_config, as bpftool reads it (with its BTF).</summary>
+    private static uint Generation()
+    {
+        var json = Ip.Exec("bpftool", ["-j", "map", "dump", "pinned", $"{SandboxFixture.PinDirectory}/mb_config"], null);
+        using var document = JsonDocument.Parse(json);
+        var entry = document.RootElement[0];
+        // With BTF, bpftool -j gives the raw bytes and the typed value under "formatted".
+        var value = (entry.TryGetProperty("formatted", out var formatted) ? formatted : entry).GetProperty("value");
+        return value.GetProperty("generation").GetUInt32();
+    }
+
     private ulong Drops(string reason)
     {
         var status = JsonSerializer.Deserialize(_s.CliOk("status", "-o", "json").Out, AgentJsonContext.Default.StatusResponse)!;

@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.NetworkInformation;
 using Membrane.Datapath.Ebpf;
 using Membrane.Datapath.Maps;
+using Membrane.Policy.Resolution;
 using static Membrane.Datapath.Tests.Packets;
 using static Membrane.TestSupport.Cluster;
 
@@ -171,6 +172,69 @@ public sealed class HostRoutingTests : IDisposable
         Assert.True(_h.Receives(Frame(server, client, Tcp, TcpSegment(80, 40000, TcpAck))));
         var serverSide = Assert.Single(_h.Datapath.Conntrack.Entries(), e => e.Key.IfIndex == Destination);
         Assert.Equal(2ul, serverSide.Value.Packets);
+    }
+
+    private ConntrackValue Entry(uint ifIndex) => Assert.Single(_h.Datapath.Conntrack.Entries(), e => e.Key.IfIndex == ifIndex).Value;
+
+    /// <summary>A TCP connection from the client to the server's port 80, opened and acknowledged through the shortcut.</summary>
+    private byte[] Established()
+    {
+        var (client, server) = Addresses(false);
+        Assert.Equal(BpfProgram.TcActRedirect, Send(ToGateway(Frame(client, server, Tcp, TcpSegment(40000, 80)))).ReturnValue);
+        // A hop limit of 255: each delivered run takes one (a test run reruns the frame as the last run left it).
+        var ack = ToGateway(HopLimit(Frame(client, server, Tcp, TcpSegment(40000, 80, TcpAck)), 255));
+        Assert.Equal(BpfProgram.TcActRedirect, Send(ack).ReturnValue); // judged by the server's side, which marks the entry
+        Assert.NotEqual(0, Entry(DatapathHarness.TestIfIndex).PeerGeneration);
+        return ack;
+    }
+
+    [Fact]
+    public void AnAdmittedConnectionSkipsTheDestinationsLookupWithinATick()
+    {
+        var ack = Established();
+        var before = (Client: Entry(DatapathHarness.TestIfIndex).Packets, Server: Entry(Destination).Packets);
+        for (var batch = 0; batch < 80; batch++)
+        {
+            Assert.Equal(BpfProgram.TcActRedirect, _h.Datapath.FromPod.TestRun(ack, repeat: 250).ReturnValue);
+        }
+
+        // Every packet is the client's; the server's entry sees the first of each tick (a run of 20,000 spans a few).
+        var client = Entry(DatapathHarness.TestIfIndex).Packets - before.Client;
+        var server = Entry(Destination).Packets - before.Server;
+        Assert.Equal(20_000ul, client);
+        Assert.InRange(server, 0ul, 2_000ul);
+        var (ingress, _) = _h.Datapath.Forwarded();
+        Assert.True(ingress.Packets >= 20_002ul, $"{ingress.Packets} delivered"); // each one counted as delivered
+    }
+
+    [Fact]
+    public void APolicyChangeEndsTheShortcutForTheVeryNextPacket()
+    {
+        var ack = Established();
+        // What the agent does when the server's policy stops admitting TCP 80: the map, the connection forgotten on
+        // the server's side, then a new generation.
+        var state = _h.Engine.Resolve("a/server").State;
+        _h.Policy.Sync(Destination, new MapState(state.Entries.Where(e => e.Key.Protocol != Tcp).ToDictionary()));
+        Assert.True(_h.Datapath.Conntrack.Delete(_h.Datapath.Conntrack.Entries().Single(e => e.Key.IfIndex == Destination).Key));
+        _h.Datapath.AdvanceGeneration();
+
+        Assert.Equal(BpfProgram.TcActShot, _h.Datapath.FromPod.TestRun(ack, repeat: 5_000).ReturnValue);
+        // Not one of them rode the mark: the refusal unmarked the client's entry, so each packet met the server's policy.
+        Assert.Equal(5_000ul, _h.Datapath.DropCountersByDirection()[(DropReason.Policy, WireDirection.Ingress)].Packets);
+        Assert.Equal(0, Entry(DatapathHarness.TestIfIndex).PeerGeneration);
+    }
+
+    [Fact]
+    public void OpeningAndClosingPacketsAlwaysMeetTheDestination()
+    {
+        var ack = Established();
+        var (client, server) = Addresses(false);
+        var fin = ToGateway(HopLimit(Frame(client, server, Tcp, TcpSegment(40000, 80, TcpAck | 0x01)), 255));
+        var before = Entry(Destination).Packets;
+        Assert.Equal(BpfProgram.TcActRedirect, _h.Datapath.FromPod.TestRun(fin, repeat: 100).ReturnValue);
+        Assert.Equal(before + 100, Entry(Destination).Packets);
+        Assert.NotEqual(0, Entry(Destination).Flags & ConntrackValue.SeenFinForward); // the server's entry knows it closes
+        Assert.Equal(BpfProgram.TcActRedirect, Send(ack).ReturnValue);
     }
 
     public static TheoryData<string, Func<byte[], byte[]>> StackPaths => new()

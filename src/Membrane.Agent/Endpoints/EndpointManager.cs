@@ -65,6 +65,7 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         foreach (var ifIndex in datapath.LocalDelivery.IfIndexes().Where(i => !known.Contains((int)i)).ToList())
         {
             datapath.LocalDelivery.Remove(ifIndex);
+            datapath.AdvanceGeneration();
         }
         foreach (var ifIndex in datapath.Endpoints.IfIndexes().Where(i => !known.Contains((int)i)).ToList())
         {
@@ -111,6 +112,7 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         {
             // No more deliveries from other pods' hooks first: its index may be reused by the next interface made.
             datapath.LocalDelivery.Remove((uint)record.IfIndex);
+            datapath.AdvanceGeneration();
             runtime.Delete(key, record);
             // The interface first, so the pod is never unfiltered; then the programs (a chained CNI interface stays, and
             // a tcx link's pin would outlive its device).
@@ -166,5 +168,6 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
                 datapath.LocalDelivery.Set((uint)record.IfIndex, record.Addresses.Select(IPAddress.Parse), macs);
             }
         }
+        datapath.AdvanceGeneration();
     }
 }

@@ -226,7 +226,12 @@ public sealed class AgentQueries(
         .Select(e => new IpCacheOutput(e.Prefix.ToString(), e.Identity, IdentityName(e.Identity))).ToList();
 
     /// <summary>Removes tracked connections (of one endpoint, or all): their next packets meet policy as new ones.</summary>
-    public ConntrackFlushOutput FlushConntrack(string? endpoint) => new(datapath.Conntrack.Flush(EndpointIfIndex(endpoint)));
+    public ConntrackFlushOutput FlushConntrack(string? endpoint)
+    {
+        var removed = datapath.Conntrack.Flush(EndpointIfIndex(endpoint));
+        datapath.AdvanceGeneration();
+        return new(removed);
+    }
 
     private uint? EndpointIfIndex(string? endpoint) =>
         endpoint is null ? null : (uint)FindRecord(endpoint).IfIndex;

@@ -117,6 +117,9 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
         {
             RevalidateConnections(engine, changed);
         }
+        // Last, with every map written and every connection the change denies forgotten: from_pod's shortcut past a
+        // local destination's check (earned under the old generation) ends, and each connection meets it again.
+        datapath.AdvanceGeneration();
     }
 
     /// <summary>
@@ -207,5 +210,6 @@ public sealed class Regenerator(PolicyDatapath datapath, PolicyMapSynchronizer p
                 datapath.Conntrack.Delete(key);
             }
         }
+        datapath.AdvanceGeneration(); // the shortcut past these endpoints' checks is earned again (see Regenerate)
     }
 }

@@ -167,7 +167,7 @@ public struct ConntrackValue
     public byte Flags;
     public byte Direction;
     public byte OpenedLo;
-    public byte Pad;
+    public byte PeerGeneration; // host routing: the generation under which the local destination admitted it (from_pod)
 }
 
 [StructLayout(LayoutKind.Sequential)]
@@ -187,7 +187,7 @@ public struct DatapathConfig
     public const uint HostRouting = 16;
 
     public uint Flags;
-    public uint Pad;
+    public uint Generation; // advanced after every change: from_pod's peer shortcut holds only within one
 }
 
 /// <summary>One record of the events ring buffer (struct event).</summary>

@@ -183,6 +183,41 @@ static __always_inline void ct_create(const union ct_key *k, __u8 family, int sr
 	ct_insert(k, family | (__u32)dir << 8 | (__u32)(src_lo & 1) << 16, now, len, rule_id);
 }
 
+/* Host routing: what a connection's entry in the sender's table says of the local destination's ingress check.
+ * A packet skips it only when the destination admitted the connection's packets under the current configuration
+ * generation (no policy, identity, endpoint or conntrack change since: the agent advances it after each) and the
+ * connection's previous packet was in this same tick: so the destination's entry is still seen, refreshed and
+ * accounted at least once a tick, and a packet that opens or closes (SYN, FIN, RST) always meets it. */
+enum peer_check {
+	PEER_CHECK = 0,         /* judge the destination's ingress (a new connection, or no shortcut) */
+	PEER_CHECK_MARK = 1,    /* judge it, and if it admits, mark the entry with the generation (either: a refusal unmarks) */
+	PEER_CHECK_MARKED = 2,  /* judge it (a new tick, or SYN/FIN/RST) */
+	PEER_SKIP = 3,          /* admitted in this generation, and the connection was seen in this tick */
+};
+
+static __always_inline __u8 ct_peer_check(const struct ct_value *v, const struct flow *f, __u64 now)
+{
+	if (v->peer_generation != f->generation)
+		return PEER_CHECK_MARK;
+	if (v->last_seen != now || (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
+		return PEER_CHECK_MARKED;
+	return PEER_SKIP;
+}
+
+/* Marks a connection's entry in the endpoint's table with the generation under which the local destination admitted
+ * it (0: unmarks it). A global function: it runs only when the mark changes, not per packet. */
+__attribute__((noinline)) int ct_mark_peer(const struct flow *f, __u32 ifindex, __u32 generation)
+{
+	if (!f)
+		return 0;
+	union ct_key k;
+	ct_key_of(&k, ifindex, f);
+	struct ct_value *v = ct_find(&k, f->family, f->proto, ct_now());
+	if (v)
+		v->peer_generation = (__u8)generation;
+	return 0;
+}
+
 /* The identity of the packet's source, as a global function: the family branches of the lookup stay out of the
  * caller's states (inlined into ct_related they cost about 1,600 processed instructions). */
 __attribute__((noinline)) int source_identity(const struct flow *f)

@@ -105,7 +105,8 @@ struct ct_value {
 	__u8 flags;     /* CT_* */
 	__u8 dir;       /* direction of the opening packet */
 	__u8 opened_lo; /* 1 when the opening packet came from the lo side of the key */
-	__u8 pad;
+	__u8 peer_generation; /* host routing: the configuration generation (low byte) under which a pod of this node last
+			       * admitted this endpoint's packets of the connection by its ingress policy; 0: not since */
 };
 
 /* A key and its value by value: what the BTF anchor of the conntrack types holds (see btf_layout_anchor_ct). */
@@ -315,8 +316,8 @@ struct {
 } mb_events SEC(".maps");
 
 struct config {
-	__u32 flags; /* CONFIG_* */
-	__u32 pad;
+	__u32 flags;      /* CONFIG_* */
+	__u32 generation; /* advanced by the agent after every change of policy, identities, endpoints or conntrack */
 };
 
 struct {

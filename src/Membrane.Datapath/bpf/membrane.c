@@ -67,7 +67,7 @@ static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u
 
 /* One endpoint's policy on a parsed IP packet: f->endpoint's egress (from_pod), or its ingress (to_pod, and from_pod
  * for a destination on this node). */
-static __always_inline int judge(struct __sk_buff *skb, const struct flow *f, __u8 dir)
+static __always_inline int judge(struct __sk_buff *skb, struct flow *f, __u8 dir)
 {
 	__u32 ifindex = f->endpoint;
 	if (f->frag == FRAG_LATER) {
@@ -81,6 +81,8 @@ static __always_inline int judge(struct __sk_buff *skb, const struct flow *f, __
 	int src_lo = ct_key_of(&k, ifindex, f);
 	struct ct_value *conn = ct_find(&k, f->family, f->proto, now);
 	if (conn && ct_from_endpoint(conn, src_lo) == (dir == DIR_EGRESS) && ct_query_fits(f, conn->dir == dir)) {
+		if (dir == DIR_EGRESS && f->generation)
+			f->peer = ct_peer_check(conn, f, now);
 		ct_account(conn, dir, now, skb->len, f->tcp_flags);
 		if (config_flags() & CONFIG_TRACE_EVENTS)
 			report_forwarded(skb, f, dir | (__u32)(conn->dir == dir ? TRACE_ESTABLISHED : TRACE_REPLY) << 8, conn->rule_id);
@@ -128,12 +130,12 @@ pass:
 /* Each direction's verdict as a global function of its own: verified once per program that runs it, with its
  * direction known (one function for both would be verified for both in each program, about 6,000 instructions more),
  * though from_pod runs both for a destination on this node. */
-__attribute__((noinline)) int judge_egress(struct __sk_buff *skb, const struct flow *f)
+__attribute__((noinline)) int judge_egress(struct __sk_buff *skb, struct flow *f)
 {
 	return f ? judge(skb, f, DIR_EGRESS) : TC_ACT_SHOT;
 }
 
-__attribute__((noinline)) int judge_ingress(struct __sk_buff *skb, const struct flow *f)
+__attribute__((noinline)) int judge_ingress(struct __sk_buff *skb, struct flow *f)
 {
 	return f ? judge(skb, f, DIR_INGRESS) : TC_ACT_SHOT;
 }
@@ -224,10 +226,18 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 	__builtin_memcpy(macs, to->mac, sizeof(macs));
 	/* The destination's policy judges the packet as it will arrive: one hop less. A hop limit of 255 towards a pod
 	 * proves the node sent it (neighbour discovery); a pod's 255 must not prove that by skipping the node. */
+	__u32 source = f->endpoint;
 	f->endpoint = target;
 	f->hop_limit--;
-	if (judge_ingress(skb, f) != TC_ACT_OK)
-		return TC_ACT_SHOT;
+	if (f->peer != PEER_SKIP) {
+		if (judge_ingress(skb, f) != TC_ACT_OK) {
+			if (f->peer != PEER_CHECK) /* marked under this generation or an older one: unmarked */
+				ct_mark_peer(f, source, 0);
+			return TC_ACT_SHOT;
+		}
+		if (f->peer == PEER_CHECK_MARK)
+			ct_mark_peer(f, source, f->generation);
+	}
 	if (rewrite_for_delivery(skb, f, macs))
 		return drop(skb, f, DIR_INGRESS, REASON_MALFORMED, 0, 0);
 	count(&mb_stats, STAT_FORWARD_INGRESS, skb->len);
@@ -270,11 +280,17 @@ SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
 	struct flow f = {};
+	__u32 zero = 0;
+	struct config *config = bpf_map_lookup_elem(&mb_config, &zero);
+	__u32 flags = config ? config->flags : 0;
+	/* The peer shortcut (enum peer_check) only with host routing, and not while every packet is to be reported. */
+	if (config && (flags & CONFIG_HOST_ROUTING) && !(flags & CONFIG_TRACE_EVENTS))
+		f.generation = (__u8)config->generation;
 	int verdict = handle(skb, &f, DIR_EGRESS);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	count(&mb_stats, STAT_FORWARD_EGRESS, skb->len);
-	if (!(config_flags() & CONFIG_HOST_ROUTING))
+	if (!(flags & CONFIG_HOST_ROUTING))
 		return TC_ACT_OK;
 	verdict = deliver_local(skb, &f);
 	return verdict == NOT_LOCAL ? forward_to_node(skb, &f) : verdict;

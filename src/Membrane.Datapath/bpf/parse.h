@@ -29,6 +29,9 @@ struct flow {
 	__u32 l3_end; /* offset of the datagram's end (IPv4 total length, IPv6 payload length): bytes after it are
 		       * the frame's trailer, which no header read may reach */
 	__u32 endpoint; /* set by the caller: the endpoint (host-side veth ifindex) whose policy judges the packet */
+	__u8 generation; /* from_pod with host routing: the configuration generation's low byte (0: no peer shortcut) */
+	__u8 peer;       /* the egress verdict's word on the local destination's ingress check: enum peer_check */
+	__u16 pad;
 };
 
 /* The packet's bounds, each read as one load from the context register: with several inlined readers clang would
