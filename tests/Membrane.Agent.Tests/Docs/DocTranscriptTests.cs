@@ -5,9 +5,10 @@ using System.Text.RegularExpressions;
 namespace Membrane.Agent.Tests;
 
 /// <summary>
-/// The transcripts of docs/cli.md and docs/observe.md — "$ membrane …" and what it prints — run in bash, in the doc's
-/// order, against an agent of each doc's own (pods in their own namespaces and address ranges). Each command must exit
-/// as its output says (1 where it shows a denial, a cut or invalid input, else 0), and every line the doc shows must be
+/// The transcripts of docs/cli.md and docs/observe.md — "$ membrane …" and what it prints — and the shell blocks of
+/// docs/troubleshooting.md (with the output block that follows) run in bash, in the doc's order, against an agent of
+/// each doc's own (pods in their own namespaces and address ranges; the starting state a doc assumes made first). Each command must exit
+/// as its output or comment says (1 where it shows a denial, a cut or invalid input, else 0), and every line the doc shows must be
 /// printed, numbers aside (ids, addresses, ports, counters and times differ from run to run) and with "…" standing
 /// for any text. Not run here: <c>membrane agent</c> (this fixture starts it) and <c>membrane bpf verify</c>
 /// (VerifierTests compare that block with the build; its first line names the kernel of the machine that wrote it).
@@ -41,15 +42,42 @@ public sealed partial class DocTranscriptTests : IDisposable
         AgentUnderTest.Cleanup(Prefix, State);
     }
 
-    private sealed record Transcript(string Command, List<string> Shown);
+    /// <param name="Denied">A shell block's command whose comment says it is denied (exit status 1).</param>
+    private sealed record Transcript(string Command, List<string> Shown, bool Denied = false);
 
-    /// <summary>Every code block of the doc that starts with "$ ": its commands (continuations kept) and their output.</summary>
+    /// <summary>
+    /// The doc's transcripts: every code block that starts with "$ " (its commands, continuations kept, and what each
+    /// printed), and every shell block (```sh: a command a line; an output block right after it is the last one's).
+    /// </summary>
     private static List<List<Transcript>> Blocks(string markdown)
     {
         var blocks = new List<List<Transcript>>();
         var lines = markdown.Split('\n');
         for (var i = 0; i < lines.Length; i++)
         {
+            if (lines[i] == "```sh")
+            {
+                var commands = new List<Transcript>();
+                for (i++; lines[i] != "```"; i++)
+                {
+                    var comment = lines[i].IndexOf(" #", StringComparison.Ordinal);
+                    var command = (comment < 0 ? lines[i] : lines[i][..comment]).Trim();
+                    if (command.Length > 0)
+                    {
+                        commands.Add(new Transcript(command, [],
+                            comment >= 0 && lines[i][(comment + 2)..].Trim().StartsWith("denied", StringComparison.Ordinal)));
+                    }
+                }
+                if (i + 1 < lines.Length && lines[i + 1] == "```")
+                {
+                    for (i += 2; lines[i] != "```"; i++)
+                    {
+                        commands[^1].Shown.Add(lines[i]);
+                    }
+                }
+                blocks.Add(commands);
+                continue;
+            }
             if (lines[i] != "```" || i + 1 >= lines.Length || !lines[i + 1].StartsWith("$ ", StringComparison.Ordinal))
             {
                 continue;
@@ -106,17 +134,40 @@ public sealed partial class DocTranscriptTests : IDisposable
         return pieces.Length > 1 || line.Length == at;
     }
 
-    /// <summary>What the transcript of <c>membrane monitor</c> shows happening while it listens: the intruder's pings to web.</summary>
-    private const string DropsToShow =
-        "membrane connectivity probe --from other/intruder --to demo/web --protocol icmp --icmp-type 8 >/dev/null\n" +
-        "membrane connectivity probe --from other/intruder --to demo/web --protocol icmpv6 --icmp-type 128 >/dev/null\n";
+    [GeneratedRegex(@"DROPPED\s+(\S+) ingress peer \d+ \((\S+)\) (ICMPv6|ICMP) type (\d+)")]
+    private static partial Regex ShownDrop();
+
+    /// <summary>
+    /// What a shown <c>membrane monitor</c> saw happen while it listened: for each drop it shows, a probe of the same kind
+    /// from the same peer to the same pod (its drop is the one the monitor prints).
+    /// </summary>
+    private static string DropsShown(Transcript monitor) => string.Concat(monitor.Shown.Select(l => ShownDrop().Match(l))
+        .Where(m => m.Success)
+        .Select(m => $"membrane connectivity probe --from {m.Groups[2].Value} --to {m.Groups[1].Value} " +
+            $"--protocol {m.Groups[3].Value.ToLowerInvariant()} --icmp-type {m.Groups[4].Value} >/dev/null\n"));
+
+    /// <summary>
+    /// The state a doc starts from when it does not make it itself. troubleshooting.md asks why the client's ping is
+    /// dropped: the demo workload with only web-http-only selecting web.
+    /// </summary>
+    private static readonly Dictionary<string, string> StartingState = new(StringComparer.Ordinal)
+    {
+        ["troubleshooting.md"] =
+            "membrane apply -f examples/workloads/demo.yaml && membrane policy import examples/policies/l4-http-only.yaml",
+    };
 
     [Theory]
     [InlineData("cli.md", 18)]
     [InlineData("observe.md", 6)]
+    [InlineData("troubleshooting.md", 3)]
     public void TheTranscriptsRunAsShown(string doc, int transcripts)
     {
         var blocks = Blocks(File.ReadAllText(Path.Combine(DocScript.Root, "docs", doc)));
+        if (StartingState.TryGetValue(doc, out var setup))
+        {
+            var made = DocScript.Bash(DocScript.Preamble(Socket) + "exec 2>&1\n" + setup + "\necho \"__setup $?\"\n");
+            Assert.True(made.Contains("__setup 0", StringComparison.Ordinal), $"{doc}'s starting state:\n{made}");
+        }
         var ran = 0;
         var wrong = new List<string>();
         foreach (var block in blocks)
@@ -133,12 +184,14 @@ public sealed partial class DocTranscriptTests : IDisposable
                 script.AppendLine(CultureInfo.InvariantCulture, $"__s=$?; echo __begin {run.Count}; (exit $__s)");
                 if (transcript.Command.StartsWith("membrane monitor", StringComparison.Ordinal))
                 {
-                    // It streams until stopped: listen while the drops it shows happen, until both are printed (deadline).
+                    // It streams until stopped: listen while the drops it shows happen, until all are printed (deadline).
                     var monitor = transcript.Command["membrane ".Length..];
                     script.AppendLine(CultureInfo.InvariantCulture, $"{DocScript.Cli} {monitor} >\"$0.monitor\" 2>&1 &");
                     script.AppendLine("timeout 20 bash -c 'until grep -q Listening \"$0\"; do sleep 0.05; done' \"$0.monitor\"");
-                    script.Append(DropsToShow);
-                    script.AppendLine("timeout 20 bash -c 'until [ $(grep -c DROPPED \"$0\") -ge 2 ]; do sleep 0.05; done' \"$0.monitor\"");
+                    script.Append(DropsShown(transcript));
+                    var drops = transcript.Shown.Count(l => ShownDrop().IsMatch(l));
+                    script.AppendLine(CultureInfo.InvariantCulture,
+                        $"timeout 20 bash -c 'until [ $(grep -c DROPPED \"$0\") -ge {drops} ]; do sleep 0.05; done' \"$0.monitor\"");
                     script.AppendLine("kill $!; wait; cat \"$0.monitor\"; rm -f \"$0.monitor\"; true");
                 }
                 else
@@ -159,7 +212,7 @@ public sealed partial class DocTranscriptTests : IDisposable
                 var text = string.Join('\n', printed);
                 var code = int.Parse(lines[end].Split(' ')[2], CultureInfo.InvariantCulture);
                 var shown = string.Join('\n', run[i].Shown);
-                var denial = shown.Contains("\"result\": \"denied\"", StringComparison.Ordinal) ||
+                var denial = run[i].Denied || shown.Contains("\"result\": \"denied\"", StringComparison.Ordinal) ||
                     shown.Contains("): denied", StringComparison.Ordinal) || shown.Contains("\ninvalid: ", StringComparison.Ordinal) ||
                     shown.Contains("\nWOULD BE CUT", StringComparison.Ordinal);
                 if (code != (denial ? 1 : 0))
