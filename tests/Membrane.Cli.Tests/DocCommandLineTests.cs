@@ -11,17 +11,7 @@ namespace Membrane.Cli.Tests;
 /// </summary>
 public sealed partial class DocCommandLineTests
 {
-    private static readonly string Root = FindRoot();
-
-    private static string FindRoot()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Membrane.slnx")))
-        {
-            dir = dir.Parent;
-        }
-        return dir?.FullName ?? throw new InvalidOperationException("the repository root (Membrane.slnx) is not above the test's output");
-    }
+    private static readonly string Root = Repository.Root;
 
     [GeneratedRegex(@"`(membrane [^`]+)`")]
     private static partial Regex InlineCommand();

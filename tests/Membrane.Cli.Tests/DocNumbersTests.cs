@@ -11,18 +11,7 @@ public sealed partial class DocNumbersTests
     private const string Begin = "<!-- bench/run: summary (generated from docs/benchmarks.md; do not edit) -->";
     private const string End = "<!-- /bench/run: summary -->";
 
-    private static string Root
-    {
-        get
-        {
-            var dir = new DirectoryInfo(AppContext.BaseDirectory);
-            while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Membrane.slnx")))
-            {
-                dir = dir.Parent;
-            }
-            return dir!.FullName;
-        }
-    }
+    private static string Root => Repository.Root;
 
     /// <summary>
     /// A measured figure: a ratio (1.08×), a time (84 ms, 0.4 s: seconds with a fraction, whole seconds being the

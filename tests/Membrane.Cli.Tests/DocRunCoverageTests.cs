@@ -10,18 +10,7 @@ namespace Membrane.Cli.Tests;
 /// </summary>
 public sealed partial class DocRunCoverageTests
 {
-    private static string Root
-    {
-        get
-        {
-            var dir = new DirectoryInfo(AppContext.BaseDirectory);
-            while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Membrane.slnx")))
-            {
-                dir = dir.Parent;
-            }
-            return dir!.FullName;
-        }
-    }
+    private static string Root => Repository.Root;
 
     [GeneratedRegex(@"^<!-- doc tests: not run \(.{10,}\) -->$")]
     private static partial Regex NotRunMarker();

@@ -55,3 +55,42 @@ internal static class DocScript
         }
     }
 }
+
+/// <summary>
+/// An agent of one doc test's own, started as an operator starts it: its name prefix, its state directory
+/// (/tmp/PREFIX-state) and its pins (/sys/fs/bpf/PREFIX), cleaned up before it starts and after it stops.
+/// </summary>
+internal sealed class DocAgent : IDisposable
+{
+    private readonly System.Diagnostics.Process _process;
+
+    public DocAgent(string prefix, params string[] options)
+    {
+        Prefix = prefix;
+        State = Path.Combine(Path.GetTempPath(), $"{prefix}-state");
+        Socket = Path.Combine(State, "membrane.sock");
+        AgentUnderTest.Cleanup(Prefix, State);
+        string[] arguments =
+        [
+            "--state-dir", State, "--name-prefix", Prefix, "--pin-dir", $"/sys/fs/bpf/{Prefix}", "--metrics-address", "off",
+            .. options,
+        ];
+        var (agent, code, stderr) = AgentUnderTest.Start(arguments,
+            () => File.Exists(Socket) && AgentUnderTest.Cli(Socket, "status").Code == 0);
+        _process = agent ?? throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
+    }
+
+    public string Prefix { get; }
+
+    public string State { get; }
+
+    public string Socket { get; }
+
+    public void Dispose()
+    {
+        _process.Kill();
+        _process.WaitForExit();
+        _process.Dispose();
+        AgentUnderTest.Cleanup(Prefix, State);
+    }
+}

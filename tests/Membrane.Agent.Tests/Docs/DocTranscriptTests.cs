@@ -16,31 +16,10 @@ namespace Membrane.Agent.Tests;
 [Collection(SandboxGroup.Name)]
 public sealed partial class DocTranscriptTests : IDisposable
 {
-    private const string Prefix = "mbrf";
-    private static readonly string State = Path.Combine(Path.GetTempPath(), "mbrf-state");
-    private static readonly string Socket = Path.Combine(State, "membrane.sock");
-    private readonly System.Diagnostics.Process _agent;
+    // Pod ranges of its own as well: the other sandbox agents' pods must not share its addresses.
+    private readonly DocAgent _agent = new("mbrf", "--pod-ipv4-range", "10.213.0.0/16", "--pod-ipv6-range", "fd00:213::/64");
 
-    public DocTranscriptTests()
-    {
-        AgentUnderTest.Cleanup(Prefix, State);
-        string[] arguments =
-        [
-            "--state-dir", State, "--name-prefix", Prefix, "--pin-dir", $"/sys/fs/bpf/{Prefix}", "--metrics-address", "off",
-            "--pod-ipv4-range", "10.213.0.0/16", "--pod-ipv6-range", "fd00:213::/64",
-        ];
-        var (agent, code, stderr) = AgentUnderTest.Start(arguments,
-            () => File.Exists(Socket) && AgentUnderTest.Cli(Socket, "status").Code == 0);
-        _agent = agent ?? throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
-    }
-
-    public void Dispose()
-    {
-        _agent.Kill();
-        _agent.WaitForExit();
-        _agent.Dispose();
-        AgentUnderTest.Cleanup(Prefix, State);
-    }
+    public void Dispose() => _agent.Dispose();
 
     /// <param name="Denied">A shell block's command whose comment says it is denied (exit status 1).</param>
     private sealed record Transcript(string Command, List<string> Shown, bool Denied = false);
@@ -165,14 +144,14 @@ public sealed partial class DocTranscriptTests : IDisposable
         var blocks = Blocks(File.ReadAllText(Path.Combine(DocScript.Root, "docs", doc)));
         if (StartingState.TryGetValue(doc, out var setup))
         {
-            var made = DocScript.Bash(DocScript.Preamble(Socket) + "exec 2>&1\n" + setup + "\necho \"__setup $?\"\n");
+            var made = DocScript.Bash(DocScript.Preamble(_agent.Socket) + "exec 2>&1\n" + setup + "\necho \"__setup $?\"\n");
             Assert.True(made.Contains("__setup 0", StringComparison.Ordinal), $"{doc}'s starting state:\n{made}");
         }
         var ran = 0;
         var wrong = new List<string>();
         foreach (var block in blocks)
         {
-            var script = new StringBuilder(DocScript.Preamble(Socket)).AppendLine("exec 2>&1");
+            var script = new StringBuilder(DocScript.Preamble(_agent.Socket)).AppendLine("exec 2>&1");
             var run = new List<Transcript>();
             foreach (var transcript in block)
             {
@@ -201,7 +180,7 @@ public sealed partial class DocTranscriptTests : IDisposable
                 script.AppendLine(CultureInfo.InvariantCulture, $"echo __exit {run.Count} $?");
                 run.Add(transcript);
             }
-            var output = DocScript.Bash(script.ToString()).Replace(Prefix, "mbr", StringComparison.Ordinal);
+            var output = DocScript.Bash(script.ToString()).Replace(_agent.Prefix, "mbr", StringComparison.Ordinal);
             var lines = output.Split('\n');
             for (var i = 0; i < run.Count; i++)
             {

@@ -12,10 +12,7 @@ namespace Membrane.Agent.Tests;
 [Collection(SandboxGroup.Name)]
 public sealed partial class GettingStartedTests : IDisposable
 {
-    private const string Prefix = "mbgs";
-    private static readonly string State = Path.Combine(Path.GetTempPath(), "mbgs-state");
-    private static readonly string Socket = Path.Combine(State, "membrane.sock");
-    private readonly System.Diagnostics.Process _agent;
+    private readonly DocAgent _agent = new("mbgs");
 
     /// <summary>What the fixture does instead of the guide's lines (section 1's setup and start, section 6's stop and cleanup).</summary>
     private static readonly Regex[] Provided =
@@ -27,25 +24,7 @@ public sealed partial class GettingStartedTests : IDisposable
 
     private static Regex ProvidedLine(string pattern) => new(pattern, RegexOptions.CultureInvariant);
 
-    public GettingStartedTests()
-    {
-        AgentUnderTest.Cleanup(Prefix, State);
-        string[] arguments =
-        [
-            "--state-dir", State, "--name-prefix", Prefix, "--pin-dir", $"/sys/fs/bpf/{Prefix}", "--metrics-address", "off",
-        ];
-        var (agent, code, stderr) = AgentUnderTest.Start(arguments,
-            () => File.Exists(Socket) && AgentUnderTest.Cli(Socket, "status").Code == 0);
-        _agent = agent ?? throw new InvalidOperationException($"the agent exited with {code}: {stderr}");
-    }
-
-    public void Dispose()
-    {
-        _agent.Kill();
-        _agent.WaitForExit();
-        _agent.Dispose();
-        AgentUnderTest.Cleanup(Prefix, State);
-    }
+    public void Dispose() => _agent.Dispose();
 
     private sealed record Block(string Section, List<string> Commands, List<string> Expected);
 
@@ -114,7 +93,7 @@ public sealed partial class GettingStartedTests : IDisposable
         foreach (var block in blocks)
         {
             var script = new StringBuilder();
-            script.Append(DocScript.Preamble(Socket));
+            script.Append(DocScript.Preamble(_agent.Socket));
             var expectations = new List<(string Command, int? Code)>();
             foreach (var line in block.Commands)
             {
