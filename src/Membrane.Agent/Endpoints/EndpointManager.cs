@@ -65,8 +65,8 @@ public sealed class EndpointManager(IEndpointRuntime runtime, PolicyDatapath dat
         foreach (var ifIndex in datapath.LocalDelivery.IfIndexes().Where(i => !known.Contains((int)i)).ToList())
         {
             datapath.LocalDelivery.Remove(ifIndex);
-            datapath.AdvanceGeneration();
         }
+        datapath.AdvanceGeneration();
         foreach (var ifIndex in datapath.Endpoints.IfIndexes().Where(i => !known.Contains((int)i)).ToList())
         {
             datapath.Endpoints.Remove(ifIndex);

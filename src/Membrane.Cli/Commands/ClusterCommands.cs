@@ -141,7 +141,7 @@ public static class ClusterCommands
                     pid));
                 Save(file);
             }
-            var formed = Poll(() => members.All(m => EtcdHealthy(directory, m.ClientUrl)) || members.Any(m => !Alive(m.Pid)),
+            var formed = Poll(() => members.All(m => LocalStore.Healthy(directory, m.ClientUrl)) || members.Any(m => !Alive(m.Pid)),
                 TimeSpan.FromSeconds(30));
             if (members.FirstOrDefault(m => !Alive(m.Pid)) is { } exited)
             {
@@ -151,7 +151,7 @@ public static class ClusterCommands
             {
                 throw new CliException($"etcd did not become healthy within 30 s (logs in {directory}/etcd-*.log)");
             }
-            EnableAccessControl(directory, file.EtcdUrls, count);
+            LocalStore.EnableAccessControl(directory, file.EtcdUrls, count);
             var (agent, prefix) = AgentLauncher.Locate();
             for (var i = 1; i <= count; i++)
             {
@@ -267,7 +267,7 @@ public static class ClusterCommands
             }
             var status = new LocalClusterStatus(file.Directory, file.RoutingMode,
                 [.. file.Etcd.Select(m => new LocalEtcdMemberStatus(m.Name, m.ClientUrl, m.Pid, Alive(m.Pid),
-                    EtcdHealthy(file.Directory, m.ClientUrl)))],
+                    LocalStore.Healthy(file.Directory, m.ClientUrl)))],
                 nodes);
             if (parse.GetValue(format) == "json")
             {
@@ -353,37 +353,6 @@ public static class ClusterCommands
             return true;
         }
         catch (Exception e) when (e is HttpRequestException or IOException or SocketException or AgentRequestException)
-        {
-            return false;
-        }
-    }
-
-    /// <summary>
-    /// Each node's certificate becomes a store user that may write only its own per-node keys (ClusterAccess); the
-    /// operator's (root) certificate may do everything.
-    /// </summary>
-    private static void EnableAccessControl(string directory, string urls, int count)
-    {
-        using var etcd = Kvstore.EtcdConnection.FromOption(urls, tls: new Kvstore.EtcdTls(LocalPki.Ca(directory),
-            LocalPki.Certificate(directory, LocalPki.CliClient), LocalPki.Key(directory, LocalPki.CliClient)));
-        try
-        {
-            Kvstore.ClusterAccess.EnableAsync(etcd, Enumerable.Range(1, count).Select(i => $"node-{i}")).GetAwaiter().GetResult();
-        }
-        catch (Grpc.Core.RpcException e)
-        {
-            throw new CliException($"cannot turn on the store's access control ({e.Status.StatusCode}): {e.Status.Detail}");
-        }
-    }
-
-    private static bool EtcdHealthy(string directory, string url)
-    {
-        try
-        {
-            using var http = new HttpClient(LocalPki.CliHandler(directory)) { Timeout = TimeSpan.FromSeconds(2) };
-            return http.GetStringAsync(new Uri($"{url}/health")).GetAwaiter().GetResult().Contains("\"true\"", StringComparison.Ordinal);
-        }
-        catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
         {
             return false;
         }
