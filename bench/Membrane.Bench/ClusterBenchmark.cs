@@ -6,14 +6,20 @@ using Membrane.Agent.Sandbox;
 using Membrane.Api;
 using Membrane.Cli;
 using Membrane.Cli.Commands;
+using Membrane.Datapath.Maps;
 using Membrane.Kvstore;
 
 namespace Membrane.Bench;
 
 public sealed record ClusterLatencyResult(int Nodes, int Changes, double P50, double P99, double Max);
 
+/// <summary>
+/// One path's cross-node throughput; <see cref="CrossNodePingOverLegacy"/>, on the host-routing row, is its cross-node ping rate
+/// over the legacy path's in the same rounds (what the shortcut gains).
+/// </summary>
 public sealed record CrossNodeThroughputResult(string RoutingMode, double SameNodePingPerSecond, double CrossNodePingPerSecond,
-    double PingRatio, double SameNodeTcpMegabytesPerSecond, double CrossNodeTcpMegabytesPerSecond, double TcpRatio);
+    double PingRatio, double SameNodeTcpMegabytesPerSecond, double CrossNodeTcpMegabytesPerSecond, double TcpRatio,
+    double? CrossNodePingOverLegacy = null);
 
 public sealed record ClusterStoreResult(int Pods, int Keys, long KeyValueBytes, long DatabaseBytesBefore, long DatabaseBytesAfter);
 
@@ -30,7 +36,7 @@ public static class ClusterBenchmark
 {
     private const int Lease = 5;
 
-    public static async Task<ClusterReport> RunAsync(int changes = 40, int pings = 20_000, int rounds = 3)
+    public static async Task<ClusterReport> RunAsync(int changes = 40, int pings = 20_000, int rounds = 5)
     {
         var throughput = new List<CrossNodeThroughputResult>();
         ClusterLatencyResult propagation;
@@ -38,16 +44,12 @@ public static class ClusterBenchmark
         using (var cluster = Up(3, "native"))
         {
             propagation = await cluster.PropagationAsync(changes).ConfigureAwait(false);
-            throughput.Add(cluster.Throughput(pings, rounds));
+            throughput.AddRange(cluster.Throughput(pings, rounds));
             recovery = await cluster.QuorumRecoveryAsync().ConfigureAwait(false);
-        }
-        using (var cluster = Up(2, "native", hostRouting: "legacy"))
-        {
-            throughput.Add(cluster.Throughput(pings, rounds) with { RoutingMode = "native, legacy host routing" });
         }
         using (var cluster = Up(2, "tunnel"))
         {
-            throughput.Add(cluster.Throughput(pings, rounds));
+            throughput.AddRange(cluster.Throughput(pings, rounds));
         }
         var (rate, allocated, store) = await StoreAsync().ConfigureAwait(false);
         return new ClusterReport(propagation, rate, allocated, throughput, recovery, Lease, store);
@@ -278,37 +280,39 @@ public static class ClusterBenchmark
 
         /// <summary>
         /// Ping flood and TCP (iperf3) from node 1's client to web on node 1 and to web on node 2, in interleaved
-        /// rounds; ratios are medians of same-round ratios.
+        /// rounds: each round measures both with host routing and then on the legacy path (the HostRouting bit of every
+        /// node's pinned configuration cleared, as <c>--host-routing legacy</c> leaves it). Ratios are medians of
+        /// same-round ratios. One result per path.
         /// </summary>
-        public CrossNodeThroughputResult Throughput(int pings, int rounds)
+        public IReadOnlyList<CrossNodeThroughputResult> Throughput(int pings, int rounds)
         {
             var pairs = PairsAsync(AllowFromClient).GetAwaiter().GetResult();
             var (netns, same) = pairs[0];
             var cross = pairs[1].Web;
             var servers = pairs.Select(p => Process.Start(new ProcessStartInfo("ip", ["netns", "exec", WebNetns(p.Web), "iperf3", "-s",
-                "-p",
-                "5201"])
+                "-p", "5201"])
             { RedirectStandardOutput = true, RedirectStandardError = true })!).ToList();
             try
             {
-                var pingRatios = new List<double>();
-                var tcpRatios = new List<double>();
-                var (samePings, crossPings, sameTcp, crossTcp) = (new List<double>(), new List<double>(), new List<double>(),
-                    new List<double>());
+                var (bpf, legacy) = (new Samples(), new Samples());
                 SandboxBenchmark.PingFlood(netns, cross, 1000); // warm-up: neighbours, routes
-                for (var round = 0; round < rounds; round++)
+                foreach (var samples in Enumerable.Range(0, rounds).SelectMany(_ => new[] { bpf, legacy }))
                 {
-                    samePings.Add(SandboxBenchmark.PingFlood(netns, same, pings));
-                    crossPings.Add(SandboxBenchmark.PingFlood(netns, cross, pings));
-                    pingRatios.Add(crossPings[^1] / samePings[^1]);
-                    sameTcp.Add(SandboxBenchmark.Iperf(netns, same, 3));
-                    crossTcp.Add(SandboxBenchmark.Iperf(netns, cross, 3));
-                    tcpRatios.Add(crossTcp[^1] / sameTcp[^1]);
+                    var on = samples == bpf;
+                    SwitchHostRouting(on);
+                    samples.SamePings.Add(SandboxBenchmark.PingFlood(netns, same, pings));
+                    samples.CrossPings.Add(SandboxBenchmark.PingFlood(netns, cross, pings));
+                    samples.SameTcp.Add(SandboxBenchmark.Iperf(netns, same, 3));
+                    samples.CrossTcp.Add(SandboxBenchmark.Iperf(netns, cross, 3));
+                    if (File.Nodes.Any(n => HostRoutingBit(n) != on))
+                    {
+                        throw new InvalidOperationException("an agent rewrote its configuration during a measurement round");
+                    }
                 }
-                return new CrossNodeThroughputResult(File.RoutingMode, SandboxBenchmark.Median(samePings),
-                    SandboxBenchmark.Median(crossPings),
-                    SandboxBenchmark.Median(pingRatios), SandboxBenchmark.Median(sameTcp), SandboxBenchmark.Median(crossTcp),
-                    SandboxBenchmark.Median(tcpRatios));
+                SwitchHostRouting(on: true);
+                var gain = SandboxBenchmark.Median(bpf.CrossPings.Zip(legacy.CrossPings, (b, l) => b / l).ToList());
+                return [bpf.Result(File.RoutingMode) with { CrossNodePingOverLegacy = gain },
+                    legacy.Result($"{File.RoutingMode}, legacy host routing")];
             }
             finally
             {
@@ -319,6 +323,45 @@ public static class ClusterBenchmark
                     server.Dispose();
                 }
             }
+        }
+
+        private sealed class Samples
+        {
+            public List<double> SamePings { get; } = [];
+            public List<double> CrossPings { get; } = [];
+            public List<double> SameTcp { get; } = [];
+            public List<double> CrossTcp { get; } = [];
+
+            public CrossNodeThroughputResult Result(string routing) => new(routing, SandboxBenchmark.Median(SamePings),
+                SandboxBenchmark.Median(CrossPings), SandboxBenchmark.Median(SamePings.Zip(CrossPings, (s, c) => c / s).ToList()),
+                SandboxBenchmark.Median(SameTcp), SandboxBenchmark.Median(CrossTcp),
+                SandboxBenchmark.Median(SameTcp.Zip(CrossTcp, (s, c) => c / s).ToList()));
+        }
+
+        /// <summary>
+        /// Host routing on or off on every node, in the kernel only: the HostRouting bit of each node's pinned mb_config
+        /// (an agent writes it again on its next change; none comes during the rounds, which check the bit after).
+        /// </summary>
+        private void SwitchHostRouting(bool on)
+        {
+            foreach (var node in File.Nodes)
+            {
+                var pin = Path.Combine(node.PinDirectory, "mb_config");
+                var value = ConfigBytes(pin);
+                value[0] = (byte)(on ? value[0] | DatapathConfig.HostRouting : value[0] & ~DatapathConfig.HostRouting);
+                Ip.Exec("bpftool", ["map", "update", "pinned", pin, "key", "0", "0", "0", "0", "value",
+                    .. value.Select(b => b.ToString(System.Globalization.CultureInfo.InvariantCulture))], null);
+            }
+        }
+
+        private static bool HostRoutingBit(LocalClusterNode node) =>
+            (ConfigBytes(Path.Combine(node.PinDirectory, "mb_config"))[0] & DatapathConfig.HostRouting) != 0;
+
+        private static byte[] ConfigBytes(string pin)
+        {
+            var json = Ip.Exec("bpftool", ["-j", "map", "lookup", "pinned", pin, "key", "0", "0", "0", "0"], null);
+            using var document = JsonDocument.Parse(json);
+            return document.RootElement.GetProperty("value").EnumerateArray().Select(b => Convert.ToByte(b.GetString(), 16)).ToArray();
         }
 
         private string WebNetns(IPAddress web)

@@ -14,7 +14,6 @@ public sealed class PolicyDatapath : IDisposable
     public const string FromPodProgram = "from_pod";
     public const string ToPodProgram = "to_pod";
     public const string ToTunnelProgram = "to_tunnel";
-    public const string FromTunnelProgram = "from_tunnel";
     public const string FromUnderlayProgram = "from_underlay";
 
     private PolicyDatapath(BpfObject obj)
@@ -23,7 +22,6 @@ public sealed class PolicyDatapath : IDisposable
         FromPod = obj.Program(FromPodProgram);
         ToPod = obj.Program(ToPodProgram);
         ToTunnel = obj.Program(ToTunnelProgram);
-        FromTunnel = obj.Program(FromTunnelProgram);
         FromUnderlay = obj.Program(FromUnderlayProgram);
         // Each map bound once, to its C struct mirrors: a size mismatch fails here, at load.
         PolicyMap = obj.Map<PolicyMapKey, PolicyMapValue>("mb_policy");
@@ -60,12 +58,10 @@ public sealed class PolicyDatapath : IDisposable
     /// <summary>Tunnel mode, on the tunnel device's tc egress: sends to the destination's node with the source's identity.</summary>
     public BpfProgram ToTunnel { get; }
 
-    /// <summary>Tunnel mode, on the tunnel device's tc ingress: believes an identity only from a known node.</summary>
-    public BpfProgram FromTunnel { get; }
-
     /// <summary>
-    /// Native routing with host routing, on the underlay device's tc ingress: delivers other nodes' packets for this
-    /// node's pods after their ingress verdict.
+    /// What other nodes send, on the tc ingress of the underlay device (native routing, with host routing) and of the
+    /// tunnel device (tunnel mode): believes a tunnel identity only from a known node, and with host routing delivers
+    /// packets for this node's pods after their ingress verdict.
     /// </summary>
     public BpfProgram FromUnderlay { get; }
 
@@ -154,16 +150,42 @@ public sealed class PolicyDatapath : IDisposable
 
     public bool HostRouting => _hostRouting;
 
+    /// <summary>
+    /// Tunnel mode: the node's tunnel device and its address. With host routing, <c>from_pod</c> sends packets for other
+    /// nodes' pods into it directly, and <c>from_underlay</c> on its ingress insists on tunnel metadata from a known node.
+    /// </summary>
+    public void SetTunnelDevice(uint ifIndex, ReadOnlySpan<byte> mac)
+    {
+        if (mac.Length != 6)
+        {
+            throw new ArgumentException($"a MAC address has 6 bytes, not {mac.Length}", nameof(mac));
+        }
+        lock (_configGate)
+        {
+            _tunnelIfIndex = ifIndex;
+            _tunnelMac = mac.ToArray();
+            WriteConfig();
+        }
+    }
+
     private readonly Lock _configGate = new();
+    private uint _tunnelIfIndex;
+    private byte[] _tunnelMac = new byte[6];
     private uint _eventFlags;
     private bool _audit;
     private bool _hostRouting;
 
-    private void WriteConfig() => Config.Update(0u, new DatapathConfig
+    private unsafe void WriteConfig()
     {
-        Flags = _eventFlags | (_audit ? DatapathConfig.Audit : 0) | (_hostRouting ? DatapathConfig.HostRouting : 0),
-        Generation = _generation,
-    });
+        var config = new DatapathConfig
+        {
+            Flags = _eventFlags | (_audit ? DatapathConfig.Audit : 0) | (_hostRouting ? DatapathConfig.HostRouting : 0),
+            Generation = _generation,
+            TunnelIfIndex = _tunnelIfIndex,
+        };
+        _tunnelMac.CopyTo(new Span<byte>(config.TunnelMac, 6));
+        Config.Update(0u, config);
+    }
 
     private uint _generation = 1;
 

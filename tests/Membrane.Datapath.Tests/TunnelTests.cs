@@ -7,8 +7,9 @@ using static Membrane.TestSupport.Cluster;
 namespace Membrane.Datapath.Tests;
 
 /// <summary>
-/// Tunnel mode on crafted packets: an identity reaches to_pod only in the mark from_tunnel sets (magic byte + 24
-/// bits), from_tunnel believes only tunnel metadata from known nodes, to_tunnel sends only to a known node.
+/// Tunnel mode on crafted packets: an identity reaches to_pod only in the mark from_underlay sets on the tunnel device
+/// (magic byte + 24 bits), from_underlay believes only tunnel metadata from known nodes, to_tunnel sends only to a known
+/// node.
 /// </summary>
 public sealed class TunnelTests : IDisposable
 {
@@ -59,10 +60,16 @@ public sealed class TunnelTests : IDisposable
         _h.Use(Cnp("p", "a", ServerFromClient), "a/server");
         var before = _h.Datapath.DropCounters()[DropReason.Tunnel].Packets;
         // A frame that reached the tunnel device without coming out of a tunnel (no metadata): no identity is believed.
+        // BPF_PROG_TEST_RUN runs the program on the loopback device (ifindex 1): here, the tunnel device.
         var frame = Frame(Remote, _h.V4("a/server"), Icmp, IcmpMessage(8, 0));
-        Assert.Equal(BpfProgram.TcActShot, _h.Datapath.FromTunnel.TestRun(frame).ReturnValue);
-        Assert.Equal(BpfProgram.TcActShot, _h.Datapath.FromTunnel.TestRun(frame, Magic | 300).ReturnValue);
+        Assert.Equal(BpfProgram.TcActOk, _h.Datapath.FromUnderlay.TestRun(frame).ReturnValue); // not the tunnel device yet
+        _h.Datapath.SetTunnelDevice(1, [0x02, 0x6d, 192, 0, 2, 1]);
+        Assert.Equal(BpfProgram.TcActShot, _h.Datapath.FromUnderlay.TestRun(frame).ReturnValue);
+        Assert.Equal(BpfProgram.TcActShot, _h.Datapath.FromUnderlay.TestRun(frame, Magic | 300).ReturnValue);
         Assert.Equal(before + 2, _h.Datapath.DropCounters()[DropReason.Tunnel].Packets);
+        _h.Datapath.SetHostRouting(true);
+        Assert.Equal(BpfProgram.TcActShot, _h.Datapath.FromUnderlay.TestRun(frame).ReturnValue);
+        Assert.Equal(before + 3, _h.Datapath.DropCounters()[DropReason.Tunnel].Packets);
     }
 
     [Fact]

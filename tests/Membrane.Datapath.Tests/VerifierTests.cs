@@ -13,7 +13,7 @@ public sealed class VerifierTests
     {
         using var datapath = PolicyDatapath.Load();
         var stats = datapath.Bpf.Programs.Values.Select(p => p.Stats).ToList();
-        Assert.Equal(["from_pod", "from_tunnel", "from_underlay", "to_pod", "to_tunnel"], stats.Select(s => s.Program).Order());
+        Assert.Equal(["from_pod", "from_underlay", "to_pod", "to_tunnel"], stats.Select(s => s.Program).Order());
         foreach (var s in stats)
         {
             Assert.True(s.ProcessedInstructions > 0, $"{s.Program}: no statistics in the verifier log");
@@ -56,7 +56,7 @@ public sealed class VerifierTests
     public void EveryMapCallIsBoundToOneMap()
     {
         using var datapath = PolicyDatapath.Load();
-        foreach (var program in new[] { datapath.FromPod, datapath.ToPod, datapath.FromTunnel, datapath.ToTunnel })
+        foreach (var program in new[] { datapath.FromPod, datapath.ToPod, datapath.FromUnderlay, datapath.ToTunnel })
         {
             var psi = new System.Diagnostics.ProcessStartInfo("bpftool", ["prog", "dump", "xlated", "id",
                 program.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])
@@ -72,12 +72,9 @@ public sealed class VerifierTests
             var calls = System.Text.RegularExpressions.Regex.Matches(xlated, @"call ([a-z_0-9]+)").Select(m => m.Groups[1].Value).ToList();
             if (program != datapath.ToTunnel)
             {
-                Assert.Contains("__htab_map_lookup_elem", calls); // conntrack (known nodes for from_tunnel) lookups inlined
+                Assert.Contains("__htab_map_lookup_elem", calls); // conntrack and known nodes: lookups inlined
             }
-            if (program != datapath.FromTunnel)
-            {
-                Assert.Contains("trie_lookup_elem", calls); // ipcache and policy: direct calls
-            }
+            Assert.Contains("trie_lookup_elem", calls); // ipcache and policy: direct calls
             var generic = calls.Where(c => c is "bpf_map_lookup_elem" or "bpf_map_update_elem" or "bpf_map_delete_elem").ToList();
             Assert.True(generic.Count == 0,
                 $"{program.Name}: {generic.Count} map calls not bound to one map ({string.Join(", ", generic.Distinct())})");

@@ -146,10 +146,12 @@ public sealed class AgentQueries(
                 "fragments, TTL 1 and packets too big for the link take the node's stack and meet to_pod there";
         }
         var egress = source is null ? $"{from}'s egress on its own node" : $"{from}'s egress at from_pod on {source.HostInterface}";
+        var underlay = options.RoutingMode == RoutingMode.Native ? Sandbox.UnderlayNetwork.NodeDevice
+            : Sandbox.UnderlayNetwork.TunnelDevice;
         var ingress = destination is null ? $"{to}'s ingress on its own node"
-            : source is null && datapath.HostRouting && options.UnderlayAddress is not null && options.RoutingMode == RoutingMode.Native
+            : source is null && datapath.HostRouting && options.UnderlayAddress is not null
                 && datapath.LocalDelivery.IfIndexes().Contains((uint)destination.IfIndex)
-            ? $"{to}'s ingress at this node's underlay hook (from_underlay on {Sandbox.UnderlayNetwork.NodeDevice}), which delivers " +
+            ? $"{to}'s ingress at this node's underlay hook (from_underlay on {underlay}), which delivers " +
                 $"into its namespace (host routing); fragments, TTL 1 and packets too big for the link meet to_pod on " +
                 $"{destination.HostInterface}"
             : $"{to}'s ingress at to_pod on {destination.HostInterface}";

@@ -101,10 +101,12 @@ public sealed class UnderlayNetwork(AgentOptions options)
             // No IPv6 address of its own: it would only send router solicitations and MLD into the tunnel.
             Ip.Run("-n", _node, "link", "set", TunnelDevice, "addrgenmode", "none", "arp", "off", "up");
             var tunnel = IfIndex(_node, TunnelDevice)!.Value;
+            // Known before from_underlay meets the device's first packet: there it insists on tunnel metadata.
+            datapath.SetTunnelDevice((uint)tunnel, Convert.FromHexString(TunnelMac(address).Replace(":", "", StringComparison.Ordinal)));
             NetworkNamespace.Run(_node, () =>
             {
                 datapath.Hooks.Attach(tunnel, TcDirection.Egress, datapath.ToTunnel);
-                datapath.Hooks.Attach(tunnel, TcDirection.Ingress, datapath.FromTunnel);
+                datapath.Hooks.Attach(tunnel, TcDirection.Ingress, datapath.FromUnderlay);
             });
         }
     }

@@ -178,7 +178,7 @@ public struct Counter
 }
 
 [StructLayout(LayoutKind.Sequential)]
-public struct DatapathConfig
+public unsafe struct DatapathConfig
 {
     public const uint VerdictEvents = 1;
     public const uint DropEvents = 2;
@@ -188,6 +188,9 @@ public struct DatapathConfig
 
     public uint Flags;
     public uint Generation; // advanced after every change: from_pod's peer shortcut holds only within one
+    public uint TunnelIfIndex; // tunnel mode: the node's VXLAN device, where from_pod sends other nodes' pods (0: none)
+    public fixed byte TunnelMac[6];
+    public ushort Pad;
 }
 
 /// <summary>One record of the events ring buffer (struct event).</summary>

@@ -316,8 +316,11 @@ struct {
 } mb_events SEC(".maps");
 
 struct config {
-	__u32 flags;      /* CONFIG_* */
-	__u32 generation; /* advanced by the agent after every change of policy, identities, endpoints or conntrack */
+	__u32 flags;          /* CONFIG_* */
+	__u32 generation;     /* advanced by the agent after every change of policy, identities, endpoints or conntrack */
+	__u32 tunnel_ifindex; /* tunnel mode: the node's VXLAN device (0: none) */
+	__u8 tunnel_mac[6];   /* and its address, the source of the inner frames it sends */
+	__u16 pad;
 };
 
 struct {

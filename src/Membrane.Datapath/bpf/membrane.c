@@ -97,7 +97,7 @@ static __always_inline int judge(struct __sk_buff *skb, struct flow *f, __u8 dir
 		goto pass;
 	}
 
-	/* From another node through the tunnel, the sender's identity came with the packet (from_tunnel). */
+	/* From another node through the tunnel, the sender's identity came with the packet (from_underlay). */
 	__u32 tunnelled = dir == DIR_INGRESS ? mark_identity(skb) : 0;
 	__u32 peer = tunnelled ? tunnelled : dir == DIR_EGRESS ? destination_identity(f) : source_identity(f);
 	struct policy_value *entry = policy_lookup(ifindex, dir, peer, f);
@@ -244,36 +244,53 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 	return bpf_redirect_peer(target, 0);
 }
 
-/* Host routing, native routing: a packet the pod's egress policy let through, for a pod of another node, leaves by
- * the node's route to that node (the kernel's FIB, one hop less, the next hop's MAC) without crossing the node's
- * forwarding; the receiving node judges it (from_underlay or to_pod). Only for other nodes' pod prefixes: the node's
- * own traffic and the world keep the node's stack (its nftables, NAT). A next hop whose neighbour entry is not
- * resolved, or a packet larger than the route's MTU, takes the stack, which resolves it or answers the sender. */
-static __always_inline int forward_to_node(struct __sk_buff *skb, struct flow *f)
+/* Host routing, a packet the pod's egress policy let through for a pod of another node: it leaves as the node's route
+ * would send it, one hop less, without crossing the node's forwarding; the receiving node judges it (from_underlay or
+ * to_pod). Only for other nodes' pod prefixes: the node's own traffic and the world keep the node's stack (its
+ * nftables, NAT).
+ * Native routing: by the kernel's FIB towards that node (the next hop's MAC). A next hop whose neighbour entry is not
+ * resolved, or a packet larger than the route's MTU, takes the stack, which resolves it or answers the sender.
+ * Tunnel mode: into the node's tunnel device, addressed to the receiving tunnel device; to_tunnel, on its egress, adds
+ * the tunnel key as for every packet the stack routes there. A packet larger than the tunnel's MTU takes the stack.
+ * A global function: verified once, on its own (from_pod's budget). */
+__attribute__((noinline)) int forward_to_node(struct __sk_buff *skb, struct flow *f)
 {
-	struct tunnel_value *route = tunnel_route(f);
-	if (!route || !(route->flags & ROUTE_NATIVE))
+	__u32 zero = 0;
+	struct config *config = bpf_map_lookup_elem(&mb_config, &zero);
+	struct tunnel_value *route = f && config ? tunnel_route(f) : 0;
+	if (!route)
 		return TC_ACT_OK;
-	struct bpf_fib_lookup fib = { .ifindex = skb->ingress_ifindex };
-	if (f->family == 4) {
-		fib.family = 2; /* AF_INET */
-		fib.ipv4_src = f->saddr[0];
-		fib.ipv4_dst = f->daddr[0];
+	__u8 macs[12] = { 0x02, 0x6d };
+	__u32 out;
+	if (!(route->flags & ROUTE_NATIVE)) {
+		out = config->tunnel_ifindex;
+		__u32 mtu_len = 0;
+		if (!out || bpf_check_mtu(skb, out, &mtu_len, 0, 0))
+			return TC_ACT_OK;
+		__builtin_memcpy(&macs[2], &route->node, 4); /* UnderlayNetwork.TunnelMac */
+		__builtin_memcpy(&macs[6], config->tunnel_mac, 6);
 	} else {
-		fib.family = 10; /* AF_INET6 */
-		__builtin_memcpy(fib.ipv6_src, f->saddr, sizeof(fib.ipv6_src));
-		__builtin_memcpy(fib.ipv6_dst, f->daddr, sizeof(fib.ipv6_dst));
+		struct bpf_fib_lookup fib = { .ifindex = skb->ingress_ifindex };
+		if (f->family == 4) {
+			fib.family = 2; /* AF_INET */
+			fib.ipv4_src = f->saddr[0];
+			fib.ipv4_dst = f->daddr[0];
+		} else {
+			fib.family = 10; /* AF_INET6 */
+			__builtin_memcpy(fib.ipv6_src, f->saddr, sizeof(fib.ipv6_src));
+			__builtin_memcpy(fib.ipv6_dst, f->daddr, sizeof(fib.ipv6_dst));
+		}
+		/* tot_len 0: the kernel checks the packet itself against the route's device (GSO segments included). */
+		if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+			return TC_ACT_OK;
+		__builtin_memcpy(macs, fib.dmac, 6);
+		__builtin_memcpy(&macs[6], fib.smac, 6);
+		out = fib.ifindex;
 	}
-	/* tot_len 0: the kernel checks the packet itself against the route's device (GSO segments included). */
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
-		return TC_ACT_OK;
-	__u8 macs[12];
-	__builtin_memcpy(macs, fib.dmac, 6);
-	__builtin_memcpy(&macs[6], fib.smac, 6);
 	f->hop_limit--;
 	if (rewrite_for_delivery(skb, f, macs))
 		return TC_ACT_OK;
-	return bpf_redirect(fib.ifindex, 0);
+	return bpf_redirect(out, 0);
 }
 
 SEC("tc")
@@ -293,21 +310,43 @@ int from_pod(struct __sk_buff *skb)
 	if (!(flags & CONFIG_HOST_ROUTING))
 		return TC_ACT_OK;
 	verdict = deliver_local(skb, &f);
-	return verdict == NOT_LOCAL ? forward_to_node(skb, &f) : verdict;
+	if (verdict != NOT_LOCAL)
+		return verdict;
+	return forward_to_node(skb, &f);
 }
 
-/* Host routing, native routing, on the node's underlay device (tc ingress): a packet from another node for a pod of
- * this node is judged by that pod's ingress policy here and handed into its namespace, as deliver_local does for a
- * sender on this node. Whatever it does not deliver goes on to the node's stack (and to_pod) unchanged. */
+/* What other nodes send, on the node's underlay device (native routing) and on its tunnel device (tunnel mode), tc
+ * ingress. Through the tunnel, the sender's identity is believed only from a known node's address (no node may claim
+ * to be this node's host); it reaches the destination's ingress check, here or in to_pod, in the mark. With host
+ * routing, a packet for a pod of this node is judged by that pod's ingress policy here and handed into its namespace,
+ * as deliver_local does for a sender on this node. Whatever it does not deliver goes on to the node's stack (and
+ * to_pod) unchanged. */
 SEC("tc")
 int from_underlay(struct __sk_buff *skb)
 {
-	if (!(config_flags() & CONFIG_HOST_ROUTING))
-		return TC_ACT_OK;
+	__u32 zero = 0;
+	struct config *config = bpf_map_lookup_elem(&mb_config, &zero);
 	struct flow f = { .endpoint = skb->ifindex };
+	struct bpf_tunnel_key key = {};
+	/* Only a tunnel device's packets carry tunnel metadata; one on the tunnel device without any is no tunnel's. */
+	int keyed = bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0;
+	if (keyed || (config && config->tunnel_ifindex == skb->ifindex)) {
+		struct node_key node = { .addr = bpf_htonl(key.remote_ipv4) };
+		if (!keyed || !bpf_map_lookup_elem(&mb_nodes, &node)) {
+			tunnel_addresses(skb, &f); /* for the drop event only */
+			return drop(skb, &f, DIR_INGRESS, REASON_TUNNEL, 0, 0);
+		}
+		__u32 identity = key.tunnel_id & TUNNEL_IDENTITY_MASK;
+		skb->mark = MARK_TUNNEL_MAGIC |
+			    (identity == IDENTITY_ANY || identity == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : identity);
+	}
+	if (!config || !(config->flags & CONFIG_HOST_ROUTING))
+		return TC_ACT_OK;
 	if (parse_packet(skb, &f) != PARSE_OK)
 		return TC_ACT_OK;
 	int verdict = deliver_local(skb, &f);
+	if (verdict == TC_ACT_REDIRECT)
+		skb->mark = 0; /* the identity was for this node's check; the pod's namespace gets no mark */
 	return verdict == NOT_LOCAL ? TC_ACT_OK : verdict;
 }
 
@@ -345,24 +384,6 @@ int to_tunnel(struct __sk_buff *skb)
 	};
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), 0))
 		return drop(skb, &f, DIR_EGRESS, REASON_TUNNEL, 0, 0);
-	return TC_ACT_OK;
-}
-
-/* On the tunnel device's ingress: an identity is believed only from a known node's address; it reaches to_pod in
- * the mark. No node may claim to be this node's host. */
-SEC("tc")
-int from_tunnel(struct __sk_buff *skb)
-{
-	struct flow f = { .endpoint = skb->ifindex };
-	struct bpf_tunnel_key key = {};
-	tunnel_addresses(skb, &f); /* for the drop event only */
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
-		return drop(skb, &f, DIR_INGRESS, REASON_TUNNEL, 0, 0);
-	struct node_key node = { .addr = bpf_htonl(key.remote_ipv4) };
-	if (!bpf_map_lookup_elem(&mb_nodes, &node))
-		return drop(skb, &f, DIR_INGRESS, REASON_TUNNEL, 0, 0);
-	__u32 identity = key.tunnel_id & TUNNEL_IDENTITY_MASK;
-	skb->mark = MARK_TUNNEL_MAGIC | (identity == IDENTITY_ANY || identity == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : identity);
 	return TC_ACT_OK;
 }
 

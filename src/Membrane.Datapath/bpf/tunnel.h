@@ -9,7 +9,7 @@
 #include "parse.h"
 #include "events.h"
 
-/* The mark carries a tunnel identity from from_tunnel to to_pod (same namespace; crossing into a pod's namespace
+/* The mark carries a tunnel identity from from_underlay to to_pod (same namespace; crossing into a pod's namespace
  * clears it, so a pod can never set it). Identities of pods fit in the VNI's 24 bits. */
 #define MARK_TUNNEL_MAGIC 0x4d000000
 #define MARK_TUNNEL_MASK 0xff000000
@@ -99,7 +99,7 @@ static __always_inline __u32 tunnel_identity(__u32 identity)
 	return is_pod_identity(identity) ? identity : IDENTITY_WORLD;
 }
 
-/* The identity a mark carries from from_tunnel, or 0 when it carries none. */
+/* The identity a mark carries from from_underlay, or 0 when it carries none. */
 static __always_inline __u32 mark_identity(const struct __sk_buff *skb)
 {
 	return (skb->mark & MARK_TUNNEL_MASK) == MARK_TUNNEL_MAGIC ? skb->mark & TUNNEL_IDENTITY_MASK : 0;

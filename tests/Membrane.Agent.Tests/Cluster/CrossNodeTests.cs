@@ -151,19 +151,21 @@ public sealed class CrossNodeTests : IDisposable
     }
 
     /// <summary>
-    /// Host routing across nodes (native routing): client's packets leave node 1 by its route to node 2 straight from
-    /// client's hook, and node 2 delivers them from its underlay hook after web's ingress verdict, so neither node's
-    /// forwarding sees them (an nftables counter on each node's forward hook stays at 0; on the legacy path it counts
-    /// every echo and reply). Web's deny is still judged (on node 2's underlay hook) and the replies pass client's
-    /// closed ingress by conntrack there.
+    /// Host routing across nodes: client's packets leave node 1 straight from client's hook (native: by node 1's route
+    /// to node 2; tunnel: into node 1's VXLAN device), and node 2 delivers them from its underlay hook (the underlay
+    /// device, or the VXLAN device) after web's ingress verdict, so neither node's forwarding sees them (an nftables
+    /// counter on each node's forward hook stays at 0; on the legacy path it counts every echo and reply). Web's deny
+    /// is still judged (on node 2's underlay hook) and the replies pass client's closed ingress by conntrack there.
     /// </summary>
     [Theory]
-    [InlineData("bpf")]
-    [InlineData("legacy")]
-    public void NativeRoutingSkipsBothNodesForwarding(string hostRouting)
+    [InlineData("native", "bpf")]
+    [InlineData("native", "legacy")]
+    [InlineData("tunnel", "bpf")]
+    [InlineData("tunnel", "legacy")]
+    public void HostRoutingSkipsBothNodesForwarding(string routing, string hostRouting)
     {
-        _cluster.Start(1, "native", "--host-routing", hostRouting);
-        _cluster.Start(2, "native", "--host-routing", hostRouting);
+        _cluster.Start(1, routing, "--host-routing", hostRouting);
+        _cluster.Start(2, routing, "--host-routing", hostRouting);
         Assert.Equal(0, LocalCluster.OnNode(1, "apply", "-f", File(Workloads)).Code);
         Assert.True(Eventually(2, 0, "endpoint", "get", "shop/web"), "node 2 never ran shop/web");
         Assert.True(Eventually(1, 0, Ping("ipv4")), "no IPv4 echo between the nodes");
@@ -203,7 +205,8 @@ public sealed class CrossNodeTests : IDisposable
 
         var trace = LocalCluster.OnNode(2, "policy", "trace", "--from", "shop/client", "--to", "shop/web", "--protocol", "tcp",
             "--port", "80").Out;
-        Assert.Contains(hostRouting == "bpf" ? "shop/web's ingress at this node's underlay hook (from_underlay on mbul)"
+        var underlay = routing == "native" ? UnderlayNetwork.NodeDevice : UnderlayNetwork.TunnelDevice;
+        Assert.Contains(hostRouting == "bpf" ? $"shop/web's ingress at this node's underlay hook (from_underlay on {underlay})"
             : "shop/web's ingress at to_pod on", trace, StringComparison.Ordinal);
 
         // Web's policy, judged on node 2 (its underlay hook with host routing): echo allowed, IPv4 echo denied.
