@@ -198,6 +198,8 @@ public static class DatapathBenchmark
         "established TCP, from_pod with host routing (rewrite, redirect; the destination's check skipped within a tick)";
     public const string HostRoutingJudged = "established TCP FIN, from_pod with host routing (both verdicts: never skipped)";
     public const string HostRoutingNotLocal = "established TCP, from_pod with host routing, destination not on this node";
+    public const string HostRoutingTunnel =
+        "established TCP, from_pod with host routing, another node's pod in tunnel mode (rewrite, redirect into the VXLAN device)";
 
     /// <summary>
     /// What host routing costs a delivered packet: from_pod judging both sides, rewriting the frame and redirecting it,
@@ -229,6 +231,8 @@ public static class DatapathBenchmark
             loaded.LocalDelivery.Set(destination, server.Addresses, macs);
         }
         routed.SetHostRouting(true);
+        routed.Tunnels.Sync([(System.Net.IPNetwork.Parse("10.98.0.0/16"), IPAddress.Parse("192.0.2.2"))]);
+        routed.SetTunnelDevice(destination, [0x02, 0x6d, 192, 0, 2, 1]);
         var c = client.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
         var s = server.Address(System.Net.Sockets.AddressFamily.InterNetwork)!;
         // As a pod sends it: to its gateway's MAC (loopback's, under the test run), a fresh TTL.
@@ -240,6 +244,7 @@ public static class DatapathBenchmark
         var syn = Sent(Frame(c, s, Tcp, TcpSegment(40000, 80)));
         var ack = Sent(Frame(c, s, Tcp, TcpSegment(40000, 80, TcpAck, payload: 64)));
         var away = Sent(Frame(c, IPAddress.Parse("10.99.0.1"), Tcp, TcpSegment(40001, 80, TcpAck, payload: 64)));
+        var remote = Sent(Frame(c, IPAddress.Parse("10.98.0.1"), Tcp, TcpSegment(40003, 80, TcpAck, payload: 64)));
         // A FIN always meets the destination's verdict (conntrack must see it close): the cost without the shortcut.
         var fin = Sent(Frame(c, s, Tcp, TcpSegment(40002, 80, TcpAck | 0x01, payload: 64)));
         Require(routed.FromPod.TestRun(syn).ReturnValue == BpfProgram.TcActRedirect, "host routing to deliver the SYN");
@@ -248,6 +253,8 @@ public static class DatapathBenchmark
             "host routing to deliver a second SYN");
         Require(routed.FromPod.TestRun(Sent(Frame(c, IPAddress.Parse("10.99.0.1"), Tcp, TcpSegment(40001, 80)))).ReturnValue
             == BpfProgram.TcActOk, "a connection to another node to pass");
+        Require(routed.FromPod.TestRun(Sent(Frame(c, IPAddress.Parse("10.98.0.1"), Tcp, TcpSegment(40003, 80)))).ReturnValue
+            == BpfProgram.TcActRedirect, "host routing to send a connection to another node into the tunnel");
         Require(legacy.FromPod.TestRun(syn).ReturnValue == BpfProgram.TcActOk, "the legacy path to pass the SYN");
         (string Name, BpfProgram Program, byte[] Frame)[] scenarios =
         [
@@ -255,6 +262,7 @@ public static class DatapathBenchmark
             (HostRoutingDelivery, routed.FromPod, ack),
             (HostRoutingJudged, routed.FromPod, fin),
             (HostRoutingNotLocal, routed.FromPod, away),
+            (HostRoutingTunnel, routed.FromPod, remote),
         ];
         var batches = Math.Max(1, repeat / Batch / 10);
         return [.. Interleaved(floor, ack, scenarios, runs * batches, Batch, HostRoutingBatchFloor,

@@ -26,19 +26,30 @@ done
 # afl++ on a machine it was not tuned for: no core dumps to wait for, no CPU governor to check, a managed target.
 export AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_SKIP_CPUFREQ=1 AFL_SKIP_BIN_CHECK=1 AFL_NO_UI=1 AFL_NO_AFFINITY=1
 failed=0
-for target in yaml api cni store; do
-  afl-fuzz -i "seeds/$target" -o "$out/$target" -t 5000 -m none -V "$seconds" -- dotnet "$bin/Membrane.Fuzz.dll" "$target" \
-    >"$out/$target.log" 2>&1 || { echo "fuzz $target: afl-fuzz failed"; tail -20 "$out/$target.log"; failed=1; continue; }
-  stats="$out/$target/default/fuzzer_stats"
-  execs=$(awk -F: '/^execs_done/{gsub(/ /,"",$2);print $2}' "$stats")
-  paths=$(awk -F: '/^corpus_count/{gsub(/ /,"",$2);print $2}' "$stats")
-  crashes=$(find "$out/$target/default/crashes" -type f -name 'id:*' | wc -l)
-  hangs=$(find "$out/$target/default/hangs" -type f -name 'id:*' | wc -l)
-  echo "fuzz $target: ${seconds}s, $execs executions, $paths inputs in the corpus, $crashes crashes, $hangs hangs"
-  if [ "$crashes" -gt 0 ] || [ "$hangs" -gt 0 ]; then
-    failed=1
-    echo "fuzz $target: inputs kept in $out/$target/default (crashes/ and hangs/)"
-  fi
+# Two targets at a time, one per core of the CI machine: each still gets SECONDS of its own.
+for pair in "yaml api" "cni store"; do
+  pids=()
+  for target in $pair; do
+    afl-fuzz -i "seeds/$target" -o "$out/$target" -t 5000 -m none -V "$seconds" -- dotnet "$bin/Membrane.Fuzz.dll" "$target" \
+      >"$out/$target.log" 2>&1 &
+    pids+=("$!")
+  done
+  set -- $pair
+  for pid in "${pids[@]}"; do
+    target=$1
+    shift
+    wait "$pid" || { echo "fuzz $target: afl-fuzz failed"; tail -20 "$out/$target.log"; failed=1; continue; }
+    stats="$out/$target/default/fuzzer_stats"
+    execs=$(awk -F: '/^execs_done/{gsub(/ /,"",$2);print $2}' "$stats")
+    paths=$(awk -F: '/^corpus_count/{gsub(/ /,"",$2);print $2}' "$stats")
+    crashes=$(find "$out/$target/default/crashes" -type f -name 'id:*' | wc -l)
+    hangs=$(find "$out/$target/default/hangs" -type f -name 'id:*' | wc -l)
+    echo "fuzz $target: ${seconds}s, $execs executions, $paths inputs in the corpus, $crashes crashes, $hangs hangs"
+    if [ "$crashes" -gt 0 ] || [ "$hangs" -gt 0 ]; then
+      failed=1
+      echo "fuzz $target: inputs kept in $out/$target/default (crashes/ and hangs/)"
+    fi
+  done
 done
 if [ "$failed" -eq 0 ] && [ "$keep" -eq 0 ]; then
   rm -rf "$out"
