@@ -183,7 +183,8 @@ public sealed class SandboxFixture : IDisposable
     public void Dispose() => Cleanup();
 }
 
-[CollectionDefinition(Name, DisableParallelization = true)]
+/// <summary>The sandbox tests, one at a time on one agent; beside the cluster group (see <c>ClusterGroup</c>).</summary>
+[CollectionDefinition(Name)]
 public sealed class SandboxGroup : ICollectionFixture<SandboxFixture>
 {
     public const string Name = "sandbox";

@@ -153,7 +153,12 @@ public sealed class ClusterModeTests : IDisposable
     public void Dispose() => _cluster.Dispose();
 }
 
-[CollectionDefinition(Name, DisableParallelization = true)]
+/// <summary>
+/// The cluster tests, one at a time. They run beside the sandbox group (their own namespaces, prefixes mbcluN and mbcN,
+/// pin directories, etcd ports and underlay), which halves the suite's wall clock; not beside the CNI group, whose
+/// prefix mbcni a cluster test's check for leftover mbc* namespaces would see.
+/// </summary>
+[CollectionDefinition(Name)]
 public sealed class ClusterGroup
 {
     public const string Name = "cluster";
