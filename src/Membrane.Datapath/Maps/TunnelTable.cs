@@ -31,9 +31,10 @@ public struct NodeValue
 }
 
 /// <summary>
-/// Remote pod prefix → its node (where to_tunnel sends in tunnel mode; in native mode, flagged <see cref="TunnelValue.Native"/>,
-/// the prefixes from_pod may send to the node's route itself) and the known nodes (the only senders whose tunnel identity
-/// from_tunnel believes). Written whole from the cluster's node list.
+/// Remote pod prefix → its node (where to_tunnel sends in tunnel mode, and from_pod into the tunnel device with host
+/// routing; in native mode, flagged <see cref="TunnelValue.Native"/>, the prefixes from_pod may send to the node's route
+/// itself) and the known nodes (the only senders whose tunnel identity from_underlay believes on the tunnel device).
+/// Written whole from the cluster's node list.
 /// </summary>
 public sealed class TunnelTable(BpfMap<IpCache4Key, TunnelValue> routes4, BpfMap<IpCache6Key, TunnelValue> routes6,
     BpfMap<NodeKey, NodeValue> nodes)
