@@ -25,11 +25,14 @@ public sealed class UnderlayNetwork(AgentOptions options)
     /// A node's tunnel device address: 02:6d and its underlay IPv4 address. With ARP off the kernel addresses inner
     /// frames to the sending device itself; to_tunnel rewrites that to the receiver's address, derived the same way.
     /// </summary>
-    public static string TunnelMac(IPAddress node)
+    public static string TunnelMac(IPAddress node) => string.Join(':', TunnelMacBytes(node).Select(b => b.ToString("x2",
+        System.Globalization.CultureInfo.InvariantCulture)));
+
+    /// <summary>The same address as bytes, as the datapath's configuration holds it.</summary>
+    public static byte[] TunnelMacBytes(IPAddress node)
     {
         ArgumentNullException.ThrowIfNull(node);
-        return "02:6d:" + string.Join(':', node.GetAddressBytes().Select(b => b.ToString("x2",
-            System.Globalization.CultureInfo.InvariantCulture)));
+        return [0x02, 0x6d, .. node.GetAddressBytes()];
     }
 
     private readonly string _node = options.NodeNamespace;
@@ -102,7 +105,7 @@ public sealed class UnderlayNetwork(AgentOptions options)
             Ip.Run("-n", _node, "link", "set", TunnelDevice, "addrgenmode", "none", "arp", "off", "up");
             var tunnel = IfIndex(_node, TunnelDevice)!.Value;
             // Known before from_underlay meets the device's first packet: there it insists on tunnel metadata.
-            datapath.SetTunnelDevice((uint)tunnel, Convert.FromHexString(TunnelMac(address).Replace(":", "", StringComparison.Ordinal)));
+            datapath.SetTunnelDevice((uint)tunnel, TunnelMacBytes(address));
             NetworkNamespace.Run(_node, () =>
             {
                 datapath.Hooks.Attach(tunnel, TcDirection.Egress, datapath.ToTunnel);
