@@ -296,14 +296,26 @@ public static class ClusterBenchmark
             {
                 var (bpf, legacy) = (new Samples(), new Samples());
                 SandboxBenchmark.PingFlood(netns, cross, 1000); // warm-up: neighbours, routes
-                foreach (var samples in Enumerable.Range(0, rounds).SelectMany(_ => new[] { bpf, legacy }))
+                // Odd rounds run the other way round (legacy first, cross-node first): neither path nor pod always
+                // measures first.
+                foreach (var (samples, odd) in Enumerable.Range(0, rounds).SelectMany(r => (r % 2 == 0 ? new[] { bpf, legacy }
+                    : [legacy, bpf]).Select(s => (s, r % 2 == 1))))
                 {
                     var on = samples == bpf;
                     SwitchHostRouting(on);
-                    samples.SamePings.Add(SandboxBenchmark.PingFlood(netns, same, pings));
-                    samples.CrossPings.Add(SandboxBenchmark.PingFlood(netns, cross, pings));
-                    samples.SameTcp.Add(SandboxBenchmark.Iperf(netns, same, 3));
-                    samples.CrossTcp.Add(SandboxBenchmark.Iperf(netns, cross, 3));
+                    var targets = new[] { (same, samples.SamePings, samples.SameTcp), (cross, samples.CrossPings, samples.CrossTcp) };
+                    if (odd)
+                    {
+                        Array.Reverse(targets);
+                    }
+                    foreach (var (target, rates, _) in targets)
+                    {
+                        rates.Add(SandboxBenchmark.PingFlood(netns, target, pings));
+                    }
+                    foreach (var (target, _, rates) in targets)
+                    {
+                        rates.Add(SandboxBenchmark.Iperf(netns, target, 3));
+                    }
                     if (File.Nodes.Any(n => HostRoutingBit(n) != on))
                     {
                         throw new InvalidOperationException("an agent rewrote its configuration during a measurement round");

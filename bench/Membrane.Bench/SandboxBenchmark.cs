@@ -232,7 +232,9 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         {
             for (var round = 0; round < rounds; round++)
             {
-                foreach (var (name, setup) in variants)
+                // Each round starts one variant later: no variant, the baseline included, always takes the same place in
+                // a round (the first measurement after the previous round's last, or after the warm-up).
+                foreach (var (name, setup) in variants.Skip(round % variants.Count).Concat(variants.Take(round % variants.Count)))
                 {
                     await setup().ConfigureAwait(false);
                     ping[name].Add(PingFlood(a.Netns, b.Address, pings));

@@ -63,6 +63,7 @@ public sealed class UnderlayNetwork(AgentOptions options)
         Idempotent(() => Ip.Run("-n", options.UnderlayNamespace, "link", "add", Bridge, "type", "bridge"),
             () => IfIndex(options.UnderlayNamespace, Bridge) is not null);
         Ip.Run("-n", options.UnderlayNamespace, "link", "set", Bridge, "up");
+        NetworkNamespace.Run(options.UnderlayNamespace, SwitchOffBridgeNetfilter);
         if (IfIndex(_node, NodeDevice) is null)
         {
             if (IfIndex(options.UnderlayNamespace, Port) is not null)
@@ -111,6 +112,28 @@ public sealed class UnderlayNetwork(AgentOptions options)
                 datapath.Hooks.Attach(tunnel, TcDirection.Egress, datapath.ToTunnel);
                 datapath.Hooks.Attach(tunnel, TcDirection.Ingress, datapath.FromUnderlay);
             });
+        }
+    }
+
+    /// <summary>The bridge-netfilter switches of the underlay namespace (those of the calling thread's namespace).</summary>
+    public static readonly string[] BridgeNetfilterSwitches =
+        ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"];
+
+    /// <summary>
+    /// A network's switch runs no host firewall: with br_netfilter loaded on the host (container runtimes load it), every
+    /// frame the bridge forwards would also cross the underlay namespace's (empty) iptables hooks, a fake routing step
+    /// and an skb extension: about 6 % of a cross-node round trip, measured. Its switches are per namespace; when the
+    /// module is not loaded they do not exist and there is nothing to switch off.
+    /// </summary>
+    private static void SwitchOffBridgeNetfilter()
+    {
+        foreach (var name in BridgeNetfilterSwitches)
+        {
+            var path = $"/proc/sys/net/bridge/{name}";
+            if (File.Exists(path))
+            {
+                File.WriteAllText(path, "0");
+            }
         }
     }
 

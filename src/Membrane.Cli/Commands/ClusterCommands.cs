@@ -77,7 +77,7 @@ public static class ClusterCommands
         routing.OneOf("native", "tunnel");
         var hostRouting = new Option<string>("--host-routing")
         {
-            Description = "The agents' --host-routing: bpf (pods' hooks deliver, across nodes too in native mode) or legacy",
+            Description = "The agents' --host-routing: bpf (pods' hooks deliver, across nodes too, in both routing modes) or legacy",
             DefaultValueFactory = _ => "bpf",
         }.OneOf("bpf", "legacy");
         var lease = new Option<int>("--lease-ttl")
