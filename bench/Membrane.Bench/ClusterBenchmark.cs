@@ -15,11 +15,12 @@ public sealed record ClusterLatencyResult(int Nodes, int Changes, double P50, do
 
 /// <summary>
 /// One path's cross-node throughput; <see cref="CrossNodePingOverLegacy"/>, on the host-routing row, is its cross-node ping rate
-/// over the legacy path's in the same rounds (what the shortcut gains).
+/// over the legacy path's in the same rounds (what the shortcut gains); <see cref="CrossNodePingOverNoFiltering"/> over the same
+/// shape's with no filtering at all (<see cref="PlainTopology"/>), where measured.
 /// </summary>
 public sealed record CrossNodeThroughputResult(string RoutingMode, double SameNodePingPerSecond, double CrossNodePingPerSecond,
     double PingRatio, double SameNodeTcpMegabytesPerSecond, double CrossNodeTcpMegabytesPerSecond, double TcpRatio,
-    double? CrossNodePingOverLegacy = null);
+    double? CrossNodePingOverLegacy = null, double? CrossNodePingOverNoFiltering = null);
 
 public sealed record ClusterStoreResult(int Pods, int Keys, long KeyValueBytes, long DatabaseBytesBefore, long DatabaseBytesAfter);
 
@@ -44,7 +45,8 @@ public static class ClusterBenchmark
         using (var cluster = Up(3, "native"))
         {
             propagation = await cluster.PropagationAsync(changes).ConfigureAwait(false);
-            throughput.AddRange(cluster.Throughput(pings, rounds));
+            using var plain = PlainTopology.Create();
+            throughput.AddRange(cluster.Throughput(pings, rounds, plain));
             recovery = await cluster.QuorumRecoveryAsync().ConfigureAwait(false);
         }
         using (var cluster = Up(2, "tunnel"))
@@ -284,47 +286,79 @@ public static class ClusterBenchmark
         /// node's pinned configuration cleared, as <c>--host-routing legacy</c> leaves it). Ratios are medians of
         /// same-round ratios. One result per path.
         /// </summary>
-        public IReadOnlyList<CrossNodeThroughputResult> Throughput(int pings, int rounds)
+        public List<CrossNodeThroughputResult> Throughput(int pings, int rounds, PlainTopology? plain = null)
         {
             var pairs = PairsAsync(AllowFromClient).GetAwaiter().GetResult();
             var (netns, same) = pairs[0];
             var cross = pairs[1].Web;
-            var servers = pairs.Select(p => Process.Start(new ProcessStartInfo("ip", ["netns", "exec", WebNetns(p.Web), "iperf3", "-s",
+            var serverNetns = pairs.Select(p => WebNetns(p.Web)).ToList();
+            if (plain is not null)
+            {
+                serverNetns.AddRange([plain.WebNetns(plain.SameNodeWeb), plain.WebNetns(plain.CrossNodeWeb)]);
+            }
+            var servers = serverNetns.Select(n => Process.Start(new ProcessStartInfo("ip", ["netns", "exec", n, "iperf3", "-s",
                 "-p", "5201"])
             { RedirectStandardOutput = true, RedirectStandardError = true })!).ToList();
             try
             {
-                var (bpf, legacy) = (new Samples(), new Samples());
+                var (bpf, legacy, none) = (new Samples(), new Samples(), new Samples());
                 SandboxBenchmark.PingFlood(netns, cross, 1000); // warm-up: neighbours, routes
-                // Odd rounds run the other way round (legacy first, cross-node first): neither path nor pod always
-                // measures first.
-                foreach (var (samples, odd) in Enumerable.Range(0, rounds).SelectMany(r => (r % 2 == 0 ? new[] { bpf, legacy }
-                    : [legacy, bpf]).Select(s => (s, r % 2 == 1))))
+                if (plain is not null)
                 {
-                    var on = samples == bpf;
-                    SwitchHostRouting(on);
-                    var targets = new[] { (same, samples.SamePings, samples.SameTcp), (cross, samples.CrossPings, samples.CrossTcp) };
-                    if (odd)
+                    SandboxBenchmark.PingFlood(plain.ClientNetns, plain.CrossNodeWeb, 1000);
+                }
+                for (var round = 0; round < rounds; round++)
+                {
+                    // Odd rounds run the other way round (legacy first, cross-node first): neither path nor pod always
+                    // measures first.
+                    var odd = round % 2 == 1;
+                    var order = odd ? new[] { legacy, bpf, none } : [none, bpf, legacy];
+                    foreach (var samples in order.Where(s => s != none || plain is not null))
                     {
-                        Array.Reverse(targets);
-                    }
-                    foreach (var (target, rates, _) in targets)
-                    {
-                        rates.Add(SandboxBenchmark.PingFlood(netns, target, pings));
-                    }
-                    foreach (var (target, _, rates) in targets)
-                    {
-                        rates.Add(SandboxBenchmark.Iperf(netns, target, 3));
-                    }
-                    if (File.Nodes.Any(n => HostRoutingBit(n) != on))
-                    {
-                        throw new InvalidOperationException("an agent rewrote its configuration during a measurement round");
+                        var on = samples == bpf;
+                        var (client, sameTarget, crossTarget) = samples == none
+                            ? (plain!.ClientNetns, plain.SameNodeWeb, plain.CrossNodeWeb) : (netns, same, cross);
+                        if (samples != none)
+                        {
+                            SwitchHostRouting(on);
+                        }
+                        var targets = new[] { (sameTarget, samples.SamePings, samples.SameTcp),
+                            (crossTarget, samples.CrossPings, samples.CrossTcp) };
+                        if (odd)
+                        {
+                            Array.Reverse(targets);
+                        }
+                        foreach (var (target, rates, _) in targets)
+                        {
+                            rates.Add(SandboxBenchmark.PingFlood(client, target, pings));
+                        }
+                        foreach (var (target, _, rates) in targets)
+                        {
+                            rates.Add(SandboxBenchmark.Iperf(client, target, 3));
+                        }
+                        if (samples != none && File.Nodes.Any(n => HostRoutingBit(n) != on))
+                        {
+                            throw new InvalidOperationException("an agent rewrote its configuration during a measurement round");
+                        }
                     }
                 }
                 SwitchHostRouting(on: true);
                 var gain = SandboxBenchmark.Median(bpf.CrossPings.Zip(legacy.CrossPings, (b, l) => b / l).ToList());
-                return [bpf.Result(File.RoutingMode) with { CrossNodePingOverLegacy = gain },
-                    legacy.Result($"{File.RoutingMode}, legacy host routing")];
+                var results = new List<CrossNodeThroughputResult>
+                {
+                    bpf.Result(File.RoutingMode) with
+                    {
+                        CrossNodePingOverLegacy = gain,
+                        CrossNodePingOverNoFiltering = plain is null ? null
+                            : SandboxBenchmark.Median(bpf.CrossPings.Zip(none.CrossPings, (b, n) => b / n).ToList()),
+                    },
+                    legacy.Result($"{File.RoutingMode}, legacy host routing"),
+                };
+                if (plain is not null)
+                {
+                    results.Add(none.Result($"{File.RoutingMode}, no filtering: the same shape without Membrane"));
+                }
+                return results;
             }
             finally
             {
