@@ -45,13 +45,14 @@ public static class ClusterBenchmark
         using (var cluster = Up(3, "native"))
         {
             propagation = await cluster.PropagationAsync(changes).ConfigureAwait(false);
-            using var plain = PlainTopology.Create();
+            using var plain = PlainTopology.Create(tunnel: false);
             throughput.AddRange(cluster.Throughput(pings, rounds, plain));
             recovery = await cluster.QuorumRecoveryAsync().ConfigureAwait(false);
         }
         using (var cluster = Up(2, "tunnel"))
         {
-            throughput.AddRange(cluster.Throughput(pings, rounds));
+            using var plain = PlainTopology.Create(tunnel: true);
+            throughput.AddRange(cluster.Throughput(pings, rounds, plain));
         }
         var (rate, allocated, store) = await StoreAsync().ConfigureAwait(false);
         return new ClusterReport(propagation, rate, allocated, throughput, recovery, Lease, store);

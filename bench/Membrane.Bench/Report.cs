@@ -241,10 +241,13 @@ public static class Report
                 Goal(membrane5000.TcpRatio >= 1.0, $"{membrane5000.TcpRatio:F3}× (±{membrane5000.TcpSpread:F2})") +
                 $". Host routing against the legacy path in the same rounds: ping {membrane5000.PingRatio / legacy5000.PingRatio:F3}×, " +
                 $"TCP {membrane5000.TcpRatio / legacy5000.TcpRatio:F3}×.");
+            // A difference smaller than the rounds' spread is noise, not a cost (or a gain): said so, not printed as "-1 %".
+            static string Cost(double cost, double spread) => cost > spread ? $"{cost:P0}"
+                : $"nothing measurable ({cost:P0}, within the rounds' spread of ±{spread:P0})";
             Line($"Where a round trip's time goes on the legacy path (ping, tcx): the hooks with an empty program cost " +
-                $"{1 - emptyTcx.PingRatio:P0} of the no-hook rate; Membrane's programs on them another " +
-                $"{emptyTcx.PingRatio - legacy5000.PingRatio:P0} — four runs per round trip of parsing, one conntrack lookup and the " +
-                "forwarded counter (section 1). Host routing runs two hooks a round trip instead of four, each with the sender's " +
+                $"{Cost(1 - emptyTcx.PingRatio, emptyTcx.PingSpread)} of the no-hook rate; Membrane's programs on them another " +
+                $"{Cost(emptyTcx.PingRatio - legacy5000.PingRatio, Math.Max(emptyTcx.PingSpread, legacy5000.PingSpread))} — four " +
+                "runs per round trip of parsing, one conntrack lookup and the forwarded counter (section 1). Host routing runs two hooks a round trip instead of four, each with the sender's " +
                 "verdict and, once a tick and after every change, the destination's (one conntrack lookup otherwise) " +
                 "(section " +
                 "1's host routing rows), and skips the node's forwarding and the destination veth's transmit path.");
@@ -352,9 +355,10 @@ public static class Report
             "underlay hook); the legacy rows have both nodes forward them. Both rows of a routing mode come from one cluster, in " +
             "the same rounds: each round measures with host routing, then with the datapath's host-routing flag cleared on every " +
             "node (the native legacy row still runs the underlay hook, which then passes everything to the stack). The " +
-            "\"no filtering\" row is the same shape built without Membrane (three pods, two forwarding node namespaces, the " +
-            "bridge; no eBPF, no nftables), measured in the same rounds as the native cluster: the ratio the topology itself " +
-            "gives, and what Membrane's cross-node path achieves against it.");
+            "\"no filtering\" rows are the same shape built without Membrane (three pods, two forwarding node namespaces, the " +
+            "bridge; in tunnel mode a VXLAN device of the kernel's own on each node; no eBPF, no nftables), measured in the same " +
+            "rounds as that mode's cluster: the ratio the topology itself gives, and what Membrane's cross-node path achieves " +
+            "against it.");
         var native = c.Throughput.FirstOrDefault(t => t.RoutingMode == "native");
         var tunnel = c.Throughput.FirstOrDefault(t => t.RoutingMode == "tunnel");
         if (native is not null && tunnel is not null)

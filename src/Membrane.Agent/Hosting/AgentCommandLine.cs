@@ -117,8 +117,9 @@ public static class AgentCommandLine
         var hostRouting = new Option<string>("--host-routing")
         {
             Description = "How packets between pods travel: 'bpf' (the sender's hook judges the destination's ingress policy " +
-                "too and delivers into its namespace; with native routing, packets for other nodes' pods leave by the node's route " +
-                "from the hook and the receiver's underlay hook delivers them; the nodes' nftables forward hook and tcpdump on " +
+                "too and delivers into its namespace; packets for other nodes' pods leave from the hook, by the node's route (native " +
+                "routing) or into the VXLAN device (tunnel), and the receiver's underlay hook delivers them; the nodes' nftables " +
+                "forward hook and tcpdump on " +
                 "the destination's veth do not see them) or 'legacy' (forwarded by the nodes, judged on the destination's veth)",
             DefaultValueFactory = _ => "bpf",
         }.OneOf(Choices.Of<HostRouting>());
