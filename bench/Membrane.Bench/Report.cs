@@ -224,9 +224,9 @@ public static class Report
             "ratio to the same round's no-hook figure; ± is half the range of those per-round ratios. \"Membrane\" rows are the " +
             "agent's default: tcx and host routing, where each direction of a round trip runs one hook (the sender's from_pod " +
             "judges both sides and delivers into the destination's namespace, no node forwarding). On the legacy path " +
-            "(--host-routing legacy, and the no-hook and empty-program rows) a round trip crosses four hooks (each pod's veth, both directions) and the node forwards " +
-            "every packet. Membrane's policy allows echo and TCP 80 and adds deny rules (CIDR + port) that never match; nftables gets " +
-            "the same rules in one forward chain, evaluated linearly.");
+            "(--host-routing legacy, and the no-hook and empty-program rows) a round trip crosses four hooks (each pod's veth, " +
+            "both directions) and the node forwards every packet. Membrane's policy allows echo and TCP 80 and adds deny rules " +
+            "(CIDR + port) that never match; nftables gets the same rules in one forward chain, evaluated linearly.");
         Line();
         Line("| scenario | pings/s | × no hook | TCP MiB/s | × no hook |");
         Line("|---|---|---|---|---|");
