@@ -245,12 +245,12 @@ public static class Report
                 Goal(membrane5000.TcpRatio >= 1.0, $"{membrane5000.TcpRatio:F3}× (±{membrane5000.TcpSpread:F2})") +
                 $". Host routing against the legacy path in the same rounds: ping {membrane5000.PingRatio / legacy5000.PingRatio:F3}×, " +
                 $"TCP {membrane5000.TcpRatio / legacy5000.TcpRatio:F3}×.");
-            // A difference smaller than the rounds' spread is noise, not a cost (or a gain): said so, not printed as "-1 %".
-            static string Cost(double cost, double spread) => cost > spread ? $"{cost:P0}"
-                : $"nothing measurable ({cost:P0}, within the rounds' spread of ±{spread:P0})";
+            // A difference smaller than the rounds' spread is noise, not a cost (or a gain): said so, not printed as "-6 %".
+            static string Share(double cost, double spread) => cost > spread ? $"{cost:P0} of the no-hook rate"
+                : $"nothing measurable ({cost:P0} of the no-hook rate, within the rounds' spread of ±{spread:P0})";
             Line($"Where a round trip's time goes on the legacy path (ping, tcx): the hooks with an empty program cost " +
-                $"{Cost(1 - emptyTcx.PingRatio, emptyTcx.PingSpread)} of the no-hook rate; Membrane's programs on them another " +
-                $"{Cost(emptyTcx.PingRatio - legacy5000.PingRatio, Math.Max(emptyTcx.PingSpread, legacy5000.PingSpread))} — four " +
+                $"{Share(1 - emptyTcx.PingRatio, emptyTcx.PingSpread)}; Membrane's programs on them, beyond that: " +
+                $"{Share(emptyTcx.PingRatio - legacy5000.PingRatio, Math.Max(emptyTcx.PingSpread, legacy5000.PingSpread))} — four " +
                 "runs per round trip of parsing, one conntrack lookup and the forwarded counter (section 1). Host routing runs two " +
                 "hooks a round trip instead of four, each with the sender's verdict and, once a tick and after every change, the " +
                 "destination's (one conntrack lookup otherwise) (section " +
