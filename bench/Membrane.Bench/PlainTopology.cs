@@ -58,13 +58,7 @@ public sealed class PlainTopology : IDisposable
         var underlay = Netns("ul");
         Ip.Run("-n", underlay, "link", "add", "br0", "type", "bridge");
         Ip.Run("-n", underlay, "link", "set", "br0", "up");
-        NetworkNamespace.Run(underlay, () =>
-        {
-            foreach (var name in UnderlayNetwork.BridgeNetfilterSwitches.Select(s => $"/proc/sys/net/bridge/{s}").Where(File.Exists))
-            {
-                File.WriteAllText(name, "0");
-            }
-        });
+        NetworkNamespace.Run(underlay, UnderlayNetwork.SwitchOffBridgeNetfilter);
         foreach (var (node, address, peer, pods) in new[] { ("n1", "10.230.0.1", "10.230.0.2", "10.232.0.0/24"),
             ("n2", "10.230.0.2", "10.230.0.1", "10.231.0.0/24") })
         {

@@ -203,9 +203,8 @@ public sealed class CrossNodeTests : IDisposable
             Assert.All(forwarded, n => Assert.True(n >= 80, $"the nodes' forwarding counted {string.Join(", ", forwarded)}"));
         }
         // The underlay stands in for a switch: no host firewall on the frames it forwards, br_netfilter loaded or not.
-        foreach (var name in UnderlayNetwork.BridgeNetfilterSwitches)
+        foreach (var path in UnderlayNetwork.BridgeNetfilterSwitches)
         {
-            var path = $"/proc/sys/net/bridge/{name}";
             var value = NetworkNamespace.Run(Underlay, () => System.IO.File.Exists(path) ? System.IO.File.ReadAllText(path).Trim() : "0");
             Assert.True(value == "0", $"{path} in the underlay namespace is {value}");
         }
