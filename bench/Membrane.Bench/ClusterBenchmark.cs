@@ -37,7 +37,7 @@ public static class ClusterBenchmark
 {
     private const int Lease = 5;
 
-    public static async Task<ClusterReport> RunAsync(int changes = 40, int pings = 20_000, int rounds = 5)
+    public static async Task<ClusterReport> RunAsync(int changes = 40, int pings = SandboxBenchmark.PingsPerRun, int rounds = 5)
     {
         var throughput = new List<CrossNodeThroughputResult>();
         ClusterLatencyResult propagation;
@@ -284,8 +284,8 @@ public static class ClusterBenchmark
         /// <summary>
         /// Ping flood and TCP (iperf3) from node 1's client to web on node 1 and to web on node 2, in interleaved
         /// rounds: each round measures both with host routing and then on the legacy path (the HostRouting bit of every
-        /// node's pinned configuration cleared, as <c>--host-routing legacy</c> leaves it). Ratios are medians of
-        /// same-round ratios. One result per path.
+        /// node's pinned configuration cleared, as <c>--host-routing legacy</c> leaves it); the ping floods in pairs
+        /// (same-node, cross-node), one TCP pair. Ratios are medians of the pairs' ratios. One result per path.
         /// </summary>
         public List<CrossNodeThroughputResult> Throughput(int pings, int rounds, PlainTopology? plain = null)
         {
@@ -329,9 +329,13 @@ public static class ClusterBenchmark
                         {
                             Array.Reverse(targets);
                         }
-                        foreach (var (target, rates, _) in targets)
+                        // Ping floods in short pairs, the pair's order alternating: both runs of a pair see the same machine.
+                        for (var pair = 0; pair < SandboxBenchmark.PairsPerRound; pair++)
                         {
-                            rates.Add(SandboxBenchmark.PingFlood(client, target, pings));
+                            foreach (var (target, rates, _) in pair % 2 == 0 ? targets : targets.AsEnumerable().Reverse())
+                            {
+                                rates.Add(SandboxBenchmark.PingFlood(client, target, pings));
+                            }
                         }
                         foreach (var (target, _, rates) in targets)
                         {

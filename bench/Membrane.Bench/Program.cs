@@ -37,10 +37,11 @@ switch (what)
         await using (var sandbox = await SandboxBenchmark.StartAsync())
         {
             var rounds = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 3;
-            foreach (var t in await sandbox.ThroughputAsync(pings: 20_000, rounds))
+            foreach (var t in await sandbox.ThroughputAsync(pings: SandboxBenchmark.PingsPerRun, rounds))
             {
-                Console.WriteLine($"{t.Scenario,-40} {t.PingPerSecond,10:N0} {t.PingRatio,6:F2} {t.TcpMegabytesPerSecond,8:N0} " +
-                    $"{t.TcpRatio,6:F2}");
+                Console.WriteLine($"{t.Scenario,-46} {t.PingPerSecond,8:N0} {t.PingRatio,6:F3} ({t.PingInterval.Low:F3}–" +
+                    $"{t.PingInterval.High:F3}) {t.TcpMegabytesPerSecond,7:N0} {t.TcpRatio,6:F3} " +
+                    $"({t.TcpInterval.Low:F3}–{t.TcpInterval.High:F3})");
             }
         }
         return 0;

@@ -13,8 +13,14 @@ using Membrane.Datapath.Ebpf;
 
 namespace Membrane.Bench;
 
-public sealed record ThroughputResult(string Scenario, double PingPerSecond, double PingRatio, double TcpMegabytesPerSecond,
-    double TcpRatio, double PingSpread, double TcpSpread);
+/// <summary>
+/// A variant's median rates, and its median ratios to the no-hook runs paired with its runs, each with its 95 % interval.
+/// </summary>
+public sealed record ThroughputResult(string Scenario, double PingPerSecond, double PingRatio, Interval PingInterval,
+    double TcpMegabytesPerSecond, double TcpRatio, Interval TcpInterval);
+
+/// <summary>A confidence interval (95 %) of a median.</summary>
+public readonly record struct Interval(double Low, double High);
 
 public sealed record LatencyResult(int Changes, double ImportP50, double ImportP99, double EnforcedAfterReturnP50,
     double EnforcedAfterReturnP99, int NotYetEnforcedAtReturn);
@@ -121,10 +127,12 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
     }
 
     /// <summary>
-    /// Interleaved rounds: each round measures every variant back to back (no hook first), and a variant's ratio is the
-    /// median over rounds of its ratio to the same round's no-hook figure, so drift of the machine between rounds cancels.
-    /// Variants: no hook; the empty program on the same four hooks (tcx, then clsact): the hook's own cost; Membrane with
-    /// 10, 1,000 and 5,000 rules on tcx links, and with 5,000 on clsact; nftables with the same rules, linear.
+    /// Interleaved rounds of pairs: in each round every variant in turn runs <see cref="PairsPerRound"/> ping floods and one
+    /// TCP transfer, each beside a run of the same length with everything switched off (no hook), in alternating order. A
+    /// variant's ratio is the median of its pairs' ratios: the machine's drift and its bursts, which moved whole rounds'
+    /// answers by ±30 %, fall on both runs of a pair. Variants: the empty program on the same four hooks (tcx, then clsact):
+    /// the hook's own cost; Membrane with 10, 1,000 and 5,000 rules on tcx links with host routing, with 5,000 on the legacy
+    /// path (tcx and clsact); nftables with the same rules, linear.
     /// </summary>
     public async Task<IReadOnlyList<ThroughputResult>> ThroughputAsync(int pings, int rounds)
     {
@@ -136,15 +144,19 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         var empty = floor.Program("pass_all");
         var tcx = new DeviceHooks(AttachMode.Tcx, Path.Combine(_agent.Options.PinDirectory, "bench-links"));
         var clsact = new DeviceHooks(AttachMode.Clsact, Path.Combine(_agent.Options.PinDirectory, "bench-links"));
+        // What may be in place, so that switching everything off between two runs spawns no tool for nothing.
+        var clsactUp = true; // the agent's own hooks may have left the qdisc
+        var nftablesUp = true;
         void Hook(DeviceHooks? hooks, BpfProgram? ingress, BpfProgram? egress) => NetworkNamespace.Run(node, () =>
         {
+            var removeClsact = hooks?.Mode != AttachMode.Clsact && clsactUp;
             foreach (var pod in new[] { a, b })
             {
                 datapath.Hooks.Detach(pod.IfIndex, TcDirection.Ingress);
                 datapath.Hooks.Detach(pod.IfIndex, TcDirection.Egress);
                 tcx.Detach(pod.IfIndex, TcDirection.Ingress);
                 tcx.Detach(pod.IfIndex, TcDirection.Egress);
-                if (hooks?.Mode != AttachMode.Clsact)
+                if (removeClsact)
                 {
                     try
                     {
@@ -161,6 +173,7 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
                     hooks.Attach(pod.IfIndex, TcDirection.Egress, egress!);
                 }
             }
+            clsactUp = hooks?.Mode == AttachMode.Clsact || (clsactUp && !removeClsact);
         });
         async Task Policy(int rules)
         {
@@ -178,11 +191,15 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         {
             try
             {
-                Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
+                if (nftablesUp)
+                {
+                    Ip.Exec("ip", ["netns", "exec", node, "nft", "delete", "table", "inet", "mbbench"], null);
+                }
             }
             catch (InvalidOperationException)
             {
             }
+            nftablesUp = rules > 0;
             if (rules > 0)
             {
                 var file = Path.Combine(Path.GetTempPath(), "mbbench.nft");
@@ -191,35 +208,34 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
                 File.Delete(file); // loaded: the benchmark leaves nothing in /tmp
             }
         }
-        var variants = new List<(string Name, Func<Task> Setup)>
+        void Unhook()
         {
-            ("no hook (no eBPF, no nftables)", () => { Hook(null, null, null); return Task.CompletedTask; }),
-            ("empty program, tcx", () => { Hook(tcx, empty, empty); return Task.CompletedTask; }),
-            ("empty program, clsact", () => { Hook(clsact, empty, empty); return Task.CompletedTask; }),
+            Hook(null, null, null);
+            Nftables(0);
+        }
+        // Each variant: what it needs once (a policy, the routing), then what switches it on; switched off, every variant is
+        // the no-hook baseline (no program, no qdisc, no nftables table), whatever policy the agent holds.
+        var variants = new List<(string Name, Func<Task> Prepare, Action Attach)>
+        {
+            ("empty program, tcx", () => Task.CompletedTask, () => Hook(tcx, empty, empty)),
+            ("empty program, clsact", () => Task.CompletedTask, () => Hook(clsact, empty, empty)),
         };
         // Membrane as the agent runs it by default (tcx, host routing), then the legacy path (every packet forwarded by
         // the node, the destination's policy judged on its veth) and clsact beside it.
-        Func<Task> Membrane(int rules, DeviceHooks hooks, bool hostRouting) => async () =>
+        (string, Func<Task>, Action) Membrane(string name, int rules, DeviceHooks hooks, bool hostRouting) => (name, async () =>
         {
-            Hook(hooks, datapath.FromPod, datapath.ToPod);
             datapath.SetHostRouting(hostRouting);
             await Policy(rules).ConfigureAwait(false);
-        };
+        }, () => Hook(hooks, datapath.FromPod, datapath.ToPod));
         foreach (var rules in new[] { 10, 1000, 5000 })
         {
-            variants.Add(($"Membrane, {rules:N0} rules", Membrane(rules, tcx, hostRouting: true)));
+            variants.Add(Membrane($"Membrane, {rules:N0} rules", rules, tcx, hostRouting: true));
         }
-        variants.Add(("Membrane, 5,000 rules, legacy routing", Membrane(5000, tcx, hostRouting: false)));
-        variants.Add(("Membrane, 5,000 rules, legacy routing, clsact", Membrane(5000, clsact, hostRouting: false)));
+        variants.Add(Membrane("Membrane, 5,000 rules, legacy routing", 5000, tcx, hostRouting: false));
+        variants.Add(Membrane("Membrane, 5,000 rules, legacy routing, clsact", 5000, clsact, hostRouting: false));
         foreach (var rules in new[] { 10, 1000, 5000 })
         {
-            variants.Add(($"nftables, {rules:N0} linear rules", () =>
-            {
-                Hook(null, null, null);
-                Nftables(rules);
-                return Task.CompletedTask;
-            }
-            ));
+            variants.Add(($"nftables, {rules:N0} linear rules", () => Task.CompletedTask, () => Nftables(rules)));
         }
 
         // An iperf3 server in pod b for the TCP measurements (standard tool, no JIT warming up underneath).
@@ -229,27 +245,52 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
         Thread.Sleep(300);
         PingFlood(a.Netns, b.Address, pings);
         Iperf(a.Netns, b.Address, seconds: 1); // warm-up
-        var ping = variants.ToDictionary(v => v.Name, _ => new List<double>());
-        var tcp = variants.ToDictionary(v => v.Name, _ => new List<double>());
+        const string baseline = "no hook (no eBPF, no nftables)";
+        var samples = variants.Select(v => v.Name).Append(baseline).ToDictionary(name => name, _ => new Samples());
         try
         {
             for (var round = 0; round < rounds; round++)
             {
-                // Each round starts one variant later: no variant, the baseline included, always takes the same place in
-                // a round (the first measurement after the previous round's last, or after the warm-up).
-                foreach (var (name, setup) in variants.Skip(round % variants.Count).Concat(variants.Take(round % variants.Count)))
+                // Each round starts one variant later, so that no variant always follows the same one.
+                foreach (var (name, prepare, attach) in variants.Skip(round % variants.Count)
+                    .Concat(variants.Take(round % variants.Count)))
                 {
-                    await setup().ConfigureAwait(false);
-                    ping[name].Add(PingFlood(a.Netns, b.Address, pings));
-                    tcp[name].Add(Iperf(a.Netns, b.Address, TcpSeconds));
-                    if (!name.StartsWith("nftables", StringComparison.Ordinal))
+                    Unhook();
+                    await prepare().ConfigureAwait(false);
+                    // Pairs, each a run switched off beside a run switched on, in alternating order (off-on, on-off): the
+                    // machine's drift and its bursts fall on both sides of a pair alike.
+                    double Measure(bool on, Func<double> run)
                     {
-                        continue;
+                        if (on)
+                        {
+                            attach();
+                        }
+                        else
+                        {
+                            Unhook();
+                        }
+                        return run();
                     }
-                    Nftables(0);
+                    for (var pair = 0; pair < PairsPerRound; pair++)
+                    {
+                        var onFirst = pair % 2 == 1;
+                        var first = Measure(onFirst, () => PingFlood(a.Netns, b.Address, pings));
+                        var second = Measure(!onFirst, () => PingFlood(a.Netns, b.Address, pings));
+                        samples[name].AddPing(onFirst ? first : second, onFirst ? second : first);
+                        samples[baseline].AddPing(onFirst ? second : first, onFirst ? second : first);
+                    }
+                    for (var pair = 0; pair < TcpPairsPerRound; pair++)
+                    {
+                        var onFirst = pair % 2 == 1;
+                        var first = Measure(onFirst, () => Iperf(a.Netns, b.Address, TcpSeconds));
+                        var second = Measure(!onFirst, () => Iperf(a.Netns, b.Address, TcpSeconds));
+                        samples[name].AddTcp(onFirst ? first : second, onFirst ? second : first);
+                        samples[baseline].AddTcp(onFirst ? second : first, onFirst ? second : first);
+                    }
+                    Unhook();
                 }
-                Console.Error.WriteLine($"  round {round + 1}/{rounds}: " + string.Join(", ", variants.Skip(1).Select(v =>
-                    $"{v.Name} {ping[v.Name][round] / ping[variants[0].Name][round]:F2}")));
+                Console.Error.WriteLine($"  round {round + 1}/{rounds}: " + string.Join(", ", variants.Select(v =>
+                    $"{v.Name} {Median(samples[v.Name].PingRatios):F2}")));
             }
         }
         finally
@@ -260,16 +301,55 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
             Hook(datapath.Hooks, datapath.FromPod, datapath.ToPod);
             datapath.SetHostRouting(_agent.Options.HostRouting == HostRouting.Bpf);
         }
-        var baseline = variants[0].Name;
-        ThroughputResult Result(string name)
+        return samples.Keys.Where(k => k == baseline).Concat(variants.Select(v => v.Name)).Select(name =>
         {
-            var pingRatios = ping[name].Zip(ping[baseline], (v, b) => v / b).ToList();
-            var tcpRatios = tcp[name].Zip(tcp[baseline], (v, b) => v / b).ToList();
-            // Spread: half the range of the same-round ratios — how far apart the rounds' answers lie.
-            return new ThroughputResult(name, Median(ping[name]), Median(pingRatios), Median(tcp[name]), Median(tcpRatios),
-                (pingRatios.Max() - pingRatios.Min()) / 2, (tcpRatios.Max() - tcpRatios.Min()) / 2);
+            var s = samples[name];
+            return new ThroughputResult(name, Median(s.Ping), Median(s.PingRatios), MedianInterval(s.PingRatios), Median(s.Tcp),
+                Median(s.TcpRatios), MedianInterval(s.TcpRatios));
+        }).ToList();
+    }
+
+    /// <summary>Ping-flood pairs per variant and round.</summary>
+    public const int PairsPerRound = 14;
+
+    /// <summary>TCP pairs per variant and round: off-on, then on-off.</summary>
+    public const int TcpPairsPerRound = 2;
+
+    /// <summary>Echo requests per ping-flood run: about 0.1 s, short enough for both runs of a pair to see the same machine.</summary>
+    public const int PingsPerRun = 5_000;
+
+    /// <summary>A variant's runs and, pair by pair, their ratios to the no-hook run beside them.</summary>
+    private sealed class Samples
+    {
+        public List<double> Ping { get; } = [];
+        public List<double> PingRatios { get; } = [];
+        public List<double> Tcp { get; } = [];
+        public List<double> TcpRatios { get; } = [];
+
+        public void AddPing(double on, double off)
+        {
+            Ping.Add(on);
+            PingRatios.Add(on / off);
         }
-        return variants.Select(v => Result(v.Name)).ToList();
+
+        public void AddTcp(double on, double off)
+        {
+            Tcp.Add(on);
+            TcpRatios.Add(on / off);
+        }
+    }
+
+    /// <summary>
+    /// The 95 % confidence interval of a median, free of any assumption about the distribution: the order statistics
+    /// n/2 ∓ 1.96·√n/2 (the binomial's normal approximation).
+    /// </summary>
+    public static Interval MedianInterval(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        var half = 1.96 * Math.Sqrt(sorted.Length) / 2;
+        var low = (int)Math.Floor(sorted.Length / 2.0 - half);
+        var high = (int)Math.Ceiling(sorted.Length / 2.0 + half);
+        return new Interval(sorted[Math.Clamp(low, 0, sorted.Length - 1)], sorted[Math.Clamp(high, 0, sorted.Length - 1)]);
     }
 
     [GeneratedRegex(@"(\d+) received.*time (\d+)ms")]
