@@ -297,9 +297,7 @@ public static class ClusterBenchmark
             {
                 serverNetns.AddRange([plain.WebNetns(plain.SameNodeWeb), plain.WebNetns(plain.CrossNodeWeb)]);
             }
-            var servers = serverNetns.Select(n => Process.Start(new ProcessStartInfo("ip", ["netns", "exec", n, "iperf3", "-s",
-                "-p", "5201"])
-            { RedirectStandardOutput = true, RedirectStandardError = true })!).ToList();
+            var servers = serverNetns.Select(SandboxBenchmark.IperfServer).ToList();
             try
             {
                 var (bpf, legacy, none) = (new Samples(), new Samples(), new Samples());
