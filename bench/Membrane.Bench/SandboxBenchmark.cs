@@ -263,6 +263,18 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
                     PingFlood(a.Netns, b.Address, pings);
                     // Pairs, each a run switched off beside a run switched on, in alternating order (off-on, on-off): the
                     // machine's drift and its bursts fall on both sides of a pair alike.
+                    void Pairs(int count, Func<double> run, Action<Samples, double, double> add)
+                    {
+                        for (var pair = 0; pair < count; pair++)
+                        {
+                            var onFirst = pair % 2 == 1;
+                            var first = Measure(onFirst, run);
+                            var second = Measure(!onFirst, run);
+                            var (on, off) = onFirst ? (first, second) : (second, first);
+                            add(samples[name], on, off);
+                            add(samples[baseline], off, off);
+                        }
+                    }
                     double Measure(bool on, Func<double> run)
                     {
                         if (on)
@@ -275,22 +287,8 @@ public sealed partial class SandboxBenchmark : IAsyncDisposable
                         }
                         return run();
                     }
-                    for (var pair = 0; pair < PairsPerRound; pair++)
-                    {
-                        var onFirst = pair % 2 == 1;
-                        var first = Measure(onFirst, () => PingFlood(a.Netns, b.Address, pings));
-                        var second = Measure(!onFirst, () => PingFlood(a.Netns, b.Address, pings));
-                        samples[name].AddPing(onFirst ? first : second, onFirst ? second : first);
-                        samples[baseline].AddPing(onFirst ? second : first, onFirst ? second : first);
-                    }
-                    for (var pair = 0; pair < TcpPairsPerRound; pair++)
-                    {
-                        var onFirst = pair % 2 == 1;
-                        var first = Measure(onFirst, () => Iperf(a.Netns, b.Address, TcpSeconds));
-                        var second = Measure(!onFirst, () => Iperf(a.Netns, b.Address, TcpSeconds));
-                        samples[name].AddTcp(onFirst ? first : second, onFirst ? second : first);
-                        samples[baseline].AddTcp(onFirst ? second : first, onFirst ? second : first);
-                    }
+                    Pairs(PairsPerRound, () => PingFlood(a.Netns, b.Address, pings), (s, on, off) => s.AddPing(on, off));
+                    Pairs(TcpPairsPerRound, () => Iperf(a.Netns, b.Address, TcpSeconds), (s, on, off) => s.AddTcp(on, off));
                     Unhook();
                 }
                 Console.Error.WriteLine($"  round {round + 1}/{rounds}: " + string.Join(", ", variants.Select(v =>
