@@ -172,5 +172,10 @@ public sealed partial class BtfLayoutTests
             Assert.Equal(value, (long)Enum.Parse<TraceReason>(Normalise(name["TRACE_".Length..]), ignoreCase: true));
         }
         Assert.Equal(enums["trace_reason"].Count, Enum.GetValues<TraceReason>().Length);
+        foreach (var (name, value) in enums["tunnel_wire"])
+        {
+            Assert.Equal(value, (long)Enum.Parse<WireTunnel>(Normalise(name["TUNNEL_".Length..]), ignoreCase: true));
+        }
+        Assert.Equal(enums["tunnel_wire"].Count, Enum.GetValues<WireTunnel>().Length);
     }
 }

@@ -333,58 +333,6 @@ public sealed class HostRoutingTests : IDisposable
 
     private static IPAddress RemotePod(bool v6) => IPAddress.Parse(v6 ? "fd00:99::7" : "10.99.0.7");
 
-    [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void AnotherNodesPodIsSentIntoTheTunnelDeviceOneHopOn(bool v6)
-    {
-        UseTunnel();
-        var sent = ToGateway(Frame(Addresses(v6).Client, RemotePod(v6), Tcp, TcpSegment(40000, 80)));
-        var result = Send(sent);
-
-        Assert.Equal(BpfProgram.TcActRedirect, result.ReturnValue);
-        var output = result.Output.ToArray();
-        Assert.Equal(new byte[] { 0x02, 0x6d, 192, 0, 2, 2 }, output[..6]); // the receiving node's tunnel device
-        Assert.Equal(TunnelMac, output[6..12]);
-        Assert.Equal(63, output[v6 ? 14 + 7 : 14 + 8]);
-        if (!v6)
-        {
-            Assert.Equal(Ipv4Checksum(output.AsSpan(14, 20)), BinaryPrimitives.ReadUInt16BigEndian(output.AsSpan(24)));
-        }
-        // No destination of this node judged it: its node will.
-        Assert.DoesNotContain(_h.Datapath.Conntrack.Entries(), e => e.Key.IfIndex == Destination);
-    }
-
-    public static TheoryData<string, Func<byte[], byte[]>> TunnelStackPaths => new()
-    {
-        { "TTL 1: the node answers time exceeded", f => HopLimit(f, 1) },
-        { "a frame not addressed to the gateway", f => { f[0] = 0x02; return f; } },
-        { "larger than the tunnel's MTU: the node answers fragmentation needed", f => f },
-    };
-
-    [Theory]
-    [MemberData(nameof(TunnelStackPaths))]
-    public void WhatTheNodeMustSeeOfTunnelTrafficTakesTheStack(string name, Func<byte[], byte[]> change)
-    {
-        ArgumentNullException.ThrowIfNull(change);
-        UseTunnel();
-        var payload = name.StartsWith("larger", StringComparison.Ordinal) ? 1600 : 0;
-        var frame = change(ToGateway(Frame(Addresses(false).Client, RemotePod(false), Tcp, TcpSegment(40000, 80, TcpAck, payload))));
-        Assert.True(Send(frame).ReturnValue == BpfProgram.TcActOk, name);
-    }
-
-    [Fact]
-    public void TunnelTrafficWithoutATunnelDeviceOrOnTheLegacyPathTakesTheStack()
-    {
-        _h.Datapath.Tunnels.Sync([(IPNetwork.Parse("10.99.0.0/16"), IPAddress.Parse("192.0.2.2"))]);
-        byte[] Segment() => ToGateway(Frame(Addresses(false).Client, RemotePod(false), Tcp, TcpSegment(40000, 80)));
-        Assert.Equal(BpfProgram.TcActOk, Send(Segment()).ReturnValue); // no tunnel device known
-        _h.Datapath.SetTunnelDevice(Destination, TunnelMac);
-        Assert.Equal(BpfProgram.TcActRedirect, Send(Segment()).ReturnValue);
-        _h.Datapath.SetHostRouting(false);
-        Assert.Equal(BpfProgram.TcActOk, Send(Segment()).ReturnValue);
-    }
-
     [Fact]
     public void AHostilePodsForgedOrDeniedTunnelTrafficNeverReachesTheTunnel()
     {

@@ -147,7 +147,8 @@ public sealed class AgentQueries(
         }
         var egress = source is null ? $"{from}'s egress on its own node" : $"{from}'s egress at from_pod on {source.HostInterface}";
         var underlay = options.RoutingMode == RoutingMode.Native ? Sandbox.UnderlayNetwork.NodeDevice
-            : Sandbox.UnderlayNetwork.TunnelDevice;
+            : $"{Sandbox.UnderlayNetwork.NodeDevice}, which unwraps the tunnel's packets itself, or on " +
+                $"{Sandbox.UnderlayNetwork.TunnelDevice} for those the kernel's device unwraps";
         var ingress = destination is null ? $"{to}'s ingress on its own node"
             : source is null && datapath.HostRouting && options.UnderlayAddress is not null
                 && datapath.LocalDelivery.IfIndexes().Contains((uint)destination.IfIndex)

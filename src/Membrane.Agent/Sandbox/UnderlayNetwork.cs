@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Text.Json;
 using Membrane.Datapath;
 using Membrane.Datapath.Ebpf;
+using Membrane.Datapath.Maps;
 using Membrane.Kvstore;
 
 namespace Membrane.Agent.Sandbox;
@@ -18,7 +19,7 @@ public sealed class UnderlayNetwork(AgentOptions options)
     public const string NodeDevice = "mbul";
     public const string TunnelDevice = "mbvx";
     public const string Bridge = "mbul0";
-    public const int TunnelPort = 8472;
+    public const int TunnelPort = (int)WireTunnel.UdpPort;
     public const string RouteProtocol = "250";
 
     /// <summary>
@@ -79,22 +80,20 @@ public sealed class UnderlayNetwork(AgentOptions options)
             $"addr replace {IPv6Of(address)}/{96 + options.UnderlayPrefixLength} dev {NodeDevice} nodad",
             $"link set {NodeDevice} up",
         ]);
-        if (options.RoutingMode == RoutingMode.Native)
+        // Other nodes' packets for this node's pods are delivered from here (host routing; in tunnel mode unwrapped here
+        // first); detached otherwise.
+        var device = IfIndex(_node, NodeDevice)!.Value;
+        NetworkNamespace.Run(_node, () =>
         {
-            // Other nodes' packets for this node's pods are delivered from here (host routing); detached otherwise.
-            var device = IfIndex(_node, NodeDevice)!.Value;
-            NetworkNamespace.Run(_node, () =>
+            if (options.HostRouting == HostRouting.Bpf)
             {
-                if (options.HostRouting == HostRouting.Bpf)
-                {
-                    datapath.Hooks.Attach(device, TcDirection.Ingress, datapath.FromUnderlay);
-                }
-                else
-                {
-                    datapath.Hooks.Detach(device, TcDirection.Ingress);
-                }
-            });
-        }
+                datapath.Hooks.Attach(device, TcDirection.Ingress, datapath.FromUnderlay);
+            }
+            else
+            {
+                datapath.Hooks.Detach(device, TcDirection.Ingress);
+            }
+        });
         if (options.RoutingMode == RoutingMode.Tunnel)
         {
             if (IfIndex(_node, TunnelDevice) is null)

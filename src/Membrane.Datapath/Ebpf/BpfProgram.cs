@@ -9,6 +9,12 @@ public sealed record VerifierStats(string Program, int ProcessedInstructions, in
 /// <summary>The result of one BPF_PROG_TEST_RUN: the verdict, the time per run and the packet as the program left it.</summary>
 public readonly record struct TestRunResult(uint ReturnValue, uint DurationNs, ReadOnlyMemory<byte> Output);
 
+/// <summary>
+/// The skb fields a test run may set (BPF_PROG_TEST_RUN takes these from a <c>struct __sk_buff</c>): the mark, the
+/// device the packet came in on (as <c>bpf_fib_lookup</c> sees it), and segmentation offload.
+/// </summary>
+public readonly record struct TestRunContext(uint Mark = 0, uint IngressIfIndex = 0, uint GsoSize = 0, uint GsoSegments = 0);
+
 /// <summary>A loaded program: its fd, verifier statistics, test runs and tc attachment.</summary>
 public sealed unsafe class BpfProgram
 {
@@ -51,14 +57,21 @@ public sealed unsafe class BpfProgram
     public TestRunResult TestRun(ReadOnlySpan<byte> packet, int repeat = 1) => TestRun(packet, mark: 0, repeat);
 
     /// <summary>Runs the program on one packet that carries <paramref name="mark"/> (the skb's mark, as tc sees it).</summary>
-    public TestRunResult TestRun(ReadOnlySpan<byte> packet, uint mark, int repeat = 1)
+    public TestRunResult TestRun(ReadOnlySpan<byte> packet, uint mark, int repeat = 1) => TestRun(packet, new TestRunContext(mark), repeat);
+
+    /// <summary>Runs the program on one packet whose skb carries <paramref name="context"/>.</summary>
+    public TestRunResult TestRun(ReadOnlySpan<byte> packet, TestRunContext context, int repeat = 1)
     {
         var output = new byte[Math.Max(packet.Length + 256, 512)];
-        // struct __sk_buff up to and including mark (len, pkt_type, mark): the kernel takes a shorter context.
-        var context = stackalloc uint[3];
-        context[0] = 0;
-        context[1] = 0;
-        context[2] = mark;
+        // struct __sk_buff by 32-bit words (offsets of linux/bpf.h): mark 8, ingress_ifindex 36, gso_segs 164,
+        // gso_size 176. Only as long as needed: up to the mark when that is all, the whole struct (192) otherwise.
+        var words = stackalloc uint[48];
+        new Span<uint>(words, 48).Clear();
+        words[2] = context.Mark;
+        words[9] = context.IngressIfIndex;
+        words[41] = context.GsoSegments;
+        words[44] = context.GsoSize;
+        var size = context with { Mark = 0 } == default ? context.Mark == 0 ? 0u : 12u : 192u;
         using var fd = _fd.Borrow();
         fixed (byte* data = packet)
         fixed (byte* outData = output)
@@ -70,8 +83,8 @@ public sealed unsafe class BpfProgram
                 DataSizeIn = (uint)packet.Length,
                 DataOut = outData,
                 DataSizeOut = (uint)output.Length,
-                ContextIn = mark == 0 ? null : context,
-                ContextSizeIn = mark == 0 ? 0u : 12u,
+                ContextIn = size == 0 ? null : words,
+                ContextSizeIn = size,
                 Repeat = repeat,
             };
             BpfException.Check(LibBpf.ProgramTestRun(fd.Fd, &options), $"test run of {Name}");

@@ -21,6 +21,15 @@ public enum WireMatchKind : byte
     Icmp = 5,
 }
 
+/// <summary>
+/// The tunnel's wire constants (<c>enum tunnel_wire</c>, bpf/vxlan.h): the programs build and take apart the same VXLAN
+/// frames as the node's tunnel device, which the agent creates with this port.
+/// </summary>
+public enum WireTunnel
+{
+    UdpPort = 8472,
+}
+
 /// <summary>How the wire enums read in output.</summary>
 public static class WireNames
 {

@@ -12,6 +12,8 @@
 #include "conntrack.h"
 #include "events.h"
 #include "tunnel.h"
+#include "delivery.h"
+#include "vxlan.h"
 
 /* A datagram's fragments as the receiver reassembles them: by addresses and identifier, and for IPv4 the protocol.
  * Not for IPv6: a first fragment's protocol is the one after the whole header chain, a later fragment's the fragment
@@ -157,47 +159,6 @@ static __always_inline int handle(struct __sk_buff *skb, struct flow *f, __u8 di
 	return dir == DIR_EGRESS ? judge_egress(skb, f) : judge_ingress(skb, f);
 }
 
-/* The pod of this node a packet is addressed to, if any. */
-static __always_inline struct local_value *local_destination(const struct flow *f)
-{
-	if (f->family == 4) {
-		__u32 addr = f->daddr[0];
-		return bpf_map_lookup_elem(&mb_local4, &addr);
-	}
-	struct local6_key k;
-	__builtin_memcpy(k.addr, f->daddr, sizeof(k.addr));
-	return bpf_map_lookup_elem(&mb_local6, &k);
-}
-
-#define DELIVERY_HEADERS (ETH_HLEN_M + 20) /* Ethernet and as far as the IPv4 checksum (IPv6's hop limit is before) */
-
-/* What the node's forwarding would do to the frame: the gateway's and the pod's MAC addresses, the hop limit the
- * destination was judged with (the IPv4 checksum updated for the TTL's decrement, RFC 1624). Direct writes: helper calls here cost a delivered packet more
- * than its conntrack lookup. */
-static __always_inline int rewrite_for_delivery(struct __sk_buff *skb, const struct flow *f, const __u8 *macs)
-{
-	void *data = skb_data(skb), *end = skb_data_end(skb);
-	if (data + DELIVERY_HEADERS > end) {
-		if (bpf_skb_pull_data(skb, DELIVERY_HEADERS))
-			return -1;
-		data = skb_data(skb);
-		end = skb_data_end(skb);
-		if (data + DELIVERY_HEADERS > end)
-			return -1;
-	}
-	__builtin_memcpy(data, macs, 12);
-	__u8 left = f->hop_limit; /* already one less: the hop the node would have taken */
-	if (f->family == 6) {
-		*(__u8 *)(data + ETH_HLEN_M + 7) = left;
-		return 0;
-	}
-	*(__u8 *)(data + ETH_HLEN_M + 8) = left;
-	__u16 *check = data + ETH_HLEN_M + 10;
-	__u32 sum = (__u32)*check + bpf_htons(0x0100);
-	*check = (__u16)(sum + (sum >= 0xffff));
-	return 0;
-}
-
 /* Host routing: a packet the pod's egress policy let through, for another pod of this node, is judged by that pod's
  * ingress policy here (as to_pod would: same entries, conntrack, audit mode, events and counters) and handed
  * straight into its namespace, past the node's forwarding and the destination veth's transmit path (and to_pod).
@@ -214,16 +175,17 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 	struct local_value *to = local_destination(f);
 	if (!to)
 		return NOT_LOCAL;
-	if (to->ifindex == f->endpoint)
-		return TC_ACT_OK;
+	/* Copied at once: with either family's map pointer live, the verifier would walk all that follows twice. */
 	__u32 target = to->ifindex;
+	__u8 macs[12];
+	__builtin_memcpy(macs, to->mac, sizeof(macs));
+	if (target == f->endpoint)
+		return TC_ACT_OK;
 	/* Larger than the destination's link takes: the node's forwarding answers with fragmentation needed / packet too
 	 * big (the kernel's own check, segments of a GSO packet included). */
 	__u32 mtu_len = 0;
 	if (bpf_check_mtu(skb, target, &mtu_len, 0, 0))
 		return TC_ACT_OK;
-	__u8 macs[12];
-	__builtin_memcpy(macs, to->mac, sizeof(macs));
 	/* The destination's policy judges the packet as it will arrive: one hop less. A hop limit of 255 towards a pod
 	 * proves the node sent it (neighbour discovery); a pod's 255 must not prove that by skipping the node. */
 	__u32 source = f->endpoint;
@@ -238,7 +200,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 		if (f->peer == PEER_CHECK_MARK)
 			ct_mark_peer(f, source, f->generation);
 	}
-	if (rewrite_for_delivery(skb, f, macs))
+	if (rewrite_for_delivery(skb, f, macs, 0))
 		return drop(skb, f, DIR_INGRESS, REASON_MALFORMED, 0, 0);
 	count(&mb_stats, STAT_FORWARD_INGRESS, skb->len);
 	return bpf_redirect_peer(target, 0);
@@ -250,47 +212,42 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
  * nftables, NAT).
  * Native routing: by the kernel's FIB towards that node (the next hop's MAC). A next hop whose neighbour entry is not
  * resolved, or a packet larger than the route's MTU, takes the stack, which resolves it or answers the sender.
- * Tunnel mode: into the node's tunnel device, addressed to the receiving tunnel device; to_tunnel, on its egress, adds
- * the tunnel key as for every packet the stack routes there. A packet larger than the tunnel's MTU takes the stack.
+ * Tunnel mode: wrapped in VXLAN here and sent from the underlay device (encapsulate); what cannot be wrapped here
+ * takes the stack into the tunnel device, whose to_tunnel sends it alike.
  * A global function: verified once, on its own (from_pod's budget). */
 __attribute__((noinline)) int forward_to_node(struct __sk_buff *skb, struct flow *f)
 {
 	__u32 zero = 0;
 	struct config *config = bpf_map_lookup_elem(&mb_config, &zero);
-	struct tunnel_value *route = f && config ? tunnel_route(f) : 0;
+	__u64 route = f && config ? tunnel_route_of(f) : 0;
 	if (!route)
 		return TC_ACT_OK;
-	__u8 macs[12] = { 0x02, 0x6d };
-	__u32 out;
-	if (!(route->flags & ROUTE_NATIVE)) {
-		out = config->tunnel_ifindex;
-		__u32 mtu_len = 0;
-		if (!out || bpf_check_mtu(skb, out, &mtu_len, 0, 0))
-			return TC_ACT_OK;
-		__builtin_memcpy(&macs[2], &route->node, 4); /* UnderlayNetwork.TunnelMac */
-		__builtin_memcpy(&macs[6], config->tunnel_mac, 6);
-	} else {
-		struct bpf_fib_lookup fib = { .ifindex = skb->ingress_ifindex };
-		if (f->family == 4) {
-			fib.family = 2; /* AF_INET */
-			fib.ipv4_src = f->saddr[0];
-			fib.ipv4_dst = f->daddr[0];
-		} else {
-			fib.family = 10; /* AF_INET6 */
-			__builtin_memcpy(fib.ipv6_src, f->saddr, sizeof(fib.ipv6_src));
-			__builtin_memcpy(fib.ipv6_dst, f->daddr, sizeof(fib.ipv6_dst));
-		}
-		/* tot_len 0: the kernel checks the packet itself against the route's device (GSO segments included). */
-		if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
-			return TC_ACT_OK;
-		__builtin_memcpy(macs, fib.dmac, 6);
-		__builtin_memcpy(&macs[6], fib.smac, 6);
-		out = fib.ifindex;
+	if (!((route >> 32) & ROUTE_NATIVE)) {
+		int out = encapsulate(skb, f, (__be32)route, config);
+		if (out == ENCAPSULATE_FAILED)
+			return drop(skb, f, DIR_EGRESS, REASON_TUNNEL, 0, 0);
+		return out == ENCAPSULATE_LEFT_TO_STACK ? TC_ACT_OK : bpf_redirect(out, 0);
 	}
-	f->hop_limit--;
-	if (rewrite_for_delivery(skb, f, macs))
+	struct bpf_fib_lookup fib = { .ifindex = skb->ingress_ifindex };
+	if (f->family == 4) {
+		fib.family = 2; /* AF_INET */
+		fib.ipv4_src = f->saddr[0];
+		fib.ipv4_dst = f->daddr[0];
+	} else {
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_src, f->saddr, sizeof(fib.ipv6_src));
+		__builtin_memcpy(fib.ipv6_dst, f->daddr, sizeof(fib.ipv6_dst));
+	}
+	/* tot_len 0: the kernel checks the packet itself against the route's device (GSO segments included). */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_OK;
-	return bpf_redirect(out, 0);
+	__u8 macs[12];
+	__builtin_memcpy(macs, fib.dmac, 6);
+	__builtin_memcpy(&macs[6], fib.smac, 6);
+	f->hop_limit--;
+	if (rewrite_for_delivery(skb, f, macs, 0))
+		return TC_ACT_OK;
+	return bpf_redirect(fib.ifindex, 0);
 }
 
 SEC("tc")
@@ -299,15 +256,16 @@ int from_pod(struct __sk_buff *skb)
 	struct flow f = {};
 	__u32 zero = 0;
 	struct config *config = bpf_map_lookup_elem(&mb_config, &zero);
-	__u32 flags = config ? config->flags : 0;
 	/* The peer shortcut (enum peer_check) only with host routing, and not while every packet is to be reported. */
-	if (config && (flags & CONFIG_HOST_ROUTING) && !(flags & CONFIG_TRACE_EVENTS))
+	if (config && (config->flags & CONFIG_HOST_ROUTING) && !(config->flags & CONFIG_TRACE_EVENTS))
 		f.generation = (__u8)config->generation;
 	int verdict = handle(skb, &f, DIR_EGRESS);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	count(&mb_stats, STAT_FORWARD_EGRESS, skb->len);
-	if (!(flags & CONFIG_HOST_ROUTING))
+	/* The flags read again, not kept in a register across the verdict: the verifier would walk the whole verdict
+	 * twice, once with host routing and once without. */
+	if (!config || !(*(volatile __u32 *)&config->flags & CONFIG_HOST_ROUTING))
 		return TC_ACT_OK;
 	verdict = deliver_local(skb, &f);
 	if (verdict != NOT_LOCAL)
@@ -315,12 +273,13 @@ int from_pod(struct __sk_buff *skb)
 	return forward_to_node(skb, &f);
 }
 
-/* What other nodes send, on the node's underlay device (native routing) and on its tunnel device (tunnel mode), tc
- * ingress. Through the tunnel, the sender's identity is believed only from a known node's address (no node may claim
- * to be this node's host); it reaches the destination's ingress check, here or in to_pod, in the mark. With host
- * routing, a packet for a pod of this node is judged by that pod's ingress policy here and handed into its namespace,
- * as deliver_local does for a sender on this node. Whatever it does not deliver goes on to the node's stack (and
- * to_pod) unchanged. */
+/* What other nodes send, on the node's underlay device (native routing; tunnel mode with host routing) and on its
+ * tunnel device (tunnel mode), tc ingress. Through the tunnel, the sender's identity is believed only from a known
+ * node's address (no node may claim to be this node's host); it reaches the destination's ingress check, here or in
+ * to_pod, in the mark. With host routing, a packet for a pod of this node is judged by that pod's ingress policy here
+ * and handed into its namespace, as deliver_local does for a sender on this node; in tunnel mode the underlay device
+ * unwraps what it can deliver so (receive_tunnelled) and leaves the rest to the tunnel device. Whatever it does not
+ * deliver goes on to the node's stack (and to_pod), unchanged or, once unwrapped, with its identity in the mark. */
 SEC("tc")
 int from_underlay(struct __sk_buff *skb)
 {
@@ -336,12 +295,17 @@ int from_underlay(struct __sk_buff *skb)
 			tunnel_addresses(skb, &f); /* for the drop event only */
 			return drop(skb, &f, DIR_INGRESS, REASON_TUNNEL, 0, 0);
 		}
-		__u32 identity = key.tunnel_id & TUNNEL_IDENTITY_MASK;
-		skb->mark = MARK_TUNNEL_MAGIC |
-			    (identity == IDENTITY_ANY || identity == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : identity);
+		skb->mark = tunnel_mark(key.tunnel_id);
 	}
 	if (!config || !(config->flags & CONFIG_HOST_ROUTING))
 		return TC_ACT_OK;
+	if (!keyed && config->tunnel_ifindex) {
+		int received = receive_tunnelled(skb);
+		if (received == NOT_TUNNELLED)
+			return TC_ACT_OK;
+		if (received == DECAPSULATE_FAILED)
+			return drop(skb, &f, DIR_INGRESS, REASON_TUNNEL, 0, 0);
+	}
 	if (parse_packet(skb, &f) != PARSE_OK)
 		return TC_ACT_OK;
 	int verdict = deliver_local(skb, &f);
@@ -396,9 +360,9 @@ __attribute__((noinline)) int btf_layout_anchor(struct event *e, enum drop_reaso
 	return e ? (int)r + (int)t + (int)k + (int)d : 0;
 }
 
-__attribute__((noinline)) int btf_layout_anchor_trace(enum trace_reason c)
+__attribute__((noinline)) int btf_layout_anchor_trace(enum trace_reason c, enum tunnel_wire w)
 {
-	return (int)c;
+	return (int)c + (int)w;
 }
 
 /* The conntrack and fragment keys reach the maps' BTF only through the inner-map templates, where clang would leave them as

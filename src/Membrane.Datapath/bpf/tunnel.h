@@ -90,6 +90,17 @@ static __always_inline struct tunnel_value *tunnel_route(const struct flow *f)
 	return bpf_map_lookup_elem(&mb_tunnel6, &k);
 }
 
+#define ROUTE_FOUND 0x80000000 /* tunnel_route_of: a node hosts the destination */
+
+/* tunnel_route by value, as a global function verified once: the node's address (low half) and the route's flags with
+ * ROUTE_FOUND (high half), or 0. With either family's map pointer live in its caller, the verifier would walk all that
+ * follows the lookup twice. */
+__attribute__((noinline)) __u64 tunnel_route_of(const struct flow *f)
+{
+	struct tunnel_value *route = f ? tunnel_route(f) : 0;
+	return route ? (__u64)(route->flags | ROUTE_FOUND) << 32 | route->node : 0;
+}
+
 /* The identity a node may send: this node itself is a remote node to the others; reserved and CIDR identities
  * do not travel. */
 static __always_inline __u32 tunnel_identity(__u32 identity)
@@ -97,6 +108,13 @@ static __always_inline __u32 tunnel_identity(__u32 identity)
 	if (identity == IDENTITY_HOST || identity == IDENTITY_REMOTE_NODE)
 		return IDENTITY_REMOTE_NODE;
 	return is_pod_identity(identity) ? identity : IDENTITY_WORLD;
+}
+
+/* The mark for an identity a known node sent: no node can claim to be this node's host. */
+static __always_inline __u32 tunnel_mark(__u32 identity)
+{
+	identity &= TUNNEL_IDENTITY_MASK;
+	return MARK_TUNNEL_MAGIC | (identity == IDENTITY_ANY || identity == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : identity);
 }
 
 /* The identity a mark carries from from_underlay, or 0 when it carries none. */
