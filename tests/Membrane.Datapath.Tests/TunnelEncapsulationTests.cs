@@ -12,16 +12,12 @@ namespace Membrane.Datapath.Tests;
 /// <summary>
 /// Tunnel mode with host routing: from_pod wraps a packet for another node's pod in VXLAN itself and sends it from the
 /// underlay device; the receiving node's from_underlay unwraps what it can deliver to its own pods. The test runs happen
-/// in a namespace of their own, where the FIB knows an underlay (192.0.2.1/24 on <c>ul0</c>, the other node 192.0.2.2
-/// behind a permanent neighbour entry), a stand-in tunnel device (<c>vx0</c>, MTU 1450) and a pod's host-side veth
-/// (<c>pod0</c>); the sender is the endpoint at ifindex 1 (the namespace's loopback) as in every test run.
+/// in a namespace where the FIB knows an underlay (<see cref="UnderlayFib"/>).
 /// </summary>
 public sealed class TunnelEncapsulationTests : IDisposable
 {
-    private const string Namespace = "mbdp-vxlan";
-    private static readonly IPAddress ThisNode = IPAddress.Parse("192.0.2.1");
-    private static readonly IPAddress OtherNode = IPAddress.Parse("192.0.2.2");
-    private static readonly byte[] OtherNodeMac = [0x02, 0, 0, 0, 0, 0x02];
+    private static readonly IPAddress ThisNode = UnderlayFib.ThisNode;
+    private static readonly IPAddress OtherNode = UnderlayFib.OtherNode;
     private static readonly byte[] TunnelMac = [0x02, 0x6d, 192, 0, 2, 1];
     private static readonly PhysicalAddress PodMac = PhysicalAddress.Parse("02-AA-00-00-00-07");
     private static readonly PhysicalAddress GatewayMac = PhysicalAddress.Parse("02-BB-00-00-00-07");
@@ -37,49 +33,26 @@ public sealed class TunnelEncapsulationTests : IDisposable
         """;
 
     private readonly DatapathHarness _h = new();
-    private readonly uint _pod;
-    private readonly uint _tunnel;
+    private readonly UnderlayFib _fib = new("mbdp-vxlan");
 
     public TunnelEncapsulationTests()
     {
-        if (NetworkNamespace.Exists(Namespace))
-        {
-            Ip.Run("netns", "delete", Namespace);
-        }
-        Ip.Run("netns", "add", Namespace);
-        Ip.Batch(Namespace,
-        [
-            "link set lo up",
-            "link add ul0 type veth peer name ul1",
-            "link add vx0 mtu 1450 type veth peer name vx1",
-            "link add pod0 type veth peer name pod1",
-            "link set ul0 up", "link set ul1 up", "link set vx0 up", "link set vx1 up", "link set pod0 up", "link set pod1 up",
-            $"addr add {ThisNode}/24 dev ul0",
-            $"neigh replace {OtherNode} lladdr 02:00:00:00:00:02 dev ul0 nud permanent",
-        ]);
-        Ip.Exec("ip", ["netns", "exec", Namespace, "sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"], null);
-        (_pod, _tunnel) = NetworkNamespace.Run(Namespace, () => (IfIndex("pod0"), IfIndex("vx0")));
-
         _h.Use(Cnp("p", "a", ServerPolicy), "b/client");
-        _h.Policy.Sync(_pod, _h.Engine.Resolve("a/server").State);
-        _h.Datapath.Endpoints.Set(_pod, _h.Engine.FindEndpoint("a/server")!.Addresses);
-        _h.Datapath.LocalDelivery.Set(_pod, _h.Engine.FindEndpoint("a/server")!.Addresses, new DeliveryMacs(PodMac, GatewayMac));
+        _h.Policy.Sync(_fib.Pod, _h.Engine.Resolve("a/server").State);
+        _h.Datapath.Endpoints.Set(_fib.Pod, _h.Engine.FindEndpoint("a/server")!.Addresses);
+        _h.Datapath.LocalDelivery.Set(_fib.Pod, _h.Engine.FindEndpoint("a/server")!.Addresses, new DeliveryMacs(PodMac, GatewayMac));
         _h.Datapath.SetHostRouting(true);
-        _h.Datapath.SetTunnelDevice(_tunnel, TunnelMac);
+        _h.Datapath.SetTunnelDevice(_fib.Tunnel, TunnelMac);
         _h.Datapath.Tunnels.Sync([(IPNetwork.Parse("10.99.0.0/16"), OtherNode), (IPNetwork.Parse("fd00:99::/64"), OtherNode)]);
     }
 
     public void Dispose()
     {
         _h.Dispose();
-        Ip.Run("netns", "delete", Namespace);
+        _fib.Dispose();
     }
 
-    private static uint IfIndex(string name) => (uint)NetworkInterface.GetAllNetworkInterfaces().Single(i => i.Name == name)
-        .GetIPProperties().GetIPv4Properties().Index;
-
-    private TestRunResult Run(BpfProgram program, byte[] frame, TestRunContext context) =>
-        NetworkNamespace.Run(Namespace, () => program.TestRun(frame, context));
+    private TestRunResult Run(BpfProgram program, byte[] frame, TestRunContext context) => _fib.Run(() => program.TestRun(frame, context));
 
     /// <summary>A pod's packet as from_pod meets it: addressed to its gateway, come in on the pod's host-side veth.</summary>
     private TestRunResult Send(byte[] frame, uint gsoSize = 0)
@@ -90,7 +63,7 @@ public sealed class TunnelEncapsulationTests : IDisposable
             BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(24), 0);
             BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(24), Checksum(frame.AsSpan(14, 20)));
         }
-        return Run(_h.Datapath.FromPod, frame, new TestRunContext(IngressIfIndex: _pod, GsoSize: gsoSize,
+        return Run(_h.Datapath.FromPod, frame, new TestRunContext(IngressIfIndex: _fib.Pod, GsoSize: gsoSize,
             GsoSegments: gsoSize == 0 ? 0 : 2u));
     }
 
@@ -109,10 +82,8 @@ public sealed class TunnelEncapsulationTests : IDisposable
 
         Assert.Equal(BpfProgram.TcActRedirect, result.ReturnValue);
         var output = result.Output.ToArray();
-        var underlayMac = NetworkNamespace.Run(Namespace, () => NetworkInterface.GetAllNetworkInterfaces().Single(i => i.Name == "ul0")
-            .GetPhysicalAddress().GetAddressBytes());
-        Assert.Equal(OtherNodeMac, output[..6]);
-        Assert.Equal(underlayMac, output[6..12]);
+        Assert.Equal(UnderlayFib.OtherNodeMac, output[..6]);
+        Assert.Equal(_fib.UnderlayMac.GetAddressBytes(), output[6..12]);
         Assert.Equal(0x0800, BinaryPrimitives.ReadUInt16BigEndian(output.AsSpan(12)));
         // Outer IPv4: no options, the whole rest of the frame, DF, UDP, this node to the other, a valid checksum.
         var ip = output.AsSpan(14, 20);
@@ -147,9 +118,9 @@ public sealed class TunnelEncapsulationTests : IDisposable
         byte[] Segment(int payload = 0) => Frame(client, RemotePod(false), Tcp, TcpSegment(40000, 80, TcpAck, payload));
         Assert.Equal(BpfProgram.TcActOk, Send(HopLimit(Segment(), 1)).ReturnValue); // the node answers time exceeded
         Assert.Equal(BpfProgram.TcActOk, Send(Segment(1500)).ReturnValue);          // over the tunnel's MTU: the device answers
-        Ip.Run("-n", Namespace, "neigh", "delete", OtherNode.ToString(), "dev", "ul0");
+        _fib.ForgetNeighbour();
         Assert.Equal(BpfProgram.TcActOk, Send(Segment()).ReturnValue);              // no neighbour yet: the stack resolves it
-        Ip.Run("-n", Namespace, "neigh", "replace", OtherNode.ToString(), "lladdr", "02:00:00:00:00:02", "dev", "ul0", "nud", "permanent");
+        _fib.RestoreNeighbour();
         Assert.Equal(BpfProgram.TcActRedirect, Send(Segment()).ReturnValue);
         _h.Datapath.SetHostRouting(false);
         Assert.Equal(BpfProgram.TcActOk, Send(Segment()).ReturnValue);              // the legacy path: the stack and to_tunnel
@@ -206,7 +177,7 @@ public sealed class TunnelEncapsulationTests : IDisposable
         Assert.Equal(echo[12..14], output[12..14]);
         Assert.Equal(63, output[v6 ? 14 + 7 : 14 + 8]); // one hop on this node
         Assert.Equal(echo[(v6 ? 22 : 34)..], output[(v6 ? 22 : 34)..]);
-        Assert.Contains(_h.Datapath.Conntrack.Entries(), e => e.Key.IfIndex == _pod);
+        Assert.Contains(_h.Datapath.Conntrack.Entries(), e => e.Key.IfIndex == _fib.Pod);
     }
 
     [Fact]
@@ -227,6 +198,9 @@ public sealed class TunnelEncapsulationTests : IDisposable
         var badFlags = Vxlan(OtherNode, Identity("b/client"), Echo());
         badFlags[43] = 1;
         LeftWrapped(badFlags, why: "reserved VXLAN bits set");
+        var elsewhere = Vxlan(OtherNode, Identity("b/client"), Echo());
+        elsewhere[0] = 0x02;
+        LeftWrapped(elsewhere, why: "a frame not addressed to this node");
 
         // The destination's policy judges with the identity the node sent: a deny, and an identity it does not admit.
         var drops = _h.Datapath.DropCounters()[DropReason.PolicyDeny].Packets;

@@ -137,7 +137,7 @@ __attribute__((noinline)) int receive_tunnelled(struct __sk_buff *skb)
 {
 	if (!skb)
 		return NOT_TUNNELLED;
-	if (skb->gso_size)
+	if (skb->gso_size || skb->pkt_type != 0 /* PACKET_HOST: addressed to this node */)
 		return NOT_TUNNELLED;
 	struct vxlan_frame h;
 	if (load(skb, 0, &h, sizeof(h)))
