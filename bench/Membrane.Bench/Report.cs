@@ -378,10 +378,10 @@ public static class Report
             "nodes, with the tunnel programs); a ping flood measures round-trip latency, so it shows the longer path fully, while " +
             "TCP bulk transfer hides it behind its window (and gains from the second node's CPU). With host routing (the default) " +
             "same-node packets skip the node's forwarding, and so do cross-node packets on both nodes (native: sent by the FIB from " +
-            "the pod's hook; tunnel: sent from the pod's hook into the VXLAN device; either way delivered from the receiver's " +
-            "underlay hook); the legacy rows have both nodes forward them. Both rows of a routing mode come from one cluster, in " +
-            "the same rounds: each round measures with host routing, then with the datapath's host-routing flag cleared on every " +
-            "node (the native legacy row still runs the underlay hook, which then passes everything to the stack). The " +
+            "the pod's hook; tunnel: wrapped in VXLAN by the pod's hook and unwrapped by the receiver's; either way delivered from " +
+            "the receiver's underlay hook); the legacy rows have both nodes forward them. Both rows of a routing mode come from " +
+            "one cluster, in the same rounds: each round measures with host routing, then with the datapath's host-routing flag " +
+            "cleared on every node (the native legacy row still runs the underlay hook, which then passes everything to the stack). The " +
             "\"no filtering\" rows are the same shape built without Membrane (three pods, two forwarding node namespaces, the " +
             "bridge; in tunnel mode a VXLAN device of the kernel's own on each node; no eBPF, no nftables), measured in the same " +
             "rounds as that mode's cluster: the ratio the topology itself gives, and what Membrane's cross-node path achieves " +

@@ -118,8 +118,8 @@ public static class AgentCommandLine
         {
             Description = "How packets between pods travel: 'bpf' (the sender's hook judges the destination's ingress policy " +
                 "too and delivers into its namespace; packets for other nodes' pods leave from the hook, by the node's route (native " +
-                "routing) or into the VXLAN device (tunnel), and the receiver's underlay hook delivers them; the nodes' nftables " +
-                "forward hook and tcpdump on " +
+                "routing) or wrapped in VXLAN by the hook itself (tunnel), and the receiver's underlay hook delivers them; the " +
+                "nodes' nftables forward hook and tcpdump on " +
                 "the destination's veth do not see them) or 'legacy' (forwarded by the nodes, judged on the destination's veth)",
             DefaultValueFactory = _ => "bpf",
         }.OneOf(Choices.Of<HostRouting>());
