@@ -49,13 +49,20 @@ public static class ClusterBenchmark
             throughput.AddRange(cluster.Throughput(pings, rounds, plain));
             recovery = await cluster.QuorumRecoveryAsync().ConfigureAwait(false);
         }
-        using (var cluster = Up(2, "tunnel"))
-        {
-            using var plain = PlainTopology.Create(tunnel: true);
-            throughput.AddRange(cluster.Throughput(pings, rounds, plain));
-        }
+        throughput.AddRange(Throughput("tunnel", rounds, pings));
         var (rate, allocated, store) = await StoreAsync().ConfigureAwait(false);
         return new ClusterReport(propagation, rate, allocated, throughput, recovery, Lease, store);
+    }
+
+    /// <summary>
+    /// One routing mode's cross-node throughput alone, on a two-node cluster beside the same shape with no filtering
+    /// (`bench cluster-throughput MODE ROUNDS`: for comparing datapath builds on one machine).
+    /// </summary>
+    public static IReadOnlyList<CrossNodeThroughputResult> Throughput(string routing, int rounds, int pings = SandboxBenchmark.PingsPerRun)
+    {
+        using var cluster = Up(2, routing);
+        using var plain = PlainTopology.Create(tunnel: routing == "tunnel");
+        return cluster.Throughput(pings, rounds, plain);
     }
 
     private static LocalClusterRun Up(int nodes, string routing, string hostRouting = "bpf")

@@ -55,6 +55,14 @@ switch (what)
     case "cluster":
         Console.WriteLine(ClusterBenchmark.Format(await ClusterBenchmark.RunAsync()));
         return 0;
+    case "cluster-throughput":
+        // cluster-throughput native|tunnel [ROUNDS]
+        foreach (var t in ClusterBenchmark.Throughput(args.Length > 1 ? args[1] : "tunnel",
+            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5))
+        {
+            Console.WriteLine(t);
+        }
+        return 0;
     case "report":
         // report [--markdown FILE] [-o json]
         var report = await Report.RunAsync();
