@@ -39,8 +39,29 @@ internal static class LocalProcesses
         }
     }
 
-    internal static bool Alive(int pid) => pid > 0 && File.Exists($"/proc/{pid}/stat")
-        && !File.ReadAllText($"/proc/{pid}/stat").Split(' ')[2].Equals("Z", StringComparison.Ordinal);
+    /// <summary>
+    /// Whether the process runs (a zombie does not). One read: a process that exits between a check for its /proc entry
+    /// and the read is gone, not an error (that race once failed `cluster up` with "could not find file" instead of the
+    /// member's exit). The state follows the command's closing parenthesis: the command may hold spaces.
+    /// </summary>
+    internal static bool Alive(int pid)
+    {
+        if (pid <= 0)
+        {
+            return false;
+        }
+        string stat;
+        try
+        {
+            stat = File.ReadAllText($"/proc/{pid}/stat");
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException)
+        {
+            return false;
+        }
+        var state = stat.LastIndexOf(')') is var end and >= 0 && end + 2 < stat.Length ? stat[end + 2] : 'X';
+        return state is not ('Z' or 'X');
+    }
 
     internal static void Terminate(int pid)
     {
