@@ -183,8 +183,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct flow *f)
 		return TC_ACT_OK;
 	/* Larger than the destination's link takes: the node's forwarding answers with fragmentation needed / packet too
 	 * big (the kernel's own check, segments of a GSO packet included). */
-	__u32 mtu_len = 0;
-	if (bpf_check_mtu(skb, target, &mtu_len, 0, 0))
+	if (!fits_link(skb, target, 0))
 		return TC_ACT_OK;
 	/* The destination's policy judges the packet as it will arrive: one hop less. A hop limit of 255 towards a pod
 	 * proves the node sent it (neighbour discovery); a pod's 255 must not prove that by skipping the node. */

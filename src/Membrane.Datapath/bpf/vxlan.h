@@ -71,8 +71,7 @@ static __always_inline __u16 ipv4_header_checksum(const struct ipv4_hdr *ip)
  * cannot be wrapped in place (a packet already carrying a tunnel's offload state, UDP segmentation offload). */
 static __always_inline int encapsulate(struct __sk_buff *skb, struct flow *f, __be32 node, const struct config *config)
 {
-	__u32 mtu_len = 0;
-	if (!config->tunnel_ifindex || bpf_check_mtu(skb, config->tunnel_ifindex, &mtu_len, 0, 0))
+	if (!config->tunnel_ifindex || !fits_link(skb, config->tunnel_ifindex, 0))
 		return ENCAPSULATE_LEFT_TO_STACK;
 	__u32 inner_len = skb->len;
 	if (inner_len + TUNNEL_OVERHEAD - ETH_HLEN_M > 0xffff) /* a GSO packet whose outer length would not fit */
@@ -118,7 +117,7 @@ static __always_inline int encapsulate(struct __sk_buff *skb, struct flow *f, __
 	__builtin_memcpy(&h.inner, macs, 12);
 	h.inner.proto = inner_proto;
 	f->hop_limit--;
-	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) || rewrite_for_delivery(skb, f, macs, TUNNEL_OVERHEAD))
+	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) || rewrite_for_delivery(skb, f, 0, TUNNEL_OVERHEAD))
 		return ENCAPSULATE_FAILED;
 	return (int)fib.ifindex;
 }
@@ -169,8 +168,7 @@ __attribute__((noinline)) int receive_tunnelled(struct __sk_buff *skb)
 		decap_flags = ADJ_ROOM_DECAP_L3_IPV6;
 	}
 	/* Too big for the pod's link once unwrapped: the tunnel device's path answers as router on the path. */
-	__u32 mtu_len = 0;
-	if (!to || bpf_check_mtu(skb, to->ifindex, &mtu_len, -(__s32)TUNNEL_OVERHEAD, 0))
+	if (!to || !fits_link(skb, to->ifindex, -(__s32)TUNNEL_OVERHEAD))
 		return NOT_TUNNELLED;
 	__be16 inner_proto = h.inner.proto;
 	if (bpf_skb_adjust_room(skb, -(__s32)TUNNEL_OVERHEAD, BPF_ADJ_ROOM_MAC, decap_flags))
