@@ -36,12 +36,15 @@ switch (what)
     case "throughput":
         await using (var sandbox = await SandboxBenchmark.StartAsync())
         {
+            // throughput [ROUNDS] [PINGS] [VARIANT…]: the variants whose names contain one of the words (all without any)
             var rounds = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 3;
-            foreach (var t in await sandbox.ThroughputAsync(pings: SandboxBenchmark.PingsPerRun, rounds))
+            var pings = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : SandboxBenchmark.PingsPerRun;
+            foreach (var t in await sandbox.ThroughputAsync(pings, rounds, args.Skip(3).ToArray()))
             {
                 Console.WriteLine($"{t.Scenario,-46} {t.PingPerSecond,8:N0} {t.PingRatio,6:F3} ({t.PingInterval.Low:F3}–" +
                     $"{t.PingInterval.High:F3}) {t.TcpMegabytesPerSecond,7:N0} {t.TcpRatio,6:F3} " +
-                    $"({t.TcpInterval.Low:F3}–{t.TcpInterval.High:F3})");
+                    $"({t.TcpInterval.Low:F3}–{t.TcpInterval.High:F3})" +
+                    (t.Programs is { } p ? $"  eBPF {p.Nanoseconds,5:F0} ns/round trip ({p.Runs:F1} runs)" : ""));
             }
         }
         return 0;

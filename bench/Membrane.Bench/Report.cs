@@ -75,13 +75,16 @@ public static class Report
         var membrane5000 = r.Throughput.FirstOrDefault(t => t.Scenario == "Membrane, 5,000 rules");
         var legacy5000 = r.Throughput.FirstOrDefault(t => t.Scenario == "Membrane, 5,000 rules, legacy routing");
         var nft1000 = r.Throughput.FirstOrDefault(t => t.Scenario.StartsWith("nftables, 1,000", StringComparison.Ordinal));
+        var bareShortcut = r.Throughput.FirstOrDefault(t => t.Scenario == SandboxBenchmark.BareShortcut);
         var established = r.Datapath.First(d => d.Scenario == "established TCP");
         var largest = r.Verifier.Max(v => v.ProcessedInstructions);
         var lines = new List<string>
         {
             $"- Ping flood with 5,000 Membrane rules: **{membrane5000?.PingRatio:F2}×** of unfiltered with host routing " +
                 $"({IntervalText(membrane5000?.PingInterval)}), {legacy5000?.PingRatio:F2}× on the legacy path (nftables with 1,000 " +
-                $"linear rules: {nft1000?.PingRatio:F2}×); TCP {membrane5000?.TcpRatio:F2}× ({IntervalText(membrane5000?.TcpInterval)}).",
+                $"linear rules: {nft1000?.PingRatio:F2}×); TCP {membrane5000?.TcpRatio:F2}× " +
+                $"({IntervalText(membrane5000?.TcpInterval)}); " +
+                $"the barest shortcut, with no policy at all: {bareShortcut?.PingRatio:F2}×.",
             $"- An established TCP packet costs **{established.Ratio:F1}×** an empty tc program ({established.Nanoseconds:F0} ns).",
             $"- Largest program: **{largest:N0}** processed instructions, {100.0 * largest / 1_000_000:F2}% of the verifier's limit.",
             $"- A policy change reaches every node of a 3-node cluster in p50 **{r.Cluster.Propagation.P50:F0} ms** / p99 " +
@@ -128,7 +131,9 @@ public static class Report
         var membrane5000 = r.Throughput.FirstOrDefault(t => t.Scenario == "Membrane, 5,000 rules");
         var legacy5000 = r.Throughput.FirstOrDefault(t => t.Scenario == "Membrane, 5,000 rules, legacy routing");
         var emptyTcx = r.Throughput.FirstOrDefault(t => t.Scenario == "empty program, tcx");
+        var bare = r.Throughput.FirstOrDefault(t => t.Scenario == SandboxBenchmark.BareShortcut);
         var nft1000 = r.Throughput.FirstOrDefault(t => t.Scenario.StartsWith("nftables, 1,000", StringComparison.Ordinal));
+        var bareShortcut = r.Throughput.FirstOrDefault(t => t.Scenario == SandboxBenchmark.BareShortcut);
         var established = r.Datapath.First(d => d.Scenario == "established TCP");
         var largest = r.Verifier.Max(v => v.ProcessedInstructions);
 
@@ -229,26 +234,34 @@ public static class Report
         Line("## 2. Throughput between pods");
         Line();
         Line("Two pods of the sandbox (network namespaces on this machine, routed through the sandbox's node namespace). Ping flood: " +
-            $"{SandboxBenchmark.PingsPerRun:N0} echo requests a run (`ping -f`, pinned to one CPU: one request in flight, so it " +
-            $"measures round trips); TCP: `iperf3`, {SandboxBenchmark.TcpSeconds} s a run, client in one pod and server in the other. " +
+            $"{SandboxBenchmark.PingsPerRun:N0} echo requests a run, or as many as take {SandboxBenchmark.RunSeconds:F2} s at a slower " +
+            "variant's rate (`ping -f`, pinned to one CPU: one request in flight, so it measures round trips; ping times a run in " +
+            "whole milliseconds, so a run must be long for a ratio to be exact to a percent); TCP: `iperf3`, " +
+            $"{SandboxBenchmark.TcpSeconds} s a run, client in one pod and server in the other. " +
             $"{SandboxRounds} interleaved rounds after a warm-up; in each, every variant in turn runs {SandboxBenchmark.PairsPerRound} " +
             $"ping floods and {SandboxBenchmark.TcpPairsPerRound} TCP transfers, each paired with a run of the same length with " +
             "everything switched off (the no-hook baseline), the pair's order alternating. A ratio is the median of a variant's " +
             "pair ratios, with its 95 % confidence interval (distribution-free, from the order statistics); pairs of runs a " +
-            "tenth of a second apart see the same machine, which whole rounds did not. \"Membrane\" rows are the agent's " +
+            "fraction of a second apart see the same machine, which whole rounds did not. \"Membrane\" rows are the agent's " +
             "default: tcx and host routing, where each " +
             "direction of a round trip runs one hook (the sender's from_pod judges both sides and delivers into the destination's " +
             "namespace, no node forwarding). On the legacy path (--host-routing legacy, and the no-hook and empty-program rows) a " +
             "round trip crosses four hooks (each pod's veth, both directions) and the node forwards every packet. Membrane's policy " +
             "allows echo and TCP 80 and adds deny rules (CIDR + port) that never match; nftables gets the same rules in one forward " +
-            "chain, evaluated linearly.");
+            "chain, evaluated linearly. The barest shortcut is one lookup by destination address, the frame's addresses and " +
+            "`bpf_redirect_peer`, with no policy and no TTL (`floor.o`): the most any program on these hooks can gain here. " +
+            "eBPF time is what the kernel itself counted inside the variant's programs (BPF_ENABLE_STATS: its clock read " +
+            "around each run, which adds to it, as the empty program's row shows) over one ping run per round after the " +
+            "pairs, per round trip, median of the rounds.");
         Line();
-        Line("| scenario | pings/s | × no hook (95 % interval) | TCP MiB/s | × no hook (95 % interval) |");
-        Line("|---|---|---|---|---|");
+        Line("| scenario | pings/s | × no hook (95 % interval) | TCP MiB/s | × no hook (95 % interval) | " +
+            "eBPF ns per round trip (runs) |");
+        Line("|---|---|---|---|---|---|");
         foreach (var t in r.Throughput)
         {
+            var programs = t.Programs is { } p ? $"{p.Nanoseconds:N0} ({p.Runs:F1})" : "";
             Line($"| {t.Scenario} | {t.PingPerSecond:N0} | {t.PingRatio:F3} ({t.PingInterval.Low:F3}–{t.PingInterval.High:F3}) | " +
-                $"{t.TcpMegabytesPerSecond:N0} | {t.TcpRatio:F3} ({t.TcpInterval.Low:F3}–{t.TcpInterval.High:F3}) |");
+                $"{t.TcpMegabytesPerSecond:N0} | {t.TcpRatio:F3} ({t.TcpInterval.Low:F3}–{t.TcpInterval.High:F3}) | {programs} |");
         }
         Line();
         if (membrane5000 is not null && emptyTcx is not null && legacy5000 is not null)
@@ -263,7 +276,23 @@ public static class Report
                 Goal(membrane5000.TcpRatio >= 1.0, $"{membrane5000.TcpRatio:F3}×") +
                 $" ({membrane5000.TcpRatio:F3}×, {Against(membrane5000.TcpInterval, 1.0)}). Host routing against the legacy path " +
                 $"(each against its own no-hook runs): ping {membrane5000.PingRatio / legacy5000.PingRatio:F3}×, " +
-                $"TCP {membrane5000.TcpRatio / legacy5000.TcpRatio:F3}×.");
+                $"TCP {membrane5000.TcpRatio / legacy5000.TcpRatio:F3}×." +
+                (bare is null ? "" : $" The barest shortcut reaches {bare.PingRatio:F3}× ({bare.PingInterval.Low:F3}–" +
+                    $"{bare.PingInterval.High:F3}) on this machine: the ping goal is " +
+                    (bare.PingInterval.High < 1.05 ? "above what any shortcut on these hooks reaches here"
+                        : "within a shortcut's reach here") +
+                    ", and Membrane's 5,000 rules stand at " +
+                    $"{membrane5000.PingRatio / bare.PingRatio:F3}× of it."));
+            if (bare?.Programs is { } bareTime && membrane5000.Programs is { } membraneTime)
+            {
+                Line($"Where the rest goes (eBPF time, same rounds): Membrane's programs take {membraneTime.Nanoseconds:N0} ns a round " +
+                    $"trip in {membraneTime.Runs:F1} runs ({membraneTime.Nanoseconds / membraneTime.Runs:N0} ns a run), the barest " +
+                    $"shortcut {bareTime.Nanoseconds:N0} ns ({bareTime.Nanoseconds / bareTime.Runs:N0} ns a run). A run on the real " +
+                    "path costs several times its BPF_PROG_TEST_RUN figure (section 1): between two packets of a flow the kernel " +
+                    "and the hypervisor run, and every map line a run touches is cold again; each hash lookup pays for it. The " +
+                    "verdict's conntrack lookup goes through the endpoint's own table (fairness, issue 22): an outer lookup by " +
+                    "interface, then the table.");
+            }
             // A cost whose interval holds no cost at all is noise, not a cost (or a gain): said so, not printed as "-6 %".
             static string Share(double ratio, Interval i, double reference) => i.Low <= reference && i.High >= reference
                 ? $"nothing measurable ({reference - ratio:P0} of the no-hook rate, {reference:F3}× inside the interval " +

@@ -17,7 +17,10 @@ namespace Membrane.Bench;
 /// A variant's median rates, and its median ratios to the no-hook runs paired with its runs, each with its 95 % interval.
 /// </summary>
 public sealed record ThroughputResult(string Scenario, double PingPerSecond, double PingRatio, Interval PingInterval,
-    double TcpMegabytesPerSecond, double TcpRatio, Interval TcpInterval);
+    double TcpMegabytesPerSecond, double TcpRatio, Interval TcpInterval, ProgramTime? Programs = null);
+
+/// <summary>What a variant's eBPF programs took on the real path, per ping round trip (medians over the rounds).</summary>
+public sealed record ProgramTime(double Nanoseconds, double Runs);
 
 /// <summary>A confidence interval (95 %) of a median.</summary>
 public readonly record struct Interval(double Low, double High);

@@ -53,6 +53,23 @@ public sealed unsafe class BpfProgram
         }
     }
 
+    /// <summary>
+    /// What the kernel counted of the program's runs where it is attached (struct bpf_prog_info's run_time_ns and
+    /// run_cnt): only while run statistics are on (<see cref="RunStatistics.Enable"/>), never for test runs.
+    /// </summary>
+    public (ulong Nanoseconds, ulong Runs) RunTotals
+    {
+        get
+        {
+            // Offsets 192 and 200 of the uapi struct bpf_prog_info (232 bytes on this kernel; the layout only grows).
+            var info = stackalloc byte[256];
+            new Span<byte>(info, 256).Clear();
+            var length = 256u;
+            BpfException.Check(LibBpf.ObjectGetInfoByFd(Fd, info, &length), $"info of program {Name}");
+            return length < 208 ? (0, 0) : (*(ulong*)(info + 192), *(ulong*)(info + 200));
+        }
+    }
+
     /// <summary>Runs the program on one packet (Ethernet frame) in the kernel, <paramref name="repeat"/> times.</summary>
     public TestRunResult TestRun(ReadOnlySpan<byte> packet, int repeat = 1) => TestRun(packet, mark: 0, repeat);
 

@@ -126,6 +126,12 @@ internal static unsafe partial class LibBpf
     [LibraryImport(Library, EntryPoint = "bpf_map_create", StringMarshalling = StringMarshalling.Utf8)]
     public static partial int MapCreate(uint mapType, string name, uint keySize, uint valueSize, uint maxEntries, void* options);
 
+    /// <summary>BPF_ENABLE_STATS: the kernel counts every program's runs and run time while the returned fd is open.</summary>
+    [LibraryImport(Library, EntryPoint = "bpf_enable_stats")]
+    public static partial int EnableStats(uint type);
+
+    public const uint StatsRunTime = 0; // BPF_STATS_RUN_TIME
+
     [LibraryImport(Library, EntryPoint = "bpf_map_get_fd_by_id")]
     public static partial int MapGetFdById(uint id);
 
