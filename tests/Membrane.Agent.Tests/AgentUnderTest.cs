@@ -33,9 +33,15 @@ public static class AgentUnderTest
     /// Starts the agent and waits until <paramref name="answers"/> says it serves, or until it exits (its exit code and
     /// error output are returned, the process is null). 60 s deadline.
     /// </summary>
-    public static (Process? Agent, int ExitCode, string Stderr) Start(IEnumerable<string> arguments, Func<bool> answers)
+    public static (Process? Agent, int ExitCode, string Stderr) Start(IEnumerable<string> arguments, Func<bool> answers) =>
+        Start(arguments, answers, new StringBuilder());
+
+    /// <summary>As above; <paramref name="stderr"/> keeps collecting the agent's error output for as long as it runs.</summary>
+    public static (Process? Agent, int ExitCode, string Stderr) Start(IEnumerable<string> arguments, Func<bool> answers,
+        StringBuilder stderr)
     {
         ArgumentNullException.ThrowIfNull(answers);
+        ArgumentNullException.ThrowIfNull(stderr);
         var start = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "membrane.dll"));
         start.ArgumentList.Add("agent");
@@ -43,7 +49,6 @@ public static class AgentUnderTest
         {
             start.ArgumentList.Add(a);
         }
-        var stderr = new StringBuilder();
         var agent = Process.Start(start)!;
         agent.ErrorDataReceived += (_, e) =>
         {

@@ -179,11 +179,12 @@ public static partial class AgentProcess
             return AgentCommandLine.Error;
         }
         ApiServer.Map(app, agent);
+        // Taken before the host runs: RunAsync disposes the host, and its services with it, when it returns.
+        var loops = app.Services.GetServices<IHostedService>().OfType<BackgroundService>().ToList();
         await app.RunAsync().ConfigureAwait(false);
         // Background loops are supervised and never fault; if one did anyway, the host stopped because of it: that is
         // a failure, and the exit status says so (a service manager restarts on it).
-        if (app.Services.GetServices<IHostedService>().OfType<BackgroundService>().FirstOrDefault(s => s.ExecuteTask is
-            { IsFaulted: true }) is { } faulted)
+        if (loops.FirstOrDefault(s => s.ExecuteTask is { IsFaulted: true }) is { } faulted)
         {
             await Console.Error.WriteLineAsync($"error: {faulted.GetType().Name} failed: " +
                 $"{faulted.ExecuteTask!.Exception?.GetBaseException().Message}").ConfigureAwait(false);
