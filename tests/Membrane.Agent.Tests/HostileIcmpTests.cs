@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Membrane.Agent.Sandbox;
 using Membrane.Api;
+using Membrane.Datapath.Tests;
 
 namespace Membrane.Agent.Tests;
 
@@ -160,7 +161,7 @@ public class HostileIcmpTests
             BinaryPrimitives.WriteUInt16BigEndian(fragment.AsSpan(4), id);
             BinaryPrimitives.WriteUInt16BigEndian(fragment.AsSpan(6), (ushort)((more ? 0x2000 : 0) | offset / 8));
             fragment[10] = fragment[11] = 0;
-            BinaryPrimitives.WriteUInt16BigEndian(fragment.AsSpan(10), RawFrames.Checksum(fragment.AsSpan(0, 20)));
+            BinaryPrimitives.WriteUInt16BigEndian(fragment.AsSpan(10), InternetChecksum.Of(fragment.AsSpan(0, 20)));
             payload.AsSpan(offset, length).CopyTo(fragment.AsSpan(20));
             yield return fragment;
         }

@@ -5,6 +5,7 @@ using System.Text.Json;
 using Membrane.Agent.Sandbox;
 using Membrane.Api;
 using Membrane.Datapath.Maps;
+using Membrane.Datapath.Tests;
 
 namespace Membrane.Agent.Tests;
 
@@ -304,7 +305,7 @@ public class HostilePodTests
             marker.CopyTo(udp, 8);
             byte[] pseudo = [.. V6(client).GetAddressBytes(), .. nodeAddress.GetAddressBytes(), 0, 0, 0, (byte)udp.Length, 0, 0, 0, 17,
                 .. udp];
-            BinaryPrimitives.WriteUInt16BigEndian(udp.AsSpan(6), RawFrames.Checksum(pseudo));
+            BinaryPrimitives.WriteUInt16BigEndian(udp.AsSpan(6), InternetChecksum.Of(pseudo));
             byte[] Fragment(ushort offsetUnits, bool more, ReadOnlySpan<byte> data, int datagramBytes)
             {
                 byte[] fragment = [60, 0, (byte)(offsetUnits >> 5), (byte)(offsetUnits << 3 | (more ? 1 : 0)), .. BitConverter.GetBytes(id),

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
 using Membrane.Agent.Sandbox;
+using Membrane.Datapath.Tests;
 
 namespace Membrane.Agent.Tests;
 
@@ -131,7 +132,7 @@ internal static class RawFrames
             ip[9] = protocol;
             source.GetAddressBytes().CopyTo(ip, 12);
             destination.GetAddressBytes().CopyTo(ip, 16);
-            BinaryPrimitives.WriteUInt16BigEndian(ip.AsSpan(10), Checksum(ip.AsSpan(0, 20)));
+            BinaryPrimitives.WriteUInt16BigEndian(ip.AsSpan(10), InternetChecksum.Of(ip.AsSpan(0, 20)));
             l4.CopyTo(ip.AsSpan(20));
             return ip;
         }
@@ -166,21 +167,8 @@ internal static class RawFrames
         icmp[0] = type;
         icmp[1] = code;
         body.CopyTo(icmp.AsSpan(4));
-        BinaryPrimitives.WriteUInt16BigEndian(icmp.AsSpan(2), Checksum(icmp));
+        BinaryPrimitives.WriteUInt16BigEndian(icmp.AsSpan(2), InternetChecksum.Of(icmp));
         return icmp;
     }
 
-    public static ushort Checksum(ReadOnlySpan<byte> data)
-    {
-        uint sum = 0;
-        for (var i = 0; i < data.Length; i += 2)
-        {
-            sum += (uint)(data[i] << 8 | (i + 1 < data.Length ? data[i + 1] : 0));
-        }
-        while (sum >> 16 != 0)
-        {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        return (ushort)~sum;
-    }
 }

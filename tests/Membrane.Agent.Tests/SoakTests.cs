@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using Membrane.Agent.Sandbox;
 using Membrane.Api;
 using Membrane.Cli;
+using Membrane.Datapath.Tests;
 
 namespace Membrane.Agent.Tests;
 
@@ -73,7 +74,7 @@ public sealed class SoakTests
             var packet = new byte[16];
             packet[0] = 8;
             BinaryPrimitives.WriteUInt16BigEndian(packet.AsSpan(4), id);
-            BinaryPrimitives.WriteUInt16BigEndian(packet.AsSpan(2), RawFrames.Checksum(packet));
+            BinaryPrimitives.WriteUInt16BigEndian(packet.AsSpan(2), InternetChecksum.Of(packet));
             _socket.SendTo(packet, new IPEndPoint(_target, 0));
             Sent++;
         }

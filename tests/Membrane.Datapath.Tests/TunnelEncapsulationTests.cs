@@ -61,7 +61,7 @@ public sealed class TunnelEncapsulationTests : IDisposable
         if (frame[14] >> 4 == 4)
         {
             BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(24), 0);
-            BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(24), Checksum(frame.AsSpan(14, 20)));
+            BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(24), InternetChecksum.Of(frame.AsSpan(14, 20)));
         }
         return Run(_h.Datapath.FromPod, frame, new TestRunContext(IngressIfIndex: _fib.Pod, GsoSize: gsoSize,
             GsoSegments: gsoSize == 0 ? 0 : 2u));
@@ -93,7 +93,7 @@ public sealed class TunnelEncapsulationTests : IDisposable
         Assert.Equal(17, ip[9]);
         Assert.Equal(ThisNode, new IPAddress(ip[12..16]));
         Assert.Equal(OtherNode, new IPAddress(ip[16..20]));
-        Assert.Equal(0, Checksum(ip));
+        Assert.Equal(0, InternetChecksum.Of(ip));
         // UDP to the tunnel's port, VXLAN with the client's identity, the inner frame to the other node's tunnel device.
         Assert.Equal(UnderlayNetwork.TunnelPort, BinaryPrimitives.ReadUInt16BigEndian(output.AsSpan(36)));
         Assert.Equal(output.Length - 34, BinaryPrimitives.ReadUInt16BigEndian(output.AsSpan(38)));
@@ -106,7 +106,7 @@ public sealed class TunnelEncapsulationTests : IDisposable
         Assert.Equal(63, output[v6 ? 64 + 7 : 64 + 8]);
         if (!v6)
         {
-            Assert.Equal(0, Checksum(output.AsSpan(64, 20)));
+            Assert.Equal(0, InternetChecksum.Of(output.AsSpan(64, 20)));
         }
         Assert.Equal(inner[(v6 ? 22 : 34)..], output[(64 + (v6 ? 8 : 20))..]);
     }
@@ -140,7 +140,7 @@ public sealed class TunnelEncapsulationTests : IDisposable
         ip[9] = 17;
         node.GetAddressBytes().CopyTo(ip[12..]);
         ThisNode.GetAddressBytes().CopyTo(ip[16..]);
-        BinaryPrimitives.WriteUInt16BigEndian(ip[10..], Checksum(ip));
+        BinaryPrimitives.WriteUInt16BigEndian(ip[10..], InternetChecksum.Of(ip));
         BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(34), 49152);
         BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(36), (ushort)UnderlayNetwork.TunnelPort);
         BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(38), (ushort)(frame.Length - 34));
@@ -211,17 +211,4 @@ public sealed class TunnelEncapsulationTests : IDisposable
         Assert.Equal(BpfProgram.TcActShot, Receive(Vxlan(OtherNode, 1, Echo())).ReturnValue);
     }
 
-    private static ushort Checksum(ReadOnlySpan<byte> header)
-    {
-        uint sum = 0;
-        for (var i = 0; i + 1 < header.Length; i += 2)
-        {
-            sum += BinaryPrimitives.ReadUInt16BigEndian(header[i..]);
-        }
-        while (sum > 0xffff)
-        {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        return (ushort)~sum;
-    }
 }

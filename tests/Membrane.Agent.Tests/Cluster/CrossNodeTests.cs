@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Membrane.Agent.Sandbox;
+using Membrane.Datapath.Tests;
 using static Membrane.Agent.Tests.Cluster.LocalCluster;
 
 namespace Membrane.Agent.Tests.Cluster;
@@ -300,7 +301,7 @@ public sealed class CrossNodeTests : IDisposable
     private static byte[] Vxlan(uint vni, IPAddress source, IPAddress destination)
     {
         byte[] icmp = [8, 0, 0, 0, 0x12, 0x34, 0, 1];
-        var sum = Checksum(icmp);
+        var sum = InternetChecksum.Of(icmp);
         icmp[2] = (byte)(sum >> 8);
         icmp[3] = (byte)sum;
         var ip = new byte[20 + icmp.Length];
@@ -310,7 +311,7 @@ public sealed class CrossNodeTests : IDisposable
         ip[9] = 1;
         source.GetAddressBytes().CopyTo(ip, 12);
         destination.GetAddressBytes().CopyTo(ip, 16);
-        var ipSum = Checksum(ip.AsSpan(0, 20));
+        var ipSum = InternetChecksum.Of(ip.AsSpan(0, 20));
         ip[10] = (byte)(ipSum >> 8);
         ip[11] = (byte)ipSum;
         icmp.CopyTo(ip, 20);
@@ -319,19 +320,6 @@ public sealed class CrossNodeTests : IDisposable
         return [.. header, .. mac, 0x02, 0, 0, 0, 0, 0x99, 0x08, 0x00, .. ip];
     }
 
-    private static ushort Checksum(ReadOnlySpan<byte> data)
-    {
-        uint sum = 0;
-        for (var i = 0; i + 1 < data.Length; i += 2)
-        {
-            sum += (uint)(data[i] << 8 | data[i + 1]);
-        }
-        while (sum >> 16 != 0)
-        {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        return (ushort)~sum;
-    }
 
     public void Dispose()
     {
