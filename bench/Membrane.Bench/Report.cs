@@ -133,7 +133,6 @@ public static class Report
         var emptyTcx = r.Throughput.FirstOrDefault(t => t.Scenario == "empty program, tcx");
         var bare = r.Throughput.FirstOrDefault(t => t.Scenario == SandboxBenchmark.BareShortcut);
         var nft1000 = r.Throughput.FirstOrDefault(t => t.Scenario.StartsWith("nftables, 1,000", StringComparison.Ordinal));
-        var bareShortcut = r.Throughput.FirstOrDefault(t => t.Scenario == SandboxBenchmark.BareShortcut);
         var established = r.Datapath.First(d => d.Scenario == "established TCP");
         var largest = r.Verifier.Max(v => v.ProcessedInstructions);
 
